@@ -1,0 +1,43 @@
+# One-word commands. `make demo` and `make test` work on a fresh clone: they create .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-slow lint models bench loadtest clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[all]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install nercc with every extra
+
+demo: $(STAMP)  ## local Triton cluster (master + 12 workers, LeNet5, bimodal stragglers), all schemes, table
+	$(VENV)/bin/nercc demo
+
+test: $(STAMP)  ## the test suite (starts real tritonserver processes); skips benchmarks marked slow
+	$(VENV)/bin/pytest -q
+
+test-slow: $(STAMP)  ## only the slow benchmarks and reproductions
+	$(VENV)/bin/pytest -q -m slow
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check .
+
+models: $(STAMP)  ## (re)build every model's ONNX into model_repository/
+	$(VENV)/bin/nercc export all
+
+bench: $(STAMP)  ## regenerate bench/results (accuracy tables and figures)
+	$(VENV)/bin/nercc bench all
+
+loadtest: $(STAMP)  ## Locust tail-latency benchmark, bimodal stragglers
+	$(VENV)/bin/nercc loadtest --profile bimodal
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

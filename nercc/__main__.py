@@ -1,0 +1,5 @@
+import sys
+
+from nercc.cli import main
+
+sys.exit(main())

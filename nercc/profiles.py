@@ -1,0 +1,107 @@
+"""Tuning profiles: the (lam_enc, lam_dec) chosen per (K, N, S) for a model, stored next to it.
+
+``model_repository/<model>/tuning.json``::
+
+    {"model": "lenet5",
+     "default": {"lam_enc": 1e-4, "lam_dec": 1e-3},
+     "entries": [{"n_inputs": 20, "n_workers": 100, "n_stragglers": 40,
+                  "lam_enc": ..., "lam_dec": ...,
+                  "lam_dec_by_arrived": {"60": ...},      # optional: lam_dec per |F|
+                  "mse": ..., "command": "...", "created": "..."}]}
+
+Written by ``nercc tune``; read by the Triton encoder and the client. Plain JSON I/O, no numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+#: Used when a model has no profile at all: mild smoothing that never did worse than lam = 0 in our runs.
+FALLBACK_LAMS = (1e-6, 1e-6)
+
+PathLike = Union[str, Path]
+
+
+def profile_path(model_dir: PathLike) -> Path:
+    return Path(model_dir) / "tuning.json"
+
+
+def load_profile(model_dir: PathLike) -> dict:
+    """The profile as a dict; an empty profile when the file does not exist."""
+    path = profile_path(model_dir)
+    if not path.exists():
+        return {"model": Path(model_dir).name, "default": None, "entries": []}
+    with open(path) as fh:
+        profile = json.load(fh)
+    if not isinstance(profile.get("entries"), list):
+        raise ValueError(f"{path}: 'entries' must be a list")
+    return profile
+
+
+def save_entry(model_dir: PathLike, entry: dict, make_default: bool = False) -> Path:
+    """Insert or replace the entry for (n_inputs, n_workers, n_stragglers); write atomically."""
+    for key in ("n_inputs", "n_workers", "n_stragglers", "lam_enc", "lam_dec"):
+        if key not in entry:
+            raise ValueError(f"profile entry needs {key!r}")
+    for key in ("lam_enc", "lam_dec"):
+        if not float(entry[key]) >= 0:
+            raise ValueError(f"profile entry {key} must be >= 0, got {entry[key]!r}")
+    profile = load_profile(model_dir)
+    same = (entry["n_inputs"], entry["n_workers"], entry["n_stragglers"])
+    profile["entries"] = [
+        e for e in profile["entries"] if (e["n_inputs"], e["n_workers"], e["n_stragglers"]) != same
+    ] + [entry]
+    profile["entries"].sort(key=lambda e: (e["n_inputs"], e["n_workers"], e["n_stragglers"]))
+    if make_default or not profile.get("default"):
+        profile["default"] = {"lam_enc": entry["lam_enc"], "lam_dec": entry["lam_dec"]}
+    path = profile_path(model_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning.", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(profile, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def lookup(
+    model_dir: PathLike,
+    n_inputs: int,
+    n_workers: int,
+    n_stragglers: Optional[int] = None,
+    n_arrived: Optional[int] = None,
+) -> Tuple[float, float]:
+    """(lam_enc, lam_dec) for a serving setting.
+
+    Exact (K, N) entries win, the one whose straggler count is closest to ``n_stragglers`` (or to
+    ``N - n_arrived``); then entries with the same redundancy N/K; then the profile default; then
+    ``FALLBACK_LAMS``. With ``n_arrived`` and a ``lam_dec_by_arrived`` table, lam_dec comes from it.
+    """
+    profile = load_profile(model_dir)
+    entries = profile["entries"]
+    if n_stragglers is None and n_arrived is not None:
+        n_stragglers = n_workers - n_arrived
+    target_s = 0 if n_stragglers is None else n_stragglers
+
+    exact = [e for e in entries if e["n_inputs"] == n_inputs and e["n_workers"] == n_workers]
+    if exact:
+        best = min(exact, key=lambda e: abs(e["n_stragglers"] - target_s))
+    else:
+        ratio = n_workers / n_inputs
+        frac = target_s / n_workers
+        similar = [e for e in entries if abs(e["n_workers"] / e["n_inputs"] - ratio) < 1e-9]
+        best = min(similar, key=lambda e: abs(e["n_stragglers"] / e["n_workers"] - frac)) if similar else None
+    if best is None:
+        default = profile.get("default")
+        if default:
+            return float(default["lam_enc"]), float(default["lam_dec"])
+        return FALLBACK_LAMS
+    lam_dec = float(best["lam_dec"])
+    table = best.get("lam_dec_by_arrived") or {}
+    if n_arrived is not None and str(n_arrived) in table:
+        lam_dec = float(table[str(n_arrived)])
+    return float(best["lam_enc"]), lam_dec
