@@ -1,0 +1,622 @@
+"""LocalCluster: one master and N worker ``tritonserver`` processes on 127.0.0.1, started and stopped together.
+
+>>> with LocalCluster("lenet5", n_workers=12, straggler="bimodal:p=0.1,slow_ms=40") as cluster:
+...     cluster.master_url, cluster.worker_urls      # gRPC "127.0.0.1:PORT"
+
+Each server gets its own runtime model repository (links to the ONNX file and the Python models, a
+config with the model's shapes and that worker's straggler stream), its own ports and its own
+Python-backend shared-memory prefix. Servers start all at once; the cluster is ready when every
+server answers "ready" over gRPC (Triton opens its ports only after all models loaded). A server
+that exits early raises :class:`ServerStartError` with the tail of its log.
+
+Stopping (``stop()``, the end of the ``with`` block, an exception, Ctrl-C, interpreter exit): SIGTERM to
+every server's process group (the server and its Python stubs), SIGKILL after ``stop_timeout_s``, then
+the shared-memory regions with our prefixes are removed. Servers also get SIGTERM when the Python
+thread that started them dies (Linux PR_SET_PDEATHSIG), so a killed client leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Sequence, Union
+
+from nercc.serving import repository as repo
+from nercc.serving.stragglers import parse_straggler
+
+PathLike = Union[str, Path]
+HOST = "127.0.0.1"
+SHM_DIR = Path("/dev/shm")
+_MiB = 2**20
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started (bad binary, busy port, a model that failed to load...)."""
+
+
+class ServerStartError(ClusterError):
+    """One server exited or never became ready; the message carries the tail of its log."""
+
+
+class PortInUseError(ClusterError):
+    """A requested port is already taken by another process."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# where the server comes from
+
+
+def pytriton_root() -> Path | None:
+    """``<site-packages>/pytriton/tritonserver`` (the Triton 2.51 build shipped by nvidia-pytriton), if installed."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("pytriton")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    return root if (root / "bin" / "tritonserver").exists() else None
+
+
+def find_tritonserver(path: PathLike | None = None) -> Path:
+    """The tritonserver binary: ``path``, else $NERCC_TRITONSERVER, else nvidia-pytriton's, else PATH."""
+    candidates = []
+    if path is not None:
+        candidates = [Path(path)]
+    elif os.environ.get("NERCC_TRITONSERVER"):
+        candidates = [Path(os.environ["NERCC_TRITONSERVER"])]
+    else:
+        root = pytriton_root()
+        if root is not None:
+            candidates.append(root / "bin" / "tritonserver")
+        which = shutil.which("tritonserver")
+        if which:
+            candidates.append(Path(which))
+        candidates.append(Path("/opt/tritonserver/bin/tritonserver"))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate.resolve()
+    if path is not None or os.environ.get("NERCC_TRITONSERVER"):
+        raise ClusterError(f"tritonserver binary {candidates[0]} does not exist or is not executable")
+    raise ClusterError("no tritonserver found: install the serve extra (`pip install -e '.[serve]'`, which "
+                       "brings nvidia-pytriton) or pass tritonserver=PATH / --tritonserver PATH")
+
+
+def prepare_backend_directory(tritonserver: Path, workdir: Path) -> Path:
+    """A --backend-directory whose python/ holds the backend library, its utils and the stub for this Python.
+
+    A Triton install (``<prefix>/bin/tritonserver`` next to ``<prefix>/backends/python/``) is used as it is;
+    nvidia-pytriton's wheel keeps the stubs apart, so we link the pieces together in ``workdir``.
+    """
+    own = tritonserver.parent.parent / "backends"
+    if (own / "python" / "libtriton_python.so").exists() and (own / "python" / "triton_python_backend_stub").exists():
+        return own
+    root = tritonserver.parent.parent
+    library = root / "backends" / "python" / "libtriton_python.so"
+    utils = root / "backends" / "python" / "triton_python_backend_utils.py"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    missing = [str(p) for p in (library, utils, stub) if not p.exists()]
+    if missing:
+        raise ClusterError(f"cannot assemble the Python backend for {tritonserver}: missing {', '.join(missing)} "
+                           f"(the stub must match this Python, {version})")
+    backends = workdir / "backends"
+    for target in (library, utils, stub):
+        link = backends / "python" / target.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(target)
+    return backends
+
+
+def server_environment() -> dict:
+    """Environment for tritonserver and its Python stubs.
+
+    The stub embeds libpython: it must load *this* interpreter's library (LIBDIR first on LD_LIBRARY_PATH,
+    else a distro libpython of another patch level meets our stdlib), and it finds its prefix by looking
+    for ``python3`` on PATH, so our environment's bin/ goes first. One thread per numerical library:
+    many servers share few cores.
+    """
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, "1")
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+# --------------------------------------------------------------------------------------------------------
+# ports
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, host: str = HOST) -> List[int]:
+    """``count`` distinct ports the kernel reports free now (held open together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+# --------------------------------------------------------------------------------------------------------
+# one server
+
+
+_LIBC = None
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGTERM this child when the thread that forked it dies (Linux)."""
+    global _LIBC
+    try:
+        if _LIBC is None:
+            _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class TritonServer:
+    """One tritonserver process: its role, ports, repository, log and shared-memory prefix."""
+
+    role: str  # "master" or "worker-<i>"
+    repository: Path
+    grpc_port: int
+    http_port: int | None
+    shm_prefix: str
+    log_path: Path
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    ready_at: float | None = None
+    killed: bool = False
+    extra_args: List[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"{HOST}:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+    def shm_regions(self) -> List[str]:
+        return glob.glob(str(SHM_DIR / (self.shm_prefix + "*")))
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --------------------------------------------------------------------------------------------------------
+# the cluster
+
+_LIVE: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+
+
+def _stop_all_at_exit() -> None:
+    for cluster in list(_LIVE):
+        try:
+            cluster.stop()
+        except Exception:  # interpreter is going down: best effort
+            pass
+
+
+atexit.register(_stop_all_at_exit)
+
+
+class LocalCluster:
+    """Start a master and ``n_workers`` worker tritonservers for ``model`` on loopback (a context manager).
+
+    Parameters
+    ----------
+    model : name of a model in ``model_repository`` (``model_repository/<model>/nercc.json`` + ``1/model.onnx``)
+    n_workers : number of worker servers (>= 1)
+    straggler : straggler profile string for every worker (``nercc.serving.stragglers``), default ``"none"``
+    seed : seeds the workers' delay streams (worker i draws from stream (seed, i))
+    base_port : None picks free ports; else master gRPC = base_port, worker i = base_port + 1 + i
+        (HTTP, when enabled, follows at base_port + 1 + n_workers + ...); a busy port raises PortInUseError
+    tritonserver : path of a tritonserver binary (default: $NERCC_TRITONSERVER, nvidia-pytriton's, PATH)
+    model_repository : where the exported models live (default ``nercc.paths.MODEL_REPOSITORY``)
+    master : also start the master (encoder, preprocess, ensemble); False for workers only
+    http : also open HTTP endpoints (``.master_http_url``, ``.worker_http_urls``), off by default
+    ort_threads : onnxruntime intra-op threads per worker (1: workers share the cores)
+    max_request_bytes : the encoder's per-request byte limit (input and coded output)
+    start_timeout_s / stop_timeout_s : readiness wait; grace between SIGTERM and SIGKILL
+    workdir : where runtime repositories and logs go (default: a fresh temp dir, removed on stop
+        unless ``keep_logs``)
+    """
+
+    def __init__(
+        self,
+        model: str,
+        n_workers: int,
+        straggler: str = "none",
+        seed: int = 0,
+        base_port: int | None = None,
+        tritonserver: PathLike | None = None,
+        *,
+        model_repository: PathLike | None = None,
+        master: bool = True,
+        http: bool = False,
+        ort_threads: int = 1,
+        worker_max_batch: int = repo.DEFAULT_WORKER_MAX_BATCH,
+        max_request_bytes: int = repo.DEFAULT_MAX_REQUEST_BYTES,
+        start_timeout_s: float = 120.0,
+        stop_timeout_s: float = 15.0,
+        workdir: PathLike | None = None,
+        keep_logs: bool = False,
+        log_verbose: int = 0,
+    ):
+        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+            raise ValueError(f"n_workers must be an int >= 1, got {n_workers!r}")
+        if base_port is not None and not (1024 <= int(base_port) <= 65535 - (n_workers + 1) * (2 if http else 1)):
+            raise ValueError(f"base_port must leave room for {n_workers + 1} servers below 65536, got {base_port}")
+        if isinstance(ort_threads, bool) or not isinstance(ort_threads, int) or ort_threads < 0:
+            raise ValueError(f"ort_threads must be an int >= 0, got {ort_threads!r}")
+        self.model = model
+        self.n_workers = n_workers
+        self.straggler = str(parse_straggler(straggler))  # validates before anything starts
+        self.seed = int(seed)
+        self.base_port = None if base_port is None else int(base_port)
+        self._tritonserver_arg = tritonserver
+        self.model_repository = Path(model_repository) if model_repository is not None else None
+        self.with_master = master
+        self.http = http
+        self.ort_threads = ort_threads
+        self.worker_max_batch = worker_max_batch
+        self.max_request_bytes = int(max_request_bytes)
+        self.start_timeout_s = float(start_timeout_s)
+        self.stop_timeout_s = float(stop_timeout_s)
+        self._workdir_arg = workdir
+        self.keep_logs = keep_logs
+        self.log_verbose = int(log_verbose)
+        self.meta = repo.read_model_meta(model, self.model_repository)  # fails fast on a missing model
+        if not self.meta.onnx_path.exists():
+            raise FileNotFoundError(f"no ONNX model at {self.meta.onnx_path}: export it first (`nercc export {model}`)")
+        self.token = f"nercc{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.servers: List[TritonServer] = []
+        self.workdir: Path | None = None
+        self._owns_workdir = False
+        self.startup_s: float | None = None
+        self._lock = threading.RLock()
+        self._started = False
+
+    # -- public view ---------------------------------------------------------------------------------
+    @property
+    def master(self) -> TritonServer | None:
+        return self.servers[0] if self.servers and self.servers[0].role == "master" else None
+
+    @property
+    def workers(self) -> List[TritonServer]:
+        return [s for s in self.servers if s.role.startswith("worker")]
+
+    @property
+    def master_url(self) -> str | None:
+        """gRPC ``host:port`` of the master (None when started with master=False)."""
+        return None if self.master is None else self.master.url
+
+    @property
+    def worker_urls(self) -> List[str]:
+        """gRPC ``host:port`` of every worker, in worker order (a killed worker keeps its URL)."""
+        return [s.url for s in self.workers]
+
+    @property
+    def master_http_url(self) -> str | None:
+        m = self.master
+        return None if m is None or m.http_port is None else f"{HOST}:{m.http_port}"
+
+    @property
+    def worker_http_urls(self) -> List[str]:
+        return [f"{HOST}:{s.http_port}" for s in self.workers if s.http_port is not None]
+
+    @property
+    def shm_prefix(self) -> str:
+        """Every shared-memory region of this cluster starts with this."""
+        return self.token + "_"
+
+    def pids(self) -> List[int]:
+        return [s.pid for s in self.servers if s.pid is not None]
+
+    def __repr__(self) -> str:
+        state = "running" if self._started else "stopped"
+        return f"LocalCluster({self.model!r}, n_workers={self.n_workers}, straggler={self.straggler!r}, {state})"
+
+    # -- context manager -------------------------------------------------------------------------------
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.stop()
+
+    # -- start -----------------------------------------------------------------------------------------
+    def start(self) -> LocalCluster:
+        """Write the repositories, start every server at once and wait until all are ready."""
+        with self._lock:
+            if self._started:
+                return self
+            self._started = True
+            _LIVE.add(self)
+            try:
+                self._start()
+            except BaseException:  # includes KeyboardInterrupt while waiting: leave nothing behind
+                self.stop()
+                raise
+            return self
+
+    def _start(self) -> None:
+        t0 = time.perf_counter()
+        binary = find_tritonserver(self._tritonserver_arg)
+        if self._workdir_arg is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.token}_"))
+            self._owns_workdir = True
+        else:
+            self.workdir = Path(self._workdir_arg)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        backends = prepare_backend_directory(binary, self.workdir)
+        self._plan_servers()
+        env = server_environment()
+        for server in self.servers:
+            self._launch(binary, backends, server, env)
+        self._wait_ready()
+        self.startup_s = time.perf_counter() - t0
+
+    def _ports(self) -> List[int]:
+        n_servers = self.n_workers + (1 if self.with_master else 0)
+        n_ports = n_servers * (2 if self.http else 1)
+        if self.base_port is None:
+            return free_ports(n_ports)
+        ports = list(range(self.base_port, self.base_port + n_ports))
+        busy = [p for p in ports if not port_is_free(p)]
+        if busy:
+            raise PortInUseError(f"port(s) {', '.join(map(str, busy))} on {HOST} already in use "
+                                 f"(base_port={self.base_port} needs {ports[0]}-{ports[-1]}); "
+                                 "pick another base_port or leave it None for free ports")
+        return ports
+
+    def _plan_servers(self) -> None:
+        ports = self._ports()
+        n_servers = self.n_workers + (1 if self.with_master else 0)
+        grpc_ports, http_ports = ports[:n_servers], (ports[n_servers:] if self.http else [None] * n_servers)
+        roles = (["master"] if self.with_master else []) + [f"worker-{i}" for i in range(self.n_workers)]
+        for index, role in enumerate(roles):
+            folder = self.workdir / role
+            repository = folder / "models"
+            if role == "master":
+                repo.write_master_models(repository, self.meta, absolute_paths=True,
+                                         max_request_bytes=self.max_request_bytes)
+            else:
+                repo.write_worker_model(repository, self.meta, absolute_paths=True, straggler=self.straggler,
+                                        seed=self.seed, worker_index=int(role.split("-")[1]),
+                                        intra_op_threads=self.ort_threads, max_batch_size=self.worker_max_batch)
+            self.servers.append(TritonServer(
+                role=role, repository=repository, grpc_port=grpc_ports[index], http_port=http_ports[index],
+                shm_prefix=f"{self.token}_{role.replace('-', '')}_", log_path=folder / "tritonserver.log",
+            ))
+
+    def _shm_sizes(self, server: TritonServer) -> tuple:
+        """(default, growth) bytes of the Python-backend shm region: room for the largest tensor of one request."""
+        item = self.meta.input_bytes
+        if server.role == "master":
+            # raw + preprocessed input (K <= N) and the coded output, all N items at most
+            largest = 3 * self.n_workers * item
+        else:
+            largest = 2 * item + 4 * self.meta.n_classes
+        size = max(_MiB, -(-2 * largest // _MiB) * _MiB)
+        return size, size
+
+    def _launch(self, binary: Path, backends: Path, server: TritonServer, env: dict) -> None:
+        default_shm, growth_shm = self._shm_sizes(server)
+        cmd = [
+            str(binary),
+            f"--model-repository={server.repository}",
+            f"--backend-directory={backends}",
+            f"--grpc-address={HOST}", f"--grpc-port={server.grpc_port}",
+            "--allow-metrics=false", "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--disable-auto-complete-config",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            f"--log-verbose={self.log_verbose}",
+            f"--backend-config=python,shm-region-prefix-name={server.shm_prefix}",
+            f"--backend-config=python,shm-default-byte-size={default_shm}",
+            f"--backend-config=python,shm-growth-byte-size={growth_shm}",
+        ]
+        caches = binary.parent.parent / "caches"
+        if caches.is_dir():
+            cmd.append(f"--cache-directory={caches}")
+        if server.http_port is not None:
+            cmd += ["--allow-http=true", f"--http-address={HOST}", f"--http-port={server.http_port}"]
+        else:
+            cmd.append("--allow-http=false")
+        cmd += server.extra_args
+        server.log_path.parent.mkdir(parents=True, exist_ok=True)
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        with open(server.log_path, "wb") as log:
+            log.write((" ".join(cmd) + "\n").encode())
+            log.flush()
+            try:
+                server.process = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    start_new_session=True,  # own process group: Ctrl-C in a terminal reaches us, not them
+                    preexec_fn=_die_with_parent if in_main_thread else None,
+                )
+            except OSError as exc:
+                raise ServerStartError(f"{server.role}: cannot execute {binary}: {exc}") from exc
+        server.started_at = time.perf_counter()
+
+    def _wait_ready(self) -> None:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        deadline = time.perf_counter() + self.start_timeout_s
+        pending = list(self.servers)
+        clients = {}
+        try:
+            while pending:
+                for server in list(pending):
+                    code = server.process.poll()
+                    if code is not None:
+                        raise ServerStartError(self._failure(server, f"exited with code {code} while starting"))
+                    client = clients.get(server.role)
+                    if client is None:
+                        client = clients[server.role] = grpcclient.InferenceServerClient(server.url)
+                    try:
+                        ready = client.is_server_ready(client_timeout=1.0)
+                    except InferenceServerException:
+                        ready = False
+                    if ready:
+                        server.ready_at = time.perf_counter()
+                        pending.remove(server)
+                if pending and time.perf_counter() > deadline:
+                    names = ", ".join(s.role for s in pending)
+                    raise ServerStartError(self._failure(pending[0], f"not ready after {self.start_timeout_s:.0f} s "
+                                                                     f"(still waiting: {names})"))
+                if pending:
+                    time.sleep(0.05)
+        finally:
+            for client in clients.values():
+                try:
+                    client.close()
+                except Exception:
+                    pass
+
+    def _failure(self, server: TritonServer, what: str) -> str:
+        tail = server.log_tail()
+        hint = ""
+        if "already in use" in tail.lower() or "address in use" in tail.lower():
+            hint = f"\nport {server.grpc_port} is in use by another process: choose another base_port"
+        return f"tritonserver {server.role} ({server.url}) {what}; log {server.log_path}:\n{tail}{hint}"
+
+    # -- running -----------------------------------------------------------------------------------------
+    def kill_worker(self, index: int) -> None:
+        """SIGKILL worker ``index`` (and its stub): the dead-worker scenario. Its URL stays in worker_urls."""
+        workers = self.workers
+        if not 0 <= index < len(workers):
+            raise IndexError(f"worker index must be in 0..{len(workers) - 1}, got {index}")
+        server = workers[index]
+        if server.process is not None:
+            _signal_group(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+        server.killed = True
+        self._remove_shm(server)
+
+    def check(self) -> List[str]:
+        """Roles of servers that died without being killed on purpose (empty when all is well)."""
+        return [s.role for s in self.servers if not s.killed and not s.alive()]
+
+    # -- stop ----------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop every server (SIGTERM, then SIGKILL after stop_timeout_s), remove shm regions and temp files."""
+        with self._lock:
+            if not self._started:
+                return
+            running = [s for s in self.servers if s.process is not None and s.process.poll() is None]
+            for server in running:
+                _signal_group(server.process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout_s
+            for server in running:
+                try:
+                    server.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            for server in self.servers:
+                if server.process is None:
+                    continue
+                # the group may still hold a Python stub even when tritonserver itself exited
+                _signal_group(server.process.pid, signal.SIGKILL)
+                try:
+                    server.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            for server in self.servers:
+                self._remove_shm(server)
+            for path in glob.glob(str(SHM_DIR / (self.shm_prefix + "*"))):
+                _unlink(path)
+            if self._owns_workdir and self.workdir is not None and not self.keep_logs:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            self._started = False
+            _LIVE.discard(self)
+
+    @staticmethod
+    def _remove_shm(server: TritonServer) -> None:
+        for path in server.shm_regions():
+            _unlink(path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def leftover_shm(prefix: str = "nercc") -> List[str]:
+    """Shared-memory regions whose names start with ``prefix`` (for checks and cleanup scripts)."""
+    return sorted(glob.glob(str(SHM_DIR / (prefix + "*"))))
+
+
+def running_processes(pids: Sequence[int]) -> List[int]:
+    """The pids of ``pids`` (and of their process groups) that still exist (zombies excluded)."""
+    alive = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        # fields after the ")" of the command: state, ppid, pgrp
+        rest = stat.rsplit(")", 1)[1].split()
+        state, pgrp = rest[0], int(rest[2])
+        if state != "Z" and (int(proc.name) in pids or pgrp in pids):
+            alive.append(int(proc.name))
+    return sorted(alive)

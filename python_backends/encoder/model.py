@@ -1,0 +1,189 @@
+"""Triton Python-backend encoder: K inputs -> N coded inputs with NeRCC or BACC (``nercc.coding``).
+
+Model ``<name>_encoder``: input ``INPUT`` FP32 [K, *input_shape] -> output ``CODED`` FP32 [N, *input_shape],
+``coded = E @ x`` along the first axis with E the scheme's (N, K) encoding matrix.
+
+Request parameters (tritonclient ``parameters={...}``; the ``<name>_encode`` ensemble forwards them):
+    scheme        "nercc" (default) or "bacc"
+    n_workers     N, int, required
+    lam_enc       float >= 0, NeRCC only; default from the model's tuning profile (nercc.profiles.lookup)
+    n_stragglers  int >= 0, optional: picks the profile entry for the expected straggler count
+
+Config parameters: ``nercc_model_dir`` (the model's folder with tuning.json, relative to this model's
+folder or absolute), ``max_request_bytes`` (limit on the input and on the coded output of one request),
+``nercc_repo_root`` (checkout to import nercc from when it is not installed).
+
+Every invalid request gets its own TritonError naming the problem; the model keeps serving the others.
+"""
+
+import json
+import sys
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+_SCHEMES = ("nercc", "bacc")
+#: More workers than this is a typo, not a cluster: refuse before building an N x K matrix.
+MAX_WORKERS = 4096
+_MATRIX_CACHE_SIZE = 256
+
+
+def _param(config, key, default=None):
+    entry = config.get("parameters", {}).get(key)
+    if entry is None:
+        return default
+    return entry.get("string_value", default)
+
+
+def _import_nercc(config):
+    try:
+        import nercc  # noqa: F401
+        return
+    except ImportError:
+        pass
+    root = _param(config, "nercc_repo_root") or str(Path(__file__).resolve().parents[2])
+    sys.path.insert(0, root)
+
+
+def _error(message):
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
+class RequestError(ValueError):
+    """A problem with one request: its message goes back to the client."""
+
+
+def _int_param(params, key, minimum, required=False):
+    if key not in params:
+        if required:
+            raise RequestError(f"request parameter {key!r} is required (int >= {minimum})")
+        return None
+    value = params[key]
+    # tritonclient sends ints as int64_param; bool is an int in Python but never a count
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"request parameter {key!r} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise RequestError(f"request parameter {key!r} must be >= {minimum}, got {value}")
+    return value
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        _import_nercc(config)
+        from nercc.coding import make_scheme
+        from nercc.profiles import lookup
+
+        self._make_scheme, self._lookup = make_scheme, lookup
+        folder = Path(args["model_repository"])
+        model_dir = Path(_param(config, "nercc_model_dir", str(folder.parent / args["model_name"].rsplit("_", 1)[0])))
+        self.model_dir = model_dir if model_dir.is_absolute() else (folder / model_dir).resolve()
+        self.max_request_bytes = int(_param(config, "max_request_bytes", str(256 * 2**20)))
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.item_shape = tuple(int(d) for d in config["input"][0]["dims"][1:])
+        self._matrices = OrderedDict()  # (scheme, K, N, lam_enc) -> float32 (N, K), LRU
+        self._lock = threading.Lock()
+        pb_utils.Logger.log_info(
+            f"encoder {args['model_name']}: item shape {self.item_shape}, profile dir {self.model_dir}, "
+            f"max_request_bytes={self.max_request_bytes}"
+        )
+
+    # -- one request -------------------------------------------------------------------------------
+    def _parameters(self, request, n_inputs):
+        raw = request.parameters()
+        params = json.loads(raw) if raw else {}
+        unknown = sorted(set(params) - {"scheme", "n_workers", "lam_enc", "lam_dec", "n_stragglers"})
+        if unknown:
+            raise RequestError(f"unknown request parameter(s) {unknown}; allowed: scheme, n_workers, lam_enc, "
+                               "n_stragglers")
+        scheme = params.get("scheme", "nercc")
+        if not isinstance(scheme, str) or scheme.lower() not in _SCHEMES:
+            raise RequestError(f"request parameter 'scheme' must be one of {list(_SCHEMES)}, got {scheme!r}")
+        scheme = scheme.lower()
+        n_workers = _int_param(params, "n_workers", minimum=2, required=True)
+        if n_workers > MAX_WORKERS:
+            raise RequestError(f"request parameter 'n_workers' must be <= {MAX_WORKERS}, got {n_workers}")
+        if n_workers < n_inputs:
+            raise RequestError(f"n_workers = {n_workers} is smaller than the number of inputs K = {n_inputs} "
+                               "(N >= K is needed)")
+        n_stragglers = _int_param(params, "n_stragglers", minimum=0)
+        if n_stragglers is not None and n_stragglers >= n_workers:
+            raise RequestError(f"request parameter 'n_stragglers' must be < n_workers = {n_workers}, "
+                               f"got {n_stragglers}")
+        lam_enc = params.get("lam_enc")
+        if lam_enc is not None:
+            if isinstance(lam_enc, bool) or not isinstance(lam_enc, (int, float)):
+                raise RequestError(f"request parameter 'lam_enc' must be a float, got {type(lam_enc).__name__} "
+                                   f"{lam_enc!r}")
+            lam_enc = float(lam_enc)
+            if not np.isfinite(lam_enc) or lam_enc < 0:
+                raise RequestError(f"request parameter 'lam_enc' must be finite and >= 0, got {lam_enc}")
+        if scheme == "bacc":
+            lam_enc = 0.0  # Berrut has no smoothing parameter
+        elif lam_enc is None:
+            lam_enc = self._lookup(self.model_dir, n_inputs, n_workers, n_stragglers)[0]
+        return scheme, n_workers, lam_enc
+
+    def _encoding_matrix(self, scheme, n_inputs, n_workers, lam_enc):
+        key = (scheme, n_inputs, n_workers, lam_enc)
+        with self._lock:
+            matrix = self._matrices.get(key)
+            if matrix is not None:
+                self._matrices.move_to_end(key)
+                return matrix
+        coding = self._make_scheme(scheme, n_inputs, n_workers, lam_enc=lam_enc)
+        matrix = np.ascontiguousarray(coding.encoding_matrix(), dtype=np.float32)
+        with self._lock:
+            self._matrices[key] = matrix
+            while len(self._matrices) > _MATRIX_CACHE_SIZE:
+                self._matrices.popitem(last=False)
+        return matrix
+
+    def _encode(self, request):
+        tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
+        if tensor is None:
+            raise RequestError(f"input {self.input_name!r} is missing")
+        x = tensor.as_numpy()
+        if x.dtype != np.float32:
+            raise RequestError(f"input {self.input_name!r} must be FP32, got {x.dtype}")
+        if x.ndim != 1 + len(self.item_shape) or tuple(x.shape[1:]) != self.item_shape:
+            raise RequestError(f"input {self.input_name!r} must have shape [K, {', '.join(map(str, self.item_shape))}]"
+                               f", got {list(x.shape)}")
+        if x.nbytes > self.max_request_bytes:
+            raise RequestError(f"input {self.input_name!r} is {x.nbytes} bytes, over the limit "
+                               f"max_request_bytes = {self.max_request_bytes}")
+        n_inputs = x.shape[0]
+        if n_inputs < 2:
+            raise RequestError(f"input {self.input_name!r} needs K >= 2 inputs along the first axis, got K = {n_inputs}")
+        if not np.isfinite(x).all():
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            raise RequestError(f"input {self.input_name!r} has {bad} NaN or infinite value(s)")
+        scheme, n_workers, lam_enc = self._parameters(request, n_inputs)
+        coded_bytes = n_workers * (x.nbytes // n_inputs)
+        if coded_bytes > self.max_request_bytes:
+            raise RequestError(f"coded output would be {coded_bytes} bytes (N = {n_workers}), over the limit "
+                               f"max_request_bytes = {self.max_request_bytes}")
+        matrix = self._encoding_matrix(scheme, n_inputs, n_workers, lam_enc)
+        coded = (matrix @ x.reshape(n_inputs, -1)).reshape((n_workers,) + x.shape[1:])
+        return pb_utils.Tensor(self.output_name, np.ascontiguousarray(coded, dtype=np.float32))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                out = self._encode(request)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            except (RequestError, ValueError) as exc:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(str(exc))))
+            except Exception as exc:  # a bug must not kill the server for everyone: report it on this request
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(f"encoder failed: {type(exc).__name__}: {exc}")))
+        return responses
+
+    def finalize(self):
+        self._matrices.clear()

@@ -1,0 +1,103 @@
+"""Triton Python-backend worker: runs one exported ONNX model with onnxruntime, optional straggler delay.
+
+Model ``<name>``: input ``input`` FP32 [b, *input_shape] -> output ``probs`` FP32 [b, n_classes]
+(names from config.pbtxt). Triton's PyPI build has no ONNX Runtime backend, so this model calls
+onnxruntime itself; in an NGC container the same ONNX file can run on the native backend instead
+(``nercc serve --write-repository DIR --native-onnxruntime``).
+
+Config parameters (all strings, all optional):
+    onnx_path         ONNX file, relative to this model's folder; default ``<version>/model.onnx``
+    intra_op_threads  onnxruntime intra-op threads (default 1: many workers share few cores)
+    straggler         straggler profile (``nercc.serving.stragglers``), default ``none``
+    seed, worker_index  seed the delay stream: same cluster seed, different stream per worker
+    nercc_repo_root   checkout to import ``nercc`` from when it is not installed in the stub's Python
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _param(config, key, default=None):
+    entry = config.get("parameters", {}).get(key)
+    if entry is None:
+        return default
+    return entry.get("string_value", default)
+
+
+def _import_nercc(config):
+    """Make ``nercc`` importable: installed, or the checkout this file lives in (model.py is a symlink to it)."""
+    try:
+        import nercc  # noqa: F401
+        return
+    except ImportError:
+        pass
+    root = _param(config, "nercc_repo_root") or str(Path(__file__).resolve().parents[2])
+    sys.path.insert(0, root)
+
+
+def _error(message):
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        _import_nercc(config)
+        import onnxruntime as ort
+
+        from nercc.serving.stragglers import StragglerSampler
+
+        model_folder = Path(args["model_repository"])
+        onnx_path = Path(_param(config, "onnx_path") or Path(args["model_version"]) / "model.onnx")
+        if not onnx_path.is_absolute():
+            onnx_path = model_folder / onnx_path
+        threads = int(_param(config, "intra_op_threads", "1"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.onnx_input = self.session.get_inputs()[0].name
+        self.onnx_output = self.session.get_outputs()[0].name
+        self.straggler = StragglerSampler(
+            _param(config, "straggler", "none"),
+            seed=int(_param(config, "seed", "0")),
+            worker_index=int(_param(config, "worker_index", "0")),
+        )
+        self.inject = self.straggler.profile.kind != "none"
+        self.logger = pb_utils.Logger
+        self.logger.log_info(
+            f"onnx worker {args['model_name']}: {onnx_path.name}, {threads} intra-op thread(s), "
+            f"straggler={self.straggler.profile}, seed={self.straggler.seed}, worker={self.straggler.worker_index}"
+        )
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                x = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+                started = time.perf_counter()
+                probs = self.session.run([self.onnx_output], {self.onnx_input: x})[0]
+                compute_ms = 1e3 * (time.perf_counter() - started)
+                if self.inject:
+                    # A straggler is a slow machine: the delay holds this instance, as slow hardware would.
+                    delay_ms = self.straggler.next_delay_ms(compute_ms)
+                    if delay_ms > 0:
+                        time.sleep(delay_ms / 1e3)
+                out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(probs, dtype=np.float32))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            except Exception as exc:  # one bad request must not take the worker down
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(f"worker failed: {exc}")))
+        return responses
+
+    def finalize(self):
+        self.session = None

@@ -1,0 +1,84 @@
+"""Triton Python-backend preprocessing: raw uint8 images -> the model's float32 input.
+
+Model ``<name>_preprocess``: input ``RAW`` UINT8 [K, *raw_shape] -> output ``INPUT`` FP32 [K, *input_shape],
+computed by ``nercc.preprocessing.preprocess`` (the same function used at export and in benchmarks), with
+the model's ``nercc.json`` read at load time. First step of the ``<name>_encode`` ensemble.
+
+Config parameters: ``nercc_model_dir`` (folder with nercc.json, relative to this model's folder or absolute),
+``max_request_bytes`` (limit on the raw input of one request), ``nercc_repo_root``.
+Every invalid request gets its own TritonError naming the problem; the model keeps serving.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _param(config, key, default=None):
+    entry = config.get("parameters", {}).get(key)
+    if entry is None:
+        return default
+    return entry.get("string_value", default)
+
+
+def _import_nercc(config):
+    try:
+        import nercc  # noqa: F401
+        return
+    except ImportError:
+        pass
+    root = _param(config, "nercc_repo_root") or str(Path(__file__).resolve().parents[2])
+    sys.path.insert(0, root)
+
+
+def _error(message):
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        _import_nercc(config)
+        from nercc.models import load_model_info
+        from nercc.preprocessing import preprocess
+
+        self._preprocess = preprocess
+        folder = Path(args["model_repository"])
+        model_dir = Path(_param(config, "nercc_model_dir", str(folder.parent / args["model_name"].rsplit("_", 1)[0])))
+        model_dir = model_dir if model_dir.is_absolute() else (folder / model_dir).resolve()
+        self.info = load_model_info(model_dir.name, model_dir.parent)
+        self.max_request_bytes = int(_param(config, "max_request_bytes", str(256 * 2**20)))
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+
+    def _run(self, request):
+        tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
+        if tensor is None:
+            raise ValueError(f"input {self.input_name!r} is missing")
+        raw = tensor.as_numpy()
+        if raw.nbytes > self.max_request_bytes:
+            raise ValueError(f"input {self.input_name!r} is {raw.nbytes} bytes, over the limit "
+                             f"max_request_bytes = {self.max_request_bytes}")
+        if raw.ndim == 0 or raw.shape[0] < 1:
+            raise ValueError(f"input {self.input_name!r} is empty: shape {list(raw.shape)}")
+        x = self._preprocess(self.info, raw)
+        return pb_utils.Tensor(self.output_name, np.ascontiguousarray(x, dtype=np.float32))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[self._run(request)]))
+            except ValueError as exc:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(str(exc))))
+            except Exception as exc:
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(f"preprocess failed: {type(exc).__name__}: {exc}")))
+        return responses
+
+    def finalize(self):
+        self.info = None
