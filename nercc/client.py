@@ -106,7 +106,7 @@ class ModelSpec:
     input_name: str = "input"
     output_name: str = "probs"
     directory: Path | None = None
-    info: Any = None  # the full nercc.models info object when available (local preprocessing needs it)
+    info: Any = None  # the nercc.json dict when it has a 'preprocess' block (local preprocessing needs it)
 
 
 def parse_policy(policy: str, n_workers: int) -> Tuple[str, int | None]:
@@ -135,13 +135,6 @@ def _load_model_spec(model: str, directory: Path | None) -> ModelSpec | None:
     meta_path = directory / "nercc.json"
     if not meta_path.exists():
         return None
-    info = None
-    try:
-        from nercc.models import load_model_info
-
-        info = load_model_info(model) if directory == default_model_dir(model) else None
-    except ImportError:
-        info = None
     with open(meta_path) as fh:
         meta = json.load(fh)
     raw_shape = meta.get("raw_shape")
@@ -153,7 +146,7 @@ def _load_model_spec(model: str, directory: Path | None) -> ModelSpec | None:
         input_name=meta.get("input_name", "input"),
         output_name=meta.get("output_name", "probs"),
         directory=directory,
-        info=info,
+        info=meta if "preprocess" in meta else None,
     )
 
 
