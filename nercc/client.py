@@ -85,7 +85,7 @@ class CodedResult:
     decode_ms: float
     total_ms: float
     deadline_met: bool
-    late: bool
+    late: bool  # an answer that was used came in after the deadline
     scheme: str
     policy: str
     n_workers: int
@@ -445,7 +445,6 @@ class CodedClient:
             tasks[asyncio.ensure_future(coro)] = worker
         answers, latency, errors = await self._collect(tasks, plan, k, t_fanout, deadline_t, hard_t)
         t_decide = time.perf_counter()
-        late = t_decide > deadline_t
 
         # 3. decode
         lam_enc = lam_dec = None
@@ -463,6 +462,8 @@ class CodedClient:
             arrived = tuple(sorted(first.values()))
             predictions = np.concatenate([answers[first[j]] for j in range(k)], axis=0).astype(np.float32, copy=False)
         t_end = time.perf_counter()
+        # late: some answer that was used came in after the deadline (the client waited past it)
+        late = any(t_fanout + latency[w] / 1e3 > deadline_t for w in arrived)
         return CodedResult(
             predictions=predictions,
             arrived=arrived,

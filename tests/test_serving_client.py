@@ -1,0 +1,310 @@
+"""CodedClient against real tritonserver processes (LocalCluster): accuracy, stragglers, dead workers, policies.
+
+One module-scoped cluster (master + N_WORKERS workers, no stragglers) serves most tests; one small second cluster
+supplies a worker that is always slow (bimodal p=1), which the client mixes into its worker list. The test
+that kills a worker runs last in this file because it leaves that cluster with a dead worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tritonclient.grpc.aio")
+
+from nercc.client import CodedClient, NotEnoughAnswersError, SyncCodedClient, parse_policy  # noqa: E402
+
+MODEL = "lenet5"
+N_WORKERS = 6
+K = 2  # N / K = 3: the redundancy DESIGN.md recommends for accuracy
+SLOW_MS = 250.0
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from nercc.serving import LocalCluster
+
+    with LocalCluster(MODEL, n_workers=N_WORKERS, straggler="none", seed=0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def slow_cluster():
+    """One worker that straggles on every request (its own tritonserver)."""
+    from nercc.serving import LocalCluster
+
+    with LocalCluster(MODEL, n_workers=1, straggler=f"bimodal:p=1,slow_ms={SLOW_MS:g}", seed=0, master=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    from nercc.data import load_mnist
+    from nercc.models import OnnxModel, load_model_info
+    from nercc.preprocessing import preprocess
+
+    raw, labels = load_mnist("test")
+    info = load_model_info(MODEL)
+    f = OnnxModel(MODEL, threads=1)
+    raw = np.ascontiguousarray(raw[:64])
+    x = preprocess(info, raw)
+    return raw, x, f(x)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def infer_all(client: CodedClient, batches):
+    async with client:
+        return [await client.infer(b) for b in batches]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mse(pred: np.ndarray, ref: np.ndarray) -> float:
+    """DESIGN.md's MSE: mean over inputs of the squared L2 distance between probability vectors."""
+    return float(((pred - ref) ** 2).sum(axis=1).mean())
+
+
+# ------------------------------------------------------------------------------------------------ accuracy
+# Measured with this cluster (N=6, K=2, all 6 workers answering, MNIST test images 0..31, lams from the
+# committed tuning profile): NeRCC MSE = 1.4e-3, BACC MSE = 2.2e-2 (BACC has no tunable smoothing: its
+# value is fixed by the inputs), top-1 agreement with f 1.000 for both. For scale: a prediction of the wrong
+# class differs from f by >= 0.5, two random probability vectors by ~1. Bounds: ~7x the NeRCC value and
+# ~2x the BACC value, loose enough for a re-tuned profile, tight enough to catch an encoder/decoder mismatch
+# (other lams or points) or a wrong worker order, which give 0.1-1. With one worker missing (5 of 6 answers)
+# the straggler tests use the looser CODED_MSE_BOUND.
+FULL_MSE_BOUND = {"nercc": 0.01, "bacc": 0.05}
+CODED_MSE_BOUND = 0.05
+
+
+@pytest.mark.parametrize("scheme", ["nercc", "bacc"])
+def test_coded_predictions_match_local_model(cluster, mnist, scheme):
+    raw, _, ref = mnist
+    batches = [raw[i:i + K] for i in range(0, 32, K)]
+    client = CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme=scheme,
+                         deadline_ms=2000, policy="all", n_inputs=K)
+    results = run(infer_all(client, batches))
+    pred = np.concatenate([r.predictions for r in results])
+    assert pred.shape == (32, 10) and pred.dtype == np.float32
+    assert all(r.arrived == tuple(range(N_WORKERS)) and not r.errors for r in results)
+    err = mse(pred, ref[:32])
+    print(f"{scheme}: MSE vs local f = {err:.3e}, top-1 agreement {(pred.argmax(1) == ref[:32].argmax(1)).mean():.3f}")
+    assert err < FULL_MSE_BOUND[scheme]
+    assert (pred.argmax(1) == ref[:32].argmax(1)).mean() >= 0.95
+
+
+def test_float_input_goes_through_encoder_and_agrees_with_raw(cluster, mnist):
+    raw, x, _ = mnist
+    client = CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme="nercc",
+                         deadline_ms=2000, policy="all", n_inputs=K)
+    from_raw, from_float = run(infer_all(client, [raw[:K], x[:K]]))
+    np.testing.assert_allclose(from_float.predictions, from_raw.predictions, atol=1e-4)
+
+
+@pytest.mark.parametrize("scheme", ["uncoded", "replication"])
+def test_baselines_equal_local_model(cluster, mnist, scheme):
+    raw, _, ref = mnist
+    batches = [raw[i:i + K] for i in range(0, 16, K)]
+    client = CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme=scheme,
+                         deadline_ms=2000, n_inputs=K)
+    results = run(infer_all(client, batches))
+    np.testing.assert_allclose(np.concatenate([r.predictions for r in results]), ref[:16], rtol=1e-5, atol=1e-6)
+    expected_requests = K if scheme == "uncoded" else (N_WORKERS // K) * K
+    assert all(r.n_requests == expected_requests for r in results)
+    # uncoded rotates its K workers over the N from batch to batch
+    if scheme == "uncoded":
+        assert len({w for r in results for w in r.arrived}) == N_WORKERS
+
+
+# ------------------------------------------------------------------------------------------------ policies
+def test_first_m_decodes_early_and_all_waits_for_everyone(cluster, mnist, slow_cluster):
+    raw, _, ref = mnist
+    urls = cluster.worker_urls[: N_WORKERS - 1] + slow_cluster.worker_urls  # worker N-1 always slow
+    first = CodedClient(cluster.master_url, urls, model=MODEL, scheme="nercc", deadline_ms=1500,
+                        policy=f"first:{N_WORKERS - 2}", n_inputs=K)
+    everyone = CodedClient(cluster.master_url, urls, model=MODEL, scheme="nercc", deadline_ms=100,
+                           policy="all", n_inputs=K, hard_timeout_ms=3000)
+    (r_first,) = run(infer_all(first, [raw[:K]]))
+    (r_all,) = run(infer_all(everyone, [raw[:K]]))
+    # first:M stops as soon as M answers are in: long before the slow worker, far from the 1.5 s deadline
+    assert len(r_first.arrived) >= N_WORKERS - 2 and N_WORKERS - 1 not in r_first.arrived
+    assert r_first.total_ms < SLOW_MS and not r_first.late and r_first.deadline_met
+    # `all` waits for the slow worker too (past its 100 ms deadline), so it is late but uses every answer
+    assert r_all.arrived == tuple(range(N_WORKERS))
+    assert r_all.worker_latency_ms[N_WORKERS - 1] >= SLOW_MS
+    assert r_all.late and not r_all.deadline_met
+    assert mse(r_all.predictions, ref[:K]) < CODED_MSE_BOUND
+
+
+@pytest.mark.parametrize("scheme", ["nercc", "bacc"])
+def test_straggler_is_left_out_and_result_is_back_by_the_deadline(cluster, mnist, slow_cluster, scheme):
+    raw, _, ref = mnist
+    deadline_ms, slack_ms = 120.0, 60.0
+    urls = [slow_cluster.worker_urls[0]] + cluster.worker_urls[1:]  # worker 0 always slow
+    client = CodedClient(cluster.master_url, urls, model=MODEL, scheme=scheme, deadline_ms=deadline_ms,
+                         policy="deadline", n_inputs=K)
+    results = run(infer_all(client, [raw[i:i + K] for i in range(0, 6, K)]))
+    for r in results:
+        assert 0 not in r.arrived and 0 not in r.worker_latency_ms
+        assert r.arrived == tuple(range(1, N_WORKERS))
+        assert r.total_ms < deadline_ms + slack_ms, r.total_ms
+        assert r.total_ms >= deadline_ms * 0.95  # `deadline` waits for the straggler until the deadline
+        assert not r.late
+    pred = np.concatenate([r.predictions for r in results])
+    assert mse(pred, ref[:6]) < CODED_MSE_BOUND
+
+
+def test_replication_first_copy_wins_over_a_straggler(cluster, mnist, slow_cluster):
+    raw, _, ref = mnist
+    urls = [slow_cluster.worker_urls[0]] + cluster.worker_urls[1:]
+    client = CodedClient(cluster.master_url, urls, model=MODEL, scheme="replication", deadline_ms=150,
+                         n_inputs=K)
+    (r,) = run(infer_all(client, [raw[:K]]))
+    assert 0 not in r.arrived and r.total_ms < SLOW_MS and not r.late
+    np.testing.assert_allclose(r.predictions, ref[:K], rtol=1e-5, atol=1e-6)
+
+
+def test_too_few_answers_by_the_deadline_is_late_then_an_error(cluster, mnist, slow_cluster):
+    raw, x, _ = mnist
+    slow = slow_cluster.worker_urls[0]
+    # both "workers" are the always-slow server: the 2 answers a coded decode needs come after the deadline
+    late_client = CodedClient(cluster.master_url, [slow, slow], model=MODEL, scheme="bacc", deadline_ms=50,
+                              hard_timeout_ms=5000, n_inputs=K)
+    (r,) = run(infer_all(late_client, [raw[:K]]))
+    assert r.late and not r.deadline_met and r.arrived == (0, 1)
+    assert r.total_ms >= SLOW_MS
+    # N = K = 2 has no redundancy (MSE vs f ~0.04), so check the decode itself: the same BACC computed locally
+    from nercc.coding import BACC
+    from nercc.models import OnnxModel
+
+    local = BACC(n_inputs=K, n_workers=2)
+    expected = local.decode(OnnxModel(MODEL, threads=1)(local.encode(x[:K]).astype(np.float32)), [0, 1])
+    np.testing.assert_allclose(r.predictions, expected, atol=1e-5)
+
+    hopeless = CodedClient(cluster.master_url, [slow, slow], model=MODEL, scheme="bacc", deadline_ms=50,
+                           hard_timeout_ms=120, n_inputs=K)
+    t0 = time.perf_counter()
+    with pytest.raises(NotEnoughAnswersError, match=r"0 of 2 workers answered .* needs at least 2") as info:
+        run(infer_all(hopeless, [raw[:K]]))
+    assert (time.perf_counter() - t0) * 1e3 < SLOW_MS + 200
+    assert info.value.n_arrived == 0 and info.value.n_needed == 2
+
+    uncoded = CodedClient(cluster.master_url, [slow] + cluster.worker_urls[1:], model=MODEL, scheme="uncoded",
+                          deadline_ms=50, hard_timeout_ms=100, n_inputs=N_WORKERS)
+    with pytest.raises(NotEnoughAnswersError, match=rf"all {N_WORKERS} inputs need an answer"):
+        run(infer_all(uncoded, [raw[:N_WORKERS]]))
+
+
+def test_unreachable_worker_counts_as_straggler(cluster, mnist):
+    raw, _, ref = mnist
+    urls = cluster.worker_urls[:-1] + [f"127.0.0.1:{free_port()}"]  # nothing listens there
+    client = CodedClient(cluster.master_url, urls, model=MODEL, scheme="nercc", deadline_ms=1000,
+                         policy="deadline", n_inputs=K)
+    results = run(infer_all(client, [raw[:K], raw[K:2 * K]]))
+    for r in results:
+        assert N_WORKERS - 1 not in r.arrived and len(r.arrived) == N_WORKERS - 1
+        assert N_WORKERS - 1 in r.errors and "connect" in r.errors[N_WORKERS - 1]
+        assert not r.late  # every live worker answered and the dead one failed fast: no need to wait
+    pred = np.concatenate([r.predictions for r in results])
+    assert mse(pred, ref[: 2 * K]) < CODED_MSE_BOUND
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_bad_arguments_and_inputs_raise_clear_errors(cluster, mnist):
+    raw, x, _ = mnist
+    master, workers = cluster.master_url, cluster.worker_urls
+    with pytest.raises(ValueError, match="unknown scheme 'lt'"):
+        CodedClient(master, workers, model=MODEL, scheme="lt")
+    with pytest.raises(ValueError, match="unknown policy 'fastest'"):
+        CodedClient(master, workers, model=MODEL, policy="fastest")
+    with pytest.raises(ValueError, match="M must be between 2 and n_workers=6"):
+        CodedClient(master, workers, model=MODEL, policy="first:7")
+    with pytest.raises(ValueError, match="K <= n_workers"):
+        CodedClient(master, workers, model=MODEL, n_inputs=7)
+    with pytest.raises(ValueError, match="hard_timeout_ms"):
+        CodedClient(master, workers, model=MODEL, deadline_ms=100, hard_timeout_ms=50)
+    with pytest.raises(ValueError, match="needs master_url"):
+        CodedClient(None, workers, model=MODEL, scheme="bacc")
+
+    async def bad_batches():
+        async with CodedClient(master, workers, model=MODEL, n_inputs=K, deadline_ms=1000) as client:
+            with pytest.raises(ValueError, match="dtype must be uint8 .* or float32"):
+                await client.infer(x[:K].astype(np.float64))
+            with pytest.raises(ValueError, match=r"must have shape \(K, 28, 28\), got \(2, 28, 27\)"):
+                await client.infer(raw[:K, :, :27])
+            with pytest.raises(ValueError, match="batch has 3 inputs but the client was built with n_inputs=2"):
+                await client.infer(raw[:3])
+            nan = x[:K].copy()
+            nan[0, 0, 0, 0] = np.nan
+            with pytest.raises(ValueError, match="NaN or inf"):
+                await client.infer(nan)
+            with pytest.raises(ValueError, match="numpy array"):
+                await client.infer(raw[:K].tolist())
+            # the cluster keeps serving after all that
+            result = await client.infer(raw[:K])
+            assert result.predictions.shape == (K, 10)
+
+    run(bad_batches())
+
+    async def unknown_model():
+        async with CodedClient(master, workers, model="no_such_model", scheme="uncoded") as client:
+            await client.infer(x[:K])
+
+    with pytest.raises(ValueError, match="unknown model 'no_such_model'"):
+        run(unknown_model())
+
+
+def test_policy_parser():
+    assert parse_policy("deadline", 12) == ("deadline", None)
+    assert parse_policy("first:8", 12) == ("first", 8)
+    assert parse_policy("ALL", 12) == ("all", None)
+    with pytest.raises(ValueError, match="integer"):
+        parse_policy("first:x", 12)
+
+
+def test_sync_client_and_any_k(cluster, mnist):
+    raw, _, ref = mnist
+    with SyncCodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme="nercc",
+                         deadline_ms=2000, policy="all") as client:  # n_inputs=None: any 2 <= K <= N per call
+        for k in (2, 3):
+            r = client.infer(raw[:k])
+            assert r.predictions.shape == (k, 10)
+            assert mse(r.predictions, ref[:k]) < CODED_MSE_BOUND
+        assert client.scheme == "nercc"
+
+
+# --------------------------------------------------------------------- dead worker (last: it kills one)
+def test_worker_killed_mid_run(cluster, mnist):
+    raw, _, ref = mnist
+    victim = 2
+
+    async def scenario():
+        async with CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme="nercc",
+                               deadline_ms=500, policy="deadline", n_inputs=K) as client:
+            before = [await client.infer(raw[i:i + K]) for i in range(0, 4 * K, K)]
+            in_flight = asyncio.ensure_future(client.infer(raw[4 * K:5 * K]))
+            await asyncio.sleep(0)  # the request is on its way: encode / fan-out under way
+            cluster.kill_worker(victim)
+            during = await in_flight
+            after = [await client.infer(raw[i:i + K]) for i in range(5 * K, 12 * K, K)]
+            return before, during, after
+
+    before, during, after = run(scenario())
+    assert all(r.arrived == tuple(range(N_WORKERS)) for r in before)
+    assert during.predictions.shape == (K, 10)
+    for r in after:
+        assert r.arrived == tuple(w for w in range(N_WORKERS) if w != victim), r.arrived
+        assert victim in r.errors and not r.late  # refused connections fail fast: no wait for the deadline
+        assert r.total_ms < 500
+    pred = np.concatenate([r.predictions for r in after])
+    assert mse(pred, ref[5 * K:12 * K]) < CODED_MSE_BOUND
