@@ -1,0 +1,527 @@
+"""Accuracy of coded prediction (MSE, RelAcc) vs the number of stragglers, for BACC, NeRCC-0 and tuned NeRCC.
+
+Offline reproduction of the NeRCC paper's Table 1 / Fig. 3: the model f runs in-process through onnxruntime
+(no servers). For every straggler count S and every trial t:
+
+1. the K inputs of trial t are real test inputs (preprocessed); trial t uses the same K inputs at every S;
+2. each scheme encodes them into N coded inputs and f runs on all N of them (once per distinct encoding
+   matrix: BACC, NeRCC with lam_enc = 0, NeRCC with each tuned lam_enc; all decoders reuse those outputs);
+3. a uniformly random set F of N - S workers "arrives" (the same set for every scheme), each scheme decodes
+   K approximate predictions from the outputs of the workers in F;
+4. scores: MSE_t = (1/K) sum_k ||f(x_k) - y_hat_k||^2 on softmax outputs, and
+   RelAcc_t = accuracy of argmax(y_hat) on trial t / accuracy of the base model f on all T*K evaluation
+   inputs (true labels); we also report top-1 agreement with f's own prediction, which stays meaningful
+   for untrained models.
+
+Mean and standard deviation over the T trials go to JSON and CSV. Tuned lams come from the model's tuning
+profile (``nercc.profiles.lookup`` for an exact (K, N, S) entry) or, where the profile has none, are tuned
+on the fly on held-out inputs (see :mod:`bench.tune`); the JSON says which for every S.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from nercc.paths import REPO_ROOT
+
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+#: Scheme keys in result files, in display order, and their names in tables and plots.
+SCHEMES = ("bacc", "nercc0", "nercc")
+SCHEME_LABELS = {"bacc": "BACC", "nercc0": "NeRCC-0", "nercc": "NeRCC"}
+
+#: Default settings per model, used by `nercc bench accuracy/all` when an option is not given.
+#: ImageNet models: only 20 sample images exist and one forward pass costs ~0.1-1 s on the shared 2-core
+#: machine, so they run small (N/K = 4, stragglers up to 50% of N, fewer trials).
+DEFAULTS = {
+    "lenet5": {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 100},
+    "repvgg_cifar10": {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 40},
+    "efficientnet_lite0": {"workers": 20, "inputs": 5, "stragglers": [0, 2, 4, 6, 8, 10], "trials": 12},
+    "vit_b16": {"workers": 20, "inputs": 5, "stragglers": [0, 2, 4, 6, 8, 10], "trials": 6},
+}
+FALLBACK_DEFAULTS = {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 50}
+
+#: f batch size (images per onnxruntime call) by input size: bigger inputs, smaller batches.
+def default_batch_size(input_dim: int) -> int:
+    if input_dim <= 4096:
+        return 2000
+    if input_dim <= 50_000:
+        return 256
+    return 16
+
+
+Model = Callable[[np.ndarray], np.ndarray]
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Inputs:
+    """Preprocessed model inputs with their labels and where they came from."""
+
+    x: np.ndarray  # float32 (n, *input_shape)
+    labels: np.ndarray  # int64 (n,)
+    split: str  # e.g. "test", "train", "test[even]"
+    indices: np.ndarray  # indices into the data set split
+
+
+def split_policy(dataset: str) -> Tuple[Tuple[str, Optional[int]], Tuple[str, Optional[int]]]:
+    """Where evaluation and tuning inputs come from: ((split, parity), (split, parity)).
+
+    MNIST and CIFAR-10: evaluate on the test split, tune on the training split. The ImageNet sample set has
+    one split of 20 images: evaluate on the even-indexed images, tune on the odd-indexed ones (disjoint).
+    ``parity`` None means the whole split.
+    """
+    if dataset in ("imagenet", "imagenet-samples"):
+        return ("test", 0), ("test", 1)
+    return ("test", None), ("train", None)
+
+
+def load_inputs(info, purpose: str, n: int, seed: int) -> Inputs:
+    """``n`` preprocessed inputs for ``purpose`` "eval" or "tune" (disjoint, see :func:`split_policy`).
+
+    Inputs are a seeded random sample without replacement; when the pool holds fewer than ``n`` images
+    (ImageNet samples) the whole pool is returned.
+    """
+    from nercc.data import load_dataset
+    from nercc.preprocessing import preprocess
+
+    if purpose not in ("eval", "tune"):
+        raise ValueError(f"purpose must be 'eval' or 'tune', got {purpose!r}")
+    if n < 1:
+        raise ValueError(f"number of inputs must be >= 1, got {n}")
+    (split, parity) = split_policy(info.dataset)[0 if purpose == "eval" else 1]
+    raw, labels = load_dataset(info.dataset, split=split)
+    pool = np.arange(len(raw))
+    if parity is not None:
+        pool = pool[pool % 2 == parity]
+        split = f"{split}[{'even' if parity == 0 else 'odd'}]"
+    rng = np.random.default_rng([seed, 0 if purpose == "eval" else 1])
+    chosen = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+    x = np.concatenate([preprocess(info, raw[chosen[i : i + 512]]) for i in range(0, len(chosen), 512)])
+    return Inputs(x=x.astype(np.float32, copy=False), labels=np.asarray(labels)[chosen], split=split, indices=chosen)
+
+
+def trial_batches(n_pool: int, n_inputs: int, n_trials: int, seed: int) -> np.ndarray:
+    """(T, K) indices into a pool: disjoint across trials when the pool is large enough, else K distinct per trial."""
+    if n_inputs > n_pool:
+        raise ValueError(f"K = {n_inputs} inputs per trial but only {n_pool} evaluation inputs exist")
+    rng = np.random.default_rng([seed, 2])
+    if n_inputs * n_trials <= n_pool:
+        return rng.permutation(n_pool)[: n_inputs * n_trials].reshape(n_trials, n_inputs)
+    return np.stack([rng.choice(n_pool, size=n_inputs, replace=False) for _ in range(n_trials)])
+
+
+def straggler_sets(n_workers: int, n_stragglers: int, n_trials: int, seed: int) -> np.ndarray:
+    """(T, N - S) ascending arrived-worker indices, one uniformly random set per trial (seeded per S)."""
+    if not 0 <= n_stragglers <= n_workers - 2:
+        raise ValueError(f"stragglers must be in [0, N - 2] = [0, {n_workers - 2}], got {n_stragglers}")
+    rng = np.random.default_rng([seed, 3, n_workers, n_stragglers])
+    keep = n_workers - n_stragglers
+    return np.stack([np.sort(rng.choice(n_workers, size=keep, replace=False)) for _ in range(n_trials)])
+
+
+# --------------------------------------------------------------------------------------------- engine
+
+
+class BatchedModel:
+    """f applied in batches of ``batch_size`` with a shared progress bar and a count of calls and images."""
+
+    def __init__(self, f: Model, batch_size: int, progress: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.f, self.batch_size, self.progress = f, int(batch_size), progress
+        self.calls = 0
+        self.images = 0
+        self.seconds = 0.0
+
+    def __call__(self, x: np.ndarray, desc: str = "f") -> np.ndarray:
+        from tqdm import tqdm
+
+        out = []
+        with tqdm(total=len(x), desc=desc, unit="img", disable=not self.progress or len(x) < 5000,
+                  leave=False, file=sys.stderr) as bar:
+            for i in range(0, len(x), self.batch_size):
+                chunk = np.ascontiguousarray(x[i : i + self.batch_size], dtype=np.float32)
+                start = time.perf_counter()
+                out.append(np.asarray(self.f(chunk), dtype=np.float64))
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+                self.images += len(chunk)
+                bar.update(len(chunk))
+        return np.concatenate(out)
+
+
+class CodedEvaluator:
+    """Runs f once per distinct encoding matrix on all trials, then scores any decoder against those outputs.
+
+    ``x_trials``: float32 (T, K, *input_shape). ``base``: f on the uncoded inputs, (T, K, C).
+    """
+
+    def __init__(self, model: BatchedModel, x_trials: np.ndarray, labels: Optional[np.ndarray] = None):
+        self.model = model
+        self.x_trials = x_trials
+        self.n_trials, self.n_inputs = x_trials.shape[:2]
+        self.labels = labels
+        flat = x_trials.reshape(self.n_trials * self.n_inputs, *x_trials.shape[2:])
+        self.base = model(flat, desc="f(x)").reshape(self.n_trials, self.n_inputs, -1)
+        self.base_top1 = self.base.argmax(-1)
+        self._outputs: Dict[str, np.ndarray] = {}
+
+    def worker_outputs(self, key: str, encoding_matrix: np.ndarray) -> np.ndarray:
+        """f on every coded input of every trial, (T, N, C); computed once per ``key``.
+
+        Coded inputs of many trials are stacked into one batch of f calls; each chunk of trials is encoded
+        just before f runs so that memory stays bounded for large images.
+        """
+        if key in self._outputs:
+            return self._outputs[key]
+        E = np.asarray(encoding_matrix, dtype=np.float64)
+        n_workers = E.shape[0]
+        dim = int(np.prod(self.x_trials.shape[2:]))
+        # trials per chunk: ~64 MB of float32 coded inputs, and at least one batch of f's size
+        per_chunk = max(1, min(self.n_trials, (16_000_000 // max(1, n_workers * dim)) or 1))
+        outputs = []
+        for t0 in range(0, self.n_trials, per_chunk):
+            x = self.x_trials[t0 : t0 + per_chunk].astype(np.float64)
+            coded = np.einsum("nk,tkd->tnd", E, x.reshape(len(x), self.n_inputs, dim)).astype(np.float32)
+            y = self.model(coded.reshape(len(x) * n_workers, *self.x_trials.shape[2:]), desc=f"f({key})")
+            outputs.append(y.reshape(len(x), n_workers, -1))
+        self._outputs[key] = np.concatenate(outputs)
+        return self._outputs[key]
+
+    def score(self, outputs: np.ndarray, arrived: np.ndarray, decoding_matrix: Callable) -> Dict[str, np.ndarray]:
+        """Per-trial MSE, accuracy (vs labels) and top-1 agreement (vs f) of one decoder.
+
+        ``arrived``: (T, |F|) ascending worker indices; ``decoding_matrix(arrived_row) -> (K, |F|)``.
+        """
+        mse = np.empty(self.n_trials)
+        acc = np.full(self.n_trials, np.nan)
+        agree = np.empty(self.n_trials)
+        for t in range(self.n_trials):
+            D = decoding_matrix(arrived[t])
+            y_hat = D @ outputs[t, arrived[t]]
+            mse[t] = np.mean(np.sum((self.base[t] - y_hat) ** 2, axis=-1))
+            top1 = y_hat.argmax(-1)
+            agree[t] = np.mean(top1 == self.base_top1[t])
+            if self.labels is not None:
+                acc[t] = np.mean(top1 == self.labels[t])
+        return {"mse": mse, "acc": acc, "agree": agree}
+
+
+def encoder_key(scheme: str, lam_enc: float = 0.0) -> str:
+    """Identity of an encoding matrix: BACC has one; NeRCC one per lam_enc."""
+    return "bacc" if scheme == "bacc" else f"nercc(lam_enc={float(lam_enc):.6g})"
+
+
+def make_scheme(scheme: str, n_inputs: int, n_workers: int, lam_enc: float = 0.0, lam_dec: float = 0.0):
+    from nercc.coding import BACC, NeRCC
+
+    if scheme == "bacc":
+        return BACC(n_inputs=n_inputs, n_workers=n_workers)
+    return NeRCC(n_inputs=n_inputs, n_workers=n_workers, lam_enc=float(lam_enc), lam_dec=float(lam_dec))
+
+
+def _stats(values: np.ndarray) -> Tuple[Optional[float], Optional[float]]:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None, None
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+# --------------------------------------------------------------------------------------------- lams
+
+
+@dataclass
+class Lams:
+    lam_enc: float
+    lam_dec: float
+    source: str  # "profile", "tuned on the fly", "given"
+    lam_dec_by_arrived: Dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = {"lam_enc": self.lam_enc, "lam_dec": self.lam_dec, "source": self.source}
+        if self.lam_dec_by_arrived:
+            out["lam_dec_by_arrived"] = self.lam_dec_by_arrived
+        return out
+
+
+def profile_entry(model_dir: Path, n_inputs: int, n_workers: int, n_stragglers: int) -> Optional[dict]:
+    """The profile's entry for exactly (K, N, S), or None."""
+    from nercc.profiles import load_profile
+
+    for entry in load_profile(model_dir)["entries"]:
+        if (entry["n_inputs"], entry["n_workers"], entry["n_stragglers"]) == (n_inputs, n_workers, n_stragglers):
+            return entry
+    return None
+
+
+def resolve_lams(info, n_inputs: int, n_workers: int, n_stragglers: int, tune_missing: bool,
+                 seed: int, threads: int, progress: bool) -> Lams:
+    """Tuned (lam_enc, lam_dec) for (K, N, S): the profile's exact entry, read as the encoder reads it
+    (``nercc.profiles.lookup`` with n_arrived = N - S), else a tuning run on held-out inputs (not saved)."""
+    from nercc.profiles import lookup
+
+    entry = profile_entry(info.dir, n_inputs, n_workers, n_stragglers)
+    if entry is not None:
+        lam_enc, lam_dec = lookup(info.dir, n_inputs, n_workers, n_stragglers, n_arrived=n_workers - n_stragglers)
+        return Lams(lam_enc, lam_dec, "profile", dict(entry.get("lam_dec_by_arrived") or {}))
+    if not tune_missing:
+        lam_enc, lam_dec = lookup(info.dir, n_inputs, n_workers, n_stragglers, n_arrived=n_workers - n_stragglers)
+        return Lams(lam_enc, lam_dec, "profile fallback (no exact entry; nearest entry, default or built-in)")
+    from bench.tune import tune_setting
+
+    entry = tune_setting(info, n_inputs, n_workers, n_stragglers, seed=seed, threads=threads, progress=progress)
+    return Lams(entry["lam_enc"], entry["lam_dec"], "tuned on the fly (held-out inputs, not saved)")
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+
+
+def run_benchmark(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, stragglers: Sequence[int],
+                  lams: Dict[int, Lams], n_trials: int, seed: int, batch_size: int,
+                  progress: bool = True) -> dict:
+    """The benchmark core (no file I/O): returns the ``results`` and ``base`` parts of the JSON.
+
+    ``lams[S]`` gives tuned NeRCC's lams at S. All schemes see the same trials and arrived sets.
+    """
+    from tqdm import tqdm
+
+    if n_inputs < 2 or n_workers < n_inputs:
+        raise ValueError(f"need 2 <= K <= N, got K = {n_inputs}, N = {n_workers}")
+    if n_trials < 1:
+        raise ValueError(f"trials must be >= 1, got {n_trials}")
+    batches = trial_batches(len(inputs.x), n_inputs, n_trials, seed)
+    x_trials = inputs.x[batches]
+    labels = inputs.labels[batches]
+    model = BatchedModel(f, batch_size, progress)
+    ev = CodedEvaluator(model, x_trials, labels)
+    base_acc = float(np.mean(ev.base_top1 == labels))
+
+    bacc = make_scheme("bacc", n_inputs, n_workers)
+    nercc0 = make_scheme("nercc", n_inputs, n_workers, 0.0, 0.0)
+    results: Dict[str, dict] = {}
+    jobs = [(s, name) for s in stragglers for name in SCHEMES]
+    bar = tqdm(jobs, desc="decode", unit="scheme", disable=not progress, file=sys.stderr)
+    for s, name in bar:
+        bar.set_postfix_str(f"S={s} {SCHEME_LABELS[name]}")
+        arrived = straggler_sets(n_workers, s, n_trials, seed)
+        if name == "bacc":
+            scheme, key = bacc, encoder_key("bacc")
+        elif name == "nercc0":
+            scheme, key = nercc0, encoder_key("nercc", 0.0)
+        else:
+            lam = lams[s]
+            scheme = make_scheme("nercc", n_inputs, n_workers, lam.lam_enc, lam.lam_dec)
+            key = encoder_key("nercc", lam.lam_enc)
+        outputs = ev.worker_outputs(key, scheme.encoding_matrix())
+        scores = ev.score(outputs, arrived, scheme.decoding_matrix)
+        mse_mean, mse_std = _stats(scores["mse"])
+        acc_mean, acc_std = _stats(scores["acc"])
+        agree_mean, agree_std = _stats(scores["agree"])
+        row = {
+            "mse_mean": mse_mean, "mse_std": mse_std,
+            "relacc_mean": acc_mean / base_acc if base_acc > 0 and acc_mean is not None else None,
+            "relacc_std": acc_std / base_acc if base_acc > 0 and acc_std is not None else None,
+            "acc_mean": acc_mean, "acc_std": acc_std,
+            "agreement_mean": agree_mean, "agreement_std": agree_std,
+        }
+        if name != "bacc":
+            row["lam_enc"] = 0.0 if name == "nercc0" else lams[s].lam_enc
+            row["lam_dec"] = 0.0 if name == "nercc0" else lams[s].lam_dec
+        results.setdefault(str(s), {})[name] = row
+    return {
+        "base_accuracy": base_acc,
+        "results": results,
+        "f_calls": model.calls,
+        "f_images": model.images,
+        "f_seconds": round(model.seconds, 2),
+        "eval_inputs_distinct": int(len(np.unique(batches))),
+    }
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The command as a user would type it: ``nercc <args>``."""
+    return "nercc " + " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def accuracy_argv(model: str, cfg: dict, seed: int, extra: Sequence[str] = ()) -> List[str]:
+    """The explicit `nercc bench accuracy` arguments that reproduce a run (no reliance on defaults)."""
+    return ["bench", "accuracy", "--model", model, "--workers", cfg["n_workers"], "--inputs", cfg["n_inputs"],
+            "--stragglers", ",".join(str(s) for s in cfg["stragglers"]), "--trials", cfg["trials"],
+            "--seed", seed, *extra]
+
+
+def result_stem(model: str, n_workers: int, n_inputs: int) -> str:
+    return f"accuracy_{model}_N{n_workers}_K{n_inputs}"
+
+
+def write_results(report: dict, out_dir: Path) -> Tuple[Path, Path]:
+    """``<stem>.json`` (everything) and ``<stem>.csv`` (one row per S and scheme)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = result_stem(report["model"], report["N"], report["K"])
+    json_path, csv_path = out_dir / f"{stem}.json", out_dir / f"{stem}.csv"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    columns = ["model", "N", "K", "S", "scheme", "mse_mean", "mse_std", "relacc_mean", "relacc_std",
+               "acc_mean", "agreement_mean", "lam_enc", "lam_dec", "trials", "seed"]
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for s, by_scheme in report["results"].items():
+            for name in SCHEMES:
+                row = by_scheme[name]
+                writer.writerow({"model": report["model"], "N": report["N"], "K": report["K"], "S": s,
+                                 "scheme": SCHEME_LABELS[name], "trials": report["trials"], "seed": report["seed"],
+                                 **{c: row.get(c, "") for c in columns if c in row}})
+    return json_path, csv_path
+
+
+def format_table(report: dict) -> str:
+    """Plain-text summary: one line per S with each scheme's MSE and RelAcc and NeRCC/BACC."""
+    lines = [f"{report['model']}  N={report['N']} K={report['K']} trials={report['trials']} "
+             f"base accuracy {report['base_accuracy']:.4f}",
+             f"{'S':>4} " + " ".join(f"{SCHEME_LABELS[s] + ' MSE':>20}" for s in SCHEMES)
+             + " " + " ".join(f"{SCHEME_LABELS[s] + ' RelAcc':>14}" for s in SCHEMES) + "  NeRCC/BACC"]
+    for s, row in report["results"].items():
+        mse = " ".join(f"{row[n]['mse_mean']:>11.5f}±{row[n]['mse_std']:<8.5f}" for n in SCHEMES)
+        rel = " ".join(
+            f"{row[n]['relacc_mean']:>14.4f}" if row[n]["relacc_mean"] is not None else f"{'n/a':>14}"
+            for n in SCHEMES)
+        ratio = row["nercc"]["mse_mean"] / row["bacc"]["mse_mean"]
+        lines.append(f"{s:>4} {mse} {rel}  {ratio:.3f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- command
+
+
+def parse_int_list(text: str) -> List[int]:
+    """"0,10,20" or "0:60:10" (start:stop:step, stop included) -> list of ints."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            start, stop, step = (int(v) for v in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            return list(range(start, stop + 1, step))
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected integers like '0,10,20' or '0:60:10', got {text!r}") from None
+
+
+def configure(parser) -> None:
+    parser.add_argument("--model", default="lenet5", help="model name in model_repository/")
+    parser.add_argument("--workers", "-N", type=int, default=None, help="N, number of workers (default per model)")
+    parser.add_argument("--inputs", "-K", type=int, default=None, help="K, inputs per coded batch (default per model)")
+    parser.add_argument("--stragglers", "-S", default=None,
+                        help="straggler counts, '0,10,20' or '0:60:10' (default per model)")
+    parser.add_argument("--trials", "-T", type=int, default=None, help="trials per straggler count (default per model)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for inputs and straggler sets")
+    parser.add_argument("--lam-enc", type=float, default=None,
+                        help="use this lam_enc for tuned NeRCC at every S instead of the profile")
+    parser.add_argument("--lam-dec", type=float, default=None,
+                        help="use this lam_dec for tuned NeRCC at every S instead of the profile")
+    parser.add_argument("--no-tune", action="store_true",
+                        help="where the profile has no exact (K, N, S) entry, use its nearest entry instead of tuning")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per onnxruntime call")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON and CSV")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def settings(args) -> dict:
+    """Per-model defaults filled in where the command line left options out; validated."""
+    d = DEFAULTS.get(args.model, FALLBACK_DEFAULTS)
+    n_workers = args.workers if args.workers is not None else d["workers"]
+    n_inputs = args.inputs if args.inputs is not None else d["inputs"]
+    stragglers = parse_int_list(args.stragglers) if args.stragglers is not None else list(d["stragglers"])
+    trials = args.trials if args.trials is not None else d["trials"]
+    if n_inputs < 2:
+        raise ValueError(f"--inputs (K) must be >= 2, got {n_inputs}")
+    if n_workers < n_inputs:
+        raise ValueError(f"--workers (N) must be >= --inputs (K) = {n_inputs}, got {n_workers}")
+    if not stragglers:
+        raise ValueError("--stragglers is empty")
+    bad = [s for s in stragglers if not 0 <= s <= n_workers - n_inputs]
+    if bad:
+        raise ValueError(f"--stragglers must lie in [0, N - K] = [0, {n_workers - n_inputs}], got {bad}")
+    if trials < 1:
+        raise ValueError(f"--trials must be >= 1, got {trials}")
+    return {"n_workers": n_workers, "n_inputs": n_inputs, "stragglers": stragglers, "trials": trials}
+
+
+def run(args) -> dict:
+    """Everything `nercc bench accuracy` does except printing; returns the report (also written to files)."""
+    from nercc.models import OnnxModel, load_model_info
+
+    cfg = settings(args)
+    K, N, T = cfg["n_inputs"], cfg["n_workers"], cfg["trials"]
+    info = load_model_info(args.model)
+    f = OnnxModel(info, threads=args.threads)
+    progress = not args.quiet
+    started = time.perf_counter()
+
+    lams: Dict[int, Lams] = {}
+    for s in cfg["stragglers"]:
+        if args.lam_enc is not None or args.lam_dec is not None:
+            lams[s] = Lams(args.lam_enc or 0.0, args.lam_dec or 0.0, "given on the command line")
+        else:
+            lams[s] = resolve_lams(info, K, N, s, tune_missing=not args.no_tune, seed=args.seed,
+                                   threads=args.threads, progress=progress)
+    inputs = load_inputs(info, "eval", T * K, args.seed)
+    batch_size = args.batch_size or default_batch_size(info.input_dim)
+    core = run_benchmark(f, inputs, K, N, cfg["stragglers"], lams, T, args.seed, batch_size, progress)
+    report = {
+        "model": info.name, "dataset": info.dataset, "trained": bool(info.trained), "weights": info.weights,
+        "N": N, "K": K, "trials": T, "seed": args.seed, "stragglers": cfg["stragglers"],
+        "command": command_line(accuracy_argv(info.name, cfg, args.seed, extra_flags(args))),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "eval_split": inputs.split,
+        "metrics": {
+            "mse": "mean over the K inputs of ||f(x_k) - y_hat_k||^2 on softmax outputs; mean/std over trials",
+            "relacc": "accuracy of argmax(y_hat) on a trial / accuracy of f on all T*K evaluation inputs",
+            "agreement": "fraction of inputs where argmax(y_hat) equals f's own top-1",
+        },
+        "lams": {str(s): lam.to_json() for s, lam in lams.items()},
+        **core,
+        "base_accuracy_reference": (info.accuracy or {}).get("top1"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return report
+
+
+def extra_flags(args) -> List[str]:
+    """Non-default flags that change results (for the recorded command)."""
+    out: List[str] = []
+    if args.lam_enc is not None:
+        out += ["--lam-enc", repr(args.lam_enc)]
+    if args.lam_dec is not None:
+        out += ["--lam-dec", repr(args.lam_dec)]
+    if args.no_tune:
+        out.append("--no-tune")
+    return out
+
+
+def main(args) -> int:
+    report = run(args)
+    json_path, csv_path = write_results(report, Path(args.out))
+    print(format_table(report))
+    for s, lam in report["lams"].items():
+        print(f"  S={s}: tuned NeRCC lam_enc={lam['lam_enc']:.3g} lam_dec={lam['lam_dec']:.3g} ({lam['source']})")
+    print(f"wrote {json_path} and {csv_path} ({report['seconds']} s)")
+    return 0

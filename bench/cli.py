@@ -1,0 +1,135 @@
+"""Accuracy reproduction (MSE / RelAcc vs stragglers), smoothness sweeps, coding cost and figures.
+
+Sub-commands:
+  accuracy  MSE and RelAcc vs straggler count for BACC, NeRCC-0 and tuned NeRCC (bench/accuracy.py)
+  sweep     MSE over a (lam_enc, lam_dec) grid at one setting: the smoothness-effect data (bench/tune.py)
+  figures   PNG figures from the results in bench/results/ (bench/figures.py)
+  cost      encode/decode cost next to a plain matmul (bench/coding_cost.py)
+  all       regenerate bench/results/: tune, accuracy for every exported model, sweep, tables, figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from nercc.paths import REPO_ROOT
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# name -> (module, help); each module has configure(parser) and main(args)
+SUBCOMMANDS = {
+    "accuracy": ("bench.accuracy", "MSE and RelAcc vs stragglers for BACC, NeRCC-0 and tuned NeRCC"),
+    "sweep": ("bench.tune", "MSE over a (lam_enc, lam_dec) grid at one (model, N, K, S): smoothness data"),
+    "figures": ("bench.figures", "PNG figures from bench/results/"),
+    "cost": ("bench.coding_cost", "time to build matrices, encode and decode, next to a plain matmul"),
+    "all": (None, "regenerate bench/results/ with the default settings (one command)"),
+}
+
+#: Models run by `nercc bench all`, in order; a model whose ONNX is not exported is skipped with a note.
+ALL_MODELS = ("lenet5", "repvgg_cifar10", "efficientnet_lite0", "vit_b16")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if module_name is None:
+            configure_all(p)
+        elif name == "sweep":
+            importlib.import_module(module_name).configure_sweep(p)
+        else:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name != module_name:
+                    raise
+                p.set_defaults(missing=module_name)
+                continue
+            module.configure(p)
+
+
+def configure_all(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default=",".join(ALL_MODELS),
+                        help="comma-separated models; models not exported yet are skipped with a note")
+    parser.add_argument("--retune", action="store_true",
+                        help="tune every setting again even where the profile already has an entry")
+    parser.add_argument("--skip-cost", action="store_true", help="do not run the coding-cost benchmark")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def main(args) -> int:
+    if getattr(args, "missing", None):
+        print(f"nercc bench {args.bench_command}: {args.missing} is not built yet", file=sys.stderr)
+        return 2
+    if args.bench_command == "all":
+        return run_all(args)
+    if args.bench_command == "sweep":
+        return importlib.import_module("bench.tune").main_sweep(args)
+    module = importlib.import_module(SUBCOMMANDS[args.bench_command][0])
+    return int(module.main(args) or 0)
+
+
+def run_all(args) -> int:
+    """Tune missing profile entries, run the accuracy benchmark per model, the sweep, tables and figures."""
+    from bench import accuracy, figures, tune
+    from nercc.models import load_model_info
+
+    started = time.perf_counter()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    done, skipped = [], []
+    for model in models:
+        try:
+            info = load_model_info(model)
+        except (FileNotFoundError, ValueError) as exc:
+            skipped.append(f"{model}: {exc}")
+            continue
+        if not info.onnx_path.exists():
+            skipped.append(f"{model}: {info.onnx_path} missing (run `nercc export {model}`)")
+            continue
+        cfg = accuracy.DEFAULTS.get(model, accuracy.FALLBACK_DEFAULTS)
+        print(f"== {model}: tune N={cfg['workers']} K={cfg['inputs']} S={cfg['stragglers']}", flush=True)
+        tune_argv = ["--model", model, "--workers", str(cfg["workers"]), "--inputs", str(cfg["inputs"]),
+                     "--stragglers", ",".join(map(str, cfg["stragglers"])), "--seed", str(args.seed),
+                     "--threads", str(args.threads)] + (["--quiet"] if args.quiet else [])
+        if not args.retune:
+            tune_argv.append("--missing-only")
+        if tune.main(_parse(tune.configure, tune_argv)) != 0:
+            return 1
+        print(f"== {model}: accuracy", flush=True)
+        acc_argv = ["--model", model, "--seed", str(args.seed), "--threads", str(args.threads)]
+        if accuracy.main(_parse(accuracy.configure, acc_argv + (["--quiet"] if args.quiet else []))) != 0:
+            return 1
+        done.append(model)
+    if "lenet5" in done:
+        print("== lenet5: smoothness sweep", flush=True)
+        tune.main_sweep(_parse(tune.configure_sweep, ["--model", "lenet5", "--threads", str(args.threads)]
+                               + (["--quiet"] if args.quiet else [])))
+    if not args.skip_cost:
+        try:
+            cost = importlib.import_module("bench.coding_cost")
+            print("== coding cost", flush=True)
+            cost_parser = argparse.ArgumentParser()
+            cost.configure(cost_parser)
+            cost.main(cost_parser.parse_args([]))
+        except ModuleNotFoundError:
+            skipped.append("coding cost: bench/coding_cost.py is not built yet")
+    print("== tables and figures", flush=True)
+    figures.main(_parse(figures.configure, []))
+    for note in skipped:
+        print(f"skipped {note}")
+    print(f"bench all: {len(done)} model(s) in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _parse(configure_fn, argv):
+    parser = argparse.ArgumentParser()
+    configure_fn(parser)
+    return parser.parse_args(argv)

@@ -1,0 +1,364 @@
+"""Jointly tune NeRCC's (lam_enc, lam_dec) for a model and write them to its tuning profile.
+
+`nercc tune --model M --workers N --inputs K --stragglers S` searches (lam_enc, lam_dec) on a log grid plus
+lam = 0, then refines around the best pair, scoring the mean MSE over random trials (K held-out inputs each,
+a uniformly random set of N - S arrived workers). Held-out means: the training split for MNIST and CIFAR-10,
+the odd-indexed ImageNet sample images for the ImageNet models; `nercc bench accuracy` evaluates on the test
+split (even-indexed ImageNet samples), so tuning never sees an evaluation input.
+
+It also fits lam_dec per number of arrived workers |F| (the ``lam_dec_by_arrived`` table of the profile
+entry) and keeps the table only if it lowers MSE on a separate validation draw where |F| varies around N - S.
+The entry is written with ``nercc.profiles.save_entry`` to ``model_repository/<model>/tuning.json``, which the
+Triton encoder and the client read through ``nercc.profiles.lookup``.
+
+f is evaluated once per lam_enc on all trials (every lam_dec reuses those outputs) and each decoding matrix
+once per (lam_dec, arrived set) (every lam_enc reuses it), so the search costs a few f passes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from bench.accuracy import (
+    RESULTS_DIR,
+    BatchedModel,
+    CodedEvaluator,
+    command_line,
+    default_batch_size,
+    encoder_key,
+    load_inputs,
+    make_scheme,
+    parse_int_list,
+    straggler_sets,
+    trial_batches,
+)
+
+#: Default search grids: lam = 0 plus log-spaced values (see parse_lam_grid for the syntax).
+DEFAULT_ENC_GRID = "0,1e-9:1e-3:1"
+DEFAULT_DEC_GRID = "0,1e-9:1e0:1"
+#: Refinement around the coarse optimum: this many points per decade, one decade either side.
+REFINE_PER_DECADE = 4
+
+#: Tuning trials per setting by model (held-out inputs; each trial = K inputs and one arrived set).
+DEFAULT_TUNE_TRIALS = {"lenet5": 60, "repvgg_cifar10": 24, "efficientnet_lite0": 8, "vit_b16": 4}
+
+
+def parse_lam_grid(text: str) -> List[float]:
+    """'0,1e-6,1e-4' and/or 'lo:hi:per_decade' log ranges (hi included), e.g. '0,1e-9:1e-3:2' -> sorted list."""
+    values = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            if ":" in part:
+                lo, hi, per_decade = part.split(":")
+                lo, hi, per_decade = float(lo), float(hi), int(per_decade)
+                if not (0 < lo <= hi) or per_decade < 1:
+                    raise ValueError
+                n = int(round(np.log10(hi / lo) * per_decade)) + 1
+                values.update(float(f"{v:.6g}") for v in np.logspace(np.log10(lo), np.log10(hi), n))
+            else:
+                v = float(part)
+                if not v >= 0 or not np.isfinite(v):
+                    raise ValueError
+                values.add(v)
+        except ValueError:
+            raise ValueError(f"lam grid: expected numbers >= 0 or 'lo:hi:per_decade' with 0 < lo <= hi, "
+                             f"got {part!r}") from None
+    if not values:
+        raise ValueError(f"lam grid {text!r} is empty")
+    return sorted(values)
+
+
+def _refine(best: float, grid: Sequence[float]) -> List[float]:
+    """Points around ``best`` at REFINE_PER_DECADE per decade, one decade either side (0 -> the grid's bottom)."""
+    positive = [g for g in grid if g > 0]
+    centre = best if best > 0 else (min(positive) if positive else 1e-9)
+    steps = np.arange(-REFINE_PER_DECADE, REFINE_PER_DECADE + 1) / REFINE_PER_DECADE
+    out = {float(f"{centre * 10 ** s:.6g}") for s in steps}
+    if best == 0:
+        out.add(0.0)
+    return sorted(out)
+
+
+class DecoderBank:
+    """Decoding matrices for every (lam_dec, trial), built once and shared by every lam_enc.
+
+    NeRCC's decoder depends only on lam_dec and the arrived set, not on lam_enc.
+    """
+
+    def __init__(self, n_inputs: int, n_workers: int, arrived: np.ndarray):
+        self.n_inputs, self.n_workers, self.arrived = n_inputs, n_workers, arrived
+        self._bank: Dict[float, np.ndarray] = {}
+
+    def matrices(self, lam_dec: float) -> np.ndarray:
+        """(T, K, |F|) decoding matrices at lam_dec."""
+        if lam_dec not in self._bank:
+            scheme = make_scheme("nercc", self.n_inputs, self.n_workers, 0.0, lam_dec)
+            self._bank[lam_dec] = np.stack([scheme.decoding_matrix(a) for a in self.arrived])
+        return self._bank[lam_dec]
+
+    def mse(self, outputs: np.ndarray, base: np.ndarray, lam_dec: float) -> np.ndarray:
+        """Per-trial MSE of NeRCC(lam_dec) decoding ``outputs`` (T, N, C) against ``base`` (T, K, C)."""
+        D = self.matrices(lam_dec)
+        picked = np.take_along_axis(outputs, self.arrived[:, :, None], axis=1)  # (T, |F|, C)
+        y_hat = np.einsum("tkm,tmc->tkc", D, picked)
+        return np.mean(np.sum((base - y_hat) ** 2, axis=-1), axis=-1)
+
+
+class Search:
+    """MSE of NeRCC over (lam_enc, lam_dec) pairs on fixed held-out trials and arrived sets."""
+
+    def __init__(self, ev: CodedEvaluator, n_workers: int, arrived: np.ndarray):
+        self.ev, self.n_workers, self.arrived = ev, n_workers, arrived
+        self.n_inputs = ev.n_inputs
+        self.bank = DecoderBank(self.n_inputs, n_workers, arrived)
+        self.scores: Dict[tuple, float] = {}
+
+    def outputs(self, lam_enc: float) -> np.ndarray:
+        scheme = make_scheme("nercc", self.n_inputs, self.n_workers, lam_enc, 0.0)
+        return self.ev.worker_outputs(encoder_key("nercc", lam_enc), scheme.encoding_matrix())
+
+    def evaluate(self, lam_encs: Sequence[float], lam_decs: Sequence[float]) -> None:
+        for le in lam_encs:
+            y = None
+            for ld in lam_decs:
+                if (le, ld) not in self.scores:
+                    y = self.outputs(le) if y is None else y
+                    self.scores[(le, ld)] = float(self.bank.mse(y, self.ev.base, ld).mean())
+
+    def best(self) -> tuple:
+        return min(self.scores, key=self.scores.get)
+
+    def bacc_mse(self) -> float:
+        bacc = make_scheme("bacc", self.n_inputs, self.n_workers)
+        y = self.ev.worker_outputs("bacc", bacc.encoding_matrix())
+        return float(self.ev.score(y, self.arrived, bacc.decoding_matrix)["mse"].mean())
+
+
+def arrived_range(n_inputs: int, n_workers: int, n_stragglers: int) -> List[int]:
+    """|F| values for the lam_dec_by_arrived table: every count for small N, else N - S +- N/10."""
+    if n_workers <= 32:
+        return list(range(max(2, n_inputs), n_workers + 1))
+    spread = max(2, n_workers // 10)
+    keep = n_workers - n_stragglers
+    return list(range(max(2, n_inputs, keep - spread), min(n_workers, keep + spread) + 1))
+
+
+def _mixed_arrived(n_workers: int, counts: Sequence[int], n_trials: int, seed: int) -> List[np.ndarray]:
+    """One arrived set per trial, its size drawn uniformly from ``counts``."""
+    rng = np.random.default_rng([seed, 5, n_workers])
+    sizes = rng.choice(np.asarray(counts), size=n_trials)
+    return [np.sort(rng.choice(n_workers, size=int(m), replace=False)) for m in sizes]
+
+
+def tune_by_arrived(ev: CodedEvaluator, n_workers: int, lam_enc: float, lam_dec: float, counts: Sequence[int],
+                    dec_grid: Sequence[float], seed: int, outputs: np.ndarray) -> dict:
+    """lam_dec per |F| at fixed lam_enc, and a check: one lam_dec vs the table on a draw with varying |F|.
+
+    The table is fitted on arrived sets of each size (seed A) and checked on other arrived sets with a
+    uniformly random size among ``counts`` (seed B), on the same held-out trials.
+    """
+    T, K = ev.n_trials, ev.n_inputs
+    table: Dict[str, float] = {}
+    for m in counts:
+        arrived = straggler_sets(n_workers, n_workers - m, T, seed + 17)
+        bank = DecoderBank(K, n_workers, arrived)
+        grid = sorted(set(dec_grid) | set(_refine(lam_dec, dec_grid)))
+        scores = {ld: float(bank.mse(outputs, ev.base, ld).mean()) for ld in grid}
+        table[str(m)] = min(scores, key=scores.get)
+    check_sets = _mixed_arrived(n_workers, counts, T, seed + 29)
+    fixed, by_table = [], []
+    for t, arrived in enumerate(check_sets):
+        y = outputs[t, arrived]
+        for lam, out in ((lam_dec, fixed), (table[str(len(arrived))], by_table)):
+            D = make_scheme("nercc", K, n_workers, lam_enc, lam).decoding_matrix(arrived)
+            out.append(np.sum((ev.base[t] - D @ y) ** 2, axis=-1).mean())
+    mse_fixed, mse_table = float(np.mean(fixed)), float(np.mean(by_table))
+    return {"table": table, "mse_fixed_lam_dec": mse_fixed, "mse_table": mse_table,
+            "arrived_counts": [int(c) for c in counts], "check_trials": T,
+            "kept": bool(mse_table < mse_fixed)}
+
+
+def tune_setting(info, n_inputs: int, n_workers: int, n_stragglers: int, seed: int = 0, threads: int = 2,
+                 progress: bool = True, trials: Optional[int] = None, enc_grid: str = DEFAULT_ENC_GRID,
+                 dec_grid: str = DEFAULT_DEC_GRID, by_arrived: bool = True) -> dict:
+    """Tune (lam_enc, lam_dec) for (model, K, N, S) on held-out inputs; returns the profile entry (not saved)."""
+    from nercc.models import OnnxModel
+
+    if not 0 <= n_stragglers <= n_workers - 2:
+        raise ValueError(f"stragglers must be in [0, N - 2] = [0, {n_workers - 2}], got {n_stragglers}")
+    started = time.perf_counter()
+    T = trials or DEFAULT_TUNE_TRIALS.get(info.name, 24)
+    f = OnnxModel(info, threads=threads)
+    inputs = load_inputs(info, "tune", T * n_inputs, seed)
+    batches = trial_batches(len(inputs.x), n_inputs, T, seed + 1)
+    model = BatchedModel(f, default_batch_size(info.input_dim), progress)
+    ev = CodedEvaluator(model, inputs.x[batches], inputs.labels[batches])
+    arrived = straggler_sets(n_workers, n_stragglers, T, seed + 11)
+    search = Search(ev, n_workers, arrived)
+    enc, dec = parse_lam_grid(enc_grid), parse_lam_grid(dec_grid)
+    search.evaluate(enc, dec)
+    # refine: lam_dec around the best at the best lam_enc, then lam_enc around it, then lam_dec again
+    le, ld = search.best()
+    search.evaluate([le], _refine(ld, dec))
+    le, ld = search.best()
+    search.evaluate(_refine(le, enc), [ld])
+    le, ld = search.best()
+    search.evaluate([le], _refine(ld, dec))
+    le, ld = search.best()
+    mse_bacc = search.bacc_mse()
+    search.evaluate([0.0], [0.0])
+    entry = {
+        "n_inputs": n_inputs, "n_workers": n_workers, "n_stragglers": n_stragglers,
+        "lam_enc": le, "lam_dec": ld,
+        "mse": search.scores[(le, ld)], "mse_nercc0": search.scores[(0.0, 0.0)], "mse_bacc": mse_bacc,
+        "calibration": {"split": inputs.split, "trials": T, "seed": seed, "pairs_scored": len(search.scores),
+                        "enc_grid": enc_grid, "dec_grid": dec_grid},
+    }
+    if by_arrived:
+        counts = arrived_range(n_inputs, n_workers, n_stragglers)
+        check = tune_by_arrived(ev, n_workers, le, ld, counts, dec, seed, search.outputs(le))
+        entry["by_arrived_check"] = {k: v for k, v in check.items() if k != "table"}
+        if check["kept"]:
+            entry["lam_dec_by_arrived"] = check["table"]
+    entry["f_images"] = model.images
+    entry["seconds"] = round(time.perf_counter() - started, 1)
+    entry["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return entry
+
+
+# --------------------------------------------------------------------------------------------- nercc tune
+
+
+def configure(parser) -> None:
+    parser.add_argument("--model", default="lenet5", help="model name in model_repository/")
+    parser.add_argument("--workers", "-N", type=int, default=100, help="N, number of workers")
+    parser.add_argument("--inputs", "-K", type=int, default=20, help="K, inputs per coded batch")
+    parser.add_argument("--stragglers", "-S", default="40",
+                        help="straggler count(s) to tune for: '40', '0,10,20' or '0:60:10'")
+    parser.add_argument("--trials", "-T", type=int, default=None,
+                        help="held-out trials per setting (default per model: lenet5 60, repvgg 24, imagenet 4-8)")
+    parser.add_argument("--enc-grid", default=DEFAULT_ENC_GRID,
+                        help="lam_enc grid: numbers and/or lo:hi:per_decade log ranges, comma-separated")
+    parser.add_argument("--dec-grid", default=DEFAULT_DEC_GRID, help="lam_dec grid, same syntax")
+    parser.add_argument("--no-by-arrived", action="store_true", help="do not fit the lam_dec-per-|F| table")
+    parser.add_argument("--missing-only", action="store_true",
+                        help="skip settings that already have an entry in the profile")
+    parser.add_argument("--no-save", action="store_true", help="print the result, do not write tuning.json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def tune_argv(model: str, n_workers: int, n_inputs: int, n_stragglers: int, args) -> List[str]:
+    argv = ["tune", "--model", model, "--workers", n_workers, "--inputs", n_inputs, "--stragglers", n_stragglers,
+            "--seed", args.seed]
+    if args.trials:
+        argv += ["--trials", args.trials]
+    if args.enc_grid != DEFAULT_ENC_GRID:
+        argv += ["--enc-grid", args.enc_grid]
+    if args.dec_grid != DEFAULT_DEC_GRID:
+        argv += ["--dec-grid", args.dec_grid]
+    if args.no_by_arrived:
+        argv.append("--no-by-arrived")
+    return argv
+
+
+def main(args) -> int:
+    from nercc.models import load_model_info
+    from nercc.profiles import save_entry
+
+    from bench.accuracy import profile_entry
+
+    info = load_model_info(args.model)
+    stragglers = parse_int_list(args.stragglers)
+    if args.inputs < 2 or args.workers < args.inputs:
+        raise ValueError(f"need 2 <= --inputs <= --workers, got K = {args.inputs}, N = {args.workers}")
+    for s in stragglers:
+        if args.missing_only and profile_entry(info.dir, args.inputs, args.workers, s) is not None:
+            print(f"{info.name} N={args.workers} K={args.inputs} S={s}: profile entry exists, skipped")
+            continue
+        entry = tune_setting(info, args.inputs, args.workers, s, seed=args.seed, threads=args.threads,
+                             progress=not args.quiet, trials=args.trials, enc_grid=args.enc_grid,
+                             dec_grid=args.dec_grid, by_arrived=not args.no_by_arrived)
+        entry["command"] = command_line(tune_argv(info.name, args.workers, args.inputs, s, args))
+        check = entry.get("by_arrived_check")
+        print(f"{info.name} N={args.workers} K={args.inputs} S={s}: lam_enc={entry['lam_enc']:.3g} "
+              f"lam_dec={entry['lam_dec']:.3g}  held-out MSE NeRCC {entry['mse']:.5f}  NeRCC-0 "
+              f"{entry['mse_nercc0']:.5f}  BACC {entry['mse_bacc']:.5f}  (NeRCC/BACC "
+              f"{entry['mse'] / entry['mse_bacc']:.3f}, {entry['seconds']} s)")
+        if check:
+            print(f"    lam_dec per |F| in {check['arrived_counts'][0]}..{check['arrived_counts'][-1]}: MSE "
+                  f"{check['mse_table']:.5f} vs one lam_dec {check['mse_fixed_lam_dec']:.5f} -> "
+                  f"{'kept' if check['kept'] else 'not kept'}")
+        if not args.no_save:
+            path = save_entry(info.dir, entry)
+            print(f"    wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- sweep
+
+
+def configure_sweep(parser) -> None:
+    parser.add_argument("--model", default="lenet5", help="model name in model_repository/")
+    parser.add_argument("--workers", "-N", type=int, default=100)
+    parser.add_argument("--inputs", "-K", type=int, default=20)
+    parser.add_argument("--stragglers", "-S", type=int, default=40)
+    parser.add_argument("--trials", "-T", type=int, default=60)
+    parser.add_argument("--enc-grid", default="0,1e-9:1e-2:2", help="lam_enc values (parse_lam_grid syntax)")
+    parser.add_argument("--dec-grid", default="0,1e-9:1e0:2", help="lam_dec values")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--quiet", action="store_true")
+
+
+def main_sweep(args) -> int:
+    """MSE over the full (lam_enc, lam_dec) grid on evaluation (test) inputs: the smoothness-effect data.
+
+    This is an analysis of how smoothing acts, not a selection, so it uses the evaluation inputs; the
+    tuned lams in the profile come from held-out inputs.
+    """
+    from nercc.models import OnnxModel, load_model_info
+
+    info = load_model_info(args.model)
+    K, N, S, T = args.inputs, args.workers, args.stragglers, args.trials
+    started = time.perf_counter()
+    f = OnnxModel(info, threads=args.threads)
+    inputs = load_inputs(info, "eval", T * K, args.seed)
+    batches = trial_batches(len(inputs.x), K, T, args.seed)
+    model = BatchedModel(f, default_batch_size(info.input_dim), not args.quiet)
+    ev = CodedEvaluator(model, inputs.x[batches], inputs.labels[batches])
+    arrived = straggler_sets(N, S, T, args.seed)
+    search = Search(ev, N, arrived)
+    enc, dec = parse_lam_grid(args.enc_grid), parse_lam_grid(args.dec_grid)
+    search.evaluate(enc, dec)
+    grid = [[search.scores[(le, ld)] for ld in dec] for le in enc]
+    argv = ["bench", "sweep", "--model", info.name, "--workers", N, "--inputs", K, "--stragglers", S,
+            "--trials", T, "--enc-grid", args.enc_grid, "--dec-grid", args.dec_grid, "--seed", args.seed]
+    best = search.best()
+    report = {
+        "model": info.name, "N": N, "K": K, "S": S, "trials": T, "seed": args.seed,
+        "command": command_line(argv), "split": inputs.split,
+        "lam_enc": enc, "lam_dec": dec, "mse": grid,
+        "mse_bacc": search.bacc_mse(), "mse_nercc0": search.scores[(0.0, 0.0)] if 0.0 in enc and 0.0 in dec else None,
+        "best": {"lam_enc": best[0], "lam_dec": best[1], "mse": search.scores[best]},
+        "seconds": round(time.perf_counter() - started, 1),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = Path(args.out) / f"sweep_{info.name}_N{N}_K{K}_S{S}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{info.name} N={N} K={K} S={S}: best lam_enc={best[0]:.3g} lam_dec={best[1]:.3g} MSE "
+          f"{search.scores[best]:.5f}; NeRCC-0 {report['mse_nercc0']}; BACC {report['mse_bacc']:.5f}")
+    print(f"wrote {path} ({report['seconds']} s)", file=sys.stderr)
+    return 0
