@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -77,7 +76,7 @@ class Inputs:
     indices: np.ndarray  # indices into the data set split
 
 
-def split_policy(dataset: str) -> Tuple[Tuple[str, Optional[int]], Tuple[str, Optional[int]]]:
+def split_policy(dataset: str) -> Tuple[Tuple[str, int | None], Tuple[str, int | None]]:
     """Where evaluation and tuning inputs come from: ((split, parity), (split, parity)).
 
     MNIST and CIFAR-10: evaluate on the test split, tune on the training split. The ImageNet sample set has
@@ -170,7 +169,7 @@ class CodedEvaluator:
     ``x_trials``: float32 (T, K, *input_shape). ``base``: f on the uncoded inputs, (T, K, C).
     """
 
-    def __init__(self, model: BatchedModel, x_trials: np.ndarray, labels: Optional[np.ndarray] = None):
+    def __init__(self, model: BatchedModel, x_trials: np.ndarray, labels: np.ndarray | None = None):
         self.model = model
         self.x_trials = x_trials
         self.n_trials, self.n_inputs = x_trials.shape[:2]
@@ -234,7 +233,7 @@ def make_scheme(scheme: str, n_inputs: int, n_workers: int, lam_enc: float = 0.0
     return NeRCC(n_inputs=n_inputs, n_workers=n_workers, lam_enc=float(lam_enc), lam_dec=float(lam_dec))
 
 
-def _stats(values: np.ndarray) -> Tuple[Optional[float], Optional[float]]:
+def _stats(values: np.ndarray) -> Tuple[float | None, float | None]:
     values = values[np.isfinite(values)]
     if values.size == 0:
         return None, None
@@ -258,7 +257,7 @@ class Lams:
         return out
 
 
-def profile_entry(model_dir: Path, n_inputs: int, n_workers: int, n_stragglers: int) -> Optional[dict]:
+def profile_entry(model_dir: Path, n_inputs: int, n_workers: int, n_stragglers: int) -> dict | None:
     """The profile's entry for exactly (K, N, S), or None."""
     from nercc.profiles import load_profile
 

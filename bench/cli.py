@@ -14,7 +14,6 @@ import argparse
 import importlib
 import sys
 import time
-from pathlib import Path
 
 from nercc.paths import REPO_ROOT
 

@@ -22,7 +22,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -188,7 +188,7 @@ def tune_by_arrived(ev: CodedEvaluator, n_workers: int, lam_enc: float, lam_dec:
 
 
 def tune_setting(info, n_inputs: int, n_workers: int, n_stragglers: int, seed: int = 0, threads: int = 2,
-                 progress: bool = True, trials: Optional[int] = None, enc_grid: str = DEFAULT_ENC_GRID,
+                 progress: bool = True, trials: int | None = None, enc_grid: str = DEFAULT_ENC_GRID,
                  dec_grid: str = DEFAULT_DEC_GRID, by_arrived: bool = True) -> dict:
     """Tune (lam_enc, lam_dec) for (model, K, N, S) on held-out inputs; returns the profile entry (not saved)."""
     from nercc.models import OnnxModel
@@ -273,10 +273,9 @@ def tune_argv(model: str, n_workers: int, n_inputs: int, n_stragglers: int, args
 
 
 def main(args) -> int:
+    from bench.accuracy import profile_entry
     from nercc.models import load_model_info
     from nercc.profiles import save_entry
-
-    from bench.accuracy import profile_entry
 
     info = load_model_info(args.model)
     stragglers = parse_int_list(args.stragglers)
