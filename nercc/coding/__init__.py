@@ -1,0 +1,25 @@
+"""The coding core: NeRCC (smoothing splines) and BACC (Berrut) encode/decode, and their joint tuning.
+
+Pure numpy + scipy, no I/O; serving, the client and the benchmarks import it, never the other way.
+
+>>> from nercc.coding import NeRCC
+>>> scheme = NeRCC(n_inputs=4, n_workers=12, lam_enc=1e-5, lam_dec=1e-5)
+>>> scheme.encoding_matrix().shape, scheme.decoding_matrix([0, 2, 3, 5, 8, 11]).shape
+((12, 4), (4, 6))
+"""
+
+from nercc.coding.berrut import berrut_matrix
+from nercc.coding.points import chebyshev_first, chebyshev_second
+from nercc.coding.schemes import BACC, CodingScheme, NeRCC, make_scheme
+from nercc.coding.splines import smoothing_spline_matrix
+
+__all__ = [
+    "NeRCC",
+    "BACC",
+    "CodingScheme",
+    "make_scheme",
+    "chebyshev_first",
+    "chebyshev_second",
+    "smoothing_spline_matrix",
+    "berrut_matrix",
+]

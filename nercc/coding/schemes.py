@@ -1,0 +1,251 @@
+"""Coding schemes: K inputs -> N coded inputs (encode), answers of the arrived workers -> K outputs (decode).
+
+Both steps are linear along the first axis, so a scheme is two matrices: the (N, K) encoding matrix and,
+for each set of arrived workers F, a (K, |F|) decoding matrix. Matrices are built in float64, cached, and
+cast once per dtype; encode/decode are one matrix product in the data's dtype.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Sequence, Tuple, Union
+
+import numpy as np
+
+from nercc.coding._validation import check_arrived, check_count, check_data, check_finite, check_lam
+from nercc.coding.berrut import berrut_matrix
+from nercc.coding.points import chebyshev_first, chebyshev_second
+from nercc.coding.splines import smoothing_spline_matrix
+
+__all__ = ["CodingScheme", "NeRCC", "BACC", "make_scheme"]
+
+Arrived = Union[Sequence[int], np.ndarray]
+
+#: Default bound of the decoding-matrix cache: entries and bytes (float64 and float32 copies together).
+DEFAULT_CACHE_SIZE = 128
+DEFAULT_CACHE_BYTES = 64 * 2**20
+
+
+class _Operator:
+    """A float64 matrix and its lazily made float32 copy, both read-only."""
+
+    __slots__ = ("float64", "_float32", "_lock")
+
+    def __init__(self, matrix: np.ndarray):
+        matrix = np.ascontiguousarray(matrix, dtype=np.float64)
+        matrix.setflags(write=False)
+        self.float64 = matrix
+        self._float32 = None
+        self._lock = threading.Lock()
+
+    def as_dtype(self, dtype) -> np.ndarray:
+        if dtype == np.float64:
+            return self.float64
+        if self._float32 is None:
+            with self._lock:
+                if self._float32 is None:
+                    m32 = self.float64.astype(np.float32)
+                    m32.setflags(write=False)
+                    self._float32 = m32
+        return self._float32
+
+    @property
+    def nbytes(self) -> int:
+        return self.float64.nbytes * 3 // 2  # counts the float32 copy too, made or not
+
+
+class CodingScheme:
+    """Common machinery: nodes, validation, encode/decode, the LRU cache of decoding matrices.
+
+    Subclasses implement ``_build_encoding()`` (N, K) and ``_build_decoding(arrived)`` (K, |arrived|).
+    """
+
+    name = "base"
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_workers: int,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ):
+        self.n_inputs = check_count("n_inputs", n_inputs, minimum=2)
+        self.n_workers = check_count("n_workers", n_workers, minimum=2)
+        if self.n_workers < self.n_inputs:
+            raise ValueError(
+                f"n_workers must be >= n_inputs = {self.n_inputs} (at least one worker per input), "
+                f"got {self.n_workers}"
+            )
+        self.cache_size = check_count("cache_size", cache_size, minimum=0)
+        self.cache_bytes = check_count("cache_bytes", cache_bytes, minimum=0)
+        alphas = chebyshev_first(self.n_inputs)
+        betas = chebyshev_second(self.n_workers)
+        alphas.setflags(write=False)
+        betas.setflags(write=False)
+        self.alphas = alphas
+        self.betas = betas
+        self._encoding = None
+        self._cache: OrderedDict[Tuple[int, ...], _Operator] = OrderedDict()
+        self._cache_used = 0
+        self._lock = threading.Lock()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    # -- to implement -------------------------------------------------------------------------------
+    def _build_encoding(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _build_decoding(self, arrived: Tuple[int, ...]) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- matrices -----------------------------------------------------------------------------------
+    def _encoding_operator(self) -> _Operator:
+        if self._encoding is None:
+            op = _Operator(self._build_encoding())
+            with self._lock:
+                if self._encoding is None:
+                    self._encoding = op
+        return self._encoding
+
+    def _decoding_operator(self, arrived: Arrived) -> _Operator:
+        key = check_arrived(arrived, self.n_workers)
+        with self._lock:
+            op = self._cache.get(key)
+            if op is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return op
+            self.cache_misses += 1
+        op = _Operator(self._build_decoding(key))  # outside the lock: other threads keep decoding
+        if self.cache_size == 0 or op.nbytes > self.cache_bytes:
+            return op
+        with self._lock:
+            existing = self._cache.get(key)
+            if existing is not None:  # another thread built it meanwhile: keep one object per key
+                self._cache.move_to_end(key)
+                return existing
+            self._cache[key] = op
+            self._cache_used += op.nbytes
+            while len(self._cache) > self.cache_size or self._cache_used > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cache_used -= old.nbytes
+        return op
+
+    def encoding_matrix(self) -> np.ndarray:
+        """The (N, K) float64 encoding matrix (read-only): coded = E @ x along the first axis."""
+        return self._encoding_operator().float64
+
+    def decoding_matrix(self, arrived: Arrived) -> np.ndarray:
+        """The (K, len(arrived)) float64 decoding matrix (read-only) for the ascending worker indices.
+
+        Cached per arrived set in a bounded LRU; the same set returns the same array object while cached.
+        """
+        return self._decoding_operator(arrived).float64
+
+    def cache_info(self) -> dict:
+        with self._lock:
+            return {
+                "entries": len(self._cache),
+                "bytes": self._cache_used,
+                "hits": self.cache_hits,
+                "misses": self.cache_misses,
+                "max_entries": self.cache_size,
+                "max_bytes": self.cache_bytes,
+            }
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._cache_used = 0
+
+    # -- data ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _apply(matrix: np.ndarray, data: np.ndarray) -> np.ndarray:
+        flat = data.reshape(data.shape[0], -1)
+        return (matrix @ flat).reshape((matrix.shape[0],) + data.shape[1:])
+
+    def encode(self, x) -> np.ndarray:
+        """Coded inputs: x (K, ...) -> (N, ...), same trailing shape; float32 stays float32, else float64."""
+        x = check_data("x", x, self.n_inputs, "one per input, n_inputs")
+        check_finite("x", x)
+        return self._apply(self._encoding_operator().as_dtype(x.dtype), x)
+
+    def decode(self, y, arrived: Arrived) -> np.ndarray:
+        """Approximate f(x): y (len(arrived), ...) answers of the arrived workers -> (K, ...)."""
+        op = self._decoding_operator(arrived)
+        y = check_data("y", y, op.float64.shape[1], "one per arrived worker, len(arrived)")
+        out = self._apply(op.as_dtype(y.dtype), y)
+        # every output row mixes every input row (0 * inf is nan), so a finite output means a finite y;
+        # checking the K output rows is cheaper than the |F| input rows
+        if not np.isfinite(out).all():
+            check_finite("y", y)
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_inputs={self.n_inputs}, n_workers={self.n_workers})"
+
+
+class NeRCC(CodingScheme):
+    """Nested regression coded computing with natural cubic smoothing splines.
+
+    Encoding fits the smoothing spline with penalty ``lam_enc`` through (alphas, x) and evaluates it at
+    the betas; decoding fits one with ``lam_dec`` through (betas[arrived], y) and evaluates it at the
+    alphas. lam has the meaning of :func:`scipy.interpolate.make_smoothing_spline` (sum of squared
+    residuals + lam * integral of s''^2); ``lam_enc = lam_dec = 0`` is natural cubic spline
+    interpolation. Splines are linear beyond the end knots.
+    """
+
+    name = "nercc"
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_workers: int,
+        lam_enc: float = 0.0,
+        lam_dec: float = 0.0,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ):
+        self.lam_enc = check_lam("lam_enc", lam_enc)
+        self.lam_dec = check_lam("lam_dec", lam_dec)
+        super().__init__(n_inputs, n_workers, cache_size=cache_size, cache_bytes=cache_bytes)
+
+    def _build_encoding(self) -> np.ndarray:
+        return smoothing_spline_matrix(self.alphas, self.lam_enc, self.betas)
+
+    def _build_decoding(self, arrived: Tuple[int, ...]) -> np.ndarray:
+        return smoothing_spline_matrix(self.betas[list(arrived)], self.lam_dec, self.alphas)
+
+    def __repr__(self) -> str:
+        return (
+            f"NeRCC(n_inputs={self.n_inputs}, n_workers={self.n_workers}, "
+            f"lam_enc={self.lam_enc!r}, lam_dec={self.lam_dec!r})"
+        )
+
+
+class BACC(CodingScheme):
+    """Berrut approximate coded computing: Berrut's rational interpolant for encoding and decoding.
+
+    Decoding re-signs the arrived workers by their position in the arrived list (see ``berrut``).
+    """
+
+    name = "bacc"
+
+    def _build_encoding(self) -> np.ndarray:
+        return berrut_matrix(self.alphas, self.betas)
+
+    def _build_decoding(self, arrived: Tuple[int, ...]) -> np.ndarray:
+        return berrut_matrix(self.betas[list(arrived)], self.alphas)
+
+
+def make_scheme(
+    name: str, n_inputs: int, n_workers: int, lam_enc: float = 0.0, lam_dec: float = 0.0, **cache
+) -> CodingScheme:
+    """``"nercc"`` -> NeRCC(K, N, lam_enc, lam_dec), ``"bacc"`` -> BACC(K, N) (lams ignored)."""
+    key = str(name).lower()
+    if key == "nercc":
+        return NeRCC(n_inputs, n_workers, lam_enc, lam_dec, **cache)
+    if key == "bacc":
+        return BACC(n_inputs, n_workers, **cache)
+    raise ValueError(f"scheme must be 'nercc' or 'bacc', got {name!r}")
