@@ -43,6 +43,9 @@ PathLike = Union[str, Path]
 HOST = "127.0.0.1"
 SHM_DIR = Path("/dev/shm")
 _MiB = 2**20
+#: Log lines every CPU-only server prints; they hide the real error in a failure report.
+_LOG_NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "Pinned memory", "CUDA memory pool",
+              "unable to create stream")
 
 
 class ClusterError(RuntimeError):
@@ -217,12 +220,19 @@ class TritonServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def log_tail(self, lines: int = 25) -> str:
+    def log_tail(self, lines: int = 12) -> str:
+        """The log's error lines and last lines, without Triton's status tables and the no-GPU noise."""
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return "(no log)"
-        return "\n".join(text[-lines:])
+        kept = [line[:600] for line in text[1:]  # line 0 is our command line
+                if line.strip() and not line.startswith(("+", "|")) and not line.endswith("] ")
+                and not any(noise in line for noise in _LOG_NOISE)]
+        errors = [line for line in kept if line.startswith("E") or "error" in line.lower()]
+        tail = kept[-lines:]
+        head = [line for line in errors[-5:] if line not in tail]
+        return "\n".join(head + (["..."] if head else []) + tail)
 
     def shm_regions(self) -> List[str]:
         return glob.glob(str(SHM_DIR / (self.shm_prefix + "*")))
@@ -387,7 +397,9 @@ class LocalCluster:
             _LIVE.add(self)
             try:
                 self._start()
-            except BaseException:  # includes KeyboardInterrupt while waiting: leave nothing behind
+            except BaseException as exc:  # includes KeyboardInterrupt while waiting: leave no process behind
+                if isinstance(exc, ServerStartError):
+                    self.keep_logs = True  # the error message points at the log
                 self.stop()
                 raise
             return self

@@ -1,0 +1,141 @@
+"""Start a local Triton cluster (one master + N workers) and keep it up until Ctrl-C.
+
+    nercc serve --model lenet5 --workers 12 --straggler bimodal:p=0.1,slow_ms=40
+
+prints the master's and workers' gRPC URLs (``--urls-file`` also writes them as JSON for other programs)
+and stops every server on Ctrl-C or SIGTERM. With ``--write-repository DIR`` it writes a static Triton
+model repository instead (``--native-onnxruntime`` for Triton builds with the ONNX Runtime backend, such as
+the NGC containers) and starts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from nercc.serving.repository import DEFAULT_MAX_REQUEST_BYTES
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, action="append", dest="models",
+                        help="exported model to serve (model_repository/<model>); with --write-repository it may "
+                             "be repeated, or 'all' for every exported model (default: lenet5)")
+    parser.add_argument("--workers", type=int, default=12, help="number of worker tritonservers")
+    parser.add_argument("--straggler", default="none",
+                        help="per-request delay injected at every worker: none | shifted-exp:shift_ms=..,scale_ms=.."
+                             " | bimodal:p=..,slow_ms=.. | bimodal:p=..,factor=.. | pareto:scale_ms=..,alpha=..")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the workers' straggler delays")
+    parser.add_argument("--base-port", type=int, default=None,
+                        help="master gRPC port; worker i gets base+1+i (default: free ports)")
+    parser.add_argument("--tritonserver", default=None, metavar="PATH",
+                        help="tritonserver binary to run (default: $NERCC_TRITONSERVER, nvidia-pytriton's, PATH)")
+    parser.add_argument("--no-master", action="store_true", help="start the workers only")
+    parser.add_argument("--http", action="store_true", help="also open HTTP endpoints")
+    parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads per worker")
+    parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                        help="encoder limit on the input and on the coded output of one request")
+    parser.add_argument("--urls-file", type=Path, default=None,
+                        help="write {master_url, worker_urls, model, straggler} as JSON here once ready")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="keep runtime repositories and server logs here (default: a temp dir, removed)")
+    parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    parser.add_argument("--write-repository", type=Path, default=None, metavar="DIR",
+                        help="write a static Triton model repository to DIR and exit (starts nothing)")
+    parser.add_argument("--role", choices=("all", "master", "worker"), default="all",
+                        help="with --write-repository: which models to write")
+    parser.add_argument("--native-onnxruntime", action="store_true",
+                        help="with --write-repository: worker configs for Triton's onnxruntime backend "
+                             "(platform onnxruntime_onnx, NGC containers) instead of the Python-backend worker")
+
+
+def _models(args) -> list:
+    models = args.models or ["lenet5"]
+    if "all" in models:
+        from nercc.models import list_models
+
+        models = list_models()
+    return models
+
+
+def _write_repository(args) -> int:
+    from nercc.serving.repository import write_repository
+
+    folders = write_repository(args.write_repository, _models(args), role=args.role,
+                               native_onnxruntime=args.native_onnxruntime,
+                               max_request_bytes=args.max_request_bytes, intra_op_threads=args.ort_threads)
+    for folder in folders:
+        print(folder)
+    kind = "native onnxruntime" if args.native_onnxruntime else "Python-backend onnxruntime"
+    print(f"wrote {len(folders)} model folder(s) to {args.write_repository} ({kind} workers)")
+    return 0
+
+
+def main(args) -> int:
+    if args.write_repository is not None:
+        return _write_repository(args)
+    models = _models(args)
+    if len(models) != 1:
+        print("nercc serve: a cluster serves one model; give a single --model", file=sys.stderr)
+        return 2
+    from nercc.serving.cluster import ClusterError, LocalCluster
+    from nercc.serving.stragglers import parse_straggler
+
+    try:
+        parse_straggler(args.straggler)
+    except ValueError as exc:
+        print(f"nercc serve: --straggler: {exc}", file=sys.stderr)
+        return 2
+
+    # SIGTERM (systemd, kill, CI) takes the same clean path as Ctrl-C
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    cluster = LocalCluster(
+        models[0], n_workers=args.workers, straggler=args.straggler, seed=args.seed, base_port=args.base_port,
+        tritonserver=args.tritonserver, master=not args.no_master, http=args.http, ort_threads=args.ort_threads,
+        max_request_bytes=args.max_request_bytes, start_timeout_s=args.start_timeout, workdir=args.log_dir,
+        keep_logs=args.log_dir is not None,
+    )
+    n_servers = args.workers + (0 if args.no_master else 1)
+    print(f"starting {n_servers} tritonserver(s) for {models[0]} (straggler: {cluster.straggler}) ...", flush=True)
+    try:
+        with cluster:
+            print(f"ready in {cluster.startup_s:.1f} s")
+            if cluster.master_url:
+                print(f"master    {cluster.master_url}   models {models[0]}_encode, {models[0]}_encoder, "
+                      f"{models[0]}_preprocess")
+            for i, url in enumerate(cluster.worker_urls):
+                print(f"worker {i:<2} {url}   model {models[0]}")
+            if args.http:
+                print(f"HTTP: master {cluster.master_http_url}, workers {', '.join(cluster.worker_http_urls)}")
+            if args.urls_file is not None:
+                args.urls_file.write_text(json.dumps({
+                    "model": models[0], "master_url": cluster.master_url, "worker_urls": cluster.worker_urls,
+                    "straggler": cluster.straggler, "seed": args.seed,
+                }, indent=2) + "\n")
+                print(f"URLs written to {args.urls_file}")
+            if args.log_dir is not None:
+                print(f"logs in {args.log_dir}/<role>/tritonserver.log")
+            print("serving; Ctrl-C to stop", flush=True)
+            reported = set()
+            while True:
+                time.sleep(1.0)
+                for role in cluster.check():
+                    if role not in reported:
+                        reported.add(role)
+                        server = next(s for s in cluster.servers if s.role == role)
+                        print(f"warning: {role} ({server.url}) exited; last log lines:\n{server.log_tail(10)}",
+                              file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("\nstopped: every server is down and its shared memory removed")
+        return 0
+    except (ClusterError, FileNotFoundError, ValueError) as exc:
+        print(f"nercc serve: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
