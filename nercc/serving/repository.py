@@ -239,6 +239,14 @@ def _link(target: Path, link: Path, relative: bool) -> None:
     link.symlink_to(source)
 
 
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and path.read_text() == text:
@@ -297,7 +305,8 @@ def write_master_models(
         if model_name in backend_of:
             _link(PYTHON_BACKENDS / backend_of[model_name] / "model.py", folder / "1" / "model.py", relative)
         else:
-            (folder / "1").mkdir(parents=True, exist_ok=True)  # ensembles need an (empty) version folder
+            # ensembles need a version folder; the marker lets git keep it
+            _write(folder / "1" / ".gitkeep", "")
         folders.append(folder)
     return folders
 
@@ -316,12 +325,15 @@ def write_repository(
     if role not in ("all", "master", "worker"):
         raise ValueError(f"role must be 'all', 'master' or 'worker', got {role!r}")
     dest = Path(dest)
+    # links stay relative inside the checkout (it can move as a whole), absolute from anywhere else
+    relative = _inside(dest, REPO_ROOT)
     written: List[Path] = []
     for model in models:
         meta = read_model_meta(model, model_repository)
         if role in ("all", "worker"):
-            written.append(write_worker_model(dest, meta, native_onnxruntime=native_onnxruntime, relative=True,
+            written.append(write_worker_model(dest, meta, native_onnxruntime=native_onnxruntime, relative=relative,
                                               intra_op_threads=intra_op_threads))
         if role in ("all", "master"):
-            written += write_master_models(dest, meta, relative=True, max_request_bytes=max_request_bytes)
+            written += write_master_models(dest, meta, relative=relative, absolute_paths=not relative,
+                                           max_request_bytes=max_request_bytes)
     return written

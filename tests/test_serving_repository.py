@@ -1,0 +1,102 @@
+"""Triton model configs: generated configs parse as Triton ModelConfig protobufs, carry the interface's names
+and shapes, and the configs committed in model_repository/ are what the generator writes today."""
+
+from pathlib import Path
+
+import pytest
+
+from nercc.models import list_models
+from nercc.paths import MODEL_REPOSITORY, PYTHON_BACKENDS
+from nercc.serving.repository import (
+    master_configs,
+    read_model_meta,
+    worker_config,
+    write_master_models,
+    write_repository,
+    write_worker_model,
+)
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+text_format = pytest.importorskip("google.protobuf.text_format")
+
+
+def _parse(text):
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def meta():
+    return read_model_meta("lenet5")
+
+
+def test_python_worker_config(meta):
+    config = _parse(worker_config(meta, straggler="bimodal:p=0.1,slow_ms=40", seed=3, worker_index=7))
+    assert config.name == "lenet5" and config.backend == "python" and config.max_batch_size > 0
+    assert [(t.name, list(t.dims)) for t in config.input] == [("input", [1, 28, 28])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("probs", [10])]
+    assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params == {"intra_op_threads": "1", "straggler": "bimodal:p=0.1,slow_ms=40", "seed": "3",
+                      "worker_index": "7"}
+
+
+def test_native_onnxruntime_config(meta):
+    config = _parse(worker_config(meta, native_onnxruntime=True))
+    assert config.platform == "onnxruntime_onnx" and not config.backend
+    assert [(t.name, list(t.dims)) for t in config.input] == [("input", [1, 28, 28])]
+    assert config.parameters["intra_op_thread_count"].string_value == "1"
+    with pytest.raises(ValueError, match="straggler"):
+        worker_config(meta, native_onnxruntime=True, straggler="bimodal:p=0.1,slow_ms=40")
+
+
+def test_master_configs_and_ensemble_wiring(meta):
+    configs = {name: _parse(text) for name, text in master_configs(meta, nercc_model_dir="../lenet5").items()}
+    assert set(configs) == {"lenet5_preprocess", "lenet5_encoder", "lenet5_encode"}
+    pre, enc, ens = configs["lenet5_preprocess"], configs["lenet5_encoder"], configs["lenet5_encode"]
+    assert pre.input[0].data_type == model_config_pb2.TYPE_UINT8 and list(pre.input[0].dims) == [-1, 28, 28]
+    assert list(enc.input[0].dims) == [-1, 1, 28, 28] and list(enc.output[0].dims) == [-1, 1, 28, 28]
+    assert ens.platform == "ensemble" and (ens.input[0].name, ens.output[0].name) == ("RAW", "CODED")
+    steps = ens.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["lenet5_preprocess", "lenet5_encoder"]
+    assert steps[0].output_map["INPUT"] == steps[1].input_map["INPUT"]  # preprocess feeds the encoder
+
+
+@pytest.mark.parametrize("model", [m for m in list_models() if (MODEL_REPOSITORY / m / "config.pbtxt").exists()])
+def test_committed_configs_are_generated_ones(model, tmp_path):
+    """model_repository/ holds the native-ORT worker config + master models; regenerate and compare."""
+    meta = read_model_meta(model)
+    write_repository(tmp_path, [model], role="all", native_onnxruntime=True)
+    for folder in (model, f"{model}_preprocess", f"{model}_encoder", f"{model}_encode"):
+        committed = MODEL_REPOSITORY / folder / "config.pbtxt"
+        assert committed.exists(), f"{committed} missing: run `nercc serve --write-repository model_repository " \
+                                   f"--model {model} --native-onnxruntime`"
+        generated = tmp_path / folder / "config.pbtxt"
+        ours, fresh = _parse(committed.read_text()), _parse(generated.read_text())
+        # path parameters differ (relative in the checkout, absolute elsewhere); everything else must match
+        paths = ("nercc_model_dir", "nercc_repo_root", "onnx_path")
+        ours_params = {k: v.string_value for k, v in ours.parameters.items() if k not in paths}
+        fresh_params = {k: v.string_value for k, v in fresh.parameters.items() if k not in paths}
+        assert ours_params == fresh_params, folder
+        ours.ClearField("parameters")
+        fresh.ClearField("parameters")
+        assert ours == fresh, folder
+    for backend, folder in (("preprocess", f"{model}_preprocess"), ("encoder", f"{model}_encoder")):
+        link = MODEL_REPOSITORY / folder / "1" / "model.py"
+        assert link.is_symlink() and link.resolve() == (PYTHON_BACKENDS / backend / "model.py").resolve()
+    assert meta.onnx_path.exists()
+
+
+def test_runtime_folders_use_absolute_links(meta, tmp_path):
+    folder = write_worker_model(tmp_path, meta, absolute_paths=True, straggler="none")
+    assert Path(str((folder / "1" / "model.onnx").readlink())).is_absolute()
+    assert (folder / "1" / "model.py").resolve() == (PYTHON_BACKENDS / "onnx_worker" / "model.py").resolve()
+    folders = write_master_models(tmp_path, meta, absolute_paths=True)
+    encoder = _parse((folders[1] / "config.pbtxt").read_text())
+    assert Path(encoder.parameters["nercc_model_dir"].string_value) == meta.dir
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nercc export"):
+        read_model_meta("no_such_model", tmp_path)
+    with pytest.raises(ValueError, match="role"):
+        write_repository(tmp_path, ["lenet5"], role="both")
