@@ -12,6 +12,14 @@ from nercc.coding.berrut import berrut_matrix
 from nercc.coding.points import chebyshev_first, chebyshev_second
 from nercc.coding.schemes import BACC, CodingScheme, NeRCC, make_scheme
 from nercc.coding.splines import smoothing_spline_matrix
+from nercc.coding.tuning import (
+    TuneResult,
+    default_lam_grid,
+    evaluate,
+    mean_squared_error,
+    random_straggler_sets,
+    tune,
+)
 
 __all__ = [
     "NeRCC",
@@ -22,4 +30,10 @@ __all__ = [
     "chebyshev_second",
     "smoothing_spline_matrix",
     "berrut_matrix",
+    "tune",
+    "TuneResult",
+    "evaluate",
+    "random_straggler_sets",
+    "mean_squared_error",
+    "default_lam_grid",
 ]

@@ -1,0 +1,386 @@
+"""Joint tuning of NeRCC's smoothing parameters (lam_enc, lam_dec) for a model and a straggler regime.
+
+The score of a pair is the mean squared error of the decoded predictions against the model's own outputs
+on the uncoded inputs, averaged over calibration batches and random straggler sets:
+
+    MSE = mean over batches, straggler sets and inputs k of || f(x_k) - y_hat_k ||^2 .
+
+Cost structure the search exploits: the model f runs once per distinct coded batch, i.e. once per lam_enc
+per calibration batch; every lam_dec reuses those outputs, and each decoding matrix (per lam_dec and
+straggler set) is built once and shared by every lam_enc. f(x) of the originals runs once per batch.
+No I/O here: f is any callable batch -> batch (an onnxruntime session, a numpy function...).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Sequence, Union
+
+import numpy as np
+
+from nercc.coding._validation import check_count, check_lam
+from nercc.coding.schemes import BACC, CodingScheme, NeRCC
+
+__all__ = [
+    "TuneResult",
+    "tune",
+    "evaluate",
+    "random_straggler_sets",
+    "mean_squared_error",
+    "default_lam_grid",
+]
+
+BatchFunction = Callable[[np.ndarray], np.ndarray]
+
+
+def default_lam_grid() -> List[float]:
+    """0 and one value per decade from 1e-9 to 1: the coarse grid for both lam_enc and lam_dec."""
+    return [0.0] + [float(f"{v:.1e}") for v in np.logspace(-9, 0, 10)]
+
+
+def mean_squared_error(predictions, reference) -> float:
+    """Mean over inputs (axis 0) of the squared Euclidean norm of the error over all other axes."""
+    p = np.asarray(predictions, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    if p.shape != r.shape:
+        raise ValueError(f"predictions shape {p.shape} must equal reference shape {r.shape}")
+    diff = (p - r).reshape(p.shape[0], -1)
+    return float(np.mean(np.sum(diff * diff, axis=1)))
+
+
+def random_straggler_sets(n_workers: int, n_stragglers: int, n_trials: int, seed=0) -> List[np.ndarray]:
+    """``n_trials`` arrived sets: uniformly random subsets of N - S workers, each sorted ascending.
+
+    ``seed`` is anything numpy's ``default_rng`` accepts (an int or a Generator).
+    """
+    n_workers = check_count("n_workers", n_workers, minimum=2)
+    n_stragglers = check_count("n_stragglers", n_stragglers, minimum=0)
+    n_trials = check_count("n_trials", n_trials, minimum=1)
+    if n_stragglers > n_workers - 2:
+        raise ValueError(
+            f"n_stragglers must be in 0..{n_workers - 2} (at least 2 of n_workers = {n_workers} must arrive), "
+            f"got {n_stragglers}"
+        )
+    rng = np.random.default_rng(seed)
+    keep = n_workers - n_stragglers
+    return [np.sort(rng.choice(n_workers, size=keep, replace=False)) for _ in range(n_trials)]
+
+
+def _call(f: BatchFunction, batch: np.ndarray, rows: int, what: str) -> np.ndarray:
+    out = np.asarray(f(batch))
+    if out.ndim == 0 or out.shape[0] != rows:
+        raise ValueError(
+            f"f must map a batch of {rows} rows to {rows} rows ({what}); got output shape {out.shape}"
+        )
+    if not np.isfinite(out).all():
+        raise ValueError(f"f returned NaN or inf on {what}")
+    return out.astype(np.float64, copy=False).reshape(rows, -1)
+
+
+def _batches(x, n_inputs: int, max_batches: int | None) -> np.ndarray:
+    """Stack of calibration inputs (M, ...) -> (B, K, ...) consecutive batches; the remainder is dropped."""
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[0] < n_inputs:
+        got = "a scalar" if x.ndim == 0 else f"{x.shape[0]}"
+        raise ValueError(f"x_calib must hold at least n_inputs = {n_inputs} inputs along axis 0, got {got}")
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"x_calib must be a real numeric array, got dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise ValueError("x_calib contains NaN or inf; all values must be finite")
+    n_batches = x.shape[0] // n_inputs
+    if max_batches is not None:
+        n_batches = min(n_batches, check_count("max_batches", max_batches, minimum=1))
+    return x[: n_batches * n_inputs].reshape((n_batches, n_inputs) + x.shape[1:])
+
+
+def _batch_mse(D: np.ndarray, outputs: np.ndarray, arrived: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Per-batch MSE of decoding: D (K, |F|), outputs (B, N, C), base (B, K, C) -> (B,)."""
+    y_hat = np.matmul(D, outputs[:, arrived])  # (B, K, C)
+    err = base - y_hat
+    return np.mean(np.sum(err * err, axis=2), axis=1)
+
+
+def evaluate(
+    scheme: CodingScheme,
+    f: BatchFunction,
+    x_batches,
+    straggler_sets: Sequence,
+    f_x: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-trial MSE of ``scheme`` on f: array (n_batches, n_sets).
+
+    ``x_batches``: (B, K, ...) inputs, one coded batch each; ``straggler_sets``: arrived-worker index sets
+    (ascending); ``f_x``: optional (B, K, ...) precomputed f of the uncoded inputs. f runs once per batch
+    on the N coded inputs (and once per batch on the originals unless ``f_x`` is given); every straggler
+    set reuses those outputs.
+    """
+    x_batches = np.asarray(x_batches)
+    K = scheme.n_inputs
+    if x_batches.ndim < 2 or x_batches.shape[1] != K:
+        raise ValueError(f"x_batches must have shape (n_batches, n_inputs = {K}, ...), got {x_batches.shape}")
+    B = x_batches.shape[0]
+    if f_x is None:
+        base = np.stack([_call(f, xb, K, "the uncoded inputs") for xb in x_batches])
+    else:
+        base = np.asarray(f_x, dtype=np.float64).reshape(B, K, -1)
+    outputs = np.stack(
+        [_call(f, scheme.encode(xb), scheme.n_workers, "the coded inputs") for xb in x_batches]
+    )
+    result = np.empty((B, len(straggler_sets)))
+    for t, arrived in enumerate(straggler_sets):
+        D = scheme.decoding_matrix(arrived)
+        result[:, t] = _batch_mse(D, outputs, np.asarray(arrived), base)
+    return result
+
+
+@dataclass
+class TuneResult:
+    """Outcome of :func:`tune`. MSE values are means over calibration batches, straggler sets and inputs."""
+
+    lam_enc: float
+    lam_dec: float
+    mse: float  #: at (lam_enc, lam_dec)
+    mse_interp: float  #: at (0, 0): natural cubic interpolation, the model-agnostic NeRCC
+    table: List[Dict[str, float]]  #: every pair scored: {"lam_enc", "lam_dec", "mse"}, best first
+    n_inputs: int
+    n_workers: int
+    n_stragglers: List[int]
+    n_batches: int
+    n_trials: int  #: straggler sets per straggler count
+    mse_bacc: float | None = None  #: BACC on the same batches and straggler sets (``baseline=True``)
+    #: best lam_dec per number of arrived workers |F| at the chosen lam_enc (``per_arrived=True``)
+    lam_dec_by_arrived: Dict[int, float] = field(default_factory=dict)
+    f_calls: int = 0  #: calls of f made by the search (original batches + coded batches)
+
+    def lam_dec_for(self, n_arrived: int) -> float:
+        """lam_dec for |F| = n_arrived: the per-|F| value when tuned, else the joint one."""
+        return float(self.lam_dec_by_arrived.get(int(n_arrived), self.lam_dec))
+
+    def scheme(self, **cache) -> NeRCC:
+        """The tuned NeRCC scheme (with the joint lam_dec)."""
+        return NeRCC(self.n_inputs, self.n_workers, self.lam_enc, self.lam_dec, **cache)
+
+    def profile_entry(self) -> dict:
+        """A dict for :func:`nercc.profiles.save_entry` (one straggler count: that count; else the first)."""
+        entry = {
+            "n_inputs": self.n_inputs,
+            "n_workers": self.n_workers,
+            "n_stragglers": self.n_stragglers[0],
+            "lam_enc": self.lam_enc,
+            "lam_dec": self.lam_dec,
+            "mse": self.mse,
+            "mse_interp": self.mse_interp,
+        }
+        if self.mse_bacc is not None:
+            entry["mse_bacc"] = self.mse_bacc
+        if self.lam_dec_by_arrived:
+            entry["lam_dec_by_arrived"] = {str(k): v for k, v in sorted(self.lam_dec_by_arrived.items())}
+        return entry
+
+
+def _check_grid(name: str, grid) -> List[float]:
+    try:
+        values = [check_lam(name, v) for v in grid]
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of finite numbers >= 0, got {grid!r}") from None
+    return sorted(set(values) | {0.0})
+
+
+def _refinement(best: float, grid: Sequence[float], per_decade: int) -> List[float]:
+    """Points around ``best`` at ``per_decade`` steps per decade, one decade either side.
+
+    Points sit on the lattice 10 ** (i / per_decade) when ``best`` does (so refining twice gives the same
+    round numbers, 1e-06 rather than 9.99998e-07); at best = 0 the refinement is around the grid's
+    smallest positive value.
+    """
+    if per_decade <= 0:
+        return []
+    positive = [g for g in grid if g > 0]
+    centre = best if best > 0 else (min(positive) if positive else 0.0)
+    if centre == 0.0:
+        return []
+    exponent = math.log10(centre) * per_decade
+    if abs(exponent - round(exponent)) < 0.02:  # best came from this lattice, rounded to 3 digits
+        exponent = round(exponent)
+    steps = np.arange(-per_decade, per_decade + 1)
+    return sorted({float(f"{10.0 ** ((exponent + s) / per_decade):.3g}") for s in steps})
+
+
+def tune(
+    f: BatchFunction,
+    x_calib,
+    n_inputs: int,
+    n_workers: int,
+    n_stragglers: Union[int, Sequence[int]],
+    lam_grid: Sequence[float] | None = None,
+    lam_dec_grid: Sequence[float] | None = None,
+    n_trials: int = 20,
+    seed=0,
+    progress: bool = True,
+    per_arrived: bool = False,
+    refine: int = 3,
+    baseline: bool = True,
+    max_batches: int | None = None,
+) -> TuneResult:
+    """Choose (lam_enc, lam_dec) of NeRCC minimising the decoding MSE of f over random straggler sets.
+
+    Parameters
+    ----------
+    f : callable, (rows, ...) -> (rows, ...)
+        The model, applied to a batch (e.g. an onnxruntime session returning softmax probabilities).
+    x_calib : array (M, ...)
+        Calibration inputs, split into M // K consecutive batches of K (the remainder is dropped).
+        Use held-out data, not the data you will report on.
+    n_inputs, n_workers : int
+        K and N of the scheme.
+    n_stragglers : int or sequence of ints
+        S: each straggler set keeps a uniformly random N - S of the workers. Several values tune one pair
+        over all of them (and, with ``per_arrived``, one lam_dec per |F| = N - S).
+    lam_grid, lam_dec_grid : sequences of floats >= 0
+        Grid for lam_enc (and for lam_dec; default: the same). 0 is always included. Default
+        :func:`default_lam_grid`: 0 and 1e-9, 1e-8, ..., 1.
+    n_trials : int
+        Straggler sets per straggler count; the same sets score every pair.
+    seed : int
+        Seeds the straggler sets.
+    progress : bool
+        tqdm progress bar over the calls of f.
+    per_arrived : bool
+        Also fit the best lam_dec for each arrived count |F| seen (at the chosen lam_enc).
+    refine : int
+        After the coarse grid, also try this many values per decade one decade either side of the best
+        lam_dec, then of the best lam_enc (0: no refinement).
+    baseline : bool
+        Also score BACC on the same batches and straggler sets (one more f call per batch).
+    max_batches : int, optional
+        Use at most this many calibration batches.
+
+    Returns
+    -------
+    TuneResult
+    """
+    if not callable(f):
+        raise ValueError(f"f must be a callable batch -> batch, got {type(f).__name__}")
+    K = check_count("n_inputs", n_inputs, minimum=2)
+    N = check_count("n_workers", n_workers, minimum=2)
+    if N < K:
+        raise ValueError(f"n_workers must be >= n_inputs = {K}, got {N}")
+    counts = [n_stragglers] if isinstance(n_stragglers, numbers.Integral) else list(n_stragglers)
+    if not counts:
+        raise ValueError("n_stragglers must be an integer or a non-empty sequence of integers")
+    counts = [check_count("n_stragglers", s, minimum=0) for s in counts]
+    n_trials = check_count("n_trials", n_trials, minimum=1)
+    refine = check_count("refine", refine, minimum=0)
+    enc_grid = _check_grid("lam_grid", default_lam_grid() if lam_grid is None else lam_grid)
+    dec_grid = _check_grid("lam_dec_grid", enc_grid if lam_dec_grid is None else lam_dec_grid)
+    x = _batches(x_calib, K, max_batches)
+    B = x.shape[0]
+
+    rng = np.random.default_rng(seed)
+    sets: List[np.ndarray] = []
+    for s in counts:
+        sets.extend(random_straggler_sets(N, s, n_trials, rng))
+
+    from tqdm.auto import tqdm  # only tune needs it; the coding core itself stays import-light
+
+    bar = tqdm(
+        total=B * (len(enc_grid) + 1 + int(baseline)),
+        desc="tune: f calls",
+        unit="call",
+        disable=not progress,
+        leave=False,
+    )
+    f_calls = 0
+
+    def run_f(batch: np.ndarray, rows: int, what: str) -> np.ndarray:
+        nonlocal f_calls
+        out = _call(f, batch, rows, what)
+        f_calls += 1
+        bar.update(1)
+        return out
+
+    try:
+        base = np.stack([run_f(xb, K, "the uncoded inputs") for xb in x])  # (B, K, C)
+        outputs: Dict[float, np.ndarray] = {}  # lam_enc -> (B, N, C)
+        decoders: Dict[float, NeRCC] = {}  # lam_dec -> scheme whose LRU holds that lam_dec's matrices
+        scores: Dict[tuple, np.ndarray] = {}  # (lam_enc, lam_dec) -> (n_sets,) MSE averaged over batches
+
+        def coded_outputs(lam_enc: float) -> np.ndarray:
+            if lam_enc not in outputs:
+                if lam_enc not in enc_grid:  # a refinement value: B more calls of f
+                    bar.total += B
+                    bar.refresh()
+                scheme = NeRCC(K, N, lam_enc, 0.0)
+                outputs[lam_enc] = np.stack([run_f(scheme.encode(xb), N, "the coded inputs") for xb in x])
+            return outputs[lam_enc]
+
+        def decoder(lam_dec: float) -> NeRCC:
+            if lam_dec not in decoders:
+                decoders[lam_dec] = NeRCC(K, N, 0.0, lam_dec, cache_size=len(sets), cache_bytes=2**62)
+            return decoders[lam_dec]
+
+        def score(lam_encs: Sequence[float], lam_decs: Sequence[float]) -> None:
+            for le in lam_encs:
+                for ld in lam_decs:
+                    if (le, ld) in scores:
+                        continue
+                    y = coded_outputs(le)
+                    dec = decoder(ld)
+                    scores[(le, ld)] = np.array(
+                        [_batch_mse(dec.decoding_matrix(a), y, a, base).mean() for a in sets]
+                    )
+
+        def best() -> tuple:
+            return min(scores, key=lambda pair: (scores[pair].mean(), pair))
+
+        score(enc_grid, dec_grid)
+        if refine:
+            le, ld = best()
+            score([le], _refinement(ld, dec_grid, refine))
+            le, ld = best()
+            score(_refinement(le, enc_grid, refine), [ld])
+            le, ld = best()
+            score([le], _refinement(ld, dec_grid, refine))
+        score([0.0], [0.0])
+        le, ld = best()
+
+        mse_bacc = None
+        if baseline:
+            bacc = BACC(K, N, cache_size=len(sets), cache_bytes=2**62)
+            y = np.stack([run_f(bacc.encode(xb), N, "the coded inputs") for xb in x])
+            mse_bacc = float(np.mean([_batch_mse(bacc.decoding_matrix(a), y, a, base).mean() for a in sets]))
+
+        by_arrived: Dict[int, float] = {}
+        if per_arrived:
+            sizes = np.array([len(a) for a in sets])
+            lam_decs = sorted({d for (e, d) in scores if e == le})
+            for m in sorted(set(sizes.tolist())):
+                mask = sizes == m
+                by_arrived[int(m)] = min(lam_decs, key=lambda d: (scores[(le, d)][mask].mean(), d))
+    finally:
+        bar.close()
+
+    table = sorted(
+        ({"lam_enc": e, "lam_dec": d, "mse": float(v.mean())} for (e, d), v in scores.items()),
+        key=lambda row: (row["mse"], row["lam_enc"], row["lam_dec"]),
+    )
+    mse = float(scores[(le, ld)].mean())
+    if not math.isfinite(mse):  # pragma: no cover - f outputs are checked finite, matrices are finite
+        raise ValueError("tuning produced a non-finite MSE")
+    return TuneResult(
+        lam_enc=le,
+        lam_dec=ld,
+        mse=mse,
+        mse_interp=float(scores[(0.0, 0.0)].mean()),
+        table=table,
+        n_inputs=K,
+        n_workers=N,
+        n_stragglers=counts,
+        n_batches=B,
+        n_trials=n_trials,
+        mse_bacc=mse_bacc,
+        lam_dec_by_arrived=by_arrived,
+        f_calls=f_calls,
+    )
