@@ -335,3 +335,30 @@ def test_nercc_serve_prints_urls_and_stops_cleanly_on_ctrl_c(tmp_path):
     assert running_processes(children) == []
     assert leftover_shm(f"nercc{proc.pid}_") == []
     assert not os.path.exists(f"/proc/{proc.pid}")
+
+
+def test_servers_die_with_a_killed_parent(tmp_path):
+    """A client killed with SIGKILL runs no cleanup: its servers get SIGTERM from the kernel and exit."""
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import json, time\n"
+        "from nercc.serving import LocalCluster\n"
+        f"c = LocalCluster({MODEL!r}, n_workers=1, master=False).start()\n"
+        "print(json.dumps({'pids': c.pids(), 'prefix': c.shm_prefix}), flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        started = json.loads(owner.stdout.readline())
+        group = running_processes(started["pids"])
+        assert len(group) >= 2  # tritonserver + its Python stub
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 30
+        while running_processes(group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert running_processes(group) == []
+        assert leftover_shm(started["prefix"]) == []  # Triton's own shutdown removed the regions
+    finally:
+        if owner.poll() is None:
+            owner.kill()

@@ -21,7 +21,7 @@ from nercc.serving.repository import DEFAULT_MAX_REQUEST_BYTES
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, action="append", dest="models",
+    parser.add_argument("--model", default=argparse.SUPPRESS, action="append", dest="models", metavar="MODEL",
                         help="exported model to serve (model_repository/<model>); with --write-repository it may "
                              "be repeated, or 'all' for every exported model (default: lenet5)")
     parser.add_argument("--workers", type=int, default=12, help="number of worker tritonservers")
@@ -30,9 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              " | bimodal:p=..,slow_ms=.. | bimodal:p=..,factor=.. | pareto:scale_ms=..,alpha=..")
     parser.add_argument("--seed", type=int, default=0, help="seed of the workers' straggler delays")
     parser.add_argument("--base-port", type=int, default=None,
-                        help="master gRPC port; worker i gets base+1+i (default: free ports)")
+                        help="master gRPC port; worker i gets base+1+i; None: free ports")
     parser.add_argument("--tritonserver", default=None, metavar="PATH",
-                        help="tritonserver binary to run (default: $NERCC_TRITONSERVER, nvidia-pytriton's, PATH)")
+                        help="tritonserver binary to run; None: $NERCC_TRITONSERVER, else nvidia-pytriton's, else PATH")
     parser.add_argument("--no-master", action="store_true", help="start the workers only")
     parser.add_argument("--http", action="store_true", help="also open HTTP endpoints")
     parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads per worker")
@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--urls-file", type=Path, default=None,
                         help="write {master_url, worker_urls, model, straggler} as JSON here once ready")
     parser.add_argument("--log-dir", type=Path, default=None,
-                        help="keep runtime repositories and server logs here (default: a temp dir, removed)")
+                        help="keep runtime repositories and server logs here; None: a temp dir, removed on exit")
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for readiness")
     parser.add_argument("--write-repository", type=Path, default=None, metavar="DIR",
                         help="write a static Triton model repository to DIR and exit (starts nothing)")
@@ -53,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _models(args) -> list:
-    models = args.models or ["lenet5"]
+    models = getattr(args, "models", None) or ["lenet5"]
     if "all" in models:
         from nercc.models import list_models
 
