@@ -172,6 +172,11 @@ class CodedClient:
     n_stragglers : expected stragglers S for the profile lookup; default N - M for ``first:M``, else 0.
     hard_timeout_ms : longest an ``infer`` call waits for the minimum number of answers.
     model_dir : folder with ``nercc.json`` / ``tuning.json`` (default ``model_repository/<model>``).
+    cancel_stragglers : cancel (gRPC cancel) the requests still in flight once the client has decoded. Off by
+        default: Triton up to 2.52 (24.11) can crash on a cancellation that races the response (server issues
+        #7368, #8034, fixed by PR #7840 in 24.12), and the tritonserver 2.51 shipped by nvidia-pytriton does,
+        under this client's load. Off, straggler requests finish in the background and their answers are
+        dropped; the workers do the same work either way (a Python-backend execute cannot be interrupted).
     """
 
     def __init__(
@@ -189,6 +194,7 @@ class CodedClient:
         n_stragglers: int | None = None,
         model_dir: str | None = None,
         channel_args: List[Tuple[str, Any]] | None = None,
+        cancel_stragglers: bool = False,
     ):
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
@@ -234,6 +240,8 @@ class CodedClient:
         self._lams: Dict[Tuple[int, int | None], Tuple[float, float]] = {}
         self._rotation = itertools.count()
         self._closed = False
+        self.cancel_stragglers = bool(cancel_stragglers)
+        self._abandoned: set = set()  # straggler requests left to finish in the background
 
     # ------------------------------------------------------------------ set-up
     def _check_k(self, k: int) -> None:
@@ -295,9 +303,23 @@ class CodedClient:
             output_name=out["name"],
         )
 
+    async def drain(self, timeout_s: float | None = None) -> int:
+        """Wait until the straggler requests this client left in flight have finished; returns how many remain.
+
+        Benchmarks call it between batches so that one batch's stragglers do not queue in front of the next.
+        """
+        if self._abandoned:
+            await asyncio.wait(set(self._abandoned), timeout=timeout_s)
+        return len(self._abandoned)
+
     async def close(self) -> None:
-        """Close every channel; in-flight requests are cancelled."""
+        """Close every channel, after giving abandoned straggler requests a moment to finish."""
         self._closed = True
+        if self._abandoned:
+            # closing a channel cancels its calls: let them end first (see cancel_stragglers)
+            await asyncio.wait(set(self._abandoned), timeout=self.hard_timeout_ms / 1e3)
+            for task in list(self._abandoned):
+                task.cancel()
         clients = ([self._master] if self._master is not None else []) + self._workers
         self._master, self._workers = None, []
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
@@ -374,14 +396,14 @@ class CodedClient:
 
     # --------------------------------------------------------------- requests
     async def _infer_one(self, client, model: str, name: str, data: np.ndarray, out: str,
-                         timeout_s: float, parameters: dict | None = None) -> np.ndarray:
+                         timeout_s: float | None, parameters: dict | None = None) -> np.ndarray:
         from tritonclient.grpc import InferInput, InferRequestedOutput
         from tritonclient.utils import np_to_triton_dtype
 
         tensor = InferInput(name, list(data.shape), np_to_triton_dtype(data.dtype))
         tensor.set_data_from_numpy(data)
         response = await client.infer(
-            model, [tensor], outputs=[InferRequestedOutput(out)], client_timeout=max(timeout_s, 1e-3),
+            model, [tensor], outputs=[InferRequestedOutput(out)], client_timeout=None if timeout_s is None else max(timeout_s, 1e-3),
             parameters=parameters,
         )
         return response.as_numpy(out)
@@ -438,9 +460,10 @@ class CodedClient:
         spec = self.spec
         tasks: Dict[asyncio.Task, int] = {}
         for worker, row in plan.items():
+            # no gRPC deadline unless stragglers may be cancelled: an expiring deadline is a cancellation too
             coro = self._infer_one(
                 self._workers[worker], self.model, spec.input_name, payloads[row:row + 1], spec.output_name,
-                hard_t - t_fanout,
+                hard_t - t_fanout if self.cancel_stragglers else None,
             )
             tasks[asyncio.ensure_future(coro)] = worker
         answers, latency, errors = await self._collect(tasks, plan, k, t_fanout, deadline_t, hard_t)
@@ -541,8 +564,11 @@ class CodedClient:
                         errors[worker] = _error_text(exc)
         finally:
             for task in pending:
-                task.cancel()
-            for task in pending:
+                if self.cancel_stragglers:
+                    task.cancel()
+                else:
+                    self._abandoned.add(task)
+                    task.add_done_callback(self._abandoned.discard)
                 task.add_done_callback(_swallow)
         if not enough(answers):
             raise NotEnoughAnswersError(

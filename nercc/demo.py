@@ -1,0 +1,238 @@
+"""The main job: a local Triton cluster, MNIST batches through every scheme, one latency/accuracy table.
+
+Starts one master and N worker ``tritonserver`` processes (LeNet5, bimodal stragglers injected at the workers),
+sends the same MNIST test batches of K raw images through uncoded, replication, BACC and NeRCC on the same
+workers (interleaved batch by batch, so machine load drifts hit every scheme alike), compares every answer with
+the model run locally on the same inputs, prints the table, and stops every server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+SCHEME_ORDER = ("uncoded", "replication", "bacc", "nercc")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="lenet5", help="exported model in model_repository/")
+    parser.add_argument("--workers", "-n", type=int, default=12, help="worker tritonserver processes (N)")
+    parser.add_argument("--inputs", "-k", type=int, default=4, help="inputs per coded batch (K)")
+    parser.add_argument("--batches", type=int, default=300, help="batches sent with each scheme")
+    parser.add_argument(
+        "--straggler", default="bimodal:p=0.1,slow_ms=40",
+        help="straggler profile injected at every worker: none, bimodal:p=..,slow_ms=.., "
+             "shifted-exp:shift_ms=..,scale_ms=.., pareto:scale_ms=..,alpha=..",
+    )
+    parser.add_argument("--deadline-ms", type=float, default=25.0,
+                        help="end-to-end budget per batch, from the call to the decoded predictions")
+    parser.add_argument("--hard-timeout-ms", type=float, default=2000.0,
+                        help="longest wait for the minimum number of answers before a batch fails")
+    parser.add_argument("--policy", default="auto",
+                        help="coded schemes' policy: deadline | first:M | all; auto = first:ceil(2N/3)")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="batches in flight at once per scheme (1 = one after another: clean latency)")
+    parser.add_argument("--schemes", default=",".join(SCHEME_ORDER), help="comma-separated subset to run")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the straggler draws and the batch choice")
+    parser.add_argument("--warmup", type=int, default=10, help="unrecorded batches per scheme first")
+    parser.add_argument("--tritonserver", default=None, help="path of a tritonserver binary (default: pytriton's)")
+
+
+@dataclass
+class SchemeStats:
+    scheme: str
+    policy: str
+    total_ms: List[float] = field(default_factory=list)
+    encode_ms: List[float] = field(default_factory=list)
+    fanout_ms: List[float] = field(default_factory=list)
+    decode_ms: List[float] = field(default_factory=list)
+    n_arrived: List[int] = field(default_factory=list)
+    n_requests: List[int] = field(default_factory=list)
+    late: int = 0
+    deadline_met: int = 0
+    failed: List[str] = field(default_factory=list)
+    errors: int = 0
+    predictions: Dict[int, np.ndarray] = field(default_factory=dict)  # batch index -> (K, n_classes)
+
+
+def auto_policy(n_workers: int) -> str:
+    return f"first:{max(2, math.ceil(2 * n_workers / 3))}"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
+
+
+async def run_schemes(master_url, worker_urls, args, schemes, batches, progress) -> Dict[str, SchemeStats]:
+    """Every batch through every scheme, interleaved; returns per-scheme stats."""
+    from nercc.client import CodedClient, NotEnoughAnswersError
+
+    policy = auto_policy(len(worker_urls)) if args.policy == "auto" else args.policy
+    clients = {}
+    for scheme in schemes:
+        clients[scheme] = CodedClient(
+            master_url, worker_urls, model=args.model, scheme=scheme, deadline_ms=args.deadline_ms,
+            policy=policy if scheme in ("nercc", "bacc") else "deadline", n_inputs=args.inputs,
+            hard_timeout_ms=args.hard_timeout_ms,
+        )
+    stats = {s: SchemeStats(s, clients[s].policy) for s in schemes}
+    try:
+        for client in clients.values():
+            await client.connect()
+            for i in range(args.warmup):
+                await client.infer(batches[i % len(batches)])
+            await client.drain()
+        semaphore = asyncio.Semaphore(args.concurrency)
+
+        async def one(scheme: str, index: int) -> None:
+            async with semaphore:
+                st = stats[scheme]
+                try:
+                    result = await clients[scheme].infer(batches[index])
+                except NotEnoughAnswersError as exc:
+                    st.failed.append(str(exc))
+                    progress.update(1)
+                    return
+                st.total_ms.append(result.total_ms)
+                st.encode_ms.append(result.encode_ms)
+                st.fanout_ms.append(result.fanout_ms)
+                st.decode_ms.append(result.decode_ms)
+                st.n_arrived.append(len(result.arrived))
+                st.n_requests.append(result.n_requests)
+                st.late += result.late
+                st.deadline_met += result.deadline_met
+                st.errors += len(result.errors)
+                st.predictions[index] = result.predictions
+                progress.update(1)
+
+        if args.concurrency == 1:
+            # each batch on idle workers: wait (untimed) for the previous batch's straggler requests, so that
+            # one scheme's leftovers never queue in front of the next scheme's batch
+            for index in range(len(batches)):
+                for scheme in schemes:
+                    await one(scheme, index)
+                    await clients[scheme].drain()
+        else:
+            # several batch indices in flight at once: latency under load, stragglers queue as they would
+            await asyncio.gather(*(one(scheme, index) for index in range(len(batches)) for scheme in schemes))
+    finally:
+        for client in clients.values():
+            await client.close()
+    return stats
+
+
+async def plain_requests(worker_url: str, model: str, x: np.ndarray, n: int) -> List[float]:
+    """Round trips of single-input requests straight to one worker (the floor a coded request builds on)."""
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.grpc import InferInput, InferRequestedOutput
+
+    times = []
+    async with grpcclient.InferenceServerClient(worker_url) as client:
+        for i in range(n):
+            data = x[i % len(x)][None]
+            tensor = InferInput("input", list(data.shape), "FP32")
+            tensor.set_data_from_numpy(data)
+            t0 = time.perf_counter()
+            await client.infer(model, [tensor], outputs=[InferRequestedOutput("probs")])
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times[min(5, n // 10):]  # drop the first few: connection set-up
+
+
+def format_table(rows: List[List[str]], header: List[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(str(h).rjust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from nercc.data import load_dataset
+    from nercc.models import OnnxModel, load_model_info
+    from nercc.preprocessing import preprocess
+    from nercc.serving import LocalCluster
+
+    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
+    unknown = [s for s in schemes if s not in SCHEME_ORDER]
+    if unknown:
+        raise SystemExit(f"nercc demo: unknown scheme(s) {unknown}; use {', '.join(SCHEME_ORDER)}")
+    if args.batches < 1 or args.concurrency < 1 or args.inputs < 2 or args.workers < args.inputs:
+        raise SystemExit("nercc demo: need --batches >= 1, --concurrency >= 1, 2 <= --inputs <= --workers")
+
+    info = load_model_info(args.model)
+    raw, labels = load_dataset(info.dataset, split="test")
+    rng = np.random.default_rng(args.seed)
+    k = args.inputs
+    pick = rng.choice(len(raw), size=args.batches * k, replace=len(raw) < args.batches * k)
+    raw_batches = [np.ascontiguousarray(raw[pick[i * k:(i + 1) * k]]) for i in range(args.batches)]
+    batch_labels = [labels[pick[i * k:(i + 1) * k]] for i in range(args.batches)]
+
+    # the reference: the same model on the same inputs, locally with onnxruntime
+    f = OnnxModel(args.model, threads=1)
+    reference = [f(preprocess(info, b)) for b in tqdm(raw_batches, desc="local reference", unit="batch")]
+    ref_all = np.concatenate(reference)
+    y_all = np.concatenate(batch_labels)
+    base_acc = float((ref_all.argmax(1) == y_all).mean())
+
+    print(f"starting master + {args.workers} workers ({args.model}, straggler {args.straggler}) ...", flush=True)
+    t_start = time.perf_counter()
+    with LocalCluster(args.model, n_workers=args.workers, straggler=args.straggler, seed=args.seed,
+                      tritonserver=args.tritonserver) as cluster:
+        print(f"cluster ready in {time.perf_counter() - t_start:.1f} s: master {cluster.master_url}, "
+              f"workers {cluster.worker_urls[0]} .. {cluster.worker_urls[-1]}", flush=True)
+        with tqdm(total=len(schemes) * args.batches, desc="batches (all schemes)", unit="batch") as progress:
+            stats = asyncio.run(run_schemes(cluster.master_url, cluster.worker_urls, args, schemes,
+                                            raw_batches, progress))
+        x_plain = preprocess(info, raw_batches[0])
+        plain = asyncio.run(plain_requests(cluster.worker_urls[0], args.model, x_plain, 100))
+    print("all servers stopped", flush=True)
+
+    header = ["scheme", "policy", "p50 ms", "p95 ms", "p99 ms", "max ms", "MSE", "RelAcc", "compute/input",
+              "answers used", "late", "failed", "encode p50", "fan-out p50", "decode p50"]
+    rows = []
+    for scheme in schemes:
+        st = stats[scheme]
+        done = sorted(st.predictions)
+        if done:
+            pred = np.concatenate([st.predictions[i] for i in done])
+            ref = np.concatenate([reference[i] for i in done])
+            y = np.concatenate([batch_labels[i] for i in done])
+            mse = float(((pred - ref) ** 2).sum(axis=1).mean())
+            base = float((ref.argmax(1) == y).mean())
+            rel_acc = float((pred.argmax(1) == y).mean()) / base if base > 0 else float("nan")
+        else:
+            mse = rel_acc = float("nan")
+        rows.append([
+            scheme, st.policy,
+            f"{percentile(st.total_ms, 50):.1f}", f"{percentile(st.total_ms, 95):.1f}",
+            f"{percentile(st.total_ms, 99):.1f}", f"{max(st.total_ms, default=float('nan')):.1f}",
+            f"{mse:.2e}", f"{rel_acc:.3f}",
+            f"{np.mean(st.n_requests) / k:.2f}" if st.n_requests else "-",
+            f"{np.mean(st.n_arrived):.1f}" if st.n_arrived else "-",
+            str(st.late), str(len(st.failed)),
+            f"{percentile(st.encode_ms, 50):.2f}", f"{percentile(st.fanout_ms, 50):.2f}",
+            f"{percentile(st.decode_ms, 50):.2f}",
+        ])
+    print()
+    print(f"{args.model}: N={args.workers} workers, K={k}, {args.batches} batches per scheme, straggler "
+          f"{args.straggler}, deadline {args.deadline_ms:g} ms, concurrency {args.concurrency}; base model "
+          f"top-1 on these {len(y_all)} inputs: {base_acc:.4f}")
+    print(format_table(rows, header))
+    print(f"one plain request to one worker (batch 1, no coding): p50 {percentile(plain, 50):.2f} ms, "
+          f"p99 {percentile(plain, 99):.2f} ms over {len(plain)}")
+    print("MSE: mean over inputs of ||f(x) - prediction||^2 against the model run locally (onnxruntime); "
+          "RelAcc: top-1 of the predictions / top-1 of the local model on the same inputs; compute/input: worker "
+          "requests per input (uncoded 1, replication N//K, coded N/K); answers used: per batch (mean); "
+          "late: batches that waited past the deadline for their minimum; latency: call to predictions.")
+    for scheme in schemes:
+        if stats[scheme].failed:
+            print(f"{scheme}: {len(stats[scheme].failed)} batches failed, e.g. {stats[scheme].failed[0]}")
+    return 0
