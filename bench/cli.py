@@ -32,6 +32,11 @@ SUBCOMMANDS = {
 #: Models run by `nercc bench all`, in order; a model whose ONNX is not exported is skipped with a note.
 ALL_MODELS = ("lenet5", "repvgg_cifar10", "efficientnet_lite0", "vit_b16")
 
+#: Serving settings (model, N, K, stragglers) used by `make demo` (N=12, K=4) and the serving tests (N=6, K=2):
+#: `bench all` tunes their profile entries too and measures their accuracy.
+SERVING_SETTINGS = (("lenet5", 12, 4, "0:4:1"), ("lenet5", 6, 2, "0:2:1"))
+SERVING_TRIALS = 500
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
@@ -107,6 +112,17 @@ def run_all(args) -> int:
         if accuracy.main(_parse(accuracy.configure, acc_argv + (["--quiet"] if args.quiet else []))) != 0:
             return 1
         done.append(model)
+    for model, n_workers, n_inputs, stragglers in SERVING_SETTINGS:
+        if model not in done:
+            continue
+        print(f"== {model}: serving setting N={n_workers} K={n_inputs} S={stragglers}", flush=True)
+        common = ["--model", model, "--workers", str(n_workers), "--inputs", str(n_inputs), "--stragglers",
+                  stragglers, "--seed", str(args.seed), "--threads", str(args.threads)] + \
+                 (["--quiet"] if args.quiet else [])
+        if tune.main(_parse(tune.configure, common + ([] if args.retune else ["--missing-only"]))) != 0:
+            return 1
+        if accuracy.main(_parse(accuracy.configure, common + ["--trials", str(SERVING_TRIALS)])) != 0:
+            return 1
     if "lenet5" in done:
         print("== lenet5: smoothness sweep", flush=True)
         tune.main_sweep(_parse(tune.configure_sweep, ["--model", "lenet5", "--threads", str(args.threads)]
