@@ -14,6 +14,7 @@ resize 248 then center crop 224), with bilinear instead of bicubic resizing (ner
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Optional, Tuple
@@ -40,8 +41,9 @@ def metadata(arch: str = ARCH, name: str = NAME) -> dict:
         "name": name, "dataset": "imagenet", "n_classes": 1000,
         "input_name": "input", "input_shape": list(config["input_size"]), "input_dtype": "float32",
         "output_name": "probs", "raw_shape": [512, 512, 3], "raw_dtype": "uint8",
+        # resize = floor(size / crop_pct), as timm's eval transform computes it (248 for 224 at 0.9)
         "preprocess": {"scale": 1.0 / 255.0, "mean": list(config["mean"]), "std": list(config["std"]),
-                       "layout": "NCHW", "resize": int(round(size / config["crop_pct"])), "crop": size},
+                       "layout": "NCHW", "resize": int(math.floor(size / config["crop_pct"])), "crop": size},
     }
 
 

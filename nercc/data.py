@@ -106,7 +106,7 @@ def _readonly(*arrays: Array) -> Tuple[Array, ...]:
     return arrays
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mnist(root: str, split: str, download: bool) -> Tuple[Array, Array]:
     folder = Path(root) / "mnist"
     arrays = []
@@ -155,7 +155,7 @@ def _cifar10_from_tarball(tarball: Path, dest: Path) -> None:
     dest.write_bytes(buf.getvalue())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cifar10(root: str, split: str, download: bool) -> Tuple[Array, Array]:
     path = Path(root) / "cifar10" / "cifar10.npz"
     if not path.exists():
@@ -202,7 +202,7 @@ def _square(img, size: int) -> Array:
     return np.asarray(img, dtype=np.uint8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _imagenet_samples(root: str) -> Tuple[Array, Array]:
     from PIL import Image  # PIL only where images are decoded
 
@@ -238,7 +238,7 @@ def load_imagenet_samples(split: str = "test", download: Optional[bool] = None) 
     return _imagenet_samples(str(data_dir()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imagenet_class_names() -> Tuple[str, ...]:
     """The 1000 ILSVRC-2012 class names in index order (from imagenet-samples/classes.txt)."""
     path = data_dir() / "imagenet-samples" / "classes.txt"
