@@ -271,19 +271,32 @@ def test_busy_port_is_a_clear_error_and_starts_nothing():
     assert cluster.pids() == []
 
 
-def test_busy_port_seen_by_the_server_reports_its_log(tmp_path):
+def test_busy_port_seen_by_the_server_reports_its_log():
     """The port was free when checked but taken by the time the server binds: the log says so."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         busy = sock.getsockname()[1]
-        cluster = LocalCluster(MODEL, n_workers=1, master=False, start_timeout_s=60)
+        cluster = LocalCluster(MODEL, n_workers=1, base_port=busy, master=False, start_timeout_s=60)
         cluster._ports = lambda: [busy]  # skip the pre-check, as a race with another program would
         with pytest.raises(ServerStartError) as err:
             cluster.start()
     assert "worker-0" in str(err.value) and "in use" in str(err.value).lower()
     assert running_processes(cluster.pids()) == []
     assert leftover_shm(cluster.shm_prefix) == []
+
+
+def test_free_port_taken_meanwhile_is_retried_on_another_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        cluster = LocalCluster(MODEL, n_workers=1, master=False, start_timeout_s=60)
+        cluster._ports = lambda: [busy]  # as if another program took our free port before the server bound it
+        with cluster:
+            assert cluster.workers[0].port_retries == 1 and cluster.worker_urls[0] != f"127.0.0.1:{busy}"
+            assert _latencies_ms(cluster.worker_urls[0], 1).size == 1
+    assert running_processes(cluster.pids()) == []
 
 
 def test_model_that_fails_to_load_raises_with_log_tail_and_leaks_nothing(tmp_path, info):

@@ -43,6 +43,8 @@ PathLike = Union[str, Path]
 HOST = "127.0.0.1"
 SHM_DIR = Path("/dev/shm")
 _MiB = 2**20
+#: Relaunches of a server whose automatically picked port was taken by someone else meanwhile.
+_PORT_RETRIES = 2
 #: Log lines every CPU-only server prints; they hide the real error in a failure report.
 _LOG_NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "Pinned memory", "CUDA memory pool",
               "unable to create stream")
@@ -207,6 +209,7 @@ class TritonServer:
     started_at: float = 0.0
     ready_at: float | None = None
     killed: bool = False
+    port_retries: int = 0
     extra_args: List[str] = field(default_factory=list)
 
     @property
@@ -416,6 +419,7 @@ class LocalCluster:
         backends = prepare_backend_directory(binary, self.workdir)
         self._plan_servers()
         env = server_environment()
+        self._launch_args = (binary, backends, env)
         for server in self.servers:
             self._launch(binary, backends, server, env)
         self._wait_ready()
@@ -516,6 +520,9 @@ class LocalCluster:
             while pending:
                 for server in list(pending):
                     code = server.process.poll()
+                    if code is not None and self._retry_on_port_race(server):
+                        clients.pop(server.role, None)
+                        continue
                     if code is not None:
                         raise ServerStartError(self._failure(server, f"exited with code {code} while starting"))
                     client = clients.get(server.role)
@@ -541,6 +548,22 @@ class LocalCluster:
                 except Exception:
                     pass
 
+    def _retry_on_port_race(self, server: TritonServer) -> bool:
+        """Relaunch on fresh ports when a port we picked was taken before the server bound it (free ports only)."""
+        if self.base_port is not None or server.port_retries >= _PORT_RETRIES:
+            return False
+        if not any(m in server.log_tail(40).lower() for m in ("already in use", "address in use")):
+            return False
+        server.port_retries += 1
+        _signal_group(server.process.pid, signal.SIGKILL)  # its stub may still be up
+        _wait_gone([server.process.pid], timeout_s=5.0)
+        self._remove_shm(server)
+        server.grpc_port = free_ports(1)[0]
+        if server.http_port is not None:
+            server.http_port = free_ports(1)[0]
+        self._launch(*self._launch_args[:2], server, self._launch_args[2])
+        return True
+
     def _failure(self, server: TritonServer, what: str) -> str:
         tail = server.log_tail()
         hint = ""
@@ -558,6 +581,7 @@ class LocalCluster:
         if server.process is not None:
             _signal_group(server.process.pid, signal.SIGKILL)
             server.process.wait()
+            _wait_gone([server.process.pid], timeout_s=5.0)
         server.killed = True
         self._remove_shm(server)
 
@@ -589,6 +613,8 @@ class LocalCluster:
                     server.process.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
+            # SIGKILL is asynchronous: return only once no member of our groups is left
+            _wait_gone([s.process.pid for s in self.servers if s.process is not None], timeout_s=5.0)
             for server in self.servers:
                 self._remove_shm(server)
             for path in glob.glob(str(SHM_DIR / (self.shm_prefix + "*"))):
@@ -602,6 +628,12 @@ class LocalCluster:
     def _remove_shm(server: TritonServer) -> None:
         for path in server.shm_regions():
             _unlink(path)
+
+
+def _wait_gone(pgids: Sequence[int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while running_processes(pgids) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _unlink(path: str) -> None:
