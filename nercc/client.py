@@ -53,6 +53,8 @@ SCHEMES = ("nercc", "bacc", "uncoded", "replication")
 CODED_SCHEMES = ("nercc", "bacc")
 #: Fewest answers a coded decode accepts: an interpolant through one point is a constant.
 MIN_CODED_ANSWERS = 2
+#: gRPC deadline added to the hard timeout for worker requests when stragglers are abandoned, not cancelled.
+ABANDONED_REQUEST_TIMEOUT_S = 60.0
 
 
 class NotEnoughAnswersError(RuntimeError):
@@ -63,6 +65,10 @@ class NotEnoughAnswersError(RuntimeError):
         self.n_arrived = n_arrived
         self.n_needed = n_needed
         self.errors = errors
+
+
+class MasterError(RuntimeError):
+    """The master could not encode the batch (unreachable, or it rejected the request)."""
 
 
 @dataclass
@@ -414,7 +420,10 @@ class CodedClient:
         if self.scheme == "nercc":
             params["lam_enc"] = lam_enc
         model, name = (f"{self.model}_encode", "RAW") if is_raw else (f"{self.model}_encoder", "INPUT")
-        coded = await self._infer_one(self._master, model, name, batch, "CODED", timeout_s, params)
+        try:
+            coded = await self._infer_one(self._master, model, name, batch, "CODED", timeout_s, params)
+        except Exception as exc:  # noqa: BLE001 - any failure here means no coded inputs to send
+            raise MasterError(f"encoding on the master {self.master_url} ({model}) failed: {_error_text(exc)}") from exc
         expected = (self.n_workers, *self.spec.input_shape)
         if coded is None or tuple(coded.shape) != expected:
             got = None if coded is None else tuple(coded.shape)
@@ -460,10 +469,11 @@ class CodedClient:
         spec = self.spec
         tasks: Dict[asyncio.Task, int] = {}
         for worker, row in plan.items():
-            # no gRPC deadline unless stragglers may be cancelled: an expiring deadline is a cancellation too
+            # an expiring gRPC deadline is a cancellation too: without cancel_stragglers only a generous one,
+            # which frees the client from a hung worker but never races a normal answer
             coro = self._infer_one(
                 self._workers[worker], self.model, spec.input_name, payloads[row:row + 1], spec.output_name,
-                hard_t - t_fanout if self.cancel_stragglers else None,
+                (hard_t - t_fanout) + (0.0 if self.cancel_stragglers else ABANDONED_REQUEST_TIMEOUT_S),
             )
             tasks[asyncio.ensure_future(coro)] = worker
         answers, latency, errors = await self._collect(tasks, plan, k, t_fanout, deadline_t, hard_t)

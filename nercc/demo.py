@@ -192,8 +192,11 @@ def main(args: argparse.Namespace) -> int:
             stats = asyncio.run(run_schemes(cluster.master_url, cluster.worker_urls, args, schemes,
                                             raw_batches, progress))
         x_plain = preprocess(info, raw_batches[0])
-        plain = asyncio.run(plain_requests(cluster.worker_urls[0], args.model, x_plain, 100))
+        plain = asyncio.run(plain_requests(cluster.worker_urls[0], args.model, x_plain, 200))
+        crashed = cluster.check()
     print("all servers stopped", flush=True)
+    if crashed:
+        print(f"WARNING: these servers died during the run: {', '.join(crashed)}")
 
     header = ["scheme", "policy", "p50 ms", "p95 ms", "p99 ms", "max ms", "MSE", "RelAcc", "compute/input",
               "answers used", "late", "failed", "encode p50", "fan-out p50", "decode p50"]
@@ -226,8 +229,8 @@ def main(args: argparse.Namespace) -> int:
           f"{args.straggler}, deadline {args.deadline_ms:g} ms, concurrency {args.concurrency}; base model "
           f"top-1 on these {len(y_all)} inputs: {base_acc:.4f}")
     print(format_table(rows, header))
-    print(f"one plain request to one worker (batch 1, no coding): p50 {percentile(plain, 50):.2f} ms, "
-          f"p99 {percentile(plain, 99):.2f} ms over {len(plain)}")
+    print(f"one plain request to one worker (batch 1, no coding, same straggler profile): "
+          f"p50 {percentile(plain, 50):.2f} ms, p99 {percentile(plain, 99):.2f} ms over {len(plain)}")
     print("MSE: mean over inputs of ||f(x) - prediction||^2 against the model run locally (onnxruntime); "
           "RelAcc: top-1 of the predictions / top-1 of the local model on the same inputs; compute/input: worker "
           "requests per input (uncoded 1, replication N//K, coded N/K); answers used: per batch (mean); "

@@ -16,7 +16,13 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc.aio")
 
-from nercc.client import CodedClient, NotEnoughAnswersError, SyncCodedClient, parse_policy  # noqa: E402
+from nercc.client import (  # noqa: E402
+    CodedClient,
+    MasterError,
+    NotEnoughAnswersError,
+    SyncCodedClient,
+    parse_policy,
+)
 
 MODEL = "lenet5"
 N_WORKERS = 6
@@ -262,6 +268,13 @@ def test_bad_arguments_and_inputs_raise_clear_errors(cluster, mnist):
 
     with pytest.raises(ValueError, match="unknown model 'no_such_model'"):
         run(unknown_model())
+
+    async def dead_master():
+        async with CodedClient(f"127.0.0.1:{free_port()}", workers, model=MODEL, n_inputs=K) as client:
+            await client.infer(raw[:K])
+
+    with pytest.raises(MasterError, match=r"encoding on the master 127\.0\.0\.1:\d+ \(lenet5_encode\) failed"):
+        run(dead_master())
 
 
 def test_policy_parser():
