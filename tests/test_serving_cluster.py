@@ -235,6 +235,15 @@ def test_straggler_injection_dead_worker_and_clean_shutdown():
         assert slow.master_url is None and len(slow.worker_urls) == 2
         latencies = _latencies_ms(slow.worker_urls[0], 3)
         assert latencies.min() >= 200, latencies
+        # a request its client gave up on stops holding the worker: the next one waits only for itself
+        client = grpcclient.InferenceServerClient(slow.worker_urls[0])
+        try:
+            with pytest.raises(InferenceServerException, match="(?i)deadline"):
+                _infer(client, MODEL, "input", _floats(1), "probs", client_timeout=0.05)
+        finally:
+            client.close()
+        after_cancel = _latencies_ms(slow.worker_urls[0], 1)[0]
+        assert 200 <= after_cancel < 340, after_cancel  # 350+ if it had queued behind the cancelled one
         pids = slow.pids()
         group = running_processes(pids)
         assert len(group) > len(pids), "expected each server's Python stub in its process group"

@@ -45,6 +45,15 @@ def _error(message):
     return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
 
 
+def _cancelled(message):
+    code = getattr(pb_utils.TritonError, "CANCELLED", None)
+    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
+#: How often a delayed request checks whether its client gave up (one IPC round trip per check).
+CANCEL_POLL_S = 0.01
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -89,15 +98,30 @@ class TritonPythonModel:
                 probs = self.session.run([self.onnx_output], {self.onnx_input: x})[0]
                 compute_ms = 1e3 * (time.perf_counter() - started)
                 if self.inject:
-                    # A straggler is a slow machine: the delay holds this instance, as slow hardware would.
+                    # A straggler is a slow machine: the delay holds this instance, as slow hardware would,
+                    # but a request the client cancelled (deadline passed) stops holding it.
                     delay_ms = self.straggler.next_delay_ms(compute_ms)
-                    if delay_ms > 0:
-                        time.sleep(delay_ms / 1e3)
+                    if delay_ms > 0 and self._sleep_unless_cancelled(request, delay_ms / 1e3):
+                        responses.append(pb_utils.InferenceResponse(
+                            output_tensors=[], error=_cancelled("cancelled by the client while delayed")))
+                        continue
                 out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(probs, dtype=np.float32))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
             except Exception as exc:  # one bad request must not take the worker down
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(f"worker failed: {exc}")))
         return responses
+
+    def _sleep_unless_cancelled(self, request, delay_s):
+        """Sleep delay_s; True as soon as the request is cancelled (polled every CANCEL_POLL_S)."""
+        end = time.perf_counter() + delay_s
+        can_check = hasattr(request, "is_cancelled")
+        while True:
+            left = end - time.perf_counter()
+            if left <= 0:
+                return False
+            time.sleep(min(left, CANCEL_POLL_S))
+            if can_check and request.is_cancelled():
+                return True
 
     def finalize(self):
         self.session = None
