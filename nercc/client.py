@@ -268,14 +268,13 @@ class CodedClient:
         """
         if self._closed:
             raise RuntimeError("this CodedClient is closed")
-        if self._workers:
-            return self
-        import tritonclient.grpc.aio as grpcclient
+        if not self._workers:
+            import tritonclient.grpc.aio as grpcclient
 
-        kwargs = {} if self._channel_args is None else {"channel_args": self._channel_args}
-        if self.master_url:
-            self._master = grpcclient.InferenceServerClient(self.master_url, **kwargs)
-        self._workers = [grpcclient.InferenceServerClient(url, **kwargs) for url in self.worker_urls]
+            kwargs = {} if self._channel_args is None else {"channel_args": self._channel_args}
+            if self.master_url:
+                self._master = grpcclient.InferenceServerClient(self.master_url, **kwargs)
+            self._workers = [grpcclient.InferenceServerClient(url, **kwargs) for url in self.worker_urls]
         if self.spec is None:
             self.spec = await self._spec_from_servers()
         return self
@@ -284,22 +283,35 @@ class CodedClient:
         """Shapes from the servers when the model has no local ``nercc.json`` (a remote deployment)."""
         from tritonclient.utils import InferenceServerException
 
-        try:
-            meta = await self._workers[0].get_model_metadata(self.model, as_json=True)
-        except InferenceServerException as exc:
-            raise ValueError(
-                f"unknown model {self.model!r}: no local metadata and worker {self.worker_urls[0]} "
-                f"does not serve it ({exc.message()})"
-            ) from exc
+        errors = []
+        meta = None
+        for url, worker in zip(self.worker_urls, self._workers):  # the first worker that answers
+            try:
+                meta = await worker.get_model_metadata(self.model, as_json=True, client_timeout=5.0)
+                break
+            except InferenceServerException as exc:
+                text = exc.message() or str(exc)
+                if "unknown model" in text or "not found" in text:
+                    raise ValueError(
+                        f"unknown model {self.model!r}: no local metadata (model_repository/{self.model}/nercc.json)"
+                        f" and worker {url} does not serve it ({text})"
+                    ) from exc
+                errors.append(f"{url}: {text}")
+        if meta is None:
+            raise ConnectionError(
+                f"model {self.model!r} has no local metadata and no worker answered a metadata request: "
+                + "; ".join(errors)
+            )
         inp = meta["inputs"][0]
         out = meta["outputs"][0]
         raw_shape = None
         if self._master is not None:
             try:
-                enc = await self._master.get_model_metadata(f"{self.model}_encode", as_json=True)
+                enc = await self._master.get_model_metadata(f"{self.model}_encode", as_json=True,
+                                                            client_timeout=5.0)
                 raw_shape = tuple(int(s) for s in enc["inputs"][0]["shape"][1:])
             except InferenceServerException:
-                raw_shape = None
+                raw_shape = None  # raw input is then refused with a clear error; float input still works
         return ModelSpec(
             name=self.model,
             input_shape=tuple(int(s) for s in inp["shape"][1:]),

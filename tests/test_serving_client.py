@@ -277,6 +277,23 @@ def test_bad_arguments_and_inputs_raise_clear_errors(cluster, mnist):
         run(dead_master())
 
 
+def test_remote_deployment_without_local_metadata(cluster, mnist, tmp_path):
+    """No nercc.json or tuning.json here: shapes come from the servers, lams from the fallback, and raw input
+    for the baselines goes through the master's preprocess model."""
+    raw, _, ref = mnist
+    coded = CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme="nercc", deadline_ms=2000,
+                        policy="all", n_inputs=K, model_dir=str(tmp_path))
+    uncoded = CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme="uncoded",
+                          deadline_ms=2000, n_inputs=K, model_dir=str(tmp_path))
+    assert coded.spec is None
+    (r_coded,) = run(infer_all(coded, [raw[:K]]))
+    (r_uncoded,) = run(infer_all(uncoded, [raw[:K]]))
+    assert coded.spec.input_shape == (1, 28, 28) and coded.spec.raw_shape == (28, 28) and coded.spec.n_classes == 10
+    assert uncoded.spec.info is None  # preprocessing happened on the master
+    np.testing.assert_allclose(r_uncoded.predictions, ref[:K], rtol=1e-5, atol=1e-6)
+    assert mse(r_coded.predictions, ref[:K]) < FULL_MSE_BOUND["nercc"]
+
+
 def test_policy_parser():
     assert parse_policy("deadline", 12) == ("deadline", None)
     assert parse_policy("first:8", 12) == ("first", 8)
