@@ -123,7 +123,7 @@ def run(args) -> List[dict]:
         total=len(args.sizes) * len(args.dims),
         desc="coding cost",
         unit="shape",
-        disable=not args.progress,
+        disable=args.quiet,
         leave=False,
     )
     for K, N in args.sizes:
@@ -214,46 +214,51 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Time building NeRCC/BACC encoding and decoding matrices, and encoding/decoding float32 data with "
         "cached matrices, next to a plain numpy matmul of the same shape (the floor). Best of --repeats runs."
     )
+    # --sizes/--dims: no attribute unless given (SUPPRESS), so --quick can tell; the help names the default
     parser.add_argument(
         "--sizes",
         type=parse_sizes,
-        default=None,
-        help=f"(K, N) pairs as KxN, comma-separated (default {DEFAULT_SIZES})",
+        default=argparse.SUPPRESS,
+        help=f"(K, N) pairs as KxN, comma-separated (default: {DEFAULT_SIZES})",
     )
     parser.add_argument(
         "--dims",
         type=parse_ints,
-        default=None,
-        help=f"input dimensions D (default {DEFAULT_DIMS}: MNIST, CIFAR-10, ImageNet 224)",
+        default=argparse.SUPPRESS,
+        help=f"input dimensions D, comma-separated (default: {DEFAULT_DIMS}: MNIST, CIFAR-10, "
+        "ImageNet 224x224x3)",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
         help=f"small run: sizes {QUICK_SIZES}, dims {QUICK_DIMS} (unless given)",
     )
-    parser.add_argument("--schemes", default="nercc,bacc", help="comma-separated: nercc, bacc (default both)")
-    parser.add_argument("--lam", type=float, default=1e-5, help="NeRCC lam_enc = lam_dec (default 1e-5)")
+    parser.add_argument("--schemes", default="nercc,bacc", help="comma-separated: nercc, bacc")
+    parser.add_argument("--lam", type=float, default=1e-5, help="NeRCC lam_enc = lam_dec")
     parser.add_argument(
         "--stragglers",
         type=float,
         default=0.2,
-        help="fraction of the N workers that straggle; decoding uses the rest (default 0.2)",
+        help="fraction of the N workers that straggle; decoding uses the rest",
     )
     parser.add_argument(
-        "--repeats", type=int, default=5, help="timed runs per measurement, best kept (default 5)"
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed rounds per measurement (at least; fast shapes get more), best kept",
     )
     parser.add_argument(
-        "--build-repeats", type=int, default=30, help="timed runs per matrix build, best kept (default 30)"
+        "--build-repeats", type=int, default=30, help="timed runs per matrix build, best kept"
     )
-    parser.add_argument("--seed", type=int, default=0, help="data and arrived-set seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="data and arrived-set seed")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file")
-    parser.add_argument("--quiet", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(args) -> int:
-    if args.sizes is None:
+    if getattr(args, "sizes", None) is None:
         args.sizes = parse_sizes(QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    if args.dims is None:
+    if getattr(args, "dims", None) is None:
         args.dims = parse_ints(QUICK_DIMS if args.quick else DEFAULT_DIMS)
     args.schemes = [s.strip().lower() for s in str(args.schemes).split(",") if s.strip()]
     if args.repeats < 1 or args.build_repeats < 1:
@@ -279,6 +284,8 @@ def main(args) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m bench.coding_cost")
+    _parser = argparse.ArgumentParser(
+        prog="python -m bench.coding_cost", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     configure(_parser)
     sys.exit(main(_parser.parse_args()))
