@@ -384,3 +384,24 @@ def test_servers_die_with_a_killed_parent(tmp_path):
     finally:
         if owner.poll() is None:
             owner.kill()
+
+
+def test_resizing_model_takes_raw_images_of_any_size():
+    """ImageNet models resize in preprocess: RAW has free height/width, and the ensemble equals local code."""
+    name = "efficientnet_lite0"
+    try:
+        resizing = load_model_info(name)
+    except (FileNotFoundError, ValueError):
+        pytest.skip(f"{name} not exported")
+    if not resizing.onnx_path.exists():
+        pytest.skip(f"{name} ONNX not exported")
+    with LocalCluster(name, n_workers=1) as small:
+        client = grpcclient.InferenceServerClient(small.master_url)
+        try:
+            for shape in [(2, *resizing.raw_shape), (2, 300, 400, 3)]:
+                raw = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+                coded = _infer(client, f"{name}_encode", "RAW", raw, "CODED", {"scheme": "bacc", "n_workers": 3})
+                local = BACC(n_inputs=2, n_workers=3).encode(preprocess(resizing, raw))
+                np.testing.assert_allclose(coded, local, rtol=0, atol=1e-5 * np.abs(local).max())
+        finally:
+            client.close()

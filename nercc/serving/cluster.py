@@ -460,12 +460,11 @@ class LocalCluster:
 
     def _shm_sizes(self, server: TritonServer) -> tuple:
         """(default, growth) bytes of the Python-backend shm region: room for the largest tensor of one request."""
-        item = self.meta.input_bytes
         if server.role == "master":
-            # raw + preprocessed input (K <= N) and the coded output, all N items at most
-            largest = 3 * self.n_workers * item
+            # the largest tensor of one request: N coded inputs, or K <= N raw images (nominal size)
+            largest = self.n_workers * max(self.meta.input_bytes, self.meta.raw_bytes)
         else:
-            largest = 2 * item + 4 * self.meta.n_classes
+            largest = self.meta.input_bytes + 4 * self.meta.n_classes
         size = max(_MiB, -(-2 * largest // _MiB) * _MiB)
         return size, size
 

@@ -48,6 +48,7 @@ class ModelMeta:
     n_classes: int
     raw_shape: tuple
     raw_dtype: str
+    resizes: bool = False  # preprocess resizes, so raw images of any height and width are accepted
 
     @property
     def onnx_path(self) -> Path:
@@ -57,6 +58,18 @@ class ModelMeta:
     def input_bytes(self) -> int:
         """Bytes of one float32 model input."""
         return 4 * _prod(self.input_shape)
+
+    @property
+    def raw_bytes(self) -> int:
+        """Bytes of one raw input of the nominal raw_shape."""
+        return _DTYPES[self.raw_dtype][1] * _prod(self.raw_shape)
+
+    @property
+    def raw_dims(self) -> list:
+        """RAW dims without the batch axis: height and width free (-1) when preprocessing resizes."""
+        if self.resizes and len(self.raw_shape) >= 2:
+            return [-1, -1, *self.raw_shape[2:]]
+        return list(self.raw_shape)
 
 
 def _prod(shape: Iterable[int]) -> int:
@@ -90,6 +103,7 @@ def read_model_meta(model: PathLike, model_repository: PathLike | None = None) -
             n_classes=int(meta["n_classes"]),
             raw_shape=tuple(int(d) for d in meta["raw_shape"]),
             raw_dtype=str(meta.get("raw_dtype", "uint8")),
+            resizes=bool((meta.get("preprocess") or {}).get("resize")),
         )
     except KeyError as exc:
         raise ValueError(f"{meta_path}: missing field {exc.args[0]!r}") from None
@@ -194,7 +208,7 @@ def master_configs(
     batch_input = [-1, *meta.input_shape]
     preprocess = _config(
         f"{name}_preprocess", 'backend: "python"', 0,
-        [_tensor("RAW", raw_type, [-1, *meta.raw_shape])],
+        [_tensor("RAW", raw_type, [-1, *meta.raw_dims])],
         [_tensor("INPUT", "TYPE_FP32", batch_input)],
         _parameters({**common, "max_request_bytes": max_request_bytes}),
     )
@@ -218,7 +232,7 @@ def master_configs(
     )
     ensemble = _config(
         f"{name}_encode", 'platform: "ensemble"', 0,
-        [_tensor("RAW", raw_type, [-1, *meta.raw_shape])],
+        [_tensor("RAW", raw_type, [-1, *meta.raw_dims])],
         [_tensor("CODED", "TYPE_FP32", batch_input)],
         steps, instances=False,
     )
