@@ -88,6 +88,8 @@ class TritonPythonModel:
         self.item_shape = tuple(int(d) for d in config["input"][0]["dims"][1:])
         self._matrices = OrderedDict()  # (scheme, K, N, lam_enc) -> float32 (N, K), LRU
         self._lock = threading.Lock()
+        self._profile_lams = {}  # (K, N, S) -> lam_enc, valid for one tuning.json version
+        self._profile_stamp = None
         pb_utils.Logger.log_info(
             f"encoder {args['model_name']}: item shape {self.item_shape}, profile dir {self.model_dir}, "
             f"max_request_bytes={self.max_request_bytes}"
@@ -126,8 +128,26 @@ class TritonPythonModel:
         if scheme == "bacc":
             lam_enc = 0.0  # Berrut has no smoothing parameter
         elif lam_enc is None:
-            lam_enc = self._lookup(self.model_dir, n_inputs, n_workers, n_stragglers)[0]
+            lam_enc = self._profile_lam(n_inputs, n_workers, n_stragglers)
         return scheme, n_workers, lam_enc
+
+    def _profile_lam(self, n_inputs, n_workers, n_stragglers):
+        """lam_enc from the tuning profile, re-read only when tuning.json changes (`nercc tune` while serving)."""
+        try:
+            stamp = (self.model_dir / "tuning.json").stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        key = (n_inputs, n_workers, n_stragglers)
+        with self._lock:
+            if stamp != self._profile_stamp:
+                self._profile_lams.clear()
+                self._profile_stamp = stamp
+            lam = self._profile_lams.get(key)
+        if lam is None:
+            lam = float(self._lookup(self.model_dir, n_inputs, n_workers, n_stragglers)[0])
+            with self._lock:
+                self._profile_lams[key] = lam
+        return lam
 
     def _encoding_matrix(self, scheme, n_inputs, n_workers, lam_enc):
         key = (scheme, n_inputs, n_workers, lam_enc)
