@@ -18,6 +18,7 @@ thread that started them dies (Linux PR_SET_PDEATHSIG), so a killed client leave
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import glob
 import os
@@ -591,7 +592,7 @@ class LocalCluster:
     # -- stop ----------------------------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop every server (SIGTERM, then SIGKILL after stop_timeout_s), remove shm regions and temp files."""
-        with self._lock:
+        with self._lock, _sigint_deferred():
             if not self._started:
                 return
             running = [s for s in self.servers if s.process is not None and s.process.poll() is None]
@@ -627,6 +628,26 @@ class LocalCluster:
     def _remove_shm(server: TritonServer) -> None:
         for path in server.shm_regions():
             _unlink(path)
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C while stopping (a few seconds), so a second Ctrl-C cannot interrupt the cleanup half-way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)  # deliver it now that everything is stopped
 
 
 def _wait_gone(pgids: Sequence[int], timeout_s: float) -> None:
