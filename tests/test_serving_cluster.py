@@ -40,7 +40,7 @@ except ClusterError as exc:  # pragma: no cover - a machine without the serve ex
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(MODEL, n_workers=3, max_request_bytes=LIMIT) as c:
+    with LocalCluster(MODEL, n_workers=3, max_request_bytes=LIMIT, http=True) as c:
         yield c
     assert running_processes(c.pids()) == [], "servers or stubs left after stop()"
     assert leftover_shm(c.shm_prefix) == [], "shared-memory regions left after stop()"
@@ -149,6 +149,18 @@ def test_worker_metadata_is_the_interface(cluster):
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("input", "FP32", ["-1", "1", "28", "28"])]
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["outputs"]] == [("probs", "FP32", ["-1", "10"])]
     assert int(config["max_batch_size"]) > 0
+
+
+def test_http_endpoints_when_asked(cluster):
+    import urllib.request
+
+    urls = [cluster.master_http_url, *cluster.worker_http_urls]
+    assert len(urls) == 4 and len(set(urls) | set(cluster.worker_urls)) == 4 + 3  # no port reused
+    for url in urls:
+        with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=5) as response:
+            assert response.status == 200
+    with urllib.request.urlopen(f"http://{cluster.master_http_url}/v2/models/{MODEL}_encode", timeout=5) as response:
+        assert json.loads(response.read())["platform"] == "ensemble"
 
 
 # ------------------------------------------------------------------------------------------------ errors
