@@ -410,6 +410,7 @@ class LocalCluster:
 
     def _start(self) -> None:
         t0 = time.perf_counter()
+        self.servers = []  # a stopped cluster can be started again, on fresh ports
         binary = find_tritonserver(self._tritonserver_arg)
         if self._workdir_arg is None:
             self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.token}_"))
