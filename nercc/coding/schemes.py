@@ -27,13 +27,26 @@ DEFAULT_CACHE_SIZE = 128
 DEFAULT_CACHE_BYTES = 64 * 2**20
 
 
+def _flush_subnormals(matrix: np.ndarray) -> None:
+    """Set subnormal entries to 0, in place.
+
+    Spline operators decay exponentially away from each evaluation point, so with hundreds of knots the
+    far entries underflow into the subnormal range (float32 below 1.2e-38 after the cast). Subnormal
+    operands make BLAS matmuls 10-25x slower (measured: decoding K = 200 from 800 workers); zeroing them
+    changes results by less than 1e-38 (float32) or 1e-308 (float64).
+    """
+    tiny = np.finfo(matrix.dtype).tiny
+    matrix[np.abs(matrix) < tiny] = 0.0
+
+
 class _Operator:
     """A float64 matrix and its lazily made float32 copy, both read-only."""
 
     __slots__ = ("float64", "_float32", "_lock")
 
     def __init__(self, matrix: np.ndarray):
-        matrix = np.ascontiguousarray(matrix, dtype=np.float64)
+        matrix = np.array(matrix, dtype=np.float64, order="C")  # a private copy: it is made read-only below
+        _flush_subnormals(matrix)
         matrix.setflags(write=False)
         self.float64 = matrix
         self._float32 = None
@@ -46,6 +59,7 @@ class _Operator:
             with self._lock:
                 if self._float32 is None:
                     m32 = self.float64.astype(np.float32)
+                    _flush_subnormals(m32)
                     m32.setflags(write=False)
                     self._float32 = m32
         return self._float32
