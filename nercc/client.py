@@ -369,17 +369,17 @@ class CodedClient:
         """The NeRCC/BACC object for K inputs and N workers (decoding matrices are cached inside it)."""
         from nercc.coding import BACC, NeRCC
 
+        if self.scheme == "bacc":  # no parameters besides K and N
+            key = (k, 0.0, 0.0)
+            if key not in self._schemes:
+                self._schemes[key] = BACC(n_inputs=k, n_workers=self.n_workers)
+            return self._schemes[key]
         lam_enc, default_dec = self.lams(k)
         lam_dec = default_dec if lam_dec is None else lam_dec
-        key = (k, lam_enc, lam_dec) if self.scheme == "nercc" else (k, 0.0, 0.0)
-        scheme = self._schemes.get(key)
-        if scheme is None:
-            if self.scheme == "nercc":
-                scheme = NeRCC(n_inputs=k, n_workers=self.n_workers, lam_enc=lam_enc, lam_dec=lam_dec)
-            else:
-                scheme = BACC(n_inputs=k, n_workers=self.n_workers)
-            self._schemes[key] = scheme
-        return scheme
+        key = (k, lam_enc, lam_dec)
+        if key not in self._schemes:
+            self._schemes[key] = NeRCC(n_inputs=k, n_workers=self.n_workers, lam_enc=lam_enc, lam_dec=lam_dec)
+        return self._schemes[key]
 
     # -------------------------------------------------------------- validation
     def _check_batch(self, batch: Any) -> Tuple[np.ndarray, bool]:
@@ -427,10 +427,9 @@ class CodedClient:
         return response.as_numpy(out)
 
     async def _encode(self, batch: np.ndarray, is_raw: bool, k: int, timeout_s: float) -> np.ndarray:
-        lam_enc, _ = self.lams(k)
         params = {"scheme": self.scheme, "n_workers": self.n_workers, "n_stragglers": self.n_stragglers}
         if self.scheme == "nercc":
-            params["lam_enc"] = lam_enc
+            params["lam_enc"] = self.lams(k)[0]
         model, name = (f"{self.model}_encode", "RAW") if is_raw else (f"{self.model}_encoder", "INPUT")
         try:
             coded = await self._infer_one(self._master, model, name, batch, "CODED", timeout_s, params)

@@ -23,6 +23,7 @@ from nercc.client import (  # noqa: E402
     SyncCodedClient,
     parse_policy,
 )
+from nercc.models import OnnxModel  # noqa: E402
 
 MODEL = "lenet5"
 N_WORKERS = 6
@@ -50,7 +51,7 @@ def slow_cluster():
 @pytest.fixture(scope="module")
 def mnist():
     from nercc.data import load_mnist
-    from nercc.models import OnnxModel, load_model_info
+    from nercc.models import load_model_info
     from nercc.preprocessing import preprocess
 
     raw, labels = load_mnist("test")
@@ -103,6 +104,16 @@ def test_coded_predictions_match_local_model(cluster, mnist, scheme):
     pred = np.concatenate([r.predictions for r in results])
     assert pred.shape == (32, 10) and pred.dtype == np.float32
     assert all(r.arrived == tuple(range(N_WORKERS)) and not r.errors for r in results)
+    # the whole pipeline equals the same scheme run locally: master encoder + workers + client decoder agree
+    from nercc.coding import BACC, NeRCC
+
+    _, x, _ = mnist
+    f = OnnxModel(MODEL, threads=1)
+    for i, r in enumerate(results):
+        local = (NeRCC(n_inputs=K, n_workers=N_WORKERS, lam_enc=r.lam_enc, lam_dec=r.lam_dec) if scheme == "nercc"
+                 else BACC(n_inputs=K, n_workers=N_WORKERS))
+        coded = local.encode(x[K * i:K * (i + 1)]).astype(np.float32)
+        np.testing.assert_allclose(r.predictions, local.decode(f(coded), list(r.arrived)), atol=2e-5)
     err = mse(pred, ref[:32])
     print(f"{scheme}: MSE vs local f = {err:.3e}, top-1 agreement {(pred.argmax(1) == ref[:32].argmax(1)).mean():.3f}")
     assert err < FULL_MSE_BOUND[scheme]
@@ -191,7 +202,6 @@ def test_too_few_answers_by_the_deadline_is_late_then_an_error(cluster, mnist, s
     assert r.total_ms >= SLOW_MS
     # N = K = 2 has no redundancy (MSE vs f ~0.04), so check the decode itself: the same BACC computed locally
     from nercc.coding import BACC
-    from nercc.models import OnnxModel
 
     local = BACC(n_inputs=K, n_workers=2)
     expected = local.decode(OnnxModel(MODEL, threads=1)(local.encode(x[:K]).astype(np.float32)), [0, 1])
@@ -278,20 +288,29 @@ def test_bad_arguments_and_inputs_raise_clear_errors(cluster, mnist):
 
 
 def test_remote_deployment_without_local_metadata(cluster, mnist, tmp_path):
-    """No nercc.json or tuning.json here: shapes come from the servers, lams from the fallback, and raw input
-    for the baselines goes through the master's preprocess model."""
-    raw, _, ref = mnist
+    """No nercc.json or tuning.json here: shapes come from the servers, and raw input for the baselines goes
+    through the master's preprocess model. The master encodes with the lam_enc the client sends."""
+    raw, x, ref = mnist
+    lam_enc, lam_dec = 0.1, 1e-4  # far from the master's profile (~1e-8): a master ignoring it is caught below
     coded = CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme="nercc", deadline_ms=2000,
-                        policy="all", n_inputs=K, model_dir=str(tmp_path))
+                        policy="all", n_inputs=3, lam_enc=lam_enc, lam_dec=lam_dec, model_dir=str(tmp_path))
     uncoded = CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme="uncoded",
                           deadline_ms=2000, n_inputs=K, model_dir=str(tmp_path))
     assert coded.spec is None
-    (r_coded,) = run(infer_all(coded, [raw[:K]]))
+    (r_coded,) = run(infer_all(coded, [raw[:3]]))
     (r_uncoded,) = run(infer_all(uncoded, [raw[:K]]))
     assert coded.spec.input_shape == (1, 28, 28) and coded.spec.raw_shape == (28, 28) and coded.spec.n_classes == 10
     assert uncoded.spec.info is None  # preprocessing happened on the master
     np.testing.assert_allclose(r_uncoded.predictions, ref[:K], rtol=1e-5, atol=1e-6)
-    assert mse(r_coded.predictions, ref[:K]) < FULL_MSE_BOUND["nercc"]
+
+    from nercc.coding import NeRCC
+
+    f = OnnxModel(MODEL, threads=1)
+    assert (r_coded.lam_enc, r_coded.lam_dec) == (lam_enc, lam_dec)
+    local = NeRCC(n_inputs=3, n_workers=N_WORKERS, lam_enc=lam_enc, lam_dec=lam_dec)
+    expected = local.decode(f(local.encode(x[:3]).astype(np.float32)), list(range(N_WORKERS)))
+    # encoding with lam_enc = 1e-8 instead would move these predictions by ~0.03 (measured)
+    np.testing.assert_allclose(r_coded.predictions, expected, atol=2e-5)
 
 
 def test_policy_parser():
