@@ -292,13 +292,14 @@ def test_busy_port_is_a_clear_error_and_starts_nothing():
     assert cluster.pids() == []
 
 
-def test_busy_port_seen_by_the_server_reports_its_log():
+def test_busy_port_seen_by_the_server_reports_its_log(tmp_path):
     """The port was free when checked but taken by the time the server binds: the log says so."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         busy = sock.getsockname()[1]
-        cluster = LocalCluster(MODEL, n_workers=1, base_port=busy, master=False, start_timeout_s=60)
+        cluster = LocalCluster(MODEL, n_workers=1, base_port=busy, master=False, start_timeout_s=60,
+                               workdir=tmp_path / "cluster")  # a failed start keeps its logs: here, not in /tmp
         cluster._ports = lambda: [busy]  # skip the pre-check, as a race with another program would
         with pytest.raises(ServerStartError) as err:
             cluster.start()
@@ -325,7 +326,8 @@ def test_model_that_fails_to_load_raises_with_log_tail_and_leaks_nothing(tmp_pat
     (repo / MODEL / "1").mkdir(parents=True)
     shutil.copy(info.dir / "nercc.json", repo / MODEL / "nercc.json")
     (repo / MODEL / "1" / "model.onnx").write_bytes(b"this is not an onnx graph")
-    cluster = LocalCluster(MODEL, n_workers=2, model_repository=repo, master=False, start_timeout_s=60)
+    cluster = LocalCluster(MODEL, n_workers=2, model_repository=repo, master=False, start_timeout_s=60,
+                           workdir=tmp_path / "cluster")
     with pytest.raises(ServerStartError) as err:
         cluster.start()
     message = str(err.value)
@@ -377,7 +379,7 @@ def test_servers_die_with_a_killed_parent(tmp_path):
     script.write_text(
         "import json, time\n"
         "from nercc.serving import LocalCluster\n"
-        f"c = LocalCluster({MODEL!r}, n_workers=1, master=False).start()\n"
+        f"c = LocalCluster({MODEL!r}, n_workers=1, master=False, workdir={str(tmp_path / 'cluster')!r}).start()\n"
         "print(json.dumps({'pids': c.pids(), 'prefix': c.shm_prefix}), flush=True)\n"
         "time.sleep(300)\n"
     )
