@@ -100,3 +100,24 @@ def test_missing_model_is_a_clear_error(tmp_path):
         read_model_meta("no_such_model", tmp_path)
     with pytest.raises(ValueError, match="role"):
         write_repository(tmp_path, ["lenet5"], role="both")
+
+
+def test_nercc_serve_write_repository_cli(tmp_path, capsys):
+    from nercc.cli import main
+
+    assert main(["serve", "--write-repository", str(tmp_path), "--model", "lenet5", "--role", "worker",
+                 "--native-onnxruntime"]) == 0
+    assert "wrote 1 model folder(s)" in capsys.readouterr().out
+    assert _parse((tmp_path / "lenet5" / "config.pbtxt").read_text()).platform == "onnxruntime_onnx"
+    assert (tmp_path / "lenet5" / "1" / "model.onnx").resolve() == read_model_meta("lenet5").onnx_path
+    assert not (tmp_path / "lenet5_encoder").exists()
+    assert main(["serve", "--write-repository", str(tmp_path), "--model", "lenet5", "--role", "master"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet5", "lenet5_encode", "lenet5_encoder",
+                                                          "lenet5_preprocess"]
+
+
+def test_nercc_serve_rejects_a_bad_straggler_profile(capsys):
+    from nercc.cli import main
+
+    assert main(["serve", "--workers", "1", "--straggler", "bimodal:p=0.1"]) == 2
+    assert "slow_ms" in capsys.readouterr().err
