@@ -275,6 +275,10 @@ class CodedClient:
             if self.master_url:
                 self._master = grpcclient.InferenceServerClient(self.master_url, **kwargs)
             self._workers = [grpcclient.InferenceServerClient(url, **kwargs) for url in self.worker_urls]
+            # open every connection now rather than inside the first request's deadline; a server that does
+            # not answer is simply a straggler later
+            clients = ([self._master] if self._master is not None else []) + self._workers
+            await asyncio.gather(*(c.is_server_ready(client_timeout=2.0) for c in clients), return_exceptions=True)
         if self.spec is None:
             self.spec = await self._spec_from_servers()
         return self
@@ -320,6 +324,20 @@ class CodedClient:
             input_name=inp["name"],
             output_name=out["name"],
         )
+
+    async def warmup(self, n_batches: int = 2) -> None:
+        """Send a few all-zero batches (untimed, results dropped) and wait for every request to finish.
+
+        The first requests after a server starts are slow (Python-backend and onnxruntime first runs: ~0.1-0.3 s
+        measured here), far past any deadline; benchmarks and latency-sensitive scripts call this first.
+        """
+        await self.connect()
+        k = self.n_inputs or min(4, self.n_workers)
+        shape = self.spec.raw_shape if self.spec.raw_shape is not None else self.spec.input_shape
+        dtype = np.uint8 if self.spec.raw_shape is not None else np.float32
+        for _ in range(n_batches):  # policy `all`: every worker sees the warm-up, not only the fastest M
+            await self._infer(np.zeros((k, *shape), dtype=dtype), "all")
+        await self.drain()
 
     async def drain(self, timeout_s: float | None = None) -> int:
         """Wait until the straggler requests this client left in flight have finished; returns how many remain.
@@ -457,6 +475,9 @@ class CodedClient:
     # ------------------------------------------------------------------ infer
     async def infer(self, batch: np.ndarray) -> CodedResult:
         """K predictions for a batch of K inputs: raw uint8 ``(K, *raw_shape)`` or float32 ``(K, *input_shape)``."""
+        return await self._infer(batch, self.policy_kind)
+
+    async def _infer(self, batch: np.ndarray, policy_kind: str) -> CodedResult:
         t0 = time.perf_counter()
         await self.connect()
         batch, is_raw = self._check_batch(batch)
@@ -487,7 +508,7 @@ class CodedClient:
                 (hard_t - t_fanout) + (0.0 if self.cancel_stragglers else ABANDONED_REQUEST_TIMEOUT_S),
             )
             tasks[asyncio.ensure_future(coro)] = worker
-        answers, latency, errors = await self._collect(tasks, plan, k, t_fanout, deadline_t, hard_t)
+        answers, latency, errors = await self._collect(tasks, plan, k, policy_kind, t_fanout, deadline_t, hard_t)
         t_decide = time.perf_counter()
 
         # 3. decode
@@ -528,7 +549,7 @@ class CodedClient:
             assignment={} if self.scheme in CODED_SCHEMES else dict(plan),
         )
 
-    def _rules(self, plan: Dict[int, int], k: int) -> Tuple[Callable, Callable, Callable, int]:
+    def _rules(self, plan: Dict[int, int], k: int, policy_kind: str) -> Tuple[Callable, Callable, Callable, int]:
         """(enough, target, possible, n_needed) for this scheme and policy, as functions of the answer set.
 
         ``enough``: the minimum to produce K predictions; ``target``: the policy is satisfied and the client stops
@@ -536,7 +557,7 @@ class CodedClient:
         """
         if self.scheme in CODED_SCHEMES:
             need = MIN_CODED_ANSWERS
-            stop_at = self.policy_m if self.policy_kind == "first" else len(plan)
+            stop_at = self.policy_m if policy_kind == "first" else len(plan)
             return (
                 lambda ans: len(ans) >= need,
                 lambda ans: len(ans) >= stop_at,
@@ -550,19 +571,19 @@ class CodedClient:
         def possible(ans, pend):
             return len({plan[w] for w in ans} | {plan[w] for w in pend}) == k
 
-        if self.policy_kind == "all":
+        if policy_kind == "all":
             return covered, lambda ans: len(ans) == len(plan), possible, k
         return covered, covered, possible, k
 
-    async def _collect(self, tasks, plan, k, t_fanout, deadline_t, hard_t):
+    async def _collect(self, tasks, plan, k, policy_kind, t_fanout, deadline_t, hard_t):
         """Wait for worker answers per the policy; cancel the rest. Returns (answers, latency_ms, errors)."""
-        enough, target, possible, need = self._rules(plan, k)
+        enough, target, possible, need = self._rules(plan, k, policy_kind)
         answers: Dict[int, np.ndarray] = {}
         latency: Dict[int, float] = {}
         errors: Dict[int, str] = {}
         pending = set(tasks)
         # `all` waits for everyone up to the hard timeout; the others stop at the deadline once they have enough
-        soft_t = hard_t if self.policy_kind == "all" else deadline_t
+        soft_t = hard_t if policy_kind == "all" else deadline_t
         try:
             while pending:
                 if target(answers):
@@ -615,7 +636,8 @@ def _swallow(task: asyncio.Task) -> None:
 
 
 class SyncCodedClient:
-    """Blocking wrapper for scripts: same arguments as :class:`CodedClient`, ``.infer(batch)``, ``.close()``.
+    """Blocking wrapper for scripts: same arguments as :class:`CodedClient`; ``.infer(batch)``, ``.warmup()``,
+    ``.drain()``, ``.close()``.
 
     Runs its own event loop in a background thread, so the gRPC channels live in one loop for the client's life.
     """
@@ -640,6 +662,12 @@ class SyncCodedClient:
 
     def infer(self, batch: np.ndarray) -> CodedResult:
         return self._run(self._client.infer(batch))
+
+    def warmup(self, n_batches: int = 2) -> None:
+        self._run(self._client.warmup(n_batches))
+
+    def drain(self, timeout_s: float | None = None) -> int:
+        return self._run(self._client.drain(timeout_s))
 
     def close(self) -> None:
         if self._loop.is_closed():

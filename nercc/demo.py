@@ -84,10 +84,7 @@ async def run_schemes(master_url, worker_urls, args, schemes, batches, progress)
     stats = {s: SchemeStats(s, clients[s].policy) for s in schemes}
     try:
         for client in clients.values():
-            await client.connect()
-            for i in range(args.warmup):
-                await client.infer(batches[i % len(batches)])
-            await client.drain()
+            await client.warmup(args.warmup)
         semaphore = asyncio.Semaphore(args.concurrency)
 
         async def one(scheme: str, index: int) -> None:

@@ -325,6 +325,8 @@ def test_sync_client_and_any_k(cluster, mnist):
     raw, _, ref = mnist
     with SyncCodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme="nercc",
                          deadline_ms=2000, policy="all") as client:  # n_inputs=None: any 2 <= K <= N per call
+        client.warmup(1)
+        assert client.drain() == 0
         for k in (2, 3):
             r = client.infer(raw[:k])
             assert r.predictions.shape == (k, 10)
