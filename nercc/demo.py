@@ -36,6 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="longest wait for the minimum number of answers before a batch fails")
     parser.add_argument("--policy", default="auto",
                         help="coded schemes' policy: deadline | first:M | all; auto = first:ceil(2N/3)")
+    parser.add_argument("--lam-enc", type=float, default=None,
+                        help="NeRCC lam_enc (default: the model's tuning profile for this K, N and M)")
+    parser.add_argument("--lam-dec", type=float, default=None,
+                        help="NeRCC lam_dec (default: the model's tuning profile, per number of answers)")
     parser.add_argument("--concurrency", type=int, default=1,
                         help="batches in flight at once per scheme (1 = one after another: clean latency)")
     parser.add_argument("--schemes", default=",".join(SCHEME_ORDER), help="comma-separated subset to run")
@@ -58,6 +62,7 @@ class SchemeStats:
     deadline_met: int = 0
     failed: List[str] = field(default_factory=list)
     errors: int = 0
+    lams: set = field(default_factory=set)  # (lam_enc, lam_dec) pairs NeRCC used
     predictions: Dict[int, np.ndarray] = field(default_factory=dict)  # batch index -> (K, n_classes)
 
 
@@ -79,7 +84,7 @@ async def run_schemes(master_url, worker_urls, args, schemes, batches, progress)
         clients[scheme] = CodedClient(
             master_url, worker_urls, model=args.model, scheme=scheme, deadline_ms=args.deadline_ms,
             policy=policy if scheme in ("nercc", "bacc") else "deadline", n_inputs=args.inputs,
-            hard_timeout_ms=args.hard_timeout_ms,
+            hard_timeout_ms=args.hard_timeout_ms, lam_enc=args.lam_enc, lam_dec=args.lam_dec,
         )
     stats = {s: SchemeStats(s, clients[s].policy) for s in schemes}
     try:
@@ -106,6 +111,8 @@ async def run_schemes(master_url, worker_urls, args, schemes, batches, progress)
                 st.deadline_met += result.deadline_met
                 st.errors += len(result.errors)
                 st.predictions[index] = result.predictions
+                if result.lam_enc is not None:
+                    st.lams.add((result.lam_enc, result.lam_dec))
                 progress.update(1)
 
         if args.concurrency == 1:
@@ -232,6 +239,13 @@ def main(args: argparse.Namespace) -> int:
           "RelAcc: top-1 of the predictions / top-1 of the local model on the same inputs; compute/input: worker "
           "requests per input (uncoded 1, replication N//K, coded N/K); answers used: per batch (mean); "
           "late: batches that waited past the deadline for their minimum; latency: call to predictions.")
+    if "nercc" in stats and stats["nercc"].lams:
+        pairs = sorted(stats["nercc"].lams)
+        enc = sorted({p[0] for p in pairs})
+        dec = sorted({p[1] for p in pairs})
+        source = "--lam-enc/--lam-dec" if args.lam_enc is not None or args.lam_dec is not None else "tuning profile"
+        print(f"NeRCC lams ({source}): lam_enc {', '.join(f'{v:g}' for v in enc)}; "
+              f"lam_dec {', '.join(f'{v:g}' for v in dec)}")
     for scheme in schemes:
         if stats[scheme].failed:
             print(f"{scheme}: {len(stats[scheme].failed)} batches failed, e.g. {stats[scheme].failed[0]}")
