@@ -25,18 +25,20 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Dict
 
-from locust import User, constant, events, task
+from locust import User, constant, constant_pacing, events, task
 from locust.exception import StopUser
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `locust -f loadtest/locustfile.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
+import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.testing  # noqa: E402,F401 - imported lazily by scipy, and its import runs a subprocess: not in the loop thread
 from gevent.lock import Semaphore  # noqa: E402
@@ -64,6 +66,9 @@ def add_arguments(parser) -> None:
                        help="end-to-end deadline per batch; an answer needed after it makes the request fail")
     group.add_argument("--policy", default="auto",
                        help="coded schemes' wait policy: deadline | first:M | all | auto (= first:M, M = ceil(2N/3))")
+    group.add_argument("--rate-per-user", type=float, default=0.0,
+                       help="batches per second each user starts (constant pacing, random phase); 0 = closed loop, "
+                            "the next batch right after the previous answer")
     group.add_argument("--hard-timeout-ms", type=float, default=2000.0,
                        help="longest a batch waits for the minimum answers before it errors")
     group.add_argument("--lam-enc", type=float, default=None, help="NeRCC encoder smoothing (default: tuning profile)")
@@ -220,11 +225,11 @@ class _Shared:
 
 
 class CodedBatchUser(User):
-    """Closed loop: send a batch, wait for its K predictions, send the next (no think time)."""
+    """Send a batch, wait for its K predictions, then the next: at once (closed loop, the default) or every
+    1 / --rate-per-user seconds (constant pacing, so every scheme gets the same offered load)."""
 
     abstract = True
     scheme = ""
-    wait_time = constant(0)
 
     def on_start(self) -> None:
         try:
@@ -235,6 +240,16 @@ class CodedBatchUser(User):
                 exception=exc, context={},
             )
             raise StopUser() from exc
+        rate = float(self.environment.parsed_options.rate_per_user or 0.0)
+        if rate < 0:
+            raise StopUser(f"--rate-per-user must be >= 0, got {rate}")
+        self._pacing = constant_pacing(1.0 / rate) if rate > 0 else constant(0)
+        if rate > 0:
+            # users spawned together would send in lockstep bursts; a random phase spreads them over the period
+            gevent.sleep(random.uniform(0.0, 1.0 / rate))
+
+    def wait_time(self) -> float:
+        return self._pacing(self)
 
     @task
     def infer_batch(self) -> None:

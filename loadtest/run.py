@@ -38,23 +38,30 @@ PROFILES: Dict[str, dict] = {
 }
 PROFILE_NAMES = tuple(PROFILES)
 
-QUICK = {"duration": 8.0, "users": 8}
+QUICK = {"duration": 8.0, "users": 8, "rounds": 1}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="bimodal", choices=PROFILE_NAMES + ("all",),
                         help="straggler profile to run, or all four")
     parser.add_argument("--quick", action="store_true",
-                        help=f"short CI-sized run: {QUICK['duration']:g} s per scheme, {QUICK['users']} users "
-                             "(one profile in under 3 minutes)")
+                        help=f"short CI-sized run: {QUICK['duration']:g} s per scheme in one round, {QUICK['users']} "
+                             "users (one profile in under 3 minutes)")
     parser.add_argument("--model", default="lenet5", help="exported MNIST model to serve")
     parser.add_argument("--workers", type=int, default=12, help="N: worker tritonservers")
     parser.add_argument("--inputs", type=int, default=4, help="K: images per coded batch")
-    parser.add_argument("--users", type=int, default=12,
-                        help="Locust users (closed loop); keep moderate on a small machine so the run measures "
-                             "stragglers, not CPU saturation")
+    parser.add_argument("--users", type=int, default=16,
+                        help="Locust users, each with one batch in flight at a time")
+    parser.add_argument("--rate-per-user", type=float, default=2.5,
+                        help="batches per second each user starts (constant pacing): users x rate is the offered "
+                             "load, the same for every scheme; keep it moderate on a small machine so the run "
+                             "measures stragglers, not CPU saturation; 0 = closed loop (as fast as answers come)")
     parser.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
-    parser.add_argument("--duration", type=float, default=45.0, help="seconds of load per scheme")
+    parser.add_argument("--duration", type=float, default=40.0,
+                        help="seconds of load per scheme (in total over the rounds)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="split each scheme's time into this many runs, in alternating scheme order "
+                             "(ABCD, DCBA, ...), so slow drifts of a shared machine hit every scheme alike")
     parser.add_argument("--deadline-ms", type=float, default=60.0, help="end-to-end deadline per batch")
     parser.add_argument("--policy", default="auto",
                         help="coded schemes' policy: first:M | deadline | all | auto (first:M, M = ceil(2N/3))")
@@ -79,6 +86,9 @@ def _check_args(args) -> List[str]:
     if args.quick:
         args.duration = min(args.duration, QUICK["duration"])
         args.users = min(args.users, QUICK["users"])
+        args.rounds = QUICK["rounds"]
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
     if args.workers < 2:
         raise ValueError(f"--workers must be >= 2, got {args.workers}")
     if not 2 <= args.inputs <= args.workers:
@@ -87,6 +97,8 @@ def _check_args(args) -> List[str]:
         raise ValueError(f"--users must be >= 1, got {args.users}")
     if args.duration <= 0:
         raise ValueError(f"--duration must be > 0 seconds, got {args.duration}")
+    if args.rate_per_user < 0:
+        raise ValueError(f"--rate-per-user must be >= 0, got {args.rate_per_user}")
     if not args.deadline_ms > 0:
         raise ValueError(f"--deadline-ms must be > 0, got {args.deadline_ms}")
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
@@ -107,17 +119,22 @@ def resolve_policy(policy: str, n_workers: int) -> str:
     return policy
 
 
+def run_seconds(args) -> float:
+    """Length of one Locust run: the scheme's duration split over the rounds (whole seconds, Locust's -t)."""
+    return max(1.0, round(args.duration / args.rounds))
+
+
 def locust_command(args, scheme: str, master_url: str | None, worker_urls: List[str], csv_prefix: Path,
                    requests_log: Path) -> List[str]:
     spawn_rate = args.spawn_rate if args.spawn_rate else args.users
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-        "-u", str(args.users), "-r", f"{spawn_rate:g}", "-t", f"{args.duration:g}s", "--stop-timeout", "10",
+        "-u", str(args.users), "-r", f"{spawn_rate:g}", "-t", f"{run_seconds(args):g}s", "--stop-timeout", "10",
         "--csv", str(csv_prefix), "--csv-full-history", "--loglevel", "WARNING",
         "--worker-urls", ",".join(worker_urls), "--model", args.model, "--n-inputs", str(args.inputs),
         "--deadline-ms", f"{args.deadline_ms:g}", "--policy", args.policy,
         "--hard-timeout-ms", f"{args.hard_timeout_ms:g}", "--requests-log", str(requests_log),
-        "--record-predictions", str(args.record_predictions),
+        "--record-predictions", str(args.record_predictions), "--rate-per-user", f"{args.rate_per_user:g}",
     ]
     if master_url:
         command += ["--master-url", master_url]
@@ -146,7 +163,7 @@ def run_locust(args, scheme: str, master_url, worker_urls, raw_dir: Path, tag: s
         try:
             if on_started is not None:
                 on_started(requests_log, process)
-            process.wait(timeout=args.duration + 180)
+            process.wait(timeout=run_seconds(args) + 180)
         except BaseException:
             process.kill()
             process.wait()
@@ -188,8 +205,8 @@ def run_profile(args, profile: str, schemes: List[str], raw_dir: Path, progress)
     spec = PROFILES[profile]
     straggler = args.straggler or spec["straggler"]
     dead = profile == "dead-worker"
-    kill_after = args.kill_after if args.kill_after is not None else args.duration / 3
-    block = {"straggler": straggler, "description": spec["description"], "runs": {}}
+    kill_after = args.kill_after if args.kill_after is not None else run_seconds(args) / 3
+    block = {"straggler": straggler, "description": spec["description"], "runs": {s: [] for s in schemes}}
     if dead:
         block.update(killed_worker=args.kill_worker, kill_after_s=kill_after)
     external = bool(args.worker_urls)
@@ -197,22 +214,25 @@ def run_profile(args, profile: str, schemes: List[str], raw_dir: Path, progress)
         raise ValueError("--profile dead-worker kills a worker of a local cluster; it cannot run on given URLs")
     cluster = None
     try:
-        for scheme in schemes:
-            progress.set_description(f"{profile} / {scheme}")
-            if external:
-                master_url, worker_urls = args.master_url, [u.strip() for u in args.worker_urls.split(",") if u]
-            else:
-                if cluster is None or dead:  # dead-worker: each scheme starts with every worker alive
-                    if cluster is not None:
-                        cluster.stop()
-                    cluster = _start_cluster(args, straggler)
-                master_url, worker_urls = cluster.master_url, cluster.worker_urls
-            run = {"started": time.time()}
-            hook = _kill_during_run(cluster, args.kill_worker, kill_after, run) if dead else None
-            run["requests_log"] = str(run_locust(args, scheme, master_url, worker_urls, raw_dir, profile, hook))
-            run["locust_csv"] = str(raw_dir / f"locust_{profile}_{scheme}_stats.csv")
-            block["runs"][scheme] = run
-            progress.update(1)
+        for round_index in range(args.rounds):
+            order = schemes if round_index % 2 == 0 else schemes[::-1]
+            for scheme in order:
+                progress.set_description(f"{profile} / {scheme} / round {round_index + 1}")
+                if external:
+                    master_url, worker_urls = args.master_url, [u.strip() for u in args.worker_urls.split(",") if u]
+                else:
+                    if cluster is None or dead:  # dead-worker: each run starts with every worker alive
+                        if cluster is not None:
+                            cluster.stop()
+                        cluster = _start_cluster(args, straggler)
+                    master_url, worker_urls = cluster.master_url, cluster.worker_urls
+                run = {"round": round_index + 1, "started": time.time()}
+                hook = _kill_during_run(cluster, args.kill_worker, kill_after, run) if dead else None
+                tag = f"{profile}_r{round_index + 1}"
+                run["requests_log"] = str(run_locust(args, scheme, master_url, worker_urls, raw_dir, tag, hook))
+                run["locust_csv"] = str(raw_dir / f"locust_{tag}_{scheme}_stats.csv")
+                block["runs"][scheme].append(run)
+                progress.update(1)
     finally:
         if cluster is not None:
             cluster.stop()
@@ -230,12 +250,13 @@ def analyse(args, summary: dict, out_dir: Path) -> Dict[str, str]:
     for profile, block in summary["profiles"].items():
         block["schemes"] = {}
         latencies = {}
-        for scheme, run in block["runs"].items():
-            requests, loop_events = report.read_requests(Path(run["requests_log"]))
-            locust_row = report.read_locust_stats(Path(run["locust_csv"]), scheme)
-            block["schemes"][scheme] = report.summarize_scheme(
-                requests, loop_events, scheme, args.workers, args.inputs, reference, locust_row)
-            latencies[scheme] = [r["ms"] for r in requests]
+        for scheme, runs in block["runs"].items():
+            loaded = []
+            for run in runs:
+                requests, loop_events = report.read_requests(Path(run["requests_log"]))
+                loaded.append((requests, loop_events, report.read_locust_stats(Path(run["locust_csv"]), scheme)))
+            block["schemes"][scheme] = report.summarize_scheme(loaded, scheme, args.workers, args.inputs, reference)
+            latencies[scheme] = [report.latency_or_inf(r) for requests, _, _ in loaded for r in requests]
         name = f"latency_cdf_{profile}.png"
         report.plot_cdf(out_dir / name, profile, latencies, args.deadline_ms,
                         f"{args.model}, N = {args.workers}, K = {args.inputs}, {args.users} users — profile "
@@ -263,7 +284,10 @@ def main(args) -> int:
         "command": "nercc loadtest " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["loadtest"] else sys.argv[1:]),
         "settings": {
             "model": args.model, "n_workers": args.workers, "n_inputs": args.inputs, "users": args.users,
-            "spawn_rate": args.spawn_rate or args.users, "duration_s": args.duration,
+            "rate_per_user": args.rate_per_user,
+            "offered_batches_per_s": args.users * args.rate_per_user if args.rate_per_user else None,
+            "spawn_rate": args.spawn_rate or args.users, "duration_s": run_seconds(args) * args.rounds,
+            "rounds": args.rounds, "run_s": run_seconds(args),
             "deadline_ms": args.deadline_ms, "hard_timeout_ms": args.hard_timeout_ms, "coded_policy": policy,
             "replication_copies": args.workers // args.inputs, "seed": args.seed, "cpu_count": os.cpu_count(),
             "cluster": "given URLs" if args.worker_urls else "LocalCluster on this machine",
@@ -281,14 +305,15 @@ def main(args) -> int:
         },
         "profiles": {},
     }
-    with tqdm(total=len(profiles) * len(schemes), unit="run", desc="loadtest") as progress:
+    with tqdm(total=len(profiles) * len(schemes) * args.rounds, unit="run", desc="loadtest") as progress:
         for profile in profiles:
             summary["profiles"][profile] = run_profile(args, profile, schemes, raw_dir, progress)
     plots = analyse(args, summary, out_dir)
     for block in summary["profiles"].values():
-        for run in block["runs"].values():  # paths relative to the report folder, so it can be moved
-            run["requests_log"] = os.path.relpath(run["requests_log"], out_dir)
-            run["locust_csv"] = os.path.relpath(run["locust_csv"], out_dir)
+        for runs in block["runs"].values():  # paths relative to the report folder, so it can be moved
+            for run in runs:
+                run["requests_log"] = os.path.relpath(run["requests_log"], out_dir)
+                run["locust_csv"] = os.path.relpath(run["locust_csv"], out_dir)
     summary["plots"] = plots
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report.write_markdown(out_dir / "report.md", summary, plots)

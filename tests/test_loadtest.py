@@ -179,3 +179,25 @@ def test_percentiles_are_exact():
     p = report.latency_percentiles(values)
     assert p["p50"] == pytest.approx(500.5) and p["p99.9"] == pytest.approx(999.001)
     assert report.latency_percentiles([])["p99"] is None
+
+
+def test_unanswered_batches_count_as_never_answered():
+    """A batch the client gave up on has no latency: percentiles reaching into those are None ('never')."""
+    records = [{"ms": float(v), "n_arrived": 8} for v in range(1, 96)] + [{"ms": 3.0} for _ in range(5)]
+    latencies = [report.latency_or_inf(r) for r in records]
+    p = report.latency_percentiles(latencies)
+    assert p["p50"] == pytest.approx(50.5) and p["p90"] is not None
+    assert p["p99"] is None and p["p99.9"] is None
+
+
+@pytest.mark.slow
+def test_dead_worker_quick_profile(tmp_path):
+    """`nercc loadtest --profile dead-worker --quick`: the coded schemes and replication survive a killed worker;
+    uncoded loses the batches that needed it."""
+    args = parse("--profile", "dead-worker", "--quick", "--deadline-ms", "1000", "--out", str(tmp_path))
+    assert run.main(args) == 0
+    schemes = json.loads((tmp_path / "summary.json").read_text())["profiles"]["dead-worker"]["schemes"]
+    assert schemes["uncoded"]["unanswered"] > 0
+    for name in ("replication", "bacc", "nercc"):
+        assert schemes[name]["unanswered"] == 0, name
+        assert schemes[name]["failures"] == 0, (name, schemes[name]["failure_reasons"])
