@@ -221,6 +221,19 @@ def test_too_few_answers_by_the_deadline_is_late_then_an_error(cluster, mnist, s
         run(infer_all(uncoded, [raw[:N_WORKERS]]))
 
 
+def test_min_answers_waits_past_the_deadline_for_accuracy(cluster, mnist, slow_cluster):
+    raw, _, ref = mnist
+    urls = [slow_cluster.worker_urls[0]] + cluster.worker_urls[1:]  # worker 0 always slow
+    client = CodedClient(cluster.master_url, urls, model=MODEL, scheme="nercc", deadline_ms=50,
+                         n_inputs=K, min_answers=N_WORKERS)
+    (r,) = run(infer_all(client, [raw[:K]]))
+    assert r.arrived == tuple(range(N_WORKERS)) and r.late and r.total_ms >= SLOW_MS
+    with pytest.raises(ValueError, match="decodes before min_answers=4"):
+        CodedClient(cluster.master_url, urls, model=MODEL, policy="first:3", min_answers=4)
+    with pytest.raises(ValueError, match="min_answers must be an int in"):
+        CodedClient(cluster.master_url, urls, model=MODEL, min_answers=1)
+
+
 def test_unreachable_worker_counts_as_straggler(cluster, mnist):
     raw, _, ref = mnist
     urls = cluster.worker_urls[:-1] + [f"127.0.0.1:{free_port()}"]  # nothing listens there
