@@ -165,3 +165,24 @@ def test_evaluate_rejects_wrong_batch_shape():
         evaluate(NeRCC(K, N), softmax_model(), np.zeros((2, 5, D_IN)), [[0, 1, 2]])
     with pytest.raises(ValueError, match="predictions shape"):
         mean_squared_error(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_tune_on_the_real_lenet5_onnx_model():
+    """The same claim on the shipped LeNet5 (onnxruntime) and real MNIST digits: tune on training
+    images, score on test images and other straggler sets."""
+    from nercc.data import load_mnist
+    from nercc.models import OnnxModel, load_model_info
+    from nercc.preprocessing import preprocess
+
+    info = load_model_info("lenet5")
+    f = OnnxModel("lenet5", threads=1)
+    k, n, s = 4, 12, 2
+    train, _ = load_mnist("train")
+    test, _ = load_mnist("test")
+    result = tune(f, preprocess(info, train[:200]), k, n, s, n_trials=20, seed=0, progress=False)
+    held_out = preprocess(info, test[:200]).reshape((50, k) + tuple(info.input_shape))
+    sets = random_straggler_sets(n, s, 20, seed=1)
+    tuned = evaluate(result.scheme(), f, held_out, sets).mean()
+    bacc = evaluate(BACC(k, n), f, held_out, sets).mean()
+    interp = evaluate(NeRCC(k, n), f, held_out, sets).mean()
+    assert tuned < 0.8 * bacc and tuned < interp, (tuned, interp, bacc)
