@@ -54,7 +54,7 @@ def check_arrived(arrived, n_workers: int) -> tuple:
         raise ValueError(f"arrived has duplicated indices {dup.tolist()}: must be {allowed}")
     if np.any(steps < 0):
         raise ValueError(f"arrived must be sorted ascending ({allowed}), got {idx.tolist()}")
-    return tuple(int(i) for i in idx)
+    return tuple(idx.tolist())  # Python ints
 
 
 def check_data(name: str, data, rows: int, rows_meaning: str) -> np.ndarray:

@@ -142,15 +142,17 @@ def smoothing_spline_matrix(knots, lam: float, points) -> np.ndarray:
         B[rows[ok], col[ok]] = value[ok]
     # the transpose trick: m right-hand sides (the evaluation points), not n (the data)
     W = solveh_banded(band, B.T, overwrite_b=True, check_finite=False)  # (k, m) = M^{-1} B^T
-    Wt = W.T  # (m, k), C-contiguous view of the Fortran-ordered solution
-    # S = A + B M^{-1} Q^T = A + Wt Q^T: column c of Wt spreads to columns c, c + 1, c + 2 of S
-    S = np.zeros((m, n))
+    Wt = W.T  # (m, k), C-contiguous view of the Fortran-ordered solution (B's memory: ours to scale)
+    # S = A + B M^{-1} Q^T = A + Wt Q^T: column c of Wt spreads to columns c, c + 1, c + 2 of S.
+    # Scaling Wt in place instead of into temporaries halves this step's time (fresh (m, n) arrays cost
+    # page faults); q1 < 0 never vanishes, so q2 / q1 is safe.
+    S = np.empty((m, n))
     np.multiply(Wt, q0, out=S[:, :-2])
-    tmp = np.empty_like(Wt)
-    np.multiply(Wt, q1, out=tmp)
-    S[:, 1:-1] += tmp
-    np.multiply(Wt, q2, out=tmp)
-    S[:, 2:] += tmp
+    S[:, -2:] = 0.0
+    Wt *= q1
+    S[:, 1:-1] += Wt
+    Wt *= q2 / q1
+    S[:, 2:] += Wt
     S[rows, j] += a0
     S[rows, j + 1] += a1
     return S
