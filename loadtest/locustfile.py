@@ -6,10 +6,13 @@ it to Locust as one request: type ``infer``, name = the scheme, response time = 
 dead master...), when the result is ``late`` (an answer it needed came in after the deadline), or when the
 predictions are not K finite probability rows.
 
-Start a cluster (``nercc serve --model lenet5 --workers 12 --straggler bimodal:p=0.1,slow_ms=40``), then::
+Start a cluster (``nercc serve --workers 12 --straggler bimodal:p=0.1,slow_ms=40 --urls-file c.json``), then::
 
-    locust -f loadtest/locustfile.py --master-url 127.0.0.1:8001 --worker-urls 127.0.0.1:8002,...   # web UI
-    locust -f loadtest/locustfile.py --headless -u 16 -r 16 -t 60s --master-url ... --worker-urls ... NerccUser
+    locust -f loadtest/locustfile.py --urls-file c.json                                           # web UI
+    locust -f loadtest/locustfile.py --urls-file c.json --headless -u 16 -r 16 -t 60s NerccUser   # headless
+
+Each user has one batch in flight at a time: closed loop by default, or one batch every 1 / ``--rate-per-user``
+seconds (constant pacing) so that every scheme gets the same offered load.
 
 Pick the scheme by user class (``UncodedUser``, ``ReplicationUser``, ``BaccUser``, ``NerccUser``; all four share
 the load when none is named, ``--class-picker`` lets the web UI choose). ``nercc loadtest`` runs this file
