@@ -7,7 +7,8 @@ on the uncoded inputs, averaged over calibration batches and random straggler se
 
 Cost structure the search exploits: the model f runs once per distinct coded batch, i.e. once per lam_enc
 per calibration batch; every lam_dec reuses those outputs, and each decoding matrix (per lam_dec and
-straggler set) is built once and shared by every lam_enc. f(x) of the originals runs once per batch.
+straggler set) is built once per search stage, shared by every lam_enc of the stage and then dropped
+(memory: one matrix at a time). f(x) of the originals runs once per batch.
 No I/O here: f is any callable batch -> batch (an onnxruntime session, a numpy function...).
 """
 
@@ -304,7 +305,6 @@ def tune(
     try:
         base = np.stack([run_f(xb, K, "the uncoded inputs") for xb in x])  # (B, K, C)
         outputs: Dict[float, np.ndarray] = {}  # lam_enc -> (B, N, C)
-        decoders: Dict[float, NeRCC] = {}  # lam_dec -> scheme whose LRU holds that lam_dec's matrices
         scores: Dict[tuple, np.ndarray] = {}  # (lam_enc, lam_dec) -> (n_sets,) MSE averaged over batches
 
         def coded_outputs(lam_enc: float) -> np.ndarray:
@@ -316,21 +316,23 @@ def tune(
                 outputs[lam_enc] = np.stack([run_f(scheme.encode(xb), N, "the coded inputs") for xb in x])
             return outputs[lam_enc]
 
-        def decoder(lam_dec: float) -> NeRCC:
-            if lam_dec not in decoders:
-                decoders[lam_dec] = NeRCC(K, N, 0.0, lam_dec, cache_size=len(sets), cache_bytes=2**62)
-            return decoders[lam_dec]
-
         def score(lam_encs: Sequence[float], lam_decs: Sequence[float]) -> None:
             for le in lam_encs:
-                for ld in lam_decs:
-                    if (le, ld) in scores:
-                        continue
-                    y = coded_outputs(le)
-                    dec = decoder(ld)
-                    scores[(le, ld)] = np.array(
-                        [_batch_mse(dec.decoding_matrix(a), y, a, base).mean() for a in sets]
-                    )
+                coded_outputs(le)
+            # lam_dec outermost: each decoding matrix is built once for all lam_enc and dropped right after,
+            # so memory stays at one matrix whatever the grid (K = 200, N = 1000: 1.3 MB, not 0.5 GB)
+            for ld in lam_decs:
+                todo = [le for le in lam_encs if (le, ld) not in scores]
+                if not todo:
+                    continue
+                decoder = NeRCC(K, N, 0.0, ld, cache_size=0)
+                per_set = np.empty((len(todo), len(sets)))
+                for t, arrived in enumerate(sets):
+                    D = decoder.decoding_matrix(arrived)
+                    for i, le in enumerate(todo):
+                        per_set[i, t] = _batch_mse(D, outputs[le], arrived, base).mean()
+                for i, le in enumerate(todo):
+                    scores[(le, ld)] = per_set[i]
 
         def best() -> tuple:
             return min(scores, key=lambda pair: (scores[pair].mean(), pair))
@@ -348,7 +350,7 @@ def tune(
 
         mse_bacc = None
         if baseline:
-            bacc = BACC(K, N, cache_size=len(sets), cache_bytes=2**62)
+            bacc = BACC(K, N, cache_size=0)
             y = np.stack([run_f(bacc.encode(xb), N, "the coded inputs") for xb in x])
             mse_bacc = float(np.mean([_batch_mse(bacc.decoding_matrix(a), y, a, base).mean() for a in sets]))
 
