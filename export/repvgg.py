@@ -192,6 +192,16 @@ class TrainSettings:
     seed: int = 0
     time_budget_min: Optional[float] = None  # wall-clock budget (evaluations included); None = every epoch
     threads: int = 2
+    # bfloat16 autocast for the training forward/backward (fp32 master weights and evaluation): with AMX
+    # (Sapphire Rapids and later) one cifar-s step takes 0.42 s of CPU instead of ~1 s in fp32.
+    bf16: bool = True
+
+
+def _bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _lr_factor(progress: float, warmup: float = 0.15) -> float:
@@ -237,6 +247,9 @@ def train(settings: TrainSettings, checkpoint_dir: Path = CHECKPOINT_DIR, resume
         state = ckpt["state"]
         print(f"repvgg: resumed from {last} at epoch {state['epoch']} ({state['elapsed'] / 60:.1f} min trained)")
     budget_s = settings.time_budget_min * 60 if settings.time_budget_min else None
+    use_bf16 = settings.bf16 and _bf16_supported()
+    print(f"repvgg: preset {settings.preset}, {'bfloat16 autocast' if use_bf16 else 'float32'}, "
+          f"{settings.threads} thread(s), budget {settings.time_budget_min} min", flush=True)
     # Wall-clock time of this run, evaluations and checkpoints included, on top of earlier runs' time.
     session_start, earlier = time.perf_counter(), state["elapsed"]
 
@@ -266,7 +279,8 @@ def train(settings: TrainSettings, checkpoint_dir: Path = CHECKPOINT_DIR, resume
                 memory_format=torch.channels_last)
             yb = torch.from_numpy(y_train[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                loss = loss_fn(model(xb), yb)
             loss.backward()
             optimizer.step()
             state["step"] += 1
