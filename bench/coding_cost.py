@@ -67,7 +67,7 @@ def parse_ints(text: str) -> List[int]:
 
 
 def best_times(
-    fns: Sequence[Callable[[], object]], repeats: int, min_seconds: float = 0.2, max_repeats: int = 2000
+    fns: Sequence[Callable[[], object]], repeats: int, min_seconds: float = 1.0, max_repeats: int = 2000
 ) -> List[float]:
     """Best wall time of each function, in seconds, over interleaved rounds after one warm-up round.
 
