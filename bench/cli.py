@@ -32,6 +32,14 @@ SUBCOMMANDS = {
 #: Models run by `nercc bench all`, in order; a model whose ONNX is not exported is skipped with a note.
 ALL_MODELS = ("lenet5", "repvgg_cifar10", "efficientnet_lite0", "vit_b16")
 
+#: Extra `nercc tune` arguments per model for `bench all`, where one forward pass is expensive: ViT-B/16
+#: (~1 s per image here, untrained) keeps lam_enc = 0 and tunes lam_dec only (decoding is cheap); RepVGG
+#: searches lam_enc on a short grid (the tuned lam_enc was 0 or <= 2e-7 for LeNet5 and EfficientNet-Lite0).
+MODEL_TUNE_ARGS = {
+    "repvgg_cifar10": ["--enc-grid", "0,1e-9:1e-6:1", "--refine", "2"],
+    "vit_b16": ["--enc-grid", "0", "--no-by-arrived"],
+}
+
 #: Serving settings (model, N, K, stragglers) used by `make demo` (N=12, K=4) and the serving tests (N=6, K=2):
 #: `bench all` tunes their profile entries too and measures their accuracy.
 SERVING_SETTINGS = (("lenet5", 12, 4, "0:4:1"), ("lenet5", 6, 2, "0:2:1"))
@@ -102,7 +110,8 @@ def run_all(args) -> int:
         print(f"== {model}: tune N={cfg['workers']} K={cfg['inputs']} S={cfg['stragglers']}", flush=True)
         tune_argv = ["--model", model, "--workers", str(cfg["workers"]), "--inputs", str(cfg["inputs"]),
                      "--stragglers", ",".join(map(str, cfg["stragglers"])), "--seed", str(args.seed),
-                     "--threads", str(args.threads)] + (["--quiet"] if args.quiet else [])
+                     "--threads", str(args.threads)] + (["--quiet"] if args.quiet else []) + \
+            MODEL_TUNE_ARGS.get(model, [])
         if not args.retune:
             tune_argv.append("--missing-only")
         if tune.main(_parse(tune.configure, tune_argv)) != 0:

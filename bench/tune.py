@@ -43,11 +43,15 @@ from bench.accuracy import (
 #: Default search grids: lam = 0 plus log-spaced values (see parse_lam_grid for the syntax).
 DEFAULT_ENC_GRID = "0,1e-9:1e-3:1"
 DEFAULT_DEC_GRID = "0,1e-9:1e0:1"
+#: The lam_dec-per-|F| table is kept only when it lowers the check MSE by more than this fraction.
+KEEP_TABLE_GAIN = 0.005
 #: Refinement around the coarse optimum: this many points per decade, one decade either side.
 REFINE_PER_DECADE = 4
 
-#: Tuning trials per setting by model (held-out inputs; each trial = K inputs and one arrived set).
-DEFAULT_TUNE_TRIALS = {"lenet5": 200, "repvgg_cifar10": 24, "efficientnet_lite0": 8, "vit_b16": 4}
+#: Calibration batches of K held-out inputs per setting, by model (f runs on N coded inputs per batch per lam_enc).
+DEFAULT_TUNE_TRIALS = {"lenet5": 60, "repvgg_cifar10": 16, "efficientnet_lite0": 8, "vit_b16": 2}
+#: Random arrived sets per setting; every calibration batch is decoded with every set (decoding is cheap).
+DEFAULT_STRAGGLER_SETS = {"lenet5": 40, "repvgg_cifar10": 30, "efficientnet_lite0": 20, "vit_b16": 20}
 
 
 def parse_lam_grid(text: str) -> List[float]:
@@ -144,9 +148,11 @@ class Search:
 
 
 def arrived_range(n_inputs: int, n_workers: int, n_stragglers: int) -> List[int]:
-    """|F| values for the lam_dec_by_arrived table: every count for small N, else N - S +- N/10."""
-    if n_workers <= 32:
-        return list(range(max(2, n_inputs), n_workers + 1))
+    """|F| values for the lam_dec_by_arrived table: N - S +- max(2, N/10), within [max(2, K), N].
+
+    These are the counts a deadline or first:M client sees around the tuned S; further away the
+    client falls back to the joint lam_dec (and another S's entry is usually closer anyway).
+    """
     spread = max(2, n_workers // 10)
     keep = n_workers - n_stragglers
     return list(range(max(2, n_inputs, keep - spread), min(n_workers, keep + spread) + 1))
@@ -184,52 +190,55 @@ def tune_by_arrived(ev: CodedEvaluator, n_workers: int, lam_enc: float, lam_dec:
     mse_fixed, mse_table = float(np.mean(fixed)), float(np.mean(by_table))
     return {"table": table, "mse_fixed_lam_dec": mse_fixed, "mse_table": mse_table,
             "arrived_counts": [int(c) for c in counts], "check_trials": T,
-            "kept": bool(mse_table < mse_fixed)}
+            "kept": bool(mse_table < (1.0 - KEEP_TABLE_GAIN) * mse_fixed)}
 
 
 def tune_setting(info, n_inputs: int, n_workers: int, n_stragglers: int, seed: int = 0, threads: int = 2,
                  progress: bool = True, trials: int | None = None, enc_grid: str = DEFAULT_ENC_GRID,
-                 dec_grid: str = DEFAULT_DEC_GRID, by_arrived: bool = True) -> dict:
-    """Tune (lam_enc, lam_dec) for (model, K, N, S) on held-out inputs; returns the profile entry (not saved)."""
+                 dec_grid: str = DEFAULT_DEC_GRID, by_arrived: bool = True, straggler_sets_per_s: int | None = None,
+                 refine: int = REFINE_PER_DECADE) -> dict:
+    """Tune (lam_enc, lam_dec) for (model, K, N, S) on held-out inputs; returns the profile entry (not saved).
+
+    The joint search is :func:`nercc.coding.tune` (coarse log grid plus 0, then refinement around the best
+    lam_dec, lam_enc, lam_dec) on ``trials`` calibration batches of K held-out inputs, each scored against the
+    same ``straggler_sets_per_s`` random arrived sets. Then, at the chosen lam_enc, lam_dec per |F|
+    (:func:`tune_by_arrived`), kept only if it wins on a separate check draw.
+    """
+    from nercc.coding import tune as coding_tune
     from nercc.models import OnnxModel
 
     if not 0 <= n_stragglers <= n_workers - 2:
         raise ValueError(f"stragglers must be in [0, N - 2] = [0, {n_workers - 2}], got {n_stragglers}")
     started = time.perf_counter()
-    T = trials or DEFAULT_TUNE_TRIALS.get(info.name, 24)
+    B = trials or DEFAULT_TUNE_TRIALS.get(info.name, 16)
+    n_sets = straggler_sets_per_s or DEFAULT_STRAGGLER_SETS.get(info.name, 20)
     f = OnnxModel(info, threads=threads)
-    inputs = load_inputs(info, "tune", T * n_inputs, seed)
-    batches = trial_batches(len(inputs.x), n_inputs, T, seed + 1)
-    model = BatchedModel(f, default_batch_size(info.input_dim), progress)
-    ev = CodedEvaluator(model, inputs.x[batches], inputs.labels[batches])
-    arrived = straggler_sets(n_workers, n_stragglers, T, seed + 11)
-    search = Search(ev, n_workers, arrived)
+    inputs = load_inputs(info, "tune", B * n_inputs, seed)
+    # calibration batches: K distinct held-out inputs each (disjoint when the pool is large enough)
+    batches = trial_batches(len(inputs.x), n_inputs, B, seed + 1)
+    x_batches = inputs.x[batches]
+    model = BatchedModel(f, default_batch_size(info.input_dim), progress=False)
     enc, dec = parse_lam_grid(enc_grid), parse_lam_grid(dec_grid)
-    search.evaluate(enc, dec)
-    # refine: lam_dec around the best at the best lam_enc, then lam_enc around it, then lam_dec again
-    # (a grid given as one value is taken as fixed: no refinement of that lam)
-    le, ld = search.best()
-    if len(dec) > 1:
-        search.evaluate([le], _refine(ld, dec))
-        le, ld = search.best()
-    if len(enc) > 1:
-        search.evaluate(_refine(le, enc), [ld])
-        le, ld = search.best()
-    if len(dec) > 1:
-        search.evaluate([le], _refine(ld, dec))
-        le, ld = search.best()
-    mse_bacc = search.bacc_mse()
-    search.evaluate([0.0], [0.0])  # NeRCC-0, for the record (costs one f pass if 0 was not on the grid)
+    result = coding_tune(lambda x: model(x).astype(np.float32), x_batches.reshape(-1, *x_batches.shape[2:]),
+                         n_inputs, n_workers, n_stragglers, lam_grid=enc, lam_dec_grid=dec, n_trials=n_sets,
+                         seed=seed + 11, progress=progress, refine=refine if len(enc) > 1 else 0,
+                         baseline=True)
+    le, ld = float(result.lam_enc), float(result.lam_dec)
     entry = {
         "n_inputs": n_inputs, "n_workers": n_workers, "n_stragglers": n_stragglers,
         "lam_enc": le, "lam_dec": ld,
-        "mse": search.scores[(le, ld)], "mse_nercc0": search.scores[(0.0, 0.0)], "mse_bacc": mse_bacc,
-        "calibration": {"split": inputs.split, "trials": T, "seed": seed, "pairs_scored": len(search.scores),
-                        "enc_grid": enc_grid, "dec_grid": dec_grid},
+        "mse": result.mse, "mse_nercc0": result.mse_interp, "mse_bacc": result.mse_bacc,
+        "calibration": {"split": inputs.split, "batches": B, "straggler_sets": n_sets, "seed": seed,
+                        "pairs_scored": len(result.table), "enc_grid": enc_grid, "dec_grid": dec_grid,
+                        "refine_per_decade": refine if len(enc) > 1 else 0,
+                        "search": "nercc.coding.tune"},
     }
     if by_arrived:
+        ev = CodedEvaluator(model, x_batches, inputs.labels[batches])
+        scheme = make_scheme("nercc", n_inputs, n_workers, le, 0.0)
+        outputs = ev.worker_outputs(encoder_key("nercc", le), scheme.encoding_matrix())
         counts = arrived_range(n_inputs, n_workers, n_stragglers)
-        check = tune_by_arrived(ev, n_workers, le, ld, counts, dec, seed, search.outputs(le))
+        check = tune_by_arrived(ev, n_workers, le, ld, counts, dec, seed, outputs)
         entry["by_arrived_check"] = {k: v for k, v in check.items() if k != "table"}
         if check["kept"]:
             entry["lam_dec_by_arrived"] = check["table"]
@@ -249,10 +258,15 @@ def configure(parser) -> None:
     parser.add_argument("--stragglers", "-S", default="40",
                         help="straggler count(s) to tune for: '40', '0,10,20' or '0:60:10'")
     parser.add_argument("--trials", "-T", type=int, default=None,
-                        help="held-out trials per setting (default per model: lenet5 200, repvgg 24, imagenet 4-8)")
+                        help="calibration batches of K held-out inputs (default per model: lenet5 60, repvgg 16, "
+                             "efficientnet 8, vit 2)")
+    parser.add_argument("--straggler-sets", type=int, default=None,
+                        help="random arrived sets, each applied to every batch (default per model: 20-40)")
     parser.add_argument("--enc-grid", default=DEFAULT_ENC_GRID,
                         help="lam_enc grid: numbers and/or lo:hi:per_decade log ranges, comma-separated")
     parser.add_argument("--dec-grid", default=DEFAULT_DEC_GRID, help="lam_dec grid, same syntax")
+    parser.add_argument("--refine", type=int, default=REFINE_PER_DECADE,
+                        help="refinement points per decade around the coarse optimum, one decade either side (0: none)")
     parser.add_argument("--no-by-arrived", action="store_true", help="do not fit the lam_dec-per-|F| table")
     parser.add_argument("--missing-only", action="store_true",
                         help="skip settings that already have an entry in the profile")
@@ -267,10 +281,14 @@ def tune_argv(model: str, n_workers: int, n_inputs: int, n_stragglers: int, args
             "--seed", args.seed]
     if args.trials:
         argv += ["--trials", args.trials]
+    if args.straggler_sets:
+        argv += ["--straggler-sets", args.straggler_sets]
     if args.enc_grid != DEFAULT_ENC_GRID:
         argv += ["--enc-grid", args.enc_grid]
     if args.dec_grid != DEFAULT_DEC_GRID:
         argv += ["--dec-grid", args.dec_grid]
+    if args.refine != REFINE_PER_DECADE:
+        argv += ["--refine", args.refine]
     if args.no_by_arrived:
         argv.append("--no-by-arrived")
     return argv
@@ -291,7 +309,8 @@ def main(args) -> int:
             continue
         entry = tune_setting(info, args.inputs, args.workers, s, seed=args.seed, threads=args.threads,
                              progress=not args.quiet, trials=args.trials, enc_grid=args.enc_grid,
-                             dec_grid=args.dec_grid, by_arrived=not args.no_by_arrived)
+                             dec_grid=args.dec_grid, by_arrived=not args.no_by_arrived,
+                             straggler_sets_per_s=args.straggler_sets, refine=args.refine)
         entry["command"] = command_line(tune_argv(info.name, args.workers, args.inputs, s, args))
         check = entry.get("by_arrived_check")
         print(f"{info.name} N={args.workers} K={args.inputs} S={s}: lam_enc={entry['lam_enc']:.3g} "
