@@ -171,7 +171,7 @@ def summarize_scheme(runs: List[tuple], scheme: str, n_workers: int, n_inputs: i
     failures = [r for r in records if not r["ok"]]
     reasons: Dict[str, int] = {}
     for r in failures:
-        reason = (r.get("error") or "?").split(":", 1)[0]
+        reason = "late" if r.get("late") else (r.get("error") or "?").split(":", 1)[0]
         reasons[reason] = reasons.get(reason, 0) + 1
     duration_s = sum(_span_s(run_records) for run_records, _, _ in runs)
     sent = [r["n_requests"] for r in records if "n_requests" in r]
@@ -190,6 +190,13 @@ def summarize_scheme(runs: List[tuple], scheme: str, n_workers: int, n_inputs: i
         "measured_compute_per_input": round(float(np.mean(sent)) / n_inputs, 3) if sent else None,
         "mean_arrived": round(float(np.mean(arrived)), 3) if arrived else None,
         "max_in_flight": max((e.get("max_in_flight", 0) for e in loop_events), default=None),
+        # where the time goes (answered batches): encode = master round trip (coded) or local preprocessing,
+        # fanout = first worker request sent -> decision to decode, decode = the K x |F| product
+        "breakdown_ms": {
+            part: {pkey(p): round(float(v), 2) for p, v in zip((50, 99), np.percentile(values, (50, 99)))}
+            for part in ("encode_ms", "fanout_ms", "decode_ms")
+            if (values := [r[part] for r in records if part in r])
+        },
     }
     if reference is not None:
         summary.update(accuracy_of(records, reference))
@@ -294,6 +301,15 @@ def _sentences(profile: str, block: dict, settings: dict) -> List[str]:
             f"{_within(s['p95_ms'], '19 in 20')} (p95), {_within(s['p99_ms'], '99 in 100')} (p99) and "
             f"{_within(s['p99.9_ms'], '999 in 1000')} (p99.9); the slowest answered batch took {_fmt(s['max_ms'])} ms."
         )
+        parts = s.get("breakdown_ms") or {}
+        if {"encode_ms", "fanout_ms", "decode_ms"} <= set(parts):
+            where = "the master's encode round trip" if scheme in ("bacc", "nercc") else "local preprocessing"
+            text += (
+                f" Of that time, {where} took {parts['encode_ms']['p50']:.1f} ms at p50 and "
+                f"{parts['encode_ms']['p99']:.1f} ms at p99, waiting for the workers {parts['fanout_ms']['p50']:.1f} / "
+                f"{parts['fanout_ms']['p99']:.1f} ms and decoding {parts['decode_ms']['p50']:.2f} / "
+                f"{parts['decode_ms']['p99']:.2f} ms."
+            )
         if s.get("mse") is not None:
             text += (
                 f" Its predictions differ from the local model's by a mean squared error of {_fmt(s['mse'], 5)} "

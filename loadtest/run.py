@@ -59,10 +59,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
     parser.add_argument("--duration", type=float, default=40.0,
                         help="seconds of load per scheme (in total over the rounds)")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=8,
                         help="split each scheme's time into this many runs, in alternating scheme order "
                              "(ABCD, DCBA, ...), so slow drifts of a shared machine hit every scheme alike")
-    parser.add_argument("--deadline-ms", type=float, default=60.0, help="end-to-end deadline per batch")
+    parser.add_argument("--deadline-ms", type=float, default=40.0,
+                        help="end-to-end deadline per batch (default: the bimodal straggler's extra delay, so a "
+                             "coded batch never waits for a straggler)")
     parser.add_argument("--policy", default="auto",
                         help="coded schemes' policy: first:M | deadline | all | auto (first:M, M = ceil(2N/3))")
     parser.add_argument("--hard-timeout-ms", type=float, default=2000.0,
