@@ -451,3 +451,19 @@ def test_cached_matrices_hold_no_subnormals():
         m = scheme._decoding_operator(arrived).as_dtype(dtype)
         assert not np.any((m != 0) & (np.abs(m) < max(np.finfo(dtype).tiny, smallest * np.abs(m).max())))
     np.testing.assert_allclose(scheme.decode(y, arrived), raw32.astype(np.float64) @ y, atol=1e-6)
+
+
+def test_finiteness_check_handles_overflow_and_layouts():
+    from nercc.coding._validation import all_finite
+
+    a = np.ones((3, 4), dtype=np.float32)
+    assert all_finite(a)
+    a[1, 2] = 3e38  # x . x overflows in float32: the exact check must still accept it
+    assert all_finite(a)
+    scheme = NeRCC(3, 6)
+    assert np.isfinite(scheme.encode(np.full((3, 2), 1e30, dtype=np.float32))).all()
+    for bad in (np.nan, np.inf, -np.inf):
+        a[0, 0] = bad
+        assert not all_finite(a)
+        assert not all_finite(np.asfortranarray(a)) and not all_finite(a[:, ::2])
+    assert all_finite(np.zeros((3, 0)))

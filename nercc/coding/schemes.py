@@ -13,7 +13,14 @@ from typing import Sequence, Tuple, Union
 
 import numpy as np
 
-from nercc.coding._validation import check_arrived, check_count, check_data, check_finite, check_lam
+from nercc.coding._validation import (
+    all_finite,
+    check_arrived,
+    check_count,
+    check_data,
+    check_finite,
+    check_lam,
+)
 from nercc.coding.berrut import berrut_matrix
 from nercc.coding.points import chebyshev_first, chebyshev_second
 from nercc.coding.splines import smoothing_spline_matrix
@@ -226,7 +233,7 @@ class CodingScheme:
         out = self._apply(op.as_dtype(y.dtype), y)
         # every output row mixes every input row (0 * inf is nan), so a finite output means a finite y;
         # checking the K output rows is cheaper than the |F| input rows
-        if not np.isfinite(out).all():
+        if not all_finite(out):
             check_finite("y", y)
         return out
 
