@@ -381,15 +381,21 @@ class CodedClient:
 
     # ------------------------------------------------------------ coding state
     def lams(self, k: int, n_arrived: int | None = None) -> Tuple[float, float]:
-        """(lam_enc, lam_dec) for K inputs (and, for lam_dec, a number of answers), cached."""
+        """(lam_enc, lam_dec) for K inputs, cached: the pair sent to the master and used to decode.
+
+        lam_enc comes from the profile entry for the expected stragglers S (``n_stragglers``). lam_dec, with
+        ``n_arrived`` = |F| known, from the entry for S = N - |F| (and its per-|F| table): the decoding matrix
+        depends on lam_dec alone, so it can follow the answers that actually came.
+        """
         key = (k, n_arrived)
         if key not in self._lams:
             from nercc.profiles import lookup
 
-            # the same profile entry (chosen by S) for both; n_arrived only picks lam_dec from its table
-            prof_enc, prof_dec = lookup(
-                self._model_dir, k, self.n_workers, n_stragglers=self.n_stragglers, n_arrived=n_arrived
-            )
+            prof_enc, prof_dec = lookup(self._model_dir, k, self.n_workers, n_stragglers=self.n_stragglers)
+            if n_arrived is not None:
+                lam_enc_now, _ = self.lams(k)
+                prof_enc = lam_enc_now
+                _, prof_dec = lookup(self._model_dir, k, self.n_workers, n_arrived=n_arrived)
             self._lams[key] = (
                 float(prof_enc if self.lam_enc is None else self.lam_enc),
                 float(prof_dec if self.lam_dec is None else self.lam_dec),
