@@ -261,6 +261,7 @@ class CodedClient:
             raise ValueError(f"policy {policy!r} decodes before min_answers={min_answers} answers: use M >= it")
         self.min_answers = min_answers
         self._abandoned: set = set()  # straggler requests left to finish in the background
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ set-up
     def _check_k(self, k: int) -> None:
@@ -281,6 +282,13 @@ class CodedClient:
         """
         if self._closed:
             raise RuntimeError("this CodedClient is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:
+            raise RuntimeError(
+                "this CodedClient's gRPC channels belong to the event loop it connected in; use it from that loop "
+                "only (one `async with CodedClient(...)` inside one asyncio.run), or SyncCodedClient from threads"
+            )
+        self._loop = loop
         if not self._workers:
             import tritonclient.grpc.aio as grpcclient
 

@@ -285,6 +285,11 @@ def test_bad_arguments_and_inputs_raise_clear_errors(cluster, mnist):
 
     run(bad_batches())
 
+    other_loop = CodedClient(master, workers, model=MODEL, n_inputs=K, deadline_ms=1000)
+    run(other_loop.connect())
+    with pytest.raises(RuntimeError, match="belong to the event loop it connected in"):
+        run(other_loop.infer(raw[:K]))
+
     async def unknown_model():
         async with CodedClient(master, workers, model="no_such_model", scheme="uncoded") as client:
             await client.infer(x[:K])
