@@ -45,6 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schemes", default=",".join(SCHEME_ORDER), help="comma-separated subset to run")
     parser.add_argument("--seed", type=int, default=0, help="seed for the straggler draws and the batch choice")
     parser.add_argument("--warmup", type=int, default=10, help="unrecorded batches per scheme first")
+    parser.add_argument("--save", default=None, metavar="PATH",
+                        help="also write the settings and the table as JSON to PATH")
     parser.add_argument("--tritonserver", default=None, help="path of a tritonserver binary (default: pytriton's)")
 
 
@@ -228,6 +230,17 @@ def main(args: argparse.Namespace) -> int:
             f"{percentile(st.encode_ms, 50):.2f}", f"{percentile(st.fanout_ms, 50):.2f}",
             f"{percentile(st.decode_ms, 50):.2f}",
         ])
+    if args.save:
+        import json
+        from pathlib import Path
+
+        record = {"settings": {k: v for k, v in vars(args).items() if k not in ("func",)},
+                  "base_top1": base_acc, "n_inputs_total": int(len(y_all)),
+                  "plain_request_ms": {"p50": percentile(plain, 50), "p99": percentile(plain, 99)},
+                  "crashed_servers": crashed,
+                  "table": [dict(zip(header, row)) for row in rows]}
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.save).write_text(json.dumps(record, indent=2) + "\n")
     print()
     print(f"{args.model}: N={args.workers} workers, K={k}, {args.batches} batches per scheme, straggler "
           f"{args.straggler}, deadline {args.deadline_ms:g} ms, concurrency {args.concurrency}; base model "
