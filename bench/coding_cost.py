@@ -100,7 +100,7 @@ def make_schemes(names: Sequence[str], K: int, N: int, lam: float):
     return out
 
 
-def build_times(scheme, arrived: np.ndarray, repeats: int) -> Tuple[float, float]:
+def build_times(scheme, arrived, repeats: int, min_seconds: float) -> Tuple[float, float]:
     """(build encoding, build decoding) in seconds, from scratch each time."""
 
     def build_encoding():
@@ -111,7 +111,7 @@ def build_times(scheme, arrived: np.ndarray, repeats: int) -> Tuple[float, float
         scheme.clear_cache()
         scheme.decoding_matrix(arrived)
 
-    return tuple(best_times([build_encoding, build_decoding], repeats))
+    return tuple(best_times([build_encoding, build_decoding], repeats, min_seconds))
 
 
 def run(args) -> List[dict]:
@@ -133,7 +133,7 @@ def run(args) -> List[dict]:
         ].tolist()  # as a client holds it
         F = len(arrived)
         schemes = make_schemes(args.schemes, K, N, args.lam)
-        builds = {s.name: build_times(s, arrived, args.build_repeats) for s in schemes}
+        builds = {s.name: build_times(s, arrived, args.build_repeats, args.min_seconds) for s in schemes}
         for D in args.dims:
             x = rng.standard_normal((K, D), dtype=np.float32)
             y = rng.standard_normal((F, D), dtype=np.float32)
@@ -144,10 +144,14 @@ def run(args) -> List[dict]:
                 scheme.decoding_matrix(arrived)  # cached: encode/decode time only the product
                 # default arguments bind this iteration's arrays (the lambdas run right here)
                 enc, floor_enc = best_times(
-                    [lambda s=scheme, x=x: s.encode(x), lambda A=A, x=x: A @ x], args.repeats
+                    [lambda s=scheme, x=x: s.encode(x), lambda A=A, x=x: A @ x],
+                    args.repeats,
+                    args.min_seconds,
                 )
                 dec, floor_dec = best_times(
-                    [lambda s=scheme, y=y, a=arrived: s.decode(y, a), lambda B=B, y=y: B @ y], args.repeats
+                    [lambda s=scheme, y=y, a=arrived: s.decode(y, a), lambda B=B, y=y: B @ y],
+                    args.repeats,
+                    args.min_seconds,
                 )
                 b_enc, b_dec = builds[scheme.name]
                 rows.append(
@@ -248,6 +252,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="timed rounds per measurement (at least; fast shapes get more), best kept",
     )
     parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=1.0,
+        help="keep timing rounds until this many seconds have passed per measurement",
+    )
+    parser.add_argument(
         "--build-repeats", type=int, default=30, help="timed runs per matrix build, best kept"
     )
     parser.add_argument("--seed", type=int, default=0, help="data and arrived-set seed")
@@ -268,7 +278,8 @@ def main(args) -> int:
     threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
     print(
         f"coding cost: numpy {np.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"BLAS threads {threads}; float32 data; best of {args.repeats} (builds: best of {args.build_repeats}); "
+        f"BLAS threads {threads}; float32 data; best of >= {args.repeats} rounds and >= {args.min_seconds:g} s "
+        f"(builds: >= {args.build_repeats} rounds); "
         f"NeRCC lam = {args.lam:g}; |F| = N - round({args.stragglers:g} N)",
         flush=True,
     )

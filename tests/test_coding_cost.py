@@ -12,21 +12,8 @@ def test_cost_benchmark_runs_and_reports(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     coding_cost.configure(parser)
     out = tmp_path / "cost.json"
-    args = parser.parse_args(
-        [
-            "--sizes",
-            "4x12,6x30",
-            "--dims",
-            "10",
-            "--repeats",
-            "1",
-            "--build-repeats",
-            "1",
-            "--quiet",
-            "--json",
-            str(out),
-        ]
-    )
+    argv = "--sizes 4x12,6x30 --dims 10 --repeats 1 --build-repeats 1 --min-seconds 0 --quiet --json".split()
+    args = parser.parse_args(argv + [str(out)])
     assert coding_cost.main(args) == 0
     text = capsys.readouterr().out
     assert "floor" in text and "worst ratio to the matmul floor" in text
