@@ -2,7 +2,8 @@
 
 One module-scoped cluster (master + N_WORKERS workers, no stragglers) serves most tests; one small second cluster
 supplies a worker that is always slow (bimodal p=1), which the client mixes into its worker list. The test
-that kills a worker runs last in this file because it leaves that cluster with a dead worker.
+that kills a worker comes after every other test of the shared cluster because it leaves it with a dead
+worker; the last test runs the main job (`nercc demo`) small, on its own cluster.
 """
 
 from __future__ import annotations
@@ -380,3 +381,23 @@ def test_worker_killed_mid_run(cluster, mnist):
         assert r.total_ms < 500
     pred = np.concatenate([r.predictions for r in after])
     assert mse(pred, ref[5 * K:12 * K]) < CODED_MSE_BOUND
+
+
+# ---------------------------------------------------------------------------- the main job, small and fast
+def test_demo_runs_every_scheme_and_stops_its_cluster(tmp_path, capsys):
+    import json
+
+    from nercc.cli import main as nercc_main
+
+    out = tmp_path / "demo.json"
+    code = nercc_main(["demo", "--workers", "4", "--inputs", "2", "--batches", "6", "--warmup", "1",
+                       "--straggler", "none", "--deadline-ms", "500", "--save", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "all servers stopped" in printed and "p99 ms" in printed
+    record = json.loads(out.read_text())
+    rows = {row["scheme"]: row for row in record["table"]}
+    assert list(rows) == ["uncoded", "replication", "bacc", "nercc"]
+    assert float(rows["uncoded"]["MSE"]) == 0.0 and float(rows["replication"]["MSE"]) == 0.0
+    assert rows["replication"]["compute/input"] == "2.00" and rows["nercc"]["compute/input"] == "2.00"
+    assert all(row["failed"] == "0" for row in rows.values()) and record["crashed_servers"] == []
