@@ -342,12 +342,15 @@ def export(checkpoint: Optional[Path] = None, out: Optional[Path] = None) -> dic
         "accuracy": {"top1": round(accuracy, 4), "split": "test", "n": int(len(y_test))},
         "trained": True,
         "weights": (f"trained here on full CIFAR-10 (50,000 images, random crop pad 4 + flip), preset "
-                    f"{settings.preset}, {state['epoch']} epochs, SGD nesterov + one-cycle cosine, label smoothing "
-                    f"{settings.label_smoothing}, batch {settings.batch_size}, seed {settings.seed}"),
+                    f"{settings.preset}, {state['epoch']} epochs in {state['elapsed'] / 60:.0f} min "
+                    f"(budget {settings.time_budget_min} min), SGD nesterov + one-cycle cosine, peak lr {settings.lr}, "
+                    f"label smoothing {settings.label_smoothing}, batch {settings.batch_size}, "
+                    f"{'bf16 autocast' if settings.bf16 else 'fp32'}, seed {settings.seed}"),
         "params": common.count_params(plain), "onnx_bytes": size, "opset": common.OPSET,
         "train_params": common.count_params(model),
         "architecture": {"stem": model.config.stem, "stages": [list(s) for s in model.config.stages]},
         "train_seconds": round(state["elapsed"], 1), "epochs": state["epoch"],
+        "test_acc_2000_per_epoch": [round(h["test_acc_2000"], 4) for h in state["history"]],
         "ort_max_abs_diff": diff, "reparam_max_abs_diff": branch_diff,
     })
     meta_path = common.write_metadata(NAME, meta, out)

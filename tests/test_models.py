@@ -50,7 +50,8 @@ def test_unknown_model_lists_known_ones():
 
 
 def test_missing_onnx_names_the_command(tmp_path):
-    shutil.copy(model_dir("lenet5") / "nercc.json", (tmp_path / "lenet5").mkdir() or tmp_path / "lenet5" / "nercc.json")
+    (tmp_path / "lenet5").mkdir()
+    shutil.copy(model_dir("lenet5") / "nercc.json", tmp_path / "lenet5" / "nercc.json")  # metadata, no ONNX
     info = load_model_info("lenet5", repository=tmp_path)
     with pytest.raises(FileNotFoundError, match="nercc export lenet5"):
         OnnxModel(info)
