@@ -20,7 +20,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Optional, Tuple
@@ -64,19 +63,15 @@ def _fetch(urls, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for url in urls:
+        part = dest.with_name(dest.name + ".part")
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, tempfile.NamedTemporaryFile(
-                dir=dest.parent, delete=False, suffix=".part"
-            ) as tmp:
-                shutil.copyfileobj(response, tmp)
-            os.replace(tmp.name, dest)
+            with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+                shutil.copyfileobj(response, out)
+            os.replace(part, dest)
             return
         except OSError as exc:  # URLError and HTTPError are OSErrors
             errors.append(f"{url}: {exc}")
-            try:
-                os.unlink(tmp.name)  # noqa: F821 - only bound when the temp file was created
-            except (NameError, OSError):
-                pass
+            part.unlink(missing_ok=True)
     raise OSError("download failed: " + "; ".join(errors))
 
 
