@@ -47,9 +47,9 @@ SCHEME_LABELS = {"bacc": "BACC", "nercc0": "NeRCC-0", "nercc": "NeRCC"}
 #: N = 20, K = 5 (N/K = 4), stragglers up to 60% of N, fewer trials.
 DEFAULTS = {
     "lenet5": {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 500},
-    "repvgg_cifar10": {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 40},
+    "repvgg_cifar10": {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 80},
     "efficientnet_lite0": {"workers": 20, "inputs": 5, "stragglers": [0, 2, 4, 6, 8, 10, 12], "trials": 30},
-    "vit_b16": {"workers": 20, "inputs": 5, "stragglers": [0, 4, 8, 12], "trials": 6},
+    "vit_b16": {"workers": 20, "inputs": 5, "stragglers": [0, 2, 4, 6, 8, 10, 12], "trials": 20},
 }
 FALLBACK_DEFAULTS = {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 50}
 
@@ -399,7 +399,8 @@ def format_table(report: dict) -> str:
              f"{'S':>4} " + " ".join(f"{SCHEME_LABELS[s] + ' MSE':>20}" for s in SCHEMES)
              + " " + " ".join(f"{SCHEME_LABELS[s] + ' RelAcc':>14}" for s in SCHEMES) + "  NeRCC/BACC"]
     for s, row in report["results"].items():
-        mse = " ".join(f"{row[n]['mse_mean']:>11.5f}±{row[n]['mse_std']:<8.5f}" for n in SCHEMES)
+        mse = " ".join(f"{row[n]['mse_mean']:>11.5f}±{row[n]['mse_std']:<8.5f}" if row[n]["mse_mean"] >= 1e-4
+                       else f"{row[n]['mse_mean']:>11.3e}±{row[n]['mse_std']:<8.1e}" for n in SCHEMES)
         rel = " ".join(
             f"{row[n]['relacc_mean']:>14.4f}" if row[n]["relacc_mean"] is not None else f"{'n/a':>14}"
             for n in SCHEMES)

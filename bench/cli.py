@@ -142,7 +142,7 @@ def run_all(args) -> int:
             print("== coding cost", flush=True)
             cost_parser = argparse.ArgumentParser()
             cost.configure(cost_parser)
-            cost.main(cost_parser.parse_args([]))
+            cost.main(cost_parser.parse_args(["--json", str(accuracy.RESULTS_DIR / "coding_cost.json")]))
         except ModuleNotFoundError:
             skipped.append("coding cost: bench/coding_cost.py is not built yet")
     print("== tables and figures", flush=True)

@@ -209,6 +209,8 @@ def plot_coded_samples(samples: dict, n_workers: int, lam_enc: float, path: Path
 def _fmt(mean: float | None, std: float | None, digits: int) -> str:
     if mean is None:
         return "n/a"
+    if 0 < abs(mean) < 10 ** -(digits - 1):  # tiny values (untrained ViT): scientific, not 0.0000
+        return f"{mean:.2e} ± {std:.1e}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -232,14 +234,17 @@ def table1(reports: List[dict]) -> str:
         if not rep.get("trained", True):
             out.append("*Untrained weights (no offline checkpoint): accuracy is meaningless; MSE and top-1 agreement "
                        "with f still measure how well coding approximates f.*\n")
+        # RelAcc needs a base accuracy; for an untrained model show top-1 agreement with f instead
+        acc_key = "relacc" if rep["base_accuracy"] > 0 else "agreement"
+        acc_name = "RelAcc" if acc_key == "relacc" else "top-1 agreement"
         header = "| scheme | " + " | ".join(f"MSE, S = {s}" for s in s_list) + " | " + \
-                 " | ".join(f"RelAcc, S = {s}" for s in s_list) + " |"
+                 " | ".join(f"{acc_name}, S = {s}" for s in s_list) + " |"
         out += [header, "|" + "---|" * (1 + 2 * len(s_list))]
         for scheme in SCHEMES:
             cells = [_fmt(rep["results"][str(s)][scheme]["mse_mean"], rep["results"][str(s)][scheme]["mse_std"], 4)
                      for s in s_list]
-            cells += [_fmt(rep["results"][str(s)][scheme]["relacc_mean"], rep["results"][str(s)][scheme]["relacc_std"],
-                           3) for s in s_list]
+            cells += [_fmt(rep["results"][str(s)][scheme][f"{acc_key}_mean"],
+                           rep["results"][str(s)][scheme][f"{acc_key}_std"], 3) for s in s_list]
             out.append(f"| {SCHEME_LABELS[scheme]} | " + " | ".join(cells) + " |")
         ratios = [rep["results"][str(s)]["nercc"]["mse_mean"] / rep["results"][str(s)]["bacc"]["mse_mean"]
                   for s in s_list]
@@ -287,6 +292,9 @@ def write_readme(reports: List[dict], others: List[dict], sweep: dict | None, fi
     lines += ["## Figures", ""]
     for name, desc in figures.items():
         lines += [f"- [{name}]({name}): {desc}"]
+    if (out_dir / "coding_cost.json").exists():
+        lines += ["", "Coding cost (time to build matrices, encode, decode vs a plain matmul): "
+                  "[coding_cost.json](coding_cost.json), from `nercc bench cost` (see docs/coding.md)."]
     lines.append("")
     path = out_dir / "README.md"
     path.write_text("\n".join(lines))
