@@ -50,7 +50,6 @@ from loadtest.gevent_asyncio import AsyncioThread  # noqa: E402
 from loadtest.run import resolve_policy  # noqa: E402
 
 REQUEST_TYPE = "infer"
-SCHEMES = ("uncoded", "replication", "bacc", "nercc")
 
 
 @events.init_command_line_parser.add_listener
@@ -65,7 +64,7 @@ def add_arguments(parser) -> None:
                        help="comma-separated gRPC host:port of the N workers; env NERCC_WORKER_URLS")
     group.add_argument("--model", default="lenet5", help="served model (MNIST models only: inputs are MNIST)")
     group.add_argument("--n-inputs", type=int, default=4, help="K: MNIST images per coded batch")
-    group.add_argument("--deadline-ms", type=float, default=50.0,
+    group.add_argument("--deadline-ms", type=float, default=40.0,
                        help="end-to-end deadline per batch; an answer needed after it makes the request fail")
     group.add_argument("--policy", default="auto",
                        help="coded schemes' wait policy: deadline | first:M | all | auto (= first:M, M = ceil(2N/3))")
@@ -99,6 +98,11 @@ def cluster_urls(options) -> tuple:
             "--urls-file FILE`), or set NERCC_WORKER_URLS / NERCC_URLS_FILE"
         )
     return master, workers
+
+
+def _optional_float(value):
+    """None / "" (the web UI's empty field) → None, else a float."""
+    return None if value is None or (isinstance(value, str) and not value.strip()) else float(value)
 
 
 class MnistBatches:
@@ -138,11 +142,14 @@ class NerccLoadClient:
             master, workers, model=options.model, scheme=scheme,
             deadline_ms=options.deadline_ms,
             policy=resolve_policy(options.policy, len(workers)) if coded else "deadline",
-            n_inputs=self.n_inputs, lam_enc=options.lam_enc, lam_dec=options.lam_dec,
+            n_inputs=self.n_inputs, lam_enc=_optional_float(options.lam_enc), lam_dec=_optional_float(options.lam_dec),
             hard_timeout_ms=options.hard_timeout_ms,
         )
         self.loop.run(self.client.connect(), timeout=60)
         self.n_classes = self.client.spec.n_classes
+        if self.client.spec.raw_shape != (28, 28):
+            raise ValueError(f"model {options.model!r} takes raw inputs of shape {self.client.spec.raw_shape}; "
+                             "the load test sends MNIST images (28, 28): serve an MNIST model such as lenet5")
         if coded:
             # Build the scheme here, in the gevent thread: first use triggers lazy scipy imports, some of which
             # spawn subprocesses, and gevent can only watch children from its main loop.

@@ -295,7 +295,7 @@ def _sentences(profile: str, block: dict, settings: dict) -> List[str]:
         unanswered = f"; {s['unanswered']} got no answer at all" if s.get("unanswered") else ""
         text = (
             f"- **{label}** sent {s['requests']} batches of K = {k} in {settings['duration_s']:g} s with "
-            f"{settings['users']} users ({_fmt(s['throughput_batches_per_s'])} batches/s); {s['failures']} failed "
+            f"{settings.get('users_per_scheme', settings['users'])} users ({_fmt(s['throughput_batches_per_s'])} batches/s); {s['failures']} failed "
             f"(reasons: {reasons}){unanswered}. "
             f"{_within(s['p50_ms'], 'Half of the batches took')} (p50), {_within(s['p90_ms'], '9 in 10')} (p90), "
             f"{_within(s['p95_ms'], '19 in 20')} (p95), {_within(s['p99_ms'], '99 in 100')} (p99) and "
@@ -329,12 +329,16 @@ def _sentences(profile: str, block: dict, settings: dict) -> List[str]:
 def _load_sentence(st: dict) -> str:
     fresh = " (dead-worker: a fresh cluster per scheme)" if st.get("fresh_cluster_per_scheme") else ""
     if st.get("rate_per_user"):
+        per_scheme = st.get("users_per_scheme", st["users"]) * st["rate_per_user"]
         how = (f"each starts a batch every {1 / st['rate_per_user']:.2g} s (constant pacing, random phase; offered "
-               f"load {st['offered_batches_per_s']:g} batches/s, the same for every scheme) and has at most one "
-               "in flight")
+               f"load {per_scheme:g} batches/s per scheme, the same for every scheme) and has at most one in flight")
     else:
         how = "closed loop: each sends its next batch as soon as the previous one is answered"
     rounds = st.get("rounds", 1)
+    if st.get("together"):
+        return (f"- Locust: {st['users']} users split evenly among the schemes ({st['users_per_scheme']} each, one "
+                f"Locust process, **all schemes at the same time** on the same cluster{fresh}); {how}; "
+                f"{st['duration_s']:g} s in {rounds} run(s).")
     order = (f" in {rounds} rounds of {st['run_s']:g} s with the scheme order reversed every other round"
              if rounds > 1 else "")
     return (f"- Locust: {st['users']} users (spawn rate {st['spawn_rate']:g}/s); {how}; {st['duration_s']:g} s per "

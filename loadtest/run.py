@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=12, help="N: worker tritonservers")
     parser.add_argument("--inputs", type=int, default=4, help="K: images per coded batch")
     parser.add_argument("--users", type=int, default=16,
-                        help="Locust users, each with one batch in flight at a time")
+                        help="Locust users per scheme (in total with --together), each with one batch in flight")
     parser.add_argument("--rate-per-user", type=float, default=2.5,
                         help="batches per second each user starts (constant pacing): users x rate is the offered "
                              "load, the same for every scheme; keep it moderate on a small machine so the run "
@@ -59,6 +59,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
     parser.add_argument("--duration", type=float, default=40.0,
                         help="seconds of load per scheme (in total over the rounds)")
+    parser.add_argument("--together", action="store_true",
+                        help="run the schemes at the same time in one Locust process (--users split evenly among "
+                             "them) instead of one after another: identical background conditions for all, at the "
+                             "price of sharing the workers")
     parser.add_argument("--rounds", type=int, default=8,
                         help="split each scheme's time into this many runs, in alternating scheme order "
                              "(ABCD, DCBA, ...), so slow drifts of a shared machine hit every scheme alike")
@@ -111,6 +115,8 @@ def _check_args(args) -> List[str]:
         raise ValueError("--master-url needs --worker-urls")
     if not 0 <= args.kill_worker < args.workers:
         raise ValueError(f"--kill-worker must be in 0..{args.workers - 1}, got {args.kill_worker}")
+    if args.together and args.users % len(schemes):
+        raise ValueError(f"--together splits --users evenly among {len(schemes)} schemes: {args.users} does not divide")
     return schemes
 
 
@@ -126,7 +132,7 @@ def run_seconds(args) -> float:
     return max(1.0, round(args.duration / args.rounds))
 
 
-def locust_command(args, scheme: str, master_url: str | None, worker_urls: List[str], csv_prefix: Path,
+def locust_command(args, schemes: List[str], master_url: str | None, worker_urls: List[str], csv_prefix: Path,
                    requests_log: Path) -> List[str]:
     spawn_rate = args.spawn_rate if args.spawn_rate else args.users
     command = [
@@ -140,7 +146,7 @@ def locust_command(args, scheme: str, master_url: str | None, worker_urls: List[
     ]
     if master_url:
         command += ["--master-url", master_url]
-    return command + [USER_CLASSES[scheme]]
+    return command + [USER_CLASSES[scheme] for scheme in schemes]
 
 
 def _locust_env() -> dict:
@@ -150,14 +156,17 @@ def _locust_env() -> dict:
     return env
 
 
-def run_locust(args, scheme: str, master_url, worker_urls, raw_dir: Path, tag: str, on_started=None) -> Path:
-    """One headless Locust run; returns the requests log. ``on_started(log_path)`` runs while Locust is loading."""
+def run_locust(args, schemes: List[str], master_url, worker_urls, raw_dir: Path, tag: str, on_started=None) -> Path:
+    """One headless Locust run of these schemes' user classes; returns the requests log.
+
+    ``on_started(log_path, process)`` runs while Locust is running (the dead-worker kill)."""
+    scheme = schemes[0] if len(schemes) == 1 else "together"
     csv_prefix = raw_dir / f"locust_{tag}_{scheme}"
     requests_log = raw_dir / f"requests_{tag}_{scheme}.jsonl"
     if requests_log.exists():
         requests_log.unlink()
     stdout_path = raw_dir / f"locust_{tag}_{scheme}.log"
-    command = locust_command(args, scheme, master_url, worker_urls, csv_prefix, requests_log)
+    command = locust_command(args, schemes, master_url, worker_urls, csv_prefix, requests_log)
     with open(stdout_path, "w") as out:
         out.write("$ " + " ".join(command) + "\n")
         out.flush()
@@ -218,8 +227,10 @@ def run_profile(args, profile: str, schemes: List[str], raw_dir: Path, progress)
     try:
         for round_index in range(args.rounds):
             order = schemes if round_index % 2 == 0 else schemes[::-1]
-            for scheme in order:
-                progress.set_description(f"{profile} / {scheme} / round {round_index + 1}")
+            groups = [order] if args.together else [[scheme] for scheme in order]
+            for group in groups:
+                label = "together" if args.together else group[0]
+                progress.set_description(f"{profile} / {label} / round {round_index + 1}")
                 if external:
                     master_url, worker_urls = args.master_url, [u.strip() for u in args.worker_urls.split(",") if u]
                 else:
@@ -228,13 +239,14 @@ def run_profile(args, profile: str, schemes: List[str], raw_dir: Path, progress)
                             cluster.stop()
                         cluster = _start_cluster(args, straggler)
                     master_url, worker_urls = cluster.master_url, cluster.worker_urls
-                run = {"round": round_index + 1, "started": time.time()}
+                run = {"round": round_index + 1, "schemes": list(group), "started": time.time()}
                 hook = _kill_during_run(cluster, args.kill_worker, kill_after, run) if dead else None
                 tag = f"{profile}_r{round_index + 1}"
-                run["requests_log"] = str(run_locust(args, scheme, master_url, worker_urls, raw_dir, tag, hook))
-                run["locust_csv"] = str(raw_dir / f"locust_{tag}_{scheme}_stats.csv")
-                block["runs"][scheme].append(run)
-                progress.update(1)
+                run["requests_log"] = str(run_locust(args, group, master_url, worker_urls, raw_dir, tag, hook))
+                run["locust_csv"] = str(raw_dir / f"locust_{tag}_{'together' if args.together else group[0]}_stats.csv")
+                for scheme in group:
+                    block["runs"][scheme].append(run)
+                progress.update(len(group))
     finally:
         if cluster is not None:
             cluster.stop()
@@ -256,6 +268,7 @@ def analyse(args, summary: dict, out_dir: Path) -> Dict[str, str]:
             loaded = []
             for run in runs:
                 requests, loop_events = report.read_requests(Path(run["requests_log"]))
+                requests = [r for r in requests if r["scheme"] == scheme]  # --together: one log, every scheme
                 loaded.append((requests, loop_events, report.read_locust_stats(Path(run["locust_csv"]), scheme)))
             block["schemes"][scheme] = report.summarize_scheme(loaded, scheme, args.workers, args.inputs, reference)
             latencies[scheme] = [report.latency_or_inf(r) for requests, _, _ in loaded for r in requests]
@@ -289,7 +302,8 @@ def main(args) -> int:
             "rate_per_user": args.rate_per_user,
             "offered_batches_per_s": args.users * args.rate_per_user if args.rate_per_user else None,
             "spawn_rate": args.spawn_rate or args.users, "duration_s": run_seconds(args) * args.rounds,
-            "rounds": args.rounds, "run_s": run_seconds(args),
+            "rounds": args.rounds, "run_s": run_seconds(args), "together": bool(args.together),
+            "users_per_scheme": args.users // len(schemes) if args.together else args.users,
             "deadline_ms": args.deadline_ms, "hard_timeout_ms": args.hard_timeout_ms, "coded_policy": policy,
             "replication_copies": args.workers // args.inputs, "seed": args.seed, "cpu_count": os.cpu_count(),
             "cluster": "given URLs" if args.worker_urls else "LocalCluster on this machine",
@@ -312,10 +326,10 @@ def main(args) -> int:
             summary["profiles"][profile] = run_profile(args, profile, schemes, raw_dir, progress)
     plots = analyse(args, summary, out_dir)
     for block in summary["profiles"].values():
-        for runs in block["runs"].values():  # paths relative to the report folder, so it can be moved
-            for run in runs:
-                run["requests_log"] = os.path.relpath(run["requests_log"], out_dir)
-                run["locust_csv"] = os.path.relpath(run["locust_csv"], out_dir)
+        unique = {id(run): run for runs in block["runs"].values() for run in runs}  # --together shares runs
+        for run in unique.values():  # paths relative to the report folder, so it can be moved
+            run["requests_log"] = os.path.relpath(run["requests_log"], out_dir)
+            run["locust_csv"] = os.path.relpath(run["locust_csv"], out_dir)
     summary["plots"] = plots
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report.write_markdown(out_dir / "report.md", summary, plots)

@@ -70,6 +70,26 @@ def test_short_headless_run_reports_every_scheme(cluster, tmp_path):
     assert "| none | NeRCC |" in text and "p99.9" in text
 
 
+def test_together_runs_every_scheme_in_one_locust_process(cluster, tmp_path):
+    """--together: one Locust run with the four user classes, the users split evenly, one log split by scheme."""
+    args = parse(
+        "--profile", "none", "--workers", str(N_WORKERS), "--inputs", str(K), "--users", "8", "--together",
+        "--duration", "4", "--rounds", "1", "--deadline-ms", "2000", "--hard-timeout-ms", "4000",
+        "--master-url", cluster.master_url, "--worker-urls", ",".join(cluster.worker_urls), "--out", str(tmp_path),
+    )
+    assert run.main(args) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["settings"]["users_per_scheme"] == 2
+    block = summary["profiles"]["none"]
+    assert {run_["requests_log"] for runs in block["runs"].values() for run_ in runs} == {
+        "raw/requests_none_r1_together.jsonl"}
+    for name, s in block["schemes"].items():
+        assert s["requests"] >= 5 and s["failures"] == 0, (name, s)
+        assert s["locust"]["requests"] <= s["requests"], name
+    assert sum(s["requests"] for s in block["schemes"].values()) == len(
+        report.read_requests(tmp_path / "raw" / "requests_none_r1_together.jsonl")[0])
+
+
 def _locust(cluster, tmp_path, users: int, user_class: str, seconds: int = 4):
     log = tmp_path / f"requests_{users}.jsonl"
     command = [
@@ -114,6 +134,55 @@ def test_sixteen_users_keep_sixteen_batches_in_flight(cluster, tmp_path):
     assert _max_overlap(one_requests) == 1
 
 
+def test_web_ui_runs_the_users(cluster, tmp_path):
+    """Locust's web UI (its HTTP API, as the browser uses it): start a swarm, see nercc requests, stop."""
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from nercc.serving.cluster import free_ports
+
+    [port] = free_ports(1)
+    command = [
+        sys.executable, "-m", "locust", "-f", str(run.LOCUSTFILE), "--web-host", "127.0.0.1", "--web-port", str(port),
+        "--loglevel", "WARNING", "--master-url", cluster.master_url, "--worker-urls", ",".join(cluster.worker_urls),
+        "--n-inputs", str(K), "--deadline-ms", "2000", "NerccUser",
+    ]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=run._locust_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(base + "/", timeout=1).read()
+                break
+            except OSError:
+                assert process.poll() is None, process.stdout.read()[-2000:]
+                time.sleep(0.1)
+        # the form posts the custom parameters too; an empty lam field must mean "from the profile"
+        form = urllib.parse.urlencode({"user_count": 4, "spawn_rate": 4, "host": "", "lam_enc": "", "lam_dec": ""})
+        answer = json.loads(urllib.request.urlopen(base + "/swarm", data=form.encode(), timeout=10).read())
+        assert answer["success"], answer
+        stats = {}
+        for _ in range(150):
+            time.sleep(0.2)
+            stats = json.loads(urllib.request.urlopen(base + "/stats/requests", timeout=10).read())
+            rows = {row["name"]: row for row in stats["stats"]}
+            if rows.get("nercc", {}).get("num_requests", 0) >= 20:
+                break
+        assert rows["nercc"]["num_requests"] >= 20, stats
+        assert rows["nercc"]["num_failures"] == 0, stats.get("errors")
+        assert stats["user_count"] == 4
+        urllib.request.urlopen(urllib.request.Request(base + "/stop", method="POST"), timeout=10).read()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def test_locust_reports_a_dead_cluster_as_failures(tmp_path):
     """No server behind the URLs: the users' requests fail with a reason, nothing hangs or crashes."""
     from nercc.serving.cluster import free_ports
@@ -143,6 +212,9 @@ def test_locust_reports_a_dead_cluster_as_failures(tmp_path):
         (["--schemes", "uncoded,magic"], "magic"),
         (["--kill-worker", "12"], "--kill-worker"),
         (["--master-url", "127.0.0.1:1"], "--worker-urls"),
+        (["--together", "--users", "10"], "evenly"),
+        (["--rounds", "0"], "--rounds"),
+        (["--rate-per-user", "-1"], "--rate-per-user"),
     ],
 )
 def test_bad_arguments_are_named(argv, message):
