@@ -314,12 +314,12 @@ def main(args) -> int:
         entry["command"] = command_line(tune_argv(info.name, args.workers, args.inputs, s, args))
         check = entry.get("by_arrived_check")
         print(f"{info.name} N={args.workers} K={args.inputs} S={s}: lam_enc={entry['lam_enc']:.3g} "
-              f"lam_dec={entry['lam_dec']:.3g}  held-out MSE NeRCC {entry['mse']:.5f}  NeRCC-0 "
-              f"{entry['mse_nercc0']:.5f}  BACC {entry['mse_bacc']:.5f}  (NeRCC/BACC "
+              f"lam_dec={entry['lam_dec']:.3g}  held-out MSE NeRCC {entry['mse']:.4g}  NeRCC-0 "
+              f"{entry['mse_nercc0']:.4g}  BACC {entry['mse_bacc']:.4g}  (NeRCC/BACC "
               f"{entry['mse'] / entry['mse_bacc']:.3f}, {entry['seconds']} s)")
         if check:
             print(f"    lam_dec per |F| in {check['arrived_counts'][0]}..{check['arrived_counts'][-1]}: MSE "
-                  f"{check['mse_table']:.5f} vs one lam_dec {check['mse_fixed_lam_dec']:.5f} -> "
+                  f"{check['mse_table']:.4g} vs one lam_dec {check['mse_fixed_lam_dec']:.4g} -> "
                   f"{'kept' if check['kept'] else 'not kept'}")
         if not args.no_save:
             path = save_entry(info.dir, entry)

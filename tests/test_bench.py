@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from bench import accuracy, tune
+from bench import accuracy, figures, tune
 from nercc.models import load_model_info
 from nercc.profiles import load_profile, lookup, save_entry
 
@@ -83,6 +83,19 @@ def test_nercc_beats_bacc(report):
         assert row["nercc"]["relacc_mean"] >= row["bacc"]["relacc_mean"] - 0.01, (s, row)
     # with every worker in, all schemes reproduce f's top-1 almost always
     assert data["results"]["0"]["nercc"]["agreement_mean"] > 0.99
+
+
+def test_figures_and_table(report):
+    """`nercc bench figures` on the small run: three PNGs and the Markdown Table 1 carrying the command."""
+    args = _args(figures.configure, ["--results", str(report)])
+    assert figures.main(args) == 0
+    for name in ("fig_accuracy.png", "fig_coded_samples.png"):
+        data = (report / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, name
+    readme = (report / "README.md").read_text()
+    command = json.loads((report / "accuracy_lenet5_N100_K20.json").read_text())["command"]
+    assert "## Table 1" in readme and f"`{command}`" in readme
+    assert "| NeRCC / BACC MSE |" in readme
 
 
 def test_tune_round_trip(lenet, tmp_path):
