@@ -327,7 +327,7 @@ def _sentences(profile: str, block: dict, settings: dict) -> List[str]:
 
 
 def _load_sentence(st: dict) -> str:
-    fresh = " (dead-worker: a fresh cluster per scheme)" if st.get("fresh_cluster_per_scheme") else ""
+    fresh = " (dead-worker: a fresh cluster for every run)" if st.get("fresh_cluster_per_scheme") else ""
     if st.get("rate_per_user"):
         per_scheme = st.get("users_per_scheme", st["users"]) * st["rate_per_user"]
         how = (f"each starts a batch every {1 / st['rate_per_user']:.2g} s (constant pacing, random phase; offered "
