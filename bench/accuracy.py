@@ -48,7 +48,7 @@ SCHEME_LABELS = {"bacc": "BACC", "nercc0": "NeRCC-0", "nercc": "NeRCC"}
 DEFAULTS = {
     "lenet5": {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 500},
     "repvgg_cifar10": {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 80},
-    "efficientnet_lite0": {"workers": 20, "inputs": 5, "stragglers": [0, 2, 4, 6, 8, 10, 12], "trials": 30},
+    "efficientnet_lite0": {"workers": 20, "inputs": 5, "stragglers": [0, 2, 4, 6, 8, 10, 12], "trials": 60},
     "vit_b16": {"workers": 20, "inputs": 5, "stragglers": [0, 2, 4, 6, 8, 10, 12], "trials": 20},
 }
 FALLBACK_DEFAULTS = {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 50}
