@@ -50,9 +50,9 @@ def test_short_headless_run_reports_every_scheme(cluster, tmp_path):
         assert s["failures"] == 0, (name, s["failure_reasons"])
         ps = [s[f"{report.pkey(p)}_ms"] for p in report.PERCENTILES]
         assert all(0 < a <= b for a, b in zip(ps, ps[1:])), (name, ps)
-        # Locust counted the same requests as our log, except the (at most one per user) still in flight when
-        # the run time ended: they finish during the stop and reach our log after Locust's final stats
-        assert 0 <= s["requests"] - s["locust"]["requests"] <= 4 and s["locust"]["failures"] == 0, name
+        # Locust counted the same requests as our log, except the (at most one per user and round) still in
+        # flight when a run's time ended: they finish during the stop and reach our log after Locust's final stats
+        assert 0 <= s["requests"] - s["locust"]["requests"] <= 4 * 2 and s["locust"]["failures"] == 0, name
         assert s["n_inputs_checked"] == K * s["requests"], name
     # the baselines return f itself; the coded schemes approximate it (no straggler: every answer is used)
     for name in ("uncoded", "replication"):
