@@ -78,6 +78,14 @@ def configure_all(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    try:
+        return _dispatch(args)
+    except (ValueError, FileNotFoundError) as exc:  # bad settings or a model not exported: one clear line
+        print(f"nercc bench {args.bench_command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
     if getattr(args, "missing", None):
         print(f"nercc bench {args.bench_command}: {args.missing} is not built yet", file=sys.stderr)
         return 2

@@ -295,6 +295,14 @@ def tune_argv(model: str, n_workers: int, n_inputs: int, n_stragglers: int, args
 
 
 def main(args) -> int:
+    try:
+        return _tune(args)
+    except (ValueError, FileNotFoundError) as exc:  # bad settings or a model not exported: one clear line
+        print(f"nercc tune: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _tune(args) -> int:
     from bench.accuracy import profile_entry
     from nercc.models import load_model_info
     from nercc.profiles import save_entry
@@ -350,6 +358,14 @@ def main_sweep(args) -> int:
     This is an analysis of how smoothing acts, not a selection, so it uses the evaluation inputs; the
     tuned lams in the profile come from held-out inputs.
     """
+    try:
+        return _sweep(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"nercc bench sweep: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _sweep(args) -> int:
     from nercc.models import OnnxModel, load_model_info
 
     info = load_model_info(args.model)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bench import accuracy, figures, tune
+from bench import cli as bench_cli
 from nercc.models import load_model_info
 from nercc.profiles import load_profile, lookup, save_entry
 
@@ -137,3 +138,13 @@ def test_bad_settings_raise():
     args = _args(accuracy.configure, ["--workers", "3", "--inputs", "4"])
     with pytest.raises(ValueError, match="--workers"):
         accuracy.settings(args)
+
+
+def test_cli_reports_bad_input(capsys):
+    """`nercc bench accuracy` / `nercc tune` with impossible settings: exit code 2 and one line naming the problem."""
+    args = _args(bench_cli.configure, ["accuracy", "--workers", "12", "--inputs", "4", "--stragglers", "9"])
+    assert bench_cli.main(args) == 2
+    assert "--stragglers must lie in [0, N - K] = [0, 8], got [9]" in capsys.readouterr().err
+    args = _args(tune.configure, ["--model", "no_such_model"])
+    assert tune.main(args) == 2
+    assert "unknown model 'no_such_model'" in capsys.readouterr().err
