@@ -47,7 +47,7 @@ SCHEME_LABELS = {"bacc": "BACC", "nercc0": "NeRCC-0", "nercc": "NeRCC"}
 #: N = 20, K = 5 (N/K = 4), stragglers up to 60% of N, fewer trials.
 DEFAULTS = {
     "lenet5": {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 500},
-    "repvgg_cifar10": {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 80},
+    "repvgg_cifar10": {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 150},
     "efficientnet_lite0": {"workers": 20, "inputs": 5, "stragglers": [0, 2, 4, 6, 8, 10, 12], "trials": 60},
     "vit_b16": {"workers": 20, "inputs": 5, "stragglers": [0, 2, 4, 6, 8, 10, 12], "trials": 20},
 }

@@ -49,7 +49,7 @@ KEEP_TABLE_GAIN = 0.005
 REFINE_PER_DECADE = 4
 
 #: Calibration batches of K held-out inputs per setting, by model (f runs on N coded inputs per batch per lam_enc).
-DEFAULT_TUNE_TRIALS = {"lenet5": 60, "repvgg_cifar10": 16, "efficientnet_lite0": 8, "vit_b16": 2}
+DEFAULT_TUNE_TRIALS = {"lenet5": 60, "repvgg_cifar10": 24, "efficientnet_lite0": 8, "vit_b16": 2}
 #: Random arrived sets per setting; every calibration batch is decoded with every set (decoding is cheap).
 DEFAULT_STRAGGLER_SETS = {"lenet5": 40, "repvgg_cifar10": 30, "efficientnet_lite0": 20, "vit_b16": 20}
 
@@ -258,7 +258,7 @@ def configure(parser) -> None:
     parser.add_argument("--stragglers", "-S", default="40",
                         help="straggler count(s) to tune for: '40', '0,10,20' or '0:60:10'")
     parser.add_argument("--trials", "-T", type=int, default=None,
-                        help="calibration batches of K held-out inputs (default per model: lenet5 60, repvgg 16, "
+                        help="calibration batches of K held-out inputs (default per model: lenet5 60, repvgg 24, "
                              "efficientnet 8, vit 2)")
     parser.add_argument("--straggler-sets", type=int, default=None,
                         help="random arrived sets, each applied to every batch (default per model: 20-40)")
