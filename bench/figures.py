@@ -209,7 +209,7 @@ def plot_coded_samples(samples: dict, n_workers: int, lam_enc: float, path: Path
 def _fmt(mean: float | None, std: float | None, digits: int) -> str:
     if mean is None:
         return "n/a"
-    if 0 < abs(mean) < 10 ** -(digits - 1):  # tiny values (untrained ViT): scientific, not 0.0000
+    if 0 < abs(mean) < 10 ** -digits:  # tiny values (untrained ViT): scientific, not 0.0000
         return f"{mean:.2e} ± {std:.1e}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
