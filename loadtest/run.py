@@ -86,6 +86,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record-predictions", type=int, default=1,
                         help="keep every n-th request's predictions to measure MSE/RelAcc (0: skip accuracy)")
     parser.add_argument("--tritonserver", default=None, help="tritonserver binary (default: nvidia-pytriton's)")
+    parser.add_argument("--master-instances", type=int, default=2,
+                        help="model instances of the master's preprocess and encoder: with one, concurrent "
+                             "batches queue behind each other's encode")
 
 
 def _check_args(args) -> List[str]:
@@ -208,7 +211,7 @@ def _start_cluster(args, straggler: str):
     from nercc.serving import LocalCluster
 
     return LocalCluster(args.model, n_workers=args.workers, straggler=straggler, seed=args.seed,
-                        tritonserver=args.tritonserver).start()
+                        tritonserver=args.tritonserver, master_instances=args.master_instances).start()
 
 
 def run_profile(args, profile: str, schemes: List[str], raw_dir: Path, progress) -> dict:

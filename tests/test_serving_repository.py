@@ -121,3 +121,15 @@ def test_nercc_serve_rejects_a_bad_straggler_profile(capsys):
 
     assert main(["serve", "--workers", "1", "--straggler", "bimodal:p=0.1"]) == 2
     assert "slow_ms" in capsys.readouterr().err
+
+
+def test_master_instances_set_the_instance_count(meta):
+    configs = {name: _parse(text)
+               for name, text in master_configs(meta, nercc_model_dir="../lenet5", master_instances=3).items()}
+    for name in ("lenet5_preprocess", "lenet5_encoder"):
+        assert [g.count for g in configs[name].instance_group] == [3], name
+    assert not configs["lenet5_encode"].instance_group  # the ensemble has no instances of its own
+    defaults = {name: _parse(text) for name, text in master_configs(meta, nercc_model_dir="../lenet5").items()}
+    assert [g.count for g in defaults["lenet5_encoder"].instance_group] == [1]
+    with pytest.raises(ValueError, match="master_instances"):
+        master_configs(meta, nercc_model_dir="../lenet5", master_instances=0)

@@ -36,6 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-master", action="store_true", help="start the workers only")
     parser.add_argument("--http", action="store_true", help="also open HTTP endpoints")
     parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads per worker")
+    parser.add_argument("--master-instances", type=int, default=1,
+                        help="model instances of the master's preprocess and encoder (concurrent encodes under load)")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                         help="encoder limit on the input and on the coded output of one request")
     parser.add_argument("--urls-file", type=Path, default=None,
@@ -66,7 +68,8 @@ def _write_repository(args) -> int:
 
     folders = write_repository(args.write_repository, _models(args), role=args.role,
                                native_onnxruntime=args.native_onnxruntime,
-                               max_request_bytes=args.max_request_bytes, intra_op_threads=args.ort_threads)
+                               max_request_bytes=args.max_request_bytes, intra_op_threads=args.ort_threads,
+                               master_instances=args.master_instances)
     for folder in folders:
         print(folder)
     kind = "native onnxruntime" if args.native_onnxruntime else "Python-backend onnxruntime"
@@ -98,7 +101,8 @@ def main(args) -> int:
     cluster = LocalCluster(
         models[0], n_workers=args.workers, straggler=args.straggler, seed=args.seed, base_port=args.base_port,
         tritonserver=args.tritonserver, master=not args.no_master, http=args.http, ort_threads=args.ort_threads,
-        max_request_bytes=args.max_request_bytes, start_timeout_s=args.start_timeout, workdir=args.log_dir,
+        master_instances=args.master_instances, max_request_bytes=args.max_request_bytes,
+        start_timeout_s=args.start_timeout, workdir=args.log_dir,
         keep_logs=args.log_dir is not None,
     )
     n_servers = args.workers + (0 if args.no_master else 1)

@@ -283,6 +283,7 @@ class LocalCluster:
     http : also open HTTP endpoints (``.master_http_url``, ``.worker_http_urls``), off by default
     ort_threads : onnxruntime intra-op threads per worker (1: workers share the cores)
     max_request_bytes : the encoder's per-request byte limit (input and coded output)
+    master_instances : model instances of the master's preprocess and encoder (concurrent encodes)
     start_timeout_s / stop_timeout_s : readiness wait; grace between SIGTERM and SIGKILL
     workdir : where runtime repositories and logs go (default: a fresh temp dir, removed on stop
         unless ``keep_logs``)
@@ -303,6 +304,7 @@ class LocalCluster:
         ort_threads: int = 1,
         worker_max_batch: int = repo.DEFAULT_WORKER_MAX_BATCH,
         max_request_bytes: int = repo.DEFAULT_MAX_REQUEST_BYTES,
+        master_instances: int = 1,
         start_timeout_s: float = 120.0,
         stop_timeout_s: float = 15.0,
         workdir: PathLike | None = None,
@@ -327,6 +329,9 @@ class LocalCluster:
         self.ort_threads = ort_threads
         self.worker_max_batch = worker_max_batch
         self.max_request_bytes = int(max_request_bytes)
+        if isinstance(master_instances, bool) or not isinstance(master_instances, int) or master_instances < 1:
+            raise ValueError(f"master_instances must be an int >= 1, got {master_instances!r}")
+        self.master_instances = master_instances
         self.start_timeout_s = float(start_timeout_s)
         self.stop_timeout_s = float(stop_timeout_s)
         self._workdir_arg = workdir
@@ -450,7 +455,8 @@ class LocalCluster:
             repository = folder / "models"
             if role == "master":
                 repo.write_master_models(repository, self.meta, absolute_paths=True,
-                                         max_request_bytes=self.max_request_bytes)
+                                         max_request_bytes=self.max_request_bytes,
+                                         master_instances=self.master_instances)
             else:
                 repo.write_worker_model(repository, self.meta, absolute_paths=True, straggler=self.straggler,
                                         seed=self.seed, worker_index=int(role.split("-")[1]),
