@@ -128,9 +128,11 @@ def test_repvgg_committed_onnx_accuracy_matches_metadata():
     info = model.info
     assert info.input_shape == (3, 32, 32) and info.raw_shape == (32, 32, 3) and info.trained
     x_raw, y = load_cifar10("test")
+    # Every 5th image: 2000 images, 200 per class (the test split is sorted by class, so not the first 2000).
+    x_raw, y = x_raw[::5], y[::5]
     probs = np.concatenate([model(preprocess(info, x_raw[i : i + 500])) for i in range(0, 2000, 500)])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    accuracy = float(np.mean(probs.argmax(1) == y[:2000]))
+    accuracy = float(np.mean(probs.argmax(1) == y))
     assert abs(accuracy - info.accuracy["top1"]) <= 0.015, (accuracy, info.accuracy)
 
 
