@@ -86,7 +86,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record-predictions", type=int, default=1,
                         help="keep every n-th request's predictions to measure MSE/RelAcc (0: skip accuracy)")
     parser.add_argument("--tritonserver", default=None, help="tritonserver binary (default: nvidia-pytriton's)")
-    parser.add_argument("--master-instances", type=int, default=2,
+    parser.add_argument("--master-instances", type=int, default=1,
                         help="model instances of the master's preprocess and encoder: with one, concurrent "
                              "batches queue behind each other's encode")
 
@@ -247,6 +247,11 @@ def run_profile(args, profile: str, schemes: List[str], raw_dir: Path, progress)
                 tag = f"{profile}_r{round_index + 1}"
                 run["requests_log"] = str(run_locust(args, group, master_url, worker_urls, raw_dir, tag, hook))
                 run["locust_csv"] = str(raw_dir / f"locust_{tag}_{'together' if args.together else group[0]}_stats.csv")
+                crashed = cluster.check() if cluster is not None else []
+                if crashed:  # a dead server turns every later run's numbers into a dead-worker profile: say so
+                    run["crashed_servers"] = crashed
+                    progress.write(f"WARNING: {profile} / {label} / round {round_index + 1}: "
+                                   f"server(s) died during the run: {', '.join(crashed)}")
                 for scheme in group:
                     block["runs"][scheme].append(run)
                 progress.update(len(group))

@@ -261,6 +261,7 @@ class CodedClient:
             raise ValueError(f"policy {policy!r} decodes before min_answers={min_answers} answers: use M >= it")
         self.min_answers = min_answers
         self._abandoned: set = set()  # straggler requests left to finish in the background
+        self._active_infers = 0  # calls of infer() under way: close() lets them finish (closing cancels)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -372,6 +373,11 @@ class CodedClient:
     async def close(self) -> None:
         """Close every channel, after giving abandoned straggler requests a moment to finish."""
         self._closed = True
+        # Closing a channel cancels its calls, and a cancelled call can crash Triton 2.51 (see
+        # cancel_stragglers): batches still under way (a load generator stopping its users) end first.
+        give_up = time.perf_counter() + self.hard_timeout_ms / 1e3
+        while self._active_infers and time.perf_counter() < give_up:
+            await asyncio.sleep(0.005)
         if self._abandoned:
             # closing a channel cancels its calls: let them end first (see cancel_stragglers)
             await asyncio.wait(set(self._abandoned), timeout=self.hard_timeout_ms / 1e3)
@@ -505,6 +511,13 @@ class CodedClient:
         return await self._infer(batch, self.policy_kind)
 
     async def _infer(self, batch: np.ndarray, policy_kind: str) -> CodedResult:
+        self._active_infers += 1
+        try:
+            return await self._infer_counted(batch, policy_kind)
+        finally:
+            self._active_infers -= 1
+
+    async def _infer_counted(self, batch: np.ndarray, policy_kind: str) -> CodedResult:
         t0 = time.perf_counter()
         await self.connect()
         batch, is_raw = self._check_batch(batch)

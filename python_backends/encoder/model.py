@@ -31,26 +31,13 @@ MAX_WORKERS = 4096
 _MATRIX_CACHE_SIZE = 256
 
 
-def _param(config, key, default=None):
-    entry = config.get("parameters", {}).get(key)
-    if entry is None:
-        return default
-    return entry.get("string_value", default)
-
-
 def _import_nercc(config):
+    """``nercc`` from the stub's Python, else from ``nercc_repo_root`` or the checkout this file is linked from."""
     try:
         import nercc  # noqa: F401
-        return
     except ImportError:
-        pass
-    root = _param(config, "nercc_repo_root") or str(Path(__file__).resolve().parents[2])
-    sys.path.insert(0, root)
-
-
-def _error(message):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+        root = config.get("parameters", {}).get("nercc_repo_root", {}).get("string_value")
+        sys.path.insert(0, root or str(Path(__file__).resolve().parents[2]))
 
 
 class RequestError(ValueError):
@@ -77,12 +64,11 @@ class TritonPythonModel:
         _import_nercc(config)
         from nercc.coding import make_scheme
         from nercc.profiles import lookup
+        from nercc.serving.backend_utils import config_param, nercc_model_dir, triton_error
 
-        self._make_scheme, self._lookup = make_scheme, lookup
-        folder = Path(args["model_repository"])
-        model_dir = Path(_param(config, "nercc_model_dir", str(folder.parent / args["model_name"].rsplit("_", 1)[0])))
-        self.model_dir = model_dir if model_dir.is_absolute() else (folder / model_dir).resolve()
-        self.max_request_bytes = int(_param(config, "max_request_bytes", str(256 * 2**20)))
+        self._make_scheme, self._lookup, self._error = make_scheme, lookup, triton_error
+        self.model_dir = nercc_model_dir(config, args)
+        self.max_request_bytes = int(config_param(config, "max_request_bytes", str(256 * 2**20)))
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.item_shape = tuple(int(d) for d in config["input"][0]["dims"][1:])
@@ -199,7 +185,7 @@ class TritonPythonModel:
                 out = self._encode(request)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
             except (RequestError, ValueError) as exc:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(str(exc))))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=self._error(str(exc))))
             except Exception as exc:  # a bug must not kill the server for everyone: report it on this request
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError(f"encoder failed: {type(exc).__name__}: {exc}")))

@@ -21,37 +21,17 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-
-def _param(config, key, default=None):
-    entry = config.get("parameters", {}).get(key)
-    if entry is None:
-        return default
-    return entry.get("string_value", default)
+#: How often a delayed request checks whether its client gave up (one IPC round trip per check).
+CANCEL_POLL_S = 0.01
 
 
 def _import_nercc(config):
-    """Make ``nercc`` importable: installed, or the checkout this file lives in (model.py is a symlink to it)."""
+    """``nercc`` from the stub's Python, else from ``nercc_repo_root`` or the checkout this file is linked from."""
     try:
         import nercc  # noqa: F401
-        return
     except ImportError:
-        pass
-    root = _param(config, "nercc_repo_root") or str(Path(__file__).resolve().parents[2])
-    sys.path.insert(0, root)
-
-
-def _error(message):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
-
-
-def _cancelled(message):
-    code = getattr(pb_utils.TritonError, "CANCELLED", None)
-    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
-
-
-#: How often a delayed request checks whether its client gave up (one IPC round trip per check).
-CANCEL_POLL_S = 0.01
+        root = config.get("parameters", {}).get("nercc_repo_root", {}).get("string_value")
+        sys.path.insert(0, root or str(Path(__file__).resolve().parents[2]))
 
 
 class TritonPythonModel:
@@ -60,13 +40,16 @@ class TritonPythonModel:
         _import_nercc(config)
         import onnxruntime as ort
 
+        from nercc.serving.backend_utils import config_param, triton_error
         from nercc.serving.stragglers import StragglerSampler
 
+        self._error = triton_error
+
         model_folder = Path(args["model_repository"])
-        onnx_path = Path(_param(config, "onnx_path") or Path(args["model_version"]) / "model.onnx")
+        onnx_path = Path(config_param(config, "onnx_path") or Path(args["model_version"]) / "model.onnx")
         if not onnx_path.is_absolute():
             onnx_path = model_folder / onnx_path
-        threads = int(_param(config, "intra_op_threads", "1"))
+        threads = int(config_param(config, "intra_op_threads", "1"))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -78,9 +61,9 @@ class TritonPythonModel:
         self.onnx_input = self.session.get_inputs()[0].name
         self.onnx_output = self.session.get_outputs()[0].name
         self.straggler = StragglerSampler(
-            _param(config, "straggler", "none"),
-            seed=int(_param(config, "seed", "0")),
-            worker_index=int(_param(config, "worker_index", "0")),
+            config_param(config, "straggler", "none"),
+            seed=int(config_param(config, "seed", "0")),
+            worker_index=int(config_param(config, "worker_index", "0")),
         )
         self.inject = self.straggler.profile.kind != "none"
         self.logger = pb_utils.Logger
@@ -103,12 +86,12 @@ class TritonPythonModel:
                     delay_ms = self.straggler.next_delay_ms(compute_ms)
                     if delay_ms > 0 and self._sleep_unless_cancelled(request, delay_ms / 1e3):
                         responses.append(pb_utils.InferenceResponse(
-                            output_tensors=[], error=_cancelled("cancelled by the client while delayed")))
+                            output_tensors=[], error=self._error("cancelled by the client while delayed", "CANCELLED")))
                         continue
                 out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(probs, dtype=np.float32))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
             except Exception as exc:  # one bad request must not take the worker down
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(f"worker failed: {exc}")))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=self._error(f"worker failed: {exc}")))
         return responses
 
     def _sleep_unless_cancelled(self, request, delay_s):

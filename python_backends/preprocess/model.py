@@ -17,26 +17,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-def _param(config, key, default=None):
-    entry = config.get("parameters", {}).get(key)
-    if entry is None:
-        return default
-    return entry.get("string_value", default)
-
-
 def _import_nercc(config):
+    """``nercc`` from the stub's Python, else from ``nercc_repo_root`` or the checkout this file is linked from."""
     try:
         import nercc  # noqa: F401
-        return
     except ImportError:
-        pass
-    root = _param(config, "nercc_repo_root") or str(Path(__file__).resolve().parents[2])
-    sys.path.insert(0, root)
-
-
-def _error(message):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+        root = config.get("parameters", {}).get("nercc_repo_root", {}).get("string_value")
+        sys.path.insert(0, root or str(Path(__file__).resolve().parents[2]))
 
 
 class TritonPythonModel:
@@ -45,13 +32,12 @@ class TritonPythonModel:
         _import_nercc(config)
         from nercc.models import load_model_info
         from nercc.preprocessing import preprocess
+        from nercc.serving.backend_utils import config_param, nercc_model_dir, triton_error
 
-        self._preprocess = preprocess
-        folder = Path(args["model_repository"])
-        model_dir = Path(_param(config, "nercc_model_dir", str(folder.parent / args["model_name"].rsplit("_", 1)[0])))
-        model_dir = model_dir if model_dir.is_absolute() else (folder / model_dir).resolve()
+        self._preprocess, self._error = preprocess, triton_error
+        model_dir = nercc_model_dir(config, args)
         self.info = load_model_info(model_dir.name, model_dir.parent)
-        self.max_request_bytes = int(_param(config, "max_request_bytes", str(256 * 2**20)))
+        self.max_request_bytes = int(config_param(config, "max_request_bytes", str(256 * 2**20)))
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
 
@@ -74,7 +60,7 @@ class TritonPythonModel:
             try:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[self._run(request)]))
             except ValueError as exc:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(str(exc))))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=self._error(str(exc))))
             except Exception as exc:
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError(f"preprocess failed: {type(exc).__name__}: {exc}")))
