@@ -418,18 +418,16 @@ class CodedClient:
 
     def coding_scheme(self, k: int, lam_dec: float | None = None):
         """The NeRCC/BACC object for K inputs and N workers (decoding matrices are cached inside it)."""
-        from nercc.coding import BACC, NeRCC
+        from nercc.coding import make_scheme
 
         if self.scheme == "bacc":  # no parameters besides K and N
-            key = (k, 0.0, 0.0)
-            if key not in self._schemes:
-                self._schemes[key] = BACC(n_inputs=k, n_workers=self.n_workers)
-            return self._schemes[key]
-        lam_enc, default_dec = self.lams(k)
-        lam_dec = default_dec if lam_dec is None else lam_dec
+            lam_enc = lam_dec = 0.0
+        else:
+            lam_enc, default_dec = self.lams(k)
+            lam_dec = default_dec if lam_dec is None else lam_dec
         key = (k, lam_enc, lam_dec)
         if key not in self._schemes:
-            self._schemes[key] = NeRCC(n_inputs=k, n_workers=self.n_workers, lam_enc=lam_enc, lam_dec=lam_dec)
+            self._schemes[key] = make_scheme(self.scheme, k, self.n_workers, lam_enc, lam_dec)
         return self._schemes[key]
 
     # -------------------------------------------------------------- validation

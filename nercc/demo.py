@@ -17,6 +17,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from nercc.coding import mean_squared_error
+
 SCHEME_ORDER = ("uncoded", "replication", "bacc", "nercc")
 
 
@@ -214,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
             pred = np.concatenate([st.predictions[i] for i in done])
             ref = np.concatenate([reference[i] for i in done])
             y = np.concatenate([batch_labels[i] for i in done])
-            mse = float(((pred - ref) ** 2).sum(axis=1).mean())
+            mse = mean_squared_error(pred, ref)
             base = float((ref.argmax(1) == y).mean())
             rel_acc = float((pred.argmax(1) == y).mean()) / base if base > 0 else float("nan")
         else:
