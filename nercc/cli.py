@@ -19,6 +19,8 @@ from nercc.paths import REPO_ROOT
 COMMANDS = {
     "export": ("export.cli", "train or load a model and export it to ONNX in model_repository/"),
     "serve": ("nercc.serving.cli", "start a local Triton cluster (master + N workers) and keep it up"),
+    "worker": ("nercc.serving.worker_cli", "start one worker tritonserver on this host (multi-host clusters)"),
+    "master": ("nercc.serving.master_cli", "start one master tritonserver on this host (multi-host clusters)"),
     "demo": ("nercc.demo", "the main job: local cluster, LeNet5, stragglers, every scheme, latency/accuracy table"),
     "loadtest": ("loadtest.run", "Locust tail-latency benchmark of uncoded / replication / BACC / NeRCC"),
     "tune": ("bench.tune", "jointly tune (lam_enc, lam_dec) for a model and write its tuning profile"),

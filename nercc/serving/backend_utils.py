@@ -6,7 +6,13 @@ same way. ``triton_python_backend_utils`` exists only inside Triton's Python stu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Sequence
+
+#: Environment variables that override a worker's config parameters (the launcher sets them per server).
+WORKER_ENV = {"worker_index": "NERCC_WORKER_INDEX", "straggler": "NERCC_STRAGGLER", "seed": "NERCC_SEED",
+              "device": "NERCC_DEVICE"}
 
 
 def config_param(config: dict, key: str, default=None):
@@ -35,3 +41,29 @@ def nercc_model_dir(config: dict, args: dict) -> Path:
     default = str(folder.parent / args["model_name"].rsplit("_", 1)[0])
     model_dir = Path(config_param(config, "nercc_model_dir", default))
     return model_dir if model_dir.is_absolute() else (folder / model_dir).resolve()
+
+
+def worker_setting(config: dict, key: str, default=None, environ=None):
+    """A per-worker setting: ``$NERCC_<KEY>`` when set (one repository serves every worker), else the config's."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(WORKER_ENV[key], "")
+    return value if value != "" else config_param(config, key, default)
+
+
+def onnxruntime_providers(device: str, available: Sequence[str]) -> list:
+    """onnxruntime execution providers for ``device`` (auto | cpu | cuda) given ``ort.get_available_providers()``.
+
+    auto takes CUDA when this onnxruntime build has it (the ``gpu`` extra's onnxruntime-gpu), else the CPU;
+    cuda insists and fails with the reason when it is missing, rather than running silently on the CPU.
+    """
+    device = (device or "auto").lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    has_cuda = "CUDAExecutionProvider" in available
+    if device == "cuda" and not has_cuda:
+        raise RuntimeError("device=cuda but this onnxruntime has no CUDAExecutionProvider (available: "
+                           f"{', '.join(available)}); install the gpu extra: pip install 'nercc[gpu]' after "
+                           "removing onnxruntime (docs/deploy.md)")
+    if device != "cpu" and has_cuda:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]

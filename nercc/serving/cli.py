@@ -11,7 +11,6 @@ the NGC containers) and starts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -52,6 +51,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--native-onnxruntime", action="store_true",
                         help="with --write-repository: worker configs for Triton's onnxruntime backend "
                              "(platform onnxruntime_onnx, NGC containers) instead of the Python-backend worker")
+    parser.add_argument("--copy", action="store_true",
+                        help="with --write-repository: a portable repository, real files only (no links, no host "
+                             "paths); one folder serves every worker (`nercc worker --repository DIR --index i`)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="with --write-repository --native-onnxruntime: KIND_GPU instance groups and "
+                             "dynamic batching in the worker configs")
+    parser.add_argument("--metrics", action="store_true",
+                        help="open each server's Prometheus endpoint (Triton metrics) on a free port")
+    from nercc.serving.node import add_tls_options
+
+    add_tls_options(parser)
 
 
 def _models(args) -> list:
@@ -69,17 +79,26 @@ def _write_repository(args) -> int:
     folders = write_repository(args.write_repository, _models(args), role=args.role,
                                native_onnxruntime=args.native_onnxruntime,
                                max_request_bytes=args.max_request_bytes, intra_op_threads=args.ort_threads,
-                               master_instances=args.master_instances)
+                               master_instances=args.master_instances, copy=args.copy, gpu=args.gpu)
     for folder in folders:
         print(folder)
     kind = "native onnxruntime" if args.native_onnxruntime else "Python-backend onnxruntime"
-    print(f"wrote {len(folders)} model folder(s) to {args.write_repository} ({kind} workers)")
+    kind += ", KIND_GPU" if args.gpu else ""
+    copy = "; real files, no links" if args.copy else ""
+    print(f"wrote {len(folders)} model folder(s) to {args.write_repository} ({kind} workers{copy})")
     return 0
 
 
 def main(args) -> int:
     if args.write_repository is not None:
-        return _write_repository(args)
+        try:
+            return _write_repository(args)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"nercc serve: {exc}", file=sys.stderr)
+            return 2
+    if args.copy or args.gpu:
+        print("nercc serve: --copy and --gpu go with --write-repository DIR", file=sys.stderr)
+        return 2
     models = _models(args)
     if len(models) != 1:
         print("nercc serve: a cluster serves one model; give a single --model", file=sys.stderr)
@@ -97,13 +116,20 @@ def main(args) -> int:
     def _terminate(signum, frame):
         raise KeyboardInterrupt
 
+    from nercc.serving.node import tls_from_args
+
+    try:
+        tls = tls_from_args(args)
+    except ValueError as exc:
+        print(f"nercc serve: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)
     cluster = LocalCluster(
         models[0], n_workers=args.workers, straggler=args.straggler, seed=args.seed, base_port=args.base_port,
         tritonserver=args.tritonserver, master=not args.no_master, http=args.http, ort_threads=args.ort_threads,
         master_instances=args.master_instances, max_request_bytes=args.max_request_bytes,
         start_timeout_s=args.start_timeout, workdir=args.log_dir,
-        keep_logs=args.log_dir is not None,
+        keep_logs=args.log_dir is not None, metrics=args.metrics, tls=tls,
     )
     n_servers = args.workers + (0 if args.no_master else 1)
     print(f"starting {n_servers} tritonserver(s) for {models[0]} (straggler: {cluster.straggler}) ...", flush=True)
@@ -117,11 +143,12 @@ def main(args) -> int:
                 print(f"worker {i:<2} {url}   model {models[0]}")
             if args.http:
                 print(f"HTTP: master {cluster.master_http_url}, workers {', '.join(cluster.worker_http_urls)}")
+            if args.metrics:
+                print(f"metrics: {', '.join(cluster.metrics_urls)}")
             if args.urls_file is not None:
-                args.urls_file.write_text(json.dumps({
-                    "model": models[0], "master_url": cluster.master_url, "worker_urls": cluster.worker_urls,
-                    "straggler": cluster.straggler, "seed": args.seed,
-                }, indent=2) + "\n")
+                from nercc.serving.urls import write_urls
+
+                write_urls(args.urls_file, cluster.description())
                 print(f"URLs written to {args.urls_file}")
             if args.log_dir is not None:
                 print(f"logs in {args.log_dir}/<role>/tritonserver.log")

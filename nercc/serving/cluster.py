@@ -9,6 +9,14 @@ Python-backend shared-memory prefix. Servers start all at once; the cluster is r
 server answers "ready" over gRPC (Triton opens its ports only after all models loaded). A server
 that exits early raises :class:`ServerStartError` with the tail of its log.
 
+The same launcher starts single servers on hosts of their own (``nercc worker`` / ``nercc master``, see
+:mod:`nercc.serving.node`): ``host`` picks the bind address, ``first_worker_index`` the worker's index,
+``grpc_port``/``http_port``/``metrics_port`` fixed ports, ``tls`` a certificate and key (Triton's
+``--grpc-use-ssl``), ``repository`` a repository written once (``nercc serve --write-repository DIR --copy``)
+instead of per-server runtime ones. Per-worker settings (index, straggler, seed, device) reach the worker's
+Python model through the server's environment (``NERCC_WORKER_INDEX``, ``NERCC_STRAGGLER``, ``NERCC_SEED``,
+``NERCC_DEVICE``), so one repository serves every worker.
+
 Stopping (``stop()``, the end of the ``with`` block, an exception, Ctrl-C, interpreter exit): SIGTERM to
 every server's process group (the server and its Python stubs), SIGKILL after ``stop_timeout_s``, then
 the shared-memory regions with our prefixes are removed. Servers also get SIGTERM when the Python
@@ -38,6 +46,7 @@ from pathlib import Path
 from typing import List, Sequence, Union
 
 from nercc.serving import repository as repo
+from nercc.serving.backend_utils import WORKER_ENV  # per-worker settings travel in the server's environment
 from nercc.serving.stragglers import parse_straggler
 
 PathLike = Union[str, Path]
@@ -61,6 +70,57 @@ class ServerStartError(ClusterError):
 
 class PortInUseError(ClusterError):
     """A requested port is already taken by another process."""
+
+
+DEVICES = ("auto", "cpu", "cuda")
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def connect_host(host: str) -> str:
+    """Where a local client reaches a server bound to ``host`` (a wildcard bind is reached on loopback)."""
+    return HOST if host in _WILDCARDS else host
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for gRPC over TLS: the server's certificate and key, and a CA for mutual TLS.
+
+    With ``ca`` given the server requires client certificates signed by it (Triton's ``--grpc-use-ssl-mutual``)
+    unless ``mutual=False``; clients verify the server against ``ca`` (or the system roots when None).
+    """
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    mutual: bool | None = None
+
+    def __post_init__(self):
+        for name in ("cert", "key", "ca"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            path = Path(value).resolve()
+            if not path.is_file():
+                raise ValueError(f"TLS {name} file {value} does not exist")
+            object.__setattr__(self, name, path)
+        if self.mutual and self.ca is None:
+            raise ValueError("mutual TLS needs a CA (--tls-ca) to verify client certificates")
+        if self.mutual is None:
+            object.__setattr__(self, "mutual", self.ca is not None)
+
+    def server_args(self) -> List[str]:
+        args = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
+        if self.ca is not None:
+            args.append(f"--grpc-root-cert={self.ca}")
+        args.append(f"--grpc-use-ssl-mutual={'true' if self.mutual else 'false'}")
+        return args
+
+    def probe_client_kwargs(self) -> dict:
+        """tritonclient.grpc kwargs for the launcher's readiness probe (mutual TLS: the server's own pair)."""
+        kwargs = {"ssl": True, "root_certificates": None if self.ca is None else str(self.ca)}
+        if self.mutual:
+            kwargs.update(private_key=str(self.key), certificate_chain=str(self.cert))
+        return kwargs
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -206,6 +266,10 @@ class TritonServer:
     http_port: int | None
     shm_prefix: str
     log_path: Path
+    host: str = HOST  # bind address
+    metrics_port: int | None = None
+    env: dict = field(default_factory=dict)  # per-server additions (NERCC_WORKER_INDEX...)
+    load_models: List[str] = field(default_factory=list)  # explicit model control: only these (shared repository)
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     ready_at: float | None = None
@@ -215,7 +279,16 @@ class TritonServer:
 
     @property
     def url(self) -> str:
-        return f"{HOST}:{self.grpc_port}"
+        return f"{connect_host(self.host)}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str | None:
+        return None if self.http_port is None else f"{connect_host(self.host)}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Triton's Prometheus endpoint (``http://host:port/metrics``) when metrics are on."""
+        return None if self.metrics_port is None else f"http://{connect_host(self.host)}:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -280,11 +353,21 @@ class LocalCluster:
     tritonserver : path of a tritonserver binary (default: $NERCC_TRITONSERVER, nvidia-pytriton's, PATH)
     model_repository : where the exported models live (default ``nercc.paths.MODEL_REPOSITORY``)
     master : also start the master (encoder, preprocess, ensemble); False for workers only
+    start_workers : also start the workers; False for a master alone (``n_workers`` then only sizes its
+        shared memory for N coded inputs)
     http : also open HTTP endpoints (``.master_http_url``, ``.worker_http_urls``), off by default
     ort_threads : onnxruntime intra-op threads per worker (1: workers share the cores)
     max_request_bytes : the encoder's per-request byte limit (input and coded output)
     master_instances : model instances of the master's preprocess and encoder (concurrent encodes)
     start_timeout_s / stop_timeout_s : readiness wait; grace between SIGTERM and SIGKILL
+    host : bind address of every server (default 127.0.0.1; binding elsewhere is an explicit choice)
+    first_worker_index : index of the first worker started here (a worker host runs ``nercc worker --index i``)
+    grpc_port / http_port / metrics_port : fixed ports of a single-server launch (``nercc worker/master``)
+    metrics : open Triton's Prometheus endpoint (``.metrics_urls``), off by default here
+    tls : :class:`TLSFiles` for gRPC over TLS (mutual when it has a CA)
+    repository : serve this written repository (``write_repository(..., copy=True)``) instead of writing
+        runtime ones; each server loads only its own models, per-worker settings come from the environment
+    device : the worker's onnxruntime device: auto (CUDA when available), cpu or cuda
     workdir : where runtime repositories and logs go (default: a fresh temp dir, removed on stop
         unless ``keep_logs``)
     """
@@ -310,6 +393,16 @@ class LocalCluster:
         workdir: PathLike | None = None,
         keep_logs: bool = False,
         log_verbose: int = 0,
+        host: str = HOST,
+        first_worker_index: int = 0,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        metrics_port: int | None = None,
+        metrics: bool = False,
+        tls: TLSFiles | None = None,
+        repository: PathLike | None = None,
+        device: str = "cpu",
+        start_workers: bool = True,
     ):
         if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
             raise ValueError(f"n_workers must be an int >= 1, got {n_workers!r}")
@@ -337,8 +430,39 @@ class LocalCluster:
         self._workdir_arg = workdir
         self.keep_logs = keep_logs
         self.log_verbose = int(log_verbose)
-        self.meta = repo.read_model_meta(model, self.model_repository)  # fails fast on a missing model
-        if not self.meta.onnx_path.exists():
+        if first_worker_index < 0:
+            raise ValueError(f"first_worker_index must be >= 0, got {first_worker_index}")
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        fixed = {"grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port}
+        if any(v is not None for v in fixed.values()):
+            if (n_workers if start_workers else 0) + (1 if master else 0) != 1:
+                raise ValueError("grpc_port/http_port/metrics_port fix the ports of a single server "
+                                 "(one worker, or the master alone); use base_port for a cluster")
+            if base_port is not None:
+                raise ValueError("give either base_port or grpc_port/http_port/metrics_port, not both")
+            for name, value in fixed.items():
+                if value is not None and not 1 <= int(value) <= 65535:
+                    raise ValueError(f"{name} must be in 1..65535, got {value}")
+        self.fixed_ports = fixed
+        if not master and not start_workers:
+            raise ValueError("nothing to start: master=False and start_workers=False")
+        self.start_workers = bool(start_workers)
+        self.host = str(host)
+        self.first_worker_index = int(first_worker_index)
+        self.metrics = bool(metrics) or metrics_port is not None
+        self.http = self.http or http_port is not None
+        self.tls = tls
+        self.repository = None if repository is None else Path(repository).resolve()
+        self.device = device
+        if self.repository is not None:
+            self.meta = repo.repository_model_meta(self.repository, model)
+        else:
+            self.meta = repo.read_model_meta(model, self.model_repository)  # fails fast on a missing model
+        if self.repository is not None and not (self.repository / self.meta.name / "config.pbtxt").exists() \
+                and start_workers:
+            raise FileNotFoundError(f"{self.repository} has no worker model {self.meta.name}/config.pbtxt")
+        if self.repository is None and not self.meta.onnx_path.exists():
             raise FileNotFoundError(f"no ONNX model at {self.meta.onnx_path}: export it first (`nercc export {model}`)")
         self.token = f"nercc{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self.servers: List[TritonServer] = []
@@ -352,6 +476,10 @@ class LocalCluster:
     @property
     def master(self) -> TritonServer | None:
         return self.servers[0] if self.servers and self.servers[0].role == "master" else None
+
+    @property
+    def _n_worker_servers(self) -> int:
+        return self.n_workers if self.start_workers else 0
 
     @property
     def workers(self) -> List[TritonServer]:
@@ -369,12 +497,23 @@ class LocalCluster:
 
     @property
     def master_http_url(self) -> str | None:
-        m = self.master
-        return None if m is None or m.http_port is None else f"{HOST}:{m.http_port}"
+        return None if self.master is None else self.master.http_url
 
     @property
     def worker_http_urls(self) -> List[str]:
-        return [f"{HOST}:{s.http_port}" for s in self.workers if s.http_port is not None]
+        return [s.http_url for s in self.workers if s.http_port is not None]
+
+    @property
+    def metrics_urls(self) -> List[str]:
+        """Prometheus endpoints of every server (master first), when started with metrics=True."""
+        return [s.metrics_url for s in self.servers if s.metrics_port is not None]
+
+    def description(self) -> dict:
+        """The cluster description clients read (``urls.json``; :func:`nercc.serving.urls.read_urls`)."""
+        from nercc.serving.urls import describe
+
+        return describe(self.model, [self.master_url] if self.master_url else [], self.worker_urls,
+                        straggler=self.straggler, seed=self.seed, tls=self.tls is not None)
 
     @property
     def shm_prefix(self) -> str:
@@ -433,37 +572,63 @@ class LocalCluster:
         self.startup_s = time.perf_counter() - t0
 
     def _ports(self) -> List[int]:
-        n_servers = self.n_workers + (1 if self.with_master else 0)
-        n_ports = n_servers * (2 if self.http else 1)
-        if self.base_port is None:
-            return free_ports(n_ports)
-        ports = list(range(self.base_port, self.base_port + n_ports))
-        busy = [p for p in ports if not port_is_free(p)]
+        n_servers = self._n_worker_servers + (1 if self.with_master else 0)
+        n_ports = n_servers * (1 + int(self.http) + int(self.metrics))
+        if any(v is not None for v in self.fixed_ports.values()):
+            wanted = [self.fixed_ports["grpc_port"]]
+            wanted += [self.fixed_ports["http_port"]] if self.http else []
+            wanted += [self.fixed_ports["metrics_port"]] if self.metrics else []
+            missing = [i for i, p in enumerate(wanted) if p is None]
+            spare = iter(free_ports(len(missing), self.host if self.host not in _WILDCARDS else HOST))
+            ports = [next(spare) if p is None else int(p) for p in wanted]
+            if len(set(ports)) != len(ports):
+                raise ValueError(f"gRPC, HTTP and metrics ports must differ, got {ports}")
+        elif self.base_port is None:
+            return free_ports(n_ports, self.host if self.host not in _WILDCARDS else HOST)
+        else:
+            ports = list(range(self.base_port, self.base_port + n_ports))
+        busy = [p for p in ports if not port_is_free(p, self.host)]
         if busy:
-            raise PortInUseError(f"port(s) {', '.join(map(str, busy))} on {HOST} already in use "
-                                 f"(base_port={self.base_port} needs {ports[0]}-{ports[-1]}); "
-                                 "pick another base_port or leave it None for free ports")
+            where = f"base_port={self.base_port} needs {ports[0]}-{ports[-1]}" if self.base_port else "fixed ports"
+            raise PortInUseError(f"port(s) {', '.join(map(str, busy))} on {self.host} already in use "
+                                 f"({where}); pick other ports or leave them None for free ports")
         return ports
 
     def _plan_servers(self) -> None:
         ports = self._ports()
-        n_servers = self.n_workers + (1 if self.with_master else 0)
-        grpc_ports, http_ports = ports[:n_servers], (ports[n_servers:] if self.http else [None] * n_servers)
-        roles = (["master"] if self.with_master else []) + [f"worker-{i}" for i in range(self.n_workers)]
+        n_servers = self._n_worker_servers + (1 if self.with_master else 0)
+        grpc_ports, rest = ports[:n_servers], ports[n_servers:]
+        http_ports = rest[:n_servers] if self.http else [None] * n_servers
+        rest = rest[n_servers:] if self.http else rest
+        metrics_ports = rest[:n_servers] if self.metrics else [None] * n_servers
+        first = self.first_worker_index
+        roles = (["master"] if self.with_master else []) + [f"worker-{first + i}" for i in range(self._n_worker_servers)]
+        name = self.meta.name
         for index, role in enumerate(roles):
             folder = self.workdir / role
-            repository = folder / "models"
-            if role == "master":
+            env, load = {}, []
+            if self.repository is not None:
+                repository = self.repository
+                load = [f"{name}_preprocess", f"{name}_encoder", f"{name}_encode"] if role == "master" else [name]
+            else:
+                repository = folder / "models"
+            if role == "master" and self.repository is None:
                 repo.write_master_models(repository, self.meta, absolute_paths=True,
                                          max_request_bytes=self.max_request_bytes,
                                          master_instances=self.master_instances)
-            else:
-                repo.write_worker_model(repository, self.meta, absolute_paths=True, straggler=self.straggler,
-                                        seed=self.seed, worker_index=int(role.split("-")[1]),
-                                        intra_op_threads=self.ort_threads, max_batch_size=self.worker_max_batch)
+            elif role != "master":
+                worker_index = int(role.split("-")[1])
+                if self.repository is None:
+                    repo.write_worker_model(repository, self.meta, absolute_paths=True, straggler=self.straggler,
+                                            seed=self.seed, worker_index=worker_index,
+                                            intra_op_threads=self.ort_threads, max_batch_size=self.worker_max_batch)
+                # the environment carries the per-worker settings (the only way for a shared repository)
+                env = {WORKER_ENV["worker_index"]: str(worker_index), WORKER_ENV["straggler"]: self.straggler,
+                       WORKER_ENV["seed"]: str(self.seed), WORKER_ENV["device"]: self.device}
             self.servers.append(TritonServer(
                 role=role, repository=repository, grpc_port=grpc_ports[index], http_port=http_ports[index],
                 shm_prefix=f"{self.token}_{role.replace('-', '')}_", log_path=folder / "tritonserver.log",
+                host=self.host, metrics_port=metrics_ports[index], env=env, load_models=load,
             ))
 
     def _shm_sizes(self, server: TritonServer) -> tuple:
@@ -482,8 +647,7 @@ class LocalCluster:
             str(binary),
             f"--model-repository={server.repository}",
             f"--backend-directory={backends}",
-            f"--grpc-address={HOST}", f"--grpc-port={server.grpc_port}",
-            "--allow-metrics=false", "--allow-gpu-metrics=false",
+            f"--grpc-address={server.host}", f"--grpc-port={server.grpc_port}",
             "--pinned-memory-pool-byte-size=0",
             "--disable-auto-complete-config",
             "--exit-on-error=true",
@@ -497,9 +661,21 @@ class LocalCluster:
         if caches.is_dir():
             cmd.append(f"--cache-directory={caches}")
         if server.http_port is not None:
-            cmd += ["--allow-http=true", f"--http-address={HOST}", f"--http-port={server.http_port}"]
+            cmd += ["--allow-http=true", f"--http-address={server.host}", f"--http-port={server.http_port}"]
         else:
             cmd.append("--allow-http=false")
+        if server.metrics_port is not None:
+            # GPU metrics only where a GPU driver is there to report them (else DCGM noise at start)
+            gpu = "true" if self.device != "cpu" and Path("/dev/nvidiactl").exists() else "false"
+            cmd += ["--allow-metrics=true", f"--allow-gpu-metrics={gpu}", f"--metrics-address={server.host}",
+                    f"--metrics-port={server.metrics_port}"]
+        else:
+            cmd += ["--allow-metrics=false", "--allow-gpu-metrics=false"]
+        if self.tls is not None:
+            cmd += self.tls.server_args()
+        if server.load_models:
+            cmd.append("--model-control-mode=explicit")
+            cmd += [f"--load-model={m}" for m in server.load_models]
         cmd += server.extra_args
         server.log_path.parent.mkdir(parents=True, exist_ok=True)
         in_main_thread = threading.current_thread() is threading.main_thread()
@@ -508,7 +684,7 @@ class LocalCluster:
             log.flush()
             try:
                 server.process = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env={**env, **server.env},
                     start_new_session=True,  # own process group: Ctrl-C in a terminal reaches us, not them
                     preexec_fn=_die_with_parent if in_main_thread else None,
                 )
@@ -534,7 +710,8 @@ class LocalCluster:
                         raise ServerStartError(self._failure(server, f"exited with code {code} while starting"))
                     client = clients.get(server.role)
                     if client is None:
-                        client = clients[server.role] = grpcclient.InferenceServerClient(server.url)
+                        tls = {} if self.tls is None else self.tls.probe_client_kwargs()
+                        client = clients[server.role] = grpcclient.InferenceServerClient(server.url, **tls)
                     try:
                         ready = client.is_server_ready(client_timeout=1.0)
                     except InferenceServerException:
@@ -557,7 +734,8 @@ class LocalCluster:
 
     def _retry_on_port_race(self, server: TritonServer) -> bool:
         """Relaunch on fresh ports when a port we picked was taken before the server bound it (free ports only)."""
-        if self.base_port is not None or server.port_retries >= _PORT_RETRIES:
+        if self.base_port is not None or server.port_retries >= _PORT_RETRIES \
+                or any(v is not None for v in self.fixed_ports.values()):
             return False
         if not any(m in server.log_tail(40).lower() for m in ("already in use", "address in use")):
             return False
@@ -565,9 +743,12 @@ class LocalCluster:
         _signal_group(server.process.pid, signal.SIGKILL)  # its stub may still be up
         _wait_gone([server.process.pid], timeout_s=5.0)
         self._remove_shm(server)
-        server.grpc_port = free_ports(1)[0]
+        host = connect_host(server.host)
+        server.grpc_port = free_ports(1, host)[0]
         if server.http_port is not None:
-            server.http_port = free_ports(1)[0]
+            server.http_port = free_ports(1, host)[0]
+        if server.metrics_port is not None:
+            server.metrics_port = free_ports(1, host)[0]
         self._launch(*self._launch_args[:2], server, self._launch_args[2])
         return True
 

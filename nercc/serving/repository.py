@@ -11,7 +11,10 @@ master role
     [N, ...]) and the ensemble ``<name>_encode`` = preprocess -> encoder (RAW -> CODED).
 
 The LocalCluster writes one runtime repository per server into a temporary folder (absolute links);
-``nercc serve --write-repository DIR`` writes a static one (relative links where possible) for a deployment.
+``nercc serve --write-repository DIR`` writes a static one (relative links where possible) for a deployment,
+and with ``--copy`` a portable one: real files only (ONNX, model.py, nercc.json and tuning.json copied into
+every model folder), no links and no host paths, so the folder can be shipped to other hosts or baked into
+an image. Per-worker settings are not in it: each worker server gets them from its environment.
 Config parameters that name files may be relative: the Python models resolve them against their own
 model folder, so a written repository can be moved together with the checkout.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Sequence, Union
@@ -77,6 +81,17 @@ def _prod(shape: Iterable[int]) -> int:
     for d in shape:
         out *= int(d)
     return out
+
+
+def repository_model_meta(repository: PathLike, model: str) -> ModelMeta:
+    """Metadata of ``model`` in a written repository: ``<model>/nercc.json``, else ``<model>_encoder/nercc.json``."""
+    repository = Path(repository)
+    for folder in (repository / model, repository / f"{model}_encoder", repository / f"{model}_preprocess"):
+        if (folder / "nercc.json").exists():
+            meta = read_model_meta(folder)
+            return ModelMeta(**{**meta.__dict__, "name": model})
+    raise FileNotFoundError(f"{repository} has no {model}/nercc.json or {model}_encoder/nercc.json: write it with "
+                            f"`nercc serve --write-repository {repository} --copy --model {model}`")
 
 
 def read_model_meta(model: PathLike, model_repository: PathLike | None = None) -> ModelMeta:
@@ -168,6 +183,8 @@ def worker_config(
     intra_op_threads: int = 1,
     max_batch_size: int = DEFAULT_WORKER_MAX_BATCH,
     onnx_path: str | None = None,
+    gpu: bool = False,
+    gpu_instances: int = 1,
 ) -> str:
     """config.pbtxt of the worker model ``<name>``: input ``input`` [b, *input_shape], output ``probs``."""
     inputs = [_tensor(meta.input_name, "TYPE_FP32", meta.input_shape)]
@@ -179,7 +196,12 @@ def worker_config(
             raise ValueError("straggler injection runs in the Python-backend worker; the native onnxruntime "
                              "config has none (use straggler='none')")
         extra = _parameters({"intra_op_thread_count": intra_op_threads, "inter_op_thread_count": 1})
-        # No instance_group: Triton then places the instance on a GPU when there is one, else on the CPU.
+        if gpu:
+            # Explicit GPU placement, and dynamic batching: several workers' requests sharing one GPU are
+            # batched by Triton instead of running one small batch at a time.
+            extra = (f"instance_group [\n  {{\n    kind: KIND_GPU\n    count: {int(gpu_instances)}\n  }}\n]\n"
+                     "dynamic_batching {\n  max_queue_delay_microseconds: 100\n}\n" + extra)
+        # No instance_group otherwise: Triton places the instance on a GPU when there is one, else on the CPU.
         return _config(meta.name, 'platform: "onnxruntime_onnx"\ndefault_model_filename: "model.onnx"',
                        max_batch_size, inputs, outputs, extra, instances=False)
     params = {
@@ -253,8 +275,16 @@ def master_configs(
 # writing folders
 
 
-def _link(target: Path, link: Path, relative: bool) -> None:
+def _link(target: Path, link: Path, relative) -> None:
+    """Link ``link`` to ``target`` (relative or absolute); ``relative="copy"``: a real copy of the file."""
     link.parent.mkdir(parents=True, exist_ok=True)
+    if relative == "copy":
+        if link.is_symlink():
+            link.unlink()
+        if not (link.exists() and link.stat().st_size == target.stat().st_size
+                and link.read_bytes() == target.read_bytes()):
+            shutil.copyfile(target, link)
+        return
     if link.is_symlink() or link.exists():
         if link.resolve() == target.resolve():
             return
@@ -299,9 +329,20 @@ def write_worker_model(
         _link(meta.onnx_path, version / "model.onnx", relative)
     if not native_onnxruntime:
         _link(PYTHON_BACKENDS / "onnx_worker" / "model.py", version / "model.py", relative)
-    elif (version / "model.py").is_symlink():
+    elif (version / "model.py").is_symlink() or (relative == "copy" and (version / "model.py").exists()):
         (version / "model.py").unlink()  # a native-ORT folder must not carry the Python worker
+    if relative == "copy":
+        _copy_metadata(meta, folder)
     return folder
+
+
+def _copy_metadata(meta: ModelMeta, folder: Path) -> None:
+    """nercc.json and tuning.json beside a model's config (Triton ignores them; our models and tools read them)."""
+    if folder.resolve() == meta.dir.resolve():
+        return
+    for name in ("nercc.json", "tuning.json"):
+        if (meta.dir / name).exists():
+            _link(meta.dir / name, folder / name, "copy")
 
 
 def write_master_models(
@@ -315,7 +356,9 @@ def write_master_models(
 ) -> List[Path]:
     """Write ``dest/<name>_preprocess``, ``dest/<name>_encoder`` and ``dest/<name>_encode``."""
     dest = Path(dest)
-    if absolute_paths:
+    if relative == "copy":
+        model_dir_param, repo_root = ".", None  # metadata copied into each model folder; nercc is installed
+    elif absolute_paths:
         model_dir_param, repo_root = str(meta.dir), str(REPO_ROOT)
     else:
         # relative to each model folder; the Python models resolve it against args["model_repository"]
@@ -329,6 +372,8 @@ def write_master_models(
         _write(folder / "config.pbtxt", text)
         if model_name in backend_of:
             _link(PYTHON_BACKENDS / backend_of[model_name] / "model.py", folder / "1" / "model.py", relative)
+            if relative == "copy":
+                _copy_metadata(meta, folder)
         else:
             # ensembles need a version folder; the marker lets git keep it
             _write(folder / "1" / ".gitkeep", "")
@@ -346,19 +391,29 @@ def write_repository(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     intra_op_threads: int = 1,
     master_instances: int = 1,
+    copy: bool = False,
+    gpu: bool = False,
 ) -> List[Path]:
-    """A static repository for deployment (``nercc serve --write-repository``): worker and/or master models."""
+    """A static repository for deployment (``nercc serve --write-repository``): worker and/or master models.
+
+    ``copy``: real files, no links and no host paths (portable: ship it to other hosts or into an image).
+    ``gpu``: native onnxruntime workers get a KIND_GPU instance group and dynamic batching.
+    """
     if role not in ("all", "master", "worker"):
         raise ValueError(f"role must be 'all', 'master' or 'worker', got {role!r}")
+    if gpu and not native_onnxruntime:
+        raise ValueError("gpu=True writes native onnxruntime configs (KIND_GPU); add native_onnxruntime=True "
+                         "(the Python-backend worker picks its device from NERCC_DEVICE instead)")
     dest = Path(dest)
     # links stay relative inside the checkout (it can move as a whole), absolute from anywhere else
-    relative = _inside(dest, REPO_ROOT)
+    relative = "copy" if copy else _inside(dest, REPO_ROOT)
     written: List[Path] = []
     for model in models:
         meta = read_model_meta(model, model_repository)
         if role in ("all", "worker"):
+            extra = {"gpu": True} if gpu else {}
             written.append(write_worker_model(dest, meta, native_onnxruntime=native_onnxruntime, relative=relative,
-                                              intra_op_threads=intra_op_threads))
+                                              intra_op_threads=intra_op_threads, **extra))
         if role in ("all", "master"):
             written += write_master_models(dest, meta, relative=relative, absolute_paths=not relative,
                                            max_request_bytes=max_request_bytes, master_instances=master_instances)

@@ -10,7 +10,11 @@ Config parameters (all strings, all optional):
     intra_op_threads  onnxruntime intra-op threads (default 1: many workers share few cores)
     straggler         straggler profile (``nercc.serving.stragglers``), default ``none``
     seed, worker_index  seed the delay stream: same cluster seed, different stream per worker
+    device            onnxruntime device: auto (CUDA when this onnxruntime has it) | cpu | cuda; default auto
     nercc_repo_root   checkout to import ``nercc`` from when it is not installed in the stub's Python
+
+The server's environment overrides the per-worker ones (``NERCC_WORKER_INDEX``, ``NERCC_STRAGGLER``,
+``NERCC_SEED``, ``NERCC_DEVICE``), so one repository serves every worker (``nercc worker --index i``).
 """
 
 import json
@@ -40,7 +44,12 @@ class TritonPythonModel:
         _import_nercc(config)
         import onnxruntime as ort
 
-        from nercc.serving.backend_utils import config_param, triton_error
+        from nercc.serving.backend_utils import (
+            config_param,
+            onnxruntime_providers,
+            triton_error,
+            worker_setting,
+        )
         from nercc.serving.stragglers import StragglerSampler
 
         self._error = triton_error
@@ -54,21 +63,24 @@ class TritonPythonModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        device = worker_setting(config, "device", "auto")
+        providers = onnxruntime_providers(device, ort.get_available_providers())
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
 
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.onnx_input = self.session.get_inputs()[0].name
         self.onnx_output = self.session.get_outputs()[0].name
         self.straggler = StragglerSampler(
-            config_param(config, "straggler", "none"),
-            seed=int(config_param(config, "seed", "0")),
-            worker_index=int(config_param(config, "worker_index", "0")),
+            worker_setting(config, "straggler", "none"),
+            seed=int(worker_setting(config, "seed", "0")),
+            worker_index=int(worker_setting(config, "worker_index", "0")),
         )
         self.inject = self.straggler.profile.kind != "none"
         self.logger = pb_utils.Logger
         self.logger.log_info(
             f"onnx worker {args['model_name']}: {onnx_path.name}, {threads} intra-op thread(s), "
+            f"providers={','.join(self.session.get_providers())}, "
             f"straggler={self.straggler.profile}, seed={self.straggler.seed}, worker={self.straggler.worker_index}"
         )
 
