@@ -444,6 +444,13 @@ def configure(parser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON and CSV")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--byzantine", "-A", type=int, default=0, metavar="A",
+                        help="instead of the straggler sweep: A arrived workers answer finite wrong values; "
+                             "report MSE clean / straggling / Byzantine with and without robust decoding")
+    parser.add_argument("--attack", default=",".join(DEFAULT_ATTACKS),
+                        help=f"with --byzantine: comma list of wrong-answer kinds ({', '.join(ATTACKS)})")
+    parser.add_argument("--robust-threshold", type=float, default=None,
+                        help="with --byzantine: outlier threshold of robust decoding (default: the library's)")
 
 
 def settings(args) -> dict:
@@ -519,7 +526,60 @@ def extra_flags(args) -> List[str]:
     return out
 
 
+def run_byzantine_command(args) -> dict:
+    """`nercc bench accuracy --byzantine A`: the Byzantine comparison (report also written to JSON)."""
+    from nercc.models import OnnxModel, load_model_info
+
+    cfg = settings(args)
+    K, N, T = cfg["n_inputs"], cfg["n_workers"], cfg["trials"]
+    info = load_model_info(args.model)
+    f = OnnxModel(info, threads=args.threads)
+    progress = not args.quiet
+    started = time.perf_counter()
+    lams: Dict[int, Lams] = {}
+    for s in cfg["stragglers"]:
+        if args.lam_enc is not None or args.lam_dec is not None:
+            lams[s] = Lams(args.lam_enc or 0.0, args.lam_dec or 0.0, "given on the command line")
+        else:
+            lams[s] = resolve_lams(info, K, N, s, tune_missing=not args.no_tune, seed=args.seed,
+                                   threads=args.threads, progress=progress)
+    attacks = [a.strip() for a in args.attack.split(",") if a.strip()]
+    inputs = load_inputs(info, "eval", T * K, args.seed)
+    batch_size = args.batch_size or default_batch_size(info.input_dim)
+    core = run_byzantine(f, inputs, K, N, cfg["stragglers"], lams, args.byzantine, attacks, T, args.seed,
+                         batch_size, threshold=args.robust_threshold, progress=progress)
+    extra = extra_flags(args) + ["--byzantine", str(args.byzantine), "--attack", ",".join(attacks)]
+    if args.robust_threshold is not None:
+        extra += ["--robust-threshold", repr(args.robust_threshold)]
+    return {
+        "model": info.name, "N": N, "K": K, "trials": T, "seed": args.seed, "stragglers": cfg["stragglers"],
+        "command": command_line(accuracy_argv(info.name, cfg, args.seed, extra)),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "metrics": {
+            "clean": "MSE, S stragglers, every arrived answer honest, plain decode",
+            "clean_robust": "the same answers decoded with robust decoding (its cost when nobody lies)",
+            "straggling": "MSE when the A Byzantine workers simply do not answer (S + A stragglers)",
+            "robust/plain": "MSE with A arrived answers replaced by the attack, with and without robust decoding",
+            "caught_fraction": "trials where robust decoding dropped every wrong answer",
+        },
+        "lams": {str(s): lam.to_json() for s, lam in lams.items()},
+        "byzantine": core,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
 def main(args) -> int:
+    if args.byzantine:
+        if args.byzantine < 0:
+            raise ValueError(f"--byzantine must be >= 0, got {args.byzantine}")
+        report = run_byzantine_command(args)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"byzantine_{report['model']}_N{report['N']}_K{report['K']}_A{args.byzantine}.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(format_byzantine_table(report))
+        print(f"wrote {path} ({report['seconds']} s)")
+        return 0
     report = run(args)
     json_path, csv_path = write_results(report, Path(args.out))
     print(format_table(report))
@@ -527,3 +587,123 @@ def main(args) -> int:
         print(f"  S={s}: tuned NeRCC lam_enc={lam['lam_enc']:.3g} lam_dec={lam['lam_dec']:.3g} ({lam['source']})")
     print(f"wrote {json_path} and {csv_path} ({report['seconds']} s)")
     return 0
+
+
+# --------------------------------------------------------------------------------------------- Byzantine workers
+
+#: Ways a Byzantine worker answers (finite, wrong), given the honest answers ``y`` (A, C) of the A workers,
+#: the answers of every worker of the trial ``all_y`` (N, C) and a generator. All values are finite.
+ATTACKS: Dict[str, Callable] = {
+    # a plausible softmax vector for another input: right range, sums to 1
+    "dirichlet": lambda y, all_y, rng: rng.dirichlet(np.ones(y.shape[-1]), size=y.shape[0]),
+    # stuck at one class (a model that always says "3")
+    "onehot": lambda y, all_y, rng: np.eye(y.shape[-1])[rng.integers(0, y.shape[-1], size=y.shape[0])],
+    # the honest answer plus unit noise (a flaky GPU)
+    "gaussian": lambda y, all_y, rng: y + rng.standard_normal(y.shape),
+    # huge values (overflowed accumulators, a wrong scale)
+    "large": lambda y, all_y, rng: 1e6 * rng.standard_normal(y.shape),
+    # another worker's honest answer (a mix-up of requests): plausible and in range
+    "swap": lambda y, all_y, rng: all_y[rng.integers(0, all_y.shape[0], size=y.shape[0])],
+}
+DEFAULT_ATTACKS = tuple(ATTACKS)
+
+
+def byzantine_sets(arrived: np.ndarray, n_byzantine: int, seed: int) -> np.ndarray:
+    """(T, A) worker indices answering wrong: A distinct ones among each trial's arrived workers (seeded)."""
+    rng = np.random.default_rng([seed, 5, arrived.shape[1], n_byzantine])
+    return np.stack([np.sort(rng.choice(row, size=n_byzantine, replace=False)) for row in arrived])
+
+
+def run_byzantine(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, stragglers: Sequence[int],
+                  lams: Dict[int, Lams], n_byzantine: int, attacks: Sequence[str], n_trials: int, seed: int,
+                  batch_size: int, threshold: float | None = None, progress: bool = True) -> dict:
+    """MSE of each scheme with A of the arrived workers answering finite wrong values (no file I/O).
+
+    For every S and scheme, on the same trials: ``clean`` (S stragglers, plain decode), ``clean_robust``
+    (the same with robust decoding: its cost when nobody lies), ``straggling`` (the A workers simply do not
+    answer: S + A stragglers, plain decode) and, per attack, ``robust`` and ``plain`` decodes of the answers
+    with A wrong ones, plus how often robust decoding dropped exactly the wrong workers.
+    """
+    from tqdm import tqdm
+
+    from nercc.coding.robust import DEFAULT_THRESHOLD, robust_decode
+
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attack(s) {unknown}; known: {', '.join(ATTACKS)}")
+    if n_byzantine < 1:
+        raise ValueError(f"byzantine workers must be >= 1, got {n_byzantine}")
+    bad = [s for s in stragglers if n_workers - s - n_byzantine < n_inputs]
+    if bad:
+        raise ValueError(f"with {n_byzantine} Byzantine workers, stragglers must leave at least K = {n_inputs} "
+                         f"honest answers: S <= {n_workers - n_inputs - n_byzantine}, got {bad}")
+    batches = trial_batches(len(inputs.x), n_inputs, n_trials, seed)
+    model = BatchedModel(f, batch_size, progress)
+    ev = CodedEvaluator(model, inputs.x[batches], inputs.labels[batches])
+
+    def mse_of(y_hat, t):
+        return float(np.mean(np.sum((ev.base[t] - y_hat) ** 2, axis=-1)))
+
+    results: Dict[str, dict] = {}
+    jobs = [(s, name) for s in stragglers for name in SCHEMES]
+    bar = tqdm(jobs, desc="byzantine", unit="scheme", disable=not progress, file=sys.stderr)
+    for s, name in bar:
+        bar.set_postfix_str(f"S={s} {SCHEME_LABELS[name]}")
+        if name == "bacc":
+            scheme = make_scheme("bacc", n_inputs, n_workers)
+        elif name == "nercc0":
+            scheme = make_scheme("nercc", n_inputs, n_workers, 0.0, 0.0)
+        else:
+            scheme = make_scheme("nercc", n_inputs, n_workers, lams[s].lam_enc, lams[s].lam_dec)
+        key = encoder_key("bacc" if name == "bacc" else "nercc", 0.0 if name != "nercc" else lams[s].lam_enc)
+        outputs = ev.worker_outputs(key, scheme.encoding_matrix())
+        arrived = straggler_sets(n_workers, s, n_trials, seed)
+        liars = byzantine_sets(arrived, n_byzantine, seed + s)
+        rows = {m: np.empty(n_trials) for m in ("clean", "clean_robust", "straggling")}
+        false_drops = 0
+        per_attack = {a: {"robust": np.empty(n_trials), "plain": np.empty(n_trials), "caught": 0} for a in attacks}
+        for t in range(n_trials):
+            arr = arrived[t]
+            y = outputs[t, arr]
+            rows["clean"][t] = mse_of(scheme.decode(y, arr), t)
+            clean_r = robust_decode(scheme, y, arr, threshold=threshold)
+            rows["clean_robust"][t] = mse_of(clean_r.predictions, t)
+            false_drops += len(clean_r.dropped)
+            honest = np.setdiff1d(arr, liars[t])
+            rows["straggling"][t] = mse_of(scheme.decode(outputs[t, honest], honest), t)
+            where = np.searchsorted(arr, liars[t])
+            for a in attacks:
+                rng = np.random.default_rng([seed, 6, t, s, list(ATTACKS).index(a)])
+                y_bad = y.copy()
+                y_bad[where] = ATTACKS[a](y[where], outputs[t], rng)
+                per_attack[a]["plain"][t] = mse_of(scheme.decode(y_bad, arr), t)
+                r = robust_decode(scheme, y_bad, arr, threshold=threshold)
+                per_attack[a]["robust"][t] = mse_of(r.predictions, t)
+                per_attack[a]["caught"] += int(set(liars[t].tolist()) <= set(r.dropped))
+        row = {m: float(v.mean()) for m, v in rows.items()}
+        row["clean_false_drops_per_trial"] = false_drops / n_trials
+        row["attacks"] = {a: {"robust": float(v["robust"].mean()), "plain": float(v["plain"].mean()),
+                              "caught_fraction": v["caught"] / n_trials} for a, v in per_attack.items()}
+        results.setdefault(str(s), {})[name] = row
+    return {"results": results, "threshold": threshold, "n_byzantine": n_byzantine, "attacks": list(attacks),
+            "f_images": model.images, "f_seconds": round(model.seconds, 2)}
+
+
+def format_byzantine_table(report: dict) -> str:
+    """One line per (S, scheme, attack): clean, clean robust, straggling, Byzantine robust / plain, ratios."""
+    a = report["byzantine"]["n_byzantine"]
+    lines = [f"{report['model']}  N={report['N']} K={report['K']} trials={report['trials']}  "
+             f"A={a} Byzantine worker(s), threshold {report['byzantine']['threshold']}",
+             f"{'S':>3} {'scheme':<8} {'attack':<10} {'clean':>10} {'clean+rob':>10} {'straggling':>10} "
+             f"{'byz+robust':>10} {'byz plain':>10} {'rob/strag':>9} {'clean cost':>10} {'caught':>7}"]
+    for s, by_scheme in report["byzantine"]["results"].items():
+        for name in SCHEMES:
+            row = by_scheme[name]
+            for attack, v in row["attacks"].items():
+                lines.append(
+                    f"{s:>3} {SCHEME_LABELS[name]:<8} {attack:<10} {row['clean']:>10.3e} {row['clean_robust']:>10.3e} "
+                    f"{row['straggling']:>10.3e} {v['robust']:>10.3e} {v['plain']:>10.3e} "
+                    f"{v['robust'] / row['straggling']:>9.2f} {row['clean_robust'] / row['clean'] - 1:>+10.1%} "
+                    f"{v['caught_fraction']:>7.0%}")
+    return "\n".join(lines)

@@ -148,3 +148,19 @@ def test_cli_reports_bad_input(capsys):
     args = _args(tune.configure, ["--model", "no_such_model"])
     assert tune.main(args) == 2
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
+
+
+def test_byzantine_benchmark_robust_decoding(lenet, tmp_path, capsys):
+    """`nercc bench accuracy --byzantine 1`: robust decoding undoes a huge wrong answer and costs nothing clean."""
+    args = _args(accuracy.configure, ["--model", MODEL, "-N", "12", "-K", "4", "-S", "0", "-T", "30", "--no-tune",
+                                      "--quiet", "--byzantine", "1", "--attack", "large,dirichlet",
+                                      "--out", str(tmp_path)])
+    assert accuracy.main(args) == 0
+    assert "byz+robust" in capsys.readouterr().out
+    report = json.loads((tmp_path / "byzantine_lenet5_N12_K4_A1.json").read_text())
+    for name in ("bacc", "nercc"):
+        row = report["byzantine"]["results"]["0"][name]
+        assert row["clean_robust"] <= 1.05 * row["clean"]
+        large = row["attacks"]["large"]
+        assert large["caught_fraction"] == 1.0
+        assert large["robust"] <= 2.0 * row["straggling"] < large["plain"]

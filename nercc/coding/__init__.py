@@ -10,6 +10,7 @@ Pure numpy + scipy, no I/O; serving, the client and the benchmarks import it, ne
 
 from nercc.coding.berrut import berrut_matrix
 from nercc.coding.points import chebyshev_first, chebyshev_second
+from nercc.coding.robust import RobustDecodeResult, detect_outliers, robust_decode
 from nercc.coding.schemes import BACC, CodingScheme, NeRCC, make_scheme
 from nercc.coding.splines import smoothing_spline_matrix
 from nercc.coding.tuning import (
@@ -30,6 +31,9 @@ __all__ = [
     "chebyshev_second",
     "smoothing_spline_matrix",
     "berrut_matrix",
+    "robust_decode",
+    "detect_outliers",
+    "RobustDecodeResult",
     "tune",
     "TuneResult",
     "evaluate",

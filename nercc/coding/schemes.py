@@ -103,7 +103,8 @@ def _raw_key(arrived) -> tuple | None:
 class CodingScheme:
     """Common machinery: nodes, validation, encode/decode, the LRU cache of decoding matrices.
 
-    Subclasses implement ``_build_encoding()`` (N, K) and ``_build_decoding(arrived)`` (K, |arrived|).
+    Subclasses implement ``_build_encoding()`` (N, K) and ``_regression_matrix(knot_workers, points)``, the
+    decoding regression through the betas of ``knot_workers`` evaluated at ``points``.
     """
 
     name = "base"
@@ -141,8 +142,12 @@ class CodingScheme:
     def _build_encoding(self) -> np.ndarray:
         raise NotImplementedError
 
-    def _build_decoding(self, arrived: Tuple[int, ...]) -> np.ndarray:
+    def _regression_matrix(self, knot_workers: Tuple[int, ...], points: np.ndarray) -> np.ndarray:
+        """(len(points), len(knot_workers)): the decoding regression through those workers' betas, at points."""
         raise NotImplementedError
+
+    def _build_decoding(self, arrived: Tuple[int, ...]) -> np.ndarray:
+        return self._regression_matrix(arrived, self.alphas)
 
     # -- matrices -----------------------------------------------------------------------------------
     def _encoding_operator(self) -> _Operator:
@@ -173,6 +178,40 @@ class CodingScheme:
                 return op
             self.cache_misses += 1
         op = _Operator(self._build_decoding(key))  # outside the lock: other threads keep decoding
+        return self._cache_put(key, op)
+
+    def _build_loo_residual(self, arrived: Tuple[int, ...]) -> np.ndarray:
+        """L = I - P, P[i, j] = weight of answer j in the decoding regression fitted without i, at beta_i."""
+        n = len(arrived)
+        L = np.eye(n)
+        betas = self.betas[list(arrived)]
+        for i in range(n):
+            others = arrived[:i] + arrived[i + 1:]
+            row = self._regression_matrix(others, betas[i : i + 1])[0]
+            L[i, :i] -= row[:i]
+            L[i, i + 1:] -= row[i:]
+        return L
+
+    def loo_residual_operator(self, arrived: Arrived) -> np.ndarray:
+        """The (|F|, |F|) float64 leave-one-out residual operator L of the decoding regression (read-only).
+
+        Row i of ``L @ y`` is y_i minus the decoding regression fitted to the other arrived answers,
+        evaluated at beta_i (see :mod:`nercc.coding.robust`). Cached with the decoding matrices.
+        """
+        key = check_arrived(arrived, self.n_workers)
+        if len(key) < 3:
+            raise ValueError(f"arrived must hold at least 3 workers for leave-one-out residuals, got {len(key)}")
+        cache_key = ("loo",) + key
+        with self._lock:
+            op = self._cache.get(cache_key)
+            if op is not None:
+                self._cache.move_to_end(cache_key)
+                return op.float64
+        op = _Operator(self._build_loo_residual(key))
+        self._cache_put(cache_key, op)
+        return op.float64
+
+    def _cache_put(self, key, op: _Operator) -> _Operator:
         if self.cache_size == 0 or op.nbytes > self.cache_bytes:
             return op
         with self._lock:
@@ -269,8 +308,8 @@ class NeRCC(CodingScheme):
     def _build_encoding(self) -> np.ndarray:
         return smoothing_spline_matrix(self.alphas, self.lam_enc, self.betas)
 
-    def _build_decoding(self, arrived: Tuple[int, ...]) -> np.ndarray:
-        return smoothing_spline_matrix(self.betas[list(arrived)], self.lam_dec, self.alphas)
+    def _regression_matrix(self, knot_workers: Tuple[int, ...], points: np.ndarray) -> np.ndarray:
+        return smoothing_spline_matrix(self.betas[list(knot_workers)], self.lam_dec, points)
 
     def __repr__(self) -> str:
         return (
@@ -290,8 +329,8 @@ class BACC(CodingScheme):
     def _build_encoding(self) -> np.ndarray:
         return berrut_matrix(self.alphas, self.betas)
 
-    def _build_decoding(self, arrived: Tuple[int, ...]) -> np.ndarray:
-        return berrut_matrix(self.betas[list(arrived)], self.alphas)
+    def _regression_matrix(self, knot_workers: Tuple[int, ...], points: np.ndarray) -> np.ndarray:
+        return berrut_matrix(self.betas[list(knot_workers)], points)
 
 
 def make_scheme(
