@@ -21,6 +21,7 @@ COMMANDS = {
     "serve": ("nercc.serving.cli", "start a local Triton cluster (master + N workers) and keep it up"),
     "worker": ("nercc.serving.worker_cli", "start one worker tritonserver on this host (multi-host clusters)"),
     "master": ("nercc.serving.master_cli", "start one master tritonserver on this host (multi-host clusters)"),
+    "deploy": ("nercc.deploy.cli", "write Kubernetes manifests and a Containerfile (StatefulSet of workers, masters)"),
     "demo": ("nercc.demo", "the main job: local cluster, LeNet5, stragglers, every scheme, latency/accuracy table"),
     "loadtest": ("loadtest.run", "Locust tail-latency benchmark of uncoded / replication / BACC / NeRCC"),
     "tune": ("bench.tune", "jointly tune (lam_enc, lam_dec) for a model and write its tuning profile"),
@@ -56,6 +57,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.parse_args(argv or ["--help"])
         return 2
     name = argv[0]
+    module, cmd_parser = command_parser(name)
+    args = cmd_parser.parse_args(argv[1:])
+    return int(module.main(args) or 0)
+
+
+def command_parser(name: str):
+    """(module, argparse parser) of ``nercc <name>`` (also used to check generated command lines)."""
     module = _load(COMMANDS[name][0])
     cmd_parser = argparse.ArgumentParser(
         prog=f"nercc {name}",
@@ -63,8 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     module.configure(cmd_parser)
-    args = cmd_parser.parse_args(argv[1:])
-    return int(module.main(args) or 0)
+    return module, cmd_parser
 
 
 if __name__ == "__main__":
