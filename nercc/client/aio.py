@@ -1,0 +1,422 @@
+"""The asyncio transport of the coded client: :class:`CodedClient` on ``tritonclient.grpc.aio``.
+
+One ``await client.infer(batch)`` for a batch of K inputs: (1) the payloads: coded inputs from the master
+(``<model>_encode`` for raw uint8, ``<model>_encoder`` for float32) or made locally (``encode="local"``, and
+the baselines' preprocessing); (2) the fan-out the plan of :func:`nercc.client.core.plan_requests` names, one
+gRPC request per worker (batch 1 each); (3) the wait, driven by :class:`nercc.client.core.WaitState`: every
+request records the time its answer arrived (in the request's own coroutine, not when the waiting coroutine
+wakes up later) and wakes the driver, which feeds the state machine and sleeps until the next answer or
+:meth:`~nercc.client.core.WaitState.next_wakeup`; (4) the decode. Schemes, policies and the wire protocol:
+:mod:`nercc.client.core` and ``docs/client.md``.
+
+A worker that errors, times out or is unreachable counts as a straggler: its error is recorded, nothing
+crashes. Requests still in flight when the batch decodes are abandoned (left to finish), not cancelled,
+unless ``cancel_stragglers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, List, Tuple
+
+import numpy as np
+
+from nercc.client.base import ClientBase
+from nercc.client.core import (
+    DECODE,
+    GIVE_UP,
+    MIN_CODED_ANSWERS,
+    CodedResult,
+    Decision,
+    MasterError,
+    ModelSpec,
+    WaitState,
+    spec_from_server_metadata,
+)
+
+#: gRPC deadline added to the hard timeout for worker requests when stragglers are abandoned, not cancelled.
+ABANDONED_REQUEST_TIMEOUT_S = 60.0
+#: Most extra warm-up batches ``hedged`` sends to measure its hedge delay.
+WARMUP_HEDGE_BATCHES_MAX = 50
+
+
+def _error_text(exc: BaseException) -> str:
+    message = getattr(exc, "message", None)
+    text = message() if callable(message) else str(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+def _swallow(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class CodedClient(ClientBase):
+    """Coded prediction serving over Triton gRPC (asyncio).
+
+    Parameters
+    ----------
+    master_url, worker_urls : gRPC ``host:port`` of the master (encoder) and of the N workers.
+    model : served model name (``lenet5``); its ``model_repository/<model>/nercc.json`` gives the shapes,
+        else the servers' metadata is queried on first use.
+    scheme : ``nercc`` | ``bacc`` | ``uncoded`` | ``replication`` | ``hedged``.
+    deadline_ms : end-to-end budget per ``infer`` call, counted from the call.
+    policy : ``deadline`` | ``first:M`` | ``all``.
+    n_inputs : K; None accepts any K per call (schemes are built and cached per K).
+    lam_enc, lam_dec : NeRCC smoothing; None looks them up in the model's tuning profile
+        (:func:`nercc.profiles.lookup`, lam_dec per number of answers when the profile has a table). The client
+        always sends its lam_enc to the master, so encoder and decoder agree.
+    n_stragglers : expected stragglers S for the profile lookup; default N - M for ``first:M``, else 0.
+    hard_timeout_ms : longest an ``infer`` call waits for the minimum number of answers.
+    model_dir : folder with ``nercc.json`` / ``tuning.json`` (default ``model_repository/<model>``).
+    channel_args : gRPC channel options.
+    cancel_stragglers : cancel (gRPC cancel) the requests still in flight once the client has decoded. Off by
+        default: Triton up to 2.52 (24.11) can crash on a cancellation that races the response (server issues
+        #7368, #8034, fixed by PR #7840 in 24.12), and the tritonserver 2.51 shipped by nvidia-pytriton does,
+        under this client's load. Off, straggler requests finish in the background and their answers are
+        dropped; the workers do the same work either way (a Python-backend execute cannot be interrupted).
+    min_answers : coded schemes: fewest answers to decode from (default 2, the least an interpolant needs).
+        Decoding from very few answers extrapolates and is poor (measured, LeNet5, N = 8, K = 4, overloaded
+        workers: batches decoded from 2 answers had MSE 4-14 against f; the demo's N = 12 batches with ~8.5
+        answers 0.04-0.2); a higher value trades lateness (the client waits past the deadline for them, up to
+        the hard timeout) for accuracy.
+    encode : coded schemes: ``"server"`` (default: the master's ``<model>_encode``/``_encoder``, for thin
+        clients) or ``"local"`` (the same float32 encoding matrix applied in this process, raw inputs
+        preprocessed with :func:`nercc.preprocessing.preprocess`; no master round trip, needs ``nercc.json``).
+    hedge_ms : ``hedged``: the hedge delay. None (default) = the p95 of the last 256 worker round trips this
+        client has seen (:meth:`warmup` collects them; ``deadline_ms / 2`` until 20 are in).
+    """
+
+    def __init__(self, master_url: str | None, worker_urls, *args, channel_args: List[Tuple[str, Any]] | None = None,
+                 **kwargs):
+        super().__init__(master_url, worker_urls, *args, **kwargs)
+        self._channel_args = channel_args
+        self._master = None
+        self._workers: List[Any] = []
+        self._abandoned: set = set()  # straggler requests left to finish in the background
+        self._active_infers = 0  # calls of infer() under way: close() lets them finish (closing cancels)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ set-up
+    async def connect(self) -> CodedClient:
+        """Open the gRPC channels (one per server, reused for every request) and resolve the model spec.
+
+        Called by the first ``infer``; the channels belong to the running event loop.
+        """
+        if self._closed:
+            raise RuntimeError("this CodedClient is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:
+            raise RuntimeError(
+                "this CodedClient's gRPC channels belong to the event loop it connected in; use it from that loop "
+                "only (one `async with CodedClient(...)` inside one asyncio.run), or SyncCodedClient from threads"
+            )
+        self._loop = loop
+        if not self._workers:
+            import tritonclient.grpc.aio as grpcclient
+
+            kwargs = {} if self._channel_args is None else {"channel_args": self._channel_args}
+            if self.master_url:
+                self._master = grpcclient.InferenceServerClient(self.master_url, **kwargs)
+            self._workers = [grpcclient.InferenceServerClient(url, **kwargs) for url in self.worker_urls]
+            # open every connection now rather than inside the first request's deadline; a server that does
+            # not answer is simply a straggler later
+            clients = ([self._master] if self._master is not None else []) + self._workers
+            await asyncio.gather(*(c.is_server_ready(client_timeout=2.0) for c in clients), return_exceptions=True)
+        if self.spec is None:
+            self.spec = await self._spec_from_servers()
+        return self
+
+    async def _spec_from_servers(self) -> ModelSpec:
+        """Shapes from the servers when the model has no local ``nercc.json`` (a remote deployment)."""
+        from tritonclient.utils import InferenceServerException
+
+        errors = []
+        meta = None
+        for url, worker in zip(self.worker_urls, self._workers):  # the first worker that answers
+            try:
+                meta = await worker.get_model_metadata(self.model, as_json=True, client_timeout=5.0)
+                break
+            except InferenceServerException as exc:
+                text = exc.message() or str(exc)
+                if "unknown model" in text or "not found" in text:
+                    raise ValueError(
+                        f"unknown model {self.model!r}: no local metadata (model_repository/{self.model}/nercc.json)"
+                        f" and worker {url} does not serve it ({text})"
+                    ) from exc
+                errors.append(f"{url}: {text}")
+        if meta is None:
+            raise ConnectionError(
+                f"model {self.model!r} has no local metadata and no worker answered a metadata request: "
+                + "; ".join(errors)
+            )
+        raw_shape = None
+        if self._master is not None:
+            try:
+                enc = await self._master.get_model_metadata(f"{self.model}_encode", as_json=True,
+                                                            client_timeout=5.0)
+                raw_shape = tuple(int(s) for s in enc["inputs"][0]["shape"][1:])
+            except InferenceServerException:
+                raw_shape = None  # raw input is then refused with a clear error; float input still works
+        return spec_from_server_metadata(self.model, meta, raw_shape)
+
+    async def warmup(self, n_batches: int = 2) -> None:
+        """Send a few all-zero batches (untimed, results dropped) and wait for every request to finish.
+
+        The first requests after a server starts are slow (Python-backend and onnxruntime first runs: ~0.1-0.3 s
+        measured here), far past any deadline; benchmarks and latency-sensitive scripts call this first. The
+        rotating schemes send at least ceil(N / K) batches so that every worker runs once; ``hedged`` then
+        sends enough batches more to measure its hedge delay on warm workers.
+        """
+        await self.connect()
+        batch = self._warmup_batch()
+        for _ in range(self._warmup_batches(n_batches)):  # policy `all`: every worker sees the warm-up
+            await self._infer(batch, "all")
+        await self.drain()
+        if self.scheme == "hedged" and self.hedge_delay.fixed_ms is None:
+            self.hedge_delay.clear()  # cold first runs are no sample of a worker round trip
+            for _ in range(WARMUP_HEDGE_BATCHES_MAX):
+                if self.hedge_delay.n_samples >= self.hedge_delay.min_samples:
+                    break
+                await self._infer(batch, "all")
+                await self.drain()
+
+    async def drain(self, timeout_s: float | None = None) -> int:
+        """Wait until the straggler requests this client left in flight have finished; returns how many remain.
+
+        Benchmarks call it between batches so that one batch's stragglers do not queue in front of the next.
+        """
+        if self._abandoned:
+            await asyncio.wait(set(self._abandoned), timeout=timeout_s)
+        return len(self._abandoned)
+
+    async def close(self) -> None:
+        """Close every channel, after giving abandoned straggler requests a moment to finish."""
+        self._closed = True
+        # Closing a channel cancels its calls, and a cancelled call can crash Triton 2.51 (see
+        # cancel_stragglers): batches still under way (a load generator stopping its users) end first.
+        give_up = time.perf_counter() + self.hard_timeout_ms / 1e3
+        while self._active_infers and time.perf_counter() < give_up:
+            await asyncio.sleep(0.005)
+        if self._abandoned:
+            # closing a channel cancels its calls: let them end first (see cancel_stragglers)
+            await asyncio.wait(set(self._abandoned), timeout=self.hard_timeout_ms / 1e3)
+            for task in list(self._abandoned):
+                task.cancel()
+        clients = ([self._master] if self._master is not None else []) + self._workers
+        self._master, self._workers = None, []
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+    async def __aenter__(self) -> CodedClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # --------------------------------------------------------------- requests
+    async def _infer_one(self, client, model: str, name: str, data: np.ndarray, out: str,
+                         timeout_s: float | None, parameters: dict | None = None) -> np.ndarray:
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+        from tritonclient.utils import np_to_triton_dtype
+
+        tensor = InferInput(name, list(data.shape), np_to_triton_dtype(data.dtype))
+        tensor.set_data_from_numpy(data)
+        response = await client.infer(
+            model, [tensor], outputs=[InferRequestedOutput(out)],
+            client_timeout=None if timeout_s is None else max(timeout_s, 1e-3), parameters=parameters,
+        )
+        return response.as_numpy(out)
+
+    async def _payloads(self, batch: np.ndarray, is_raw: bool, k: int, hard_t: float) -> np.ndarray:
+        """Step 1: the rows the workers get (coded inputs, or preprocessed inputs for the baselines)."""
+        local = self._local_payloads(batch, is_raw)
+        if local is not None:
+            return local
+        if not is_raw and not self.coded:
+            return batch
+        model, name, out, params = self._master_request(is_raw, k)
+        try:
+            payloads = await self._infer_one(self._master, model, name, batch, out, hard_t - time.perf_counter(),
+                                             params)
+        except Exception as exc:  # noqa: BLE001 - any failure here means nothing to send to the workers
+            if not self.coded:
+                raise
+            raise MasterError(f"encoding on the master {self.master_url} ({model}) failed: {_error_text(exc)}") from exc
+        return self._check_coded(payloads) if self.coded else payloads
+
+    # ------------------------------------------------------------------ infer
+    async def infer(self, batch: np.ndarray) -> CodedResult:
+        """K predictions for a batch of K inputs: raw uint8 ``(K, *raw_shape)`` or float32 ``(K, *input_shape)``."""
+        return await self._infer(batch, self.policy_kind)
+
+    async def _infer(self, batch: np.ndarray, policy_kind: str) -> CodedResult:
+        self._active_infers += 1
+        try:
+            return await self._infer_counted(batch, policy_kind)
+        finally:
+            self._active_infers -= 1
+
+    async def _infer_counted(self, batch: np.ndarray, policy_kind: str) -> CodedResult:
+        t0 = time.perf_counter()
+        await self.connect()
+        batch, is_raw = self._check_batch(batch)
+        k = batch.shape[0]
+        payloads = await self._payloads(batch, is_raw, k, t0 + self.hard_timeout_ms / 1e3)
+        plan = self._plan(k)
+        t_fanout = time.perf_counter()
+        state = self._wait_state(plan, policy_kind, t0, t_fanout)
+        await _FanOut(self, state, payloads).run()
+        if state.final.action == GIVE_UP:
+            raise state.give_up_error(self.scheme, self.hard_timeout_ms)
+        return self._result(state, k, t0, t_fanout, time.perf_counter(), time.perf_counter)
+
+
+class _FanOut:
+    """One batch's worker requests on the event loop, driving its :class:`WaitState`."""
+
+    def __init__(self, client: CodedClient, state: WaitState, payloads: np.ndarray):
+        self.client, self.state, self.payloads = client, state, payloads
+        self.tasks: dict = {}
+        self.inbox: list = []  # (worker, arrival time, output or None, error text or None)
+        self.waiter: asyncio.Future | None = None  # set by an arrival or by the wake-up timer
+        # an expiring gRPC deadline is a cancellation too: without cancel_stragglers only a generous one,
+        # which frees the client from a hung worker but never races a normal answer
+        self.timeout_s = (state.hard_t - state.t_fanout) + (
+            0.0 if client.cancel_stragglers else ABANDONED_REQUEST_TIMEOUT_S)
+
+    async def _request(self, worker: int, row: int) -> None:
+        client, spec = self.client, self.client.spec
+        t_sent = time.perf_counter()
+        try:
+            output = await client._infer_one(client._workers[worker], client.model, spec.input_name,
+                                             self.payloads[row:row + 1], spec.output_name, self.timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed worker is a straggler, recorded with its error
+            self.inbox.append((worker, time.perf_counter(), None, _error_text(exc)))
+        else:
+            t = time.perf_counter()  # where the answer arrives
+            client.hedge_delay.observe((t - t_sent) * 1e3)
+            self.inbox.append((worker, t, output, None))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _send(self, worker: int, row: int) -> None:
+        self.tasks[worker] = asyncio.ensure_future(self._request(worker, row))
+
+    def _feed(self) -> Decision:
+        """Hand the arrived answers to the state machine, in arrival order, then tick the clock."""
+        items, self.inbox = self.inbox, []
+        sends: list = []
+        for worker, t, output, error in items:
+            decision = (self.state.on_answer(worker, t, output) if error is None
+                        else self.state.on_failure(worker, t, error))
+            sends += decision.send
+        decision = self.state.on_tick(time.perf_counter())
+        return Decision(decision.action, tuple(sends) + decision.send, decision.reason)
+
+    async def run(self) -> None:
+        for worker, row in self.state.plan.requests.items():
+            self._send(worker, row)
+        try:
+            decision = self._feed()
+            while True:
+                for worker, row in decision.send:
+                    self._send(worker, row)
+                if decision.action in (DECODE, GIVE_UP):
+                    return
+                if not self.inbox:
+                    await self._sleep(self.state.next_wakeup(time.perf_counter()))
+                decision = self._feed()
+        finally:
+            self._abandon()
+
+    async def _sleep(self, wakeup: float) -> None:
+        """Until the next answer arrives or the clock reaches ``wakeup`` (perf_counter seconds)."""
+        loop = asyncio.get_running_loop()
+        self.waiter = loop.create_future()
+        timer = loop.call_later(max(wakeup - time.perf_counter(), 0.0), self._wake)
+        try:
+            await self.waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+
+    def _abandon(self) -> None:
+        """Requests still in flight: cancel them, or leave them to finish in the background (the default)."""
+        client = self.client
+        for task in self.tasks.values():
+            if task.done():
+                continue
+            if client.cancel_stragglers:
+                task.cancel()
+            else:
+                client._abandoned.add(task)
+                task.add_done_callback(client._abandoned.discard)
+            task.add_done_callback(_swallow)
+
+
+class SyncCodedClient:
+    """Blocking wrapper for scripts: same arguments as :class:`CodedClient`; ``.infer(batch)``, ``.warmup()``,
+    ``.drain()``, ``.close()``.
+
+    Runs its own event loop in a background thread, so the gRPC channels live in one loop for the client's life.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._client = CodedClient(*args, **kwargs)  # validates arguments before a thread exists
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="nercc-client", daemon=True)
+        self._thread.start()
+        try:
+            self._run(self._client.connect())
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def client(self) -> CodedClient:
+        return self._client
+
+    def _run(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def infer(self, batch: np.ndarray) -> CodedResult:
+        return self._run(self._client.infer(batch))
+
+    def warmup(self, n_batches: int = 2) -> None:
+        self._run(self._client.warmup(n_batches))
+
+    def drain(self, timeout_s: float | None = None) -> int:
+        return self._run(self._client.drain(timeout_s))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        if self._thread.is_alive():
+            try:
+                self._run(self._client.close(), timeout=10)
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> SyncCodedClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getattr__(self, name):  # scheme, policy, n_workers, spec ... of the wrapped client
+        client = self.__dict__.get("_client")
+        if client is None:
+            raise AttributeError(name)
+        return getattr(client, name)
+
+
+__all__ = ["CodedClient", "SyncCodedClient", "ABANDONED_REQUEST_TIMEOUT_S", "MIN_CODED_ANSWERS"]

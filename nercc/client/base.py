@@ -1,0 +1,273 @@
+"""What every transport of the coded client shares: arguments, model spec, lams, the local steps of a batch.
+
+:class:`ClientBase` holds the settings of one client and everything that needs no network: argument checks,
+the model spec from ``nercc.json``, the tuning-profile lookups (lam_enc, lam_dec), the coding schemes, batch
+validation, local preprocessing and local encoding, planning a batch and turning a finished
+:class:`~nercc.client.core.WaitState` into a :class:`~nercc.client.core.CodedResult`. A transport subclass
+(:class:`nercc.client.aio.CodedClient`, :class:`nercc.client.gevent.GeventCodedClient`) adds the connections,
+the requests and the waiting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any, Dict, Sequence, Tuple
+
+import numpy as np
+
+from nercc.client import core
+from nercc.client.core import (
+    CODED_SCHEMES,
+    ENCODE_MODES,
+    MIN_CODED_ANSWERS,
+    SCHEMES,
+    CodedResult,
+    HedgeDelay,
+    ModelSpec,
+    RequestPlan,
+    WaitState,
+)
+from nercc.paths import model_dir as default_model_dir
+
+#: Worker round trips the hedge-delay estimator keeps (its p95 is the default hedge delay).
+HEDGE_WINDOW = 256
+
+
+class ClientBase:
+    """Settings and transport-free steps of a coded client; see :class:`nercc.client.aio.CodedClient` for the
+    arguments."""
+
+    def __init__(
+        self,
+        master_url: str | None,
+        worker_urls: Sequence[str],
+        model: str = "lenet5",
+        scheme: str = "nercc",
+        deadline_ms: float = 50.0,
+        policy: str = "deadline",
+        n_inputs: int | None = None,
+        lam_enc: float | None = None,
+        lam_dec: float | None = None,
+        hard_timeout_ms: float = 2000.0,
+        n_stragglers: int | None = None,
+        model_dir: str | None = None,
+        cancel_stragglers: bool = False,
+        min_answers: int = MIN_CODED_ANSWERS,
+        encode: str = "server",
+        hedge_ms: float | None = None,
+    ):
+        self._check_arguments(master_url, worker_urls, scheme, deadline_ms, hard_timeout_ms, lam_enc, lam_dec,
+                              encode)
+        self.master_url = master_url
+        self.worker_urls = list(worker_urls)
+        self.n_workers = len(self.worker_urls)
+        self.model = model
+        self.scheme = scheme
+        self.encode = encode
+        self.deadline_ms = float(deadline_ms)
+        self.hard_timeout_ms = float(hard_timeout_ms)
+        self.policy = policy
+        self.policy_kind, self.policy_m = core.parse_policy(policy, self.n_workers)
+        if n_inputs is not None:
+            self._check_k(int(n_inputs))
+        self.n_inputs = None if n_inputs is None else int(n_inputs)
+        self.lam_enc = lam_enc
+        self.lam_dec = lam_dec
+        if n_stragglers is None:
+            n_stragglers = self.n_workers - self.policy_m if self.policy_kind == "first" else 0
+        if not 0 <= n_stragglers < self.n_workers:
+            raise ValueError(f"n_stragglers must be in [0, n_workers), got {n_stragglers}")
+        self.n_stragglers = int(n_stragglers)
+        self._model_dir = Path(model_dir) if model_dir else default_model_dir(model)
+        self.spec: ModelSpec | None = core.load_model_spec(model, self._model_dir)
+        if encode == "local" and scheme in CODED_SCHEMES and self.spec is None:
+            raise ValueError(f"encode='local' needs the model's local metadata ({self._model_dir}/nercc.json)")
+        self._schemes: Dict[Tuple[int, float, float], Any] = {}
+        self._lams: Dict[Tuple[int, int | None], Tuple[float, float]] = {}
+        self._rotation = itertools.count()
+        self._closed = False
+        self.cancel_stragglers = bool(cancel_stragglers)
+        if isinstance(min_answers, bool) or not isinstance(min_answers, int) or not (
+                MIN_CODED_ANSWERS <= min_answers <= self.n_workers):
+            raise ValueError(f"min_answers must be an int in [{MIN_CODED_ANSWERS}, n_workers={self.n_workers}], "
+                             f"got {min_answers!r}")
+        if self.policy_kind == "first" and self.policy_m < min_answers:
+            raise ValueError(f"policy {policy!r} decodes before min_answers={min_answers} answers: use M >= it")
+        self.min_answers = min_answers
+        # hedged: fixed hedge_ms, else the p95 of the worker round trips seen (deadline / 2 until 20 are in)
+        self.hedge_delay = HedgeDelay(hedge_ms, initial_ms=self.deadline_ms / 2, window=HEDGE_WINDOW)
+
+    @staticmethod
+    def _check_arguments(master_url, worker_urls, scheme, deadline_ms, hard_timeout_ms, lam_enc, lam_dec,
+                         encode) -> None:
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+        worker_urls = list(worker_urls)
+        if not worker_urls or not all(isinstance(u, str) and u for u in worker_urls):
+            raise ValueError("worker_urls must be a non-empty list of 'host:port' strings")
+        if encode not in ENCODE_MODES:
+            raise ValueError(f"encode must be one of {', '.join(ENCODE_MODES)}, got {encode!r}")
+        if scheme in CODED_SCHEMES and not master_url and encode == "server":
+            raise ValueError(f"scheme {scheme!r} needs master_url (the encoder runs on the master), "
+                             "or encode='local'")
+        if not (isinstance(deadline_ms, (int, float)) and deadline_ms > 0 and math.isfinite(deadline_ms)):
+            raise ValueError(f"deadline_ms must be a positive number, got {deadline_ms!r}")
+        if not (isinstance(hard_timeout_ms, (int, float)) and hard_timeout_ms >= deadline_ms):
+            raise ValueError(
+                f"hard_timeout_ms must be a number >= deadline_ms={deadline_ms}, got {hard_timeout_ms!r}"
+            )
+        for name, lam in (("lam_enc", lam_enc), ("lam_dec", lam_dec)):
+            if lam is not None and not (lam >= 0 and math.isfinite(lam)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {lam!r}")
+
+    def _check_k(self, k: int) -> None:
+        core.check_n_inputs(self.scheme, k, self.n_workers)
+
+    @property
+    def coded(self) -> bool:
+        return self.scheme in CODED_SCHEMES
+
+    # ------------------------------------------------------------ coding state
+    def lams(self, k: int, n_arrived: int | None = None) -> Tuple[float, float]:
+        """(lam_enc, lam_dec) for K inputs, cached: the pair sent to the master and used to decode.
+
+        lam_enc comes from the profile entry for the expected stragglers S (``n_stragglers``). lam_dec, with
+        ``n_arrived`` = |F| known, from the entry for S = N - |F| (and its per-|F| table): the decoding matrix
+        depends on lam_dec alone, so it can follow the answers that actually came.
+        """
+        key = (k, n_arrived)
+        if key not in self._lams:
+            from nercc.profiles import lookup
+
+            prof_enc, prof_dec = lookup(self._model_dir, k, self.n_workers, n_stragglers=self.n_stragglers)
+            if n_arrived is not None:
+                lam_enc_now, _ = self.lams(k)
+                prof_enc = lam_enc_now
+                _, prof_dec = lookup(self._model_dir, k, self.n_workers, n_arrived=n_arrived)
+            self._lams[key] = (
+                float(prof_enc if self.lam_enc is None else self.lam_enc),
+                float(prof_dec if self.lam_dec is None else self.lam_dec),
+            )
+        return self._lams[key]
+
+    def coding_scheme(self, k: int, lam_dec: float | None = None):
+        """The NeRCC/BACC object for K inputs and N workers (decoding matrices are cached inside it)."""
+        from nercc.coding import make_scheme
+
+        if self.scheme == "bacc":  # no parameters besides K and N
+            lam_enc = lam_dec = 0.0
+        else:
+            lam_enc, default_dec = self.lams(k)
+            lam_dec = default_dec if lam_dec is None else lam_dec
+        key = (k, lam_enc, lam_dec)
+        if key not in self._schemes:
+            self._schemes[key] = make_scheme(self.scheme, k, self.n_workers, lam_enc, lam_dec)
+        return self._schemes[key]
+
+    # -------------------------------------------------------------- one batch
+    def _check_batch(self, batch: Any) -> Tuple[np.ndarray, bool]:
+        """(batch, is_raw) after checking type, dtype, shape, finiteness and K."""
+        batch, is_raw = core.check_batch(self.spec, self.model, batch)
+        k = batch.shape[0]
+        if self.n_inputs is not None and k != self.n_inputs:
+            raise ValueError(f"batch has {k} inputs but the client was built with n_inputs={self.n_inputs}")
+        self._check_k(k)
+        return batch, is_raw
+
+    def _local_payloads(self, batch: np.ndarray, is_raw: bool) -> np.ndarray | None:
+        """The rows the workers get, when the client can make them itself; None when the master must."""
+        if self.coded and self.encode == "server":
+            return None
+        if is_raw:
+            if self.spec.info is None:
+                return None  # no local metadata: the master preprocesses (baselines only)
+            from nercc.preprocessing import preprocess
+
+            batch = preprocess(self.spec.info, batch)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if not self.coded:
+            return x
+        return core.encode_local(self.coding_scheme(x.shape[0]), x)
+
+    def _master_request(self, is_raw: bool, k: int) -> Tuple[str, str, str, dict | None]:
+        """(model, input name, output name, parameters) of the master request that makes the payloads."""
+        if not self.coded:
+            if self.master_url is None:
+                raise ValueError(
+                    f"raw uint8 input for {self.model!r} needs either the model's local metadata or a master_url "
+                    f"serving {self.model}_preprocess; or send preprocessed float32"
+                )
+            return f"{self.model}_preprocess", "RAW", "INPUT", None
+        params = {"scheme": self.scheme, "n_workers": self.n_workers, "n_stragglers": self.n_stragglers}
+        if self.scheme == "nercc":
+            params["lam_enc"] = self.lams(k)[0]
+        model, name = (f"{self.model}_encode", "RAW") if is_raw else (f"{self.model}_encoder", "INPUT")
+        return model, name, "CODED", params
+
+    def _check_coded(self, coded: np.ndarray | None) -> np.ndarray:
+        expected = (self.n_workers, *self.spec.input_shape)
+        if coded is None or tuple(coded.shape) != expected:
+            got = None if coded is None else tuple(coded.shape)
+            raise RuntimeError(f"master {self.master_url} returned coded inputs of shape {got}, expected {expected}")
+        return coded
+
+    def _plan(self, k: int) -> RequestPlan:
+        rotation = 0 if self.coded else next(self._rotation)
+        return core.plan_requests(self.scheme, k, self.n_workers, rotation)
+
+    def _wait_state(self, plan: RequestPlan, policy_kind: str, t0: float, t_fanout: float) -> WaitState:
+        hedge_ms = self.hedge_delay.value_ms() if plan.backups else None
+        return WaitState(
+            plan, policy_kind=policy_kind, policy_m=self.policy_m, min_answers=self.min_answers,
+            t_fanout=t_fanout, deadline_t=t0 + self.deadline_ms / 1e3, hard_t=t0 + self.hard_timeout_ms / 1e3,
+            hedge_t=None if hedge_ms is None else t_fanout + hedge_ms / 1e3,
+        )
+
+    def _warmup_batches(self, n_batches: int) -> int:
+        """Warm-up batches: rotating schemes need ceil(N / K) to reach every worker."""
+        if self.coded or self.scheme == "replication":
+            return n_batches
+        return max(n_batches, math.ceil(self.n_workers / (self.n_inputs or min(4, self.n_workers))))
+
+    def _warmup_batch(self) -> np.ndarray:
+        k = self.n_inputs or min(4, self.n_workers)
+        shape = self.spec.raw_shape if self.spec.raw_shape is not None else self.spec.input_shape
+        dtype = np.uint8 if self.spec.raw_shape is not None else np.float32
+        return np.zeros((k, *shape), dtype=dtype)
+
+    def _result(self, state: WaitState, k: int, t0: float, t_fanout: float, t_decide: float,
+                clock) -> CodedResult:
+        """Decode a finished batch (``clock()`` the transport's time in seconds) into its result."""
+        used = state.used_workers()
+        lam_enc = lam_dec = None
+        if self.coded:
+            if self.scheme == "nercc":
+                lam_enc, lam_dec = self.lams(k, len(used))
+            predictions = core.decode_coded(self.coding_scheme(k, lam_dec), state.answers, used)
+        else:
+            predictions = core.gather_uncoded(state.sent, state.answers, used, k)
+        t_end = clock()
+        return CodedResult(
+            predictions=predictions,
+            arrived=used,
+            worker_latency_ms=state.latency_ms(),
+            errors=dict(state.errors),
+            encode_ms=(t_fanout - t0) * 1e3,
+            fanout_ms=(t_decide - t_fanout) * 1e3,
+            decode_ms=(t_end - t_decide) * 1e3,
+            total_ms=(t_end - t0) * 1e3,
+            deadline_met=t_end <= state.deadline_t,
+            late=state.late(used),
+            scheme=self.scheme,
+            policy=self.policy,
+            n_workers=self.n_workers,
+            n_requests=len(state.sent),
+            lam_enc=lam_enc,
+            lam_dec=lam_dec,
+            assignment={} if self.coded else dict(state.sent),
+            n_hedges=state.n_hedges(),
+            hedge_ms=None if state.hedge_t is None else (state.hedge_t - t_fanout) * 1e3,
+            encode=self.encode if self.coded else None,
+        )

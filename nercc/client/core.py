@@ -1,0 +1,479 @@
+"""The transport-free core of the coded client: plan the requests, decide when to stop waiting, decode.
+
+No I/O, no clock, no asyncio: every function here is fed with numbers (times in seconds on any monotonic
+clock the transport uses) and returns what to do next. The transports (:mod:`nercc.client.aio` on
+``tritonclient.grpc.aio``, :mod:`nercc.client.gevent` on ``tritonclient.http`` under gevent) send the
+requests the plan names, feed :class:`WaitState` with the answers and failures as they arrive and with clock
+ticks at :meth:`WaitState.next_wakeup`, and decode when it says so.
+
+Schemes (which input goes to which worker, :func:`plan_requests`):
+
+``nercc`` / ``bacc`` (coded)
+    coded input i → worker i, N requests.
+``uncoded``
+    input k → one worker (K of the N workers, rotating from batch to batch), all K answers needed.
+``replication``
+    input k → r = N // K workers; the first answer per input wins.
+``hedged`` ("The Tail at Scale", Dean & Barroso 2013)
+    uncoded, plus a second copy of input k's request to an idle worker once the first has not answered
+    within the hedge delay (or at once when the first failed); the first answer per input wins.
+
+Policies (:func:`parse_policy`), the deadline counting from the call: ``deadline`` waits until every request
+answered or the deadline passed; ``first:M`` decodes as soon as M answers are in and never waits past the
+deadline; ``all`` waits for every request, up to the hard timeout. When the deadline passes before the
+minimum a scheme needs (``min_answers`` for coded, one answer per input for the others), the state keeps
+waiting up to the hard timeout and the result is ``late``; if the minimum never comes it gives up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Sequence, Tuple
+
+import numpy as np
+
+SCHEMES = ("nercc", "bacc", "uncoded", "replication", "hedged")
+CODED_SCHEMES = ("nercc", "bacc")
+#: Schemes whose answer for input k is simply f(x_k) from some worker (first answer per input wins).
+UNCODED_SCHEMES = ("uncoded", "replication", "hedged")
+#: Fewest answers a coded decode accepts: an interpolant through one point is a constant.
+MIN_CODED_ANSWERS = 2
+#: ``encode=`` modes of the coded schemes: on the master (Triton ``<model>_encode``) or in the client.
+ENCODE_MODES = ("server", "local")
+
+WAIT, DECODE, GIVE_UP = "wait", "decode", "give_up"
+
+
+class NotEnoughAnswersError(RuntimeError):
+    """Too few workers answered within the hard timeout to produce the K predictions."""
+
+    def __init__(self, message: str, n_arrived: int, n_needed: int, errors: Dict[int, str]):
+        super().__init__(message)
+        self.n_arrived = n_arrived
+        self.n_needed = n_needed
+        self.errors = errors
+
+
+class MasterError(RuntimeError):
+    """The master could not encode the batch (unreachable, or it rejected the request)."""
+
+
+@dataclass
+class CodedResult:
+    """K predictions and how they were obtained.
+
+    ``arrived`` lists the worker indices whose answers were used (ascending); ``worker_latency_ms`` maps every
+    worker that answered before the client stopped waiting to its round trip, counted from the fan-out and
+    taken where the answer arrived; ``errors`` maps workers that failed to the error text. Times are
+    milliseconds on the client's clock: ``encode_ms`` (master round trip or local encoding; local preprocessing
+    for the baselines), ``fanout_ms`` (first worker request sent → decision to decode), ``decode_ms``,
+    ``total_ms`` (call → return).
+    """
+
+    predictions: np.ndarray
+    arrived: Tuple[int, ...]
+    worker_latency_ms: Dict[int, float]
+    errors: Dict[int, str]
+    encode_ms: float
+    fanout_ms: float
+    decode_ms: float
+    total_ms: float
+    deadline_met: bool
+    late: bool  # an answer that was used came in after the deadline
+    scheme: str
+    policy: str
+    n_workers: int
+    # worker requests sent for this batch: the compute spent (uncoded K, replication rK, coded N, hedged K + hedges)
+    n_requests: int
+    lam_enc: float | None = None
+    lam_dec: float | None = None
+    assignment: Dict[int, int] = field(default_factory=dict)  # worker -> input index (baselines only)
+    n_hedges: int = 0  # hedged: second copies sent (included in n_requests)
+    hedge_ms: float | None = None  # hedged: the hedge delay this batch used
+    encode: str | None = None  # coded: where the batch was encoded, "server" or "local"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the client needs to know about a served model (from ``nercc.json`` or the servers' metadata)."""
+
+    name: str
+    input_shape: Tuple[int, ...]
+    n_classes: int
+    raw_shape: Tuple[int, ...] | None
+    input_name: str = "input"
+    output_name: str = "probs"
+    directory: Path | None = None
+    info: Any = None  # the nercc.json dict when it has a 'preprocess' block (local preprocessing needs it)
+
+
+def parse_policy(policy: str, n_workers: int) -> Tuple[str, int | None]:
+    """``"deadline"`` | ``"all"`` | ``"first:M"`` → (kind, M); M must satisfy 2 <= M <= n_workers."""
+    if not isinstance(policy, str):
+        raise ValueError(f"policy must be a string, got {policy!r}")
+    text = policy.strip().lower()
+    if text in ("deadline", "all"):
+        return text, None
+    if text.startswith("first:"):
+        try:
+            m = int(text.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"policy {policy!r}: M in 'first:M' must be an integer") from None
+        if not MIN_CODED_ANSWERS <= m <= n_workers:
+            raise ValueError(
+                f"policy {policy!r}: M must be between {MIN_CODED_ANSWERS} and n_workers={n_workers}"
+            )
+        return "first", m
+    raise ValueError(f"unknown policy {policy!r}; use 'deadline', 'first:M' or 'all'")
+
+
+def spec_from_metadata(model: str, meta: dict, directory: Path | None = None) -> ModelSpec:
+    """A :class:`ModelSpec` from the fields of a ``nercc.json`` dict."""
+    raw_shape = meta.get("raw_shape")
+    return ModelSpec(
+        name=model,
+        input_shape=tuple(int(s) for s in meta["input_shape"]),
+        n_classes=int(meta["n_classes"]),
+        raw_shape=tuple(int(s) for s in raw_shape) if raw_shape else None,
+        input_name=meta.get("input_name", "input"),
+        output_name=meta.get("output_name", "probs"),
+        directory=directory,
+        info=meta if "preprocess" in meta else None,
+    )
+
+
+def spec_from_server_metadata(model: str, meta: dict, raw_shape: tuple | None) -> ModelSpec:
+    """A :class:`ModelSpec` from a worker's Triton model metadata (JSON form) and the master's raw shape."""
+    inp = meta["inputs"][0]
+    out = meta["outputs"][0]
+    return ModelSpec(
+        name=model,
+        input_shape=tuple(int(s) for s in inp["shape"][1:]),
+        n_classes=int(out["shape"][-1]),
+        raw_shape=raw_shape,
+        input_name=inp["name"],
+        output_name=out["name"],
+    )
+
+
+def load_model_spec(model: str, directory: Path) -> ModelSpec | None:
+    """The model's spec from ``directory/nercc.json``; None when the model has no local metadata."""
+    meta_path = Path(directory) / "nercc.json"
+    if not meta_path.exists():
+        return None
+    with open(meta_path) as fh:
+        return spec_from_metadata(model, json.load(fh), Path(directory))
+
+
+def check_batch(spec: ModelSpec, model: str, batch: Any) -> Tuple[np.ndarray, bool]:
+    """(contiguous batch, is_raw) after checking type, dtype, shape and finiteness against the model's spec."""
+    if not isinstance(batch, np.ndarray):
+        raise ValueError(f"batch must be a numpy array, got {type(batch).__name__}")
+    if batch.dtype == np.uint8:
+        if spec.raw_shape is None:
+            raise ValueError(f"model {model!r} has no raw input format; send float32 {spec.input_shape}")
+        expected, is_raw = spec.raw_shape, True
+    elif batch.dtype == np.float32:
+        expected, is_raw = spec.input_shape, False
+        if not np.isfinite(batch).all():
+            raise ValueError("batch contains NaN or inf")
+    else:
+        raise ValueError(
+            f"batch dtype must be uint8 (raw, shape (K, {', '.join(map(str, spec.raw_shape or ()))})) "
+            f"or float32 (preprocessed, shape (K, {', '.join(map(str, spec.input_shape))})), got {batch.dtype}"
+        )
+    if batch.ndim != len(expected) + 1 or tuple(batch.shape[1:]) != tuple(expected):
+        kind = "raw uint8" if is_raw else "float32"
+        raise ValueError(
+            f"{kind} batch for {model!r} must have shape (K, {', '.join(map(str, expected))}), "
+            f"got {tuple(batch.shape)}"
+        )
+    return np.ascontiguousarray(batch), is_raw
+
+
+def check_n_inputs(scheme: str, k: int, n_workers: int) -> None:
+    """K fits the scheme: 1 <= K <= N, and K >= 2 for the coded schemes."""
+    if k < 1:
+        raise ValueError(f"n_inputs must be >= 1, got {k}")
+    if scheme in CODED_SCHEMES and k < 2:
+        raise ValueError(f"scheme {scheme!r} needs n_inputs K >= 2, got {k}")
+    if k > n_workers:
+        raise ValueError(f"scheme {scheme!r} needs n_inputs K <= n_workers={n_workers}, got {k}")
+
+
+# ------------------------------------------------------------------------------------------------ planning
+@dataclass(frozen=True)
+class RequestPlan:
+    """Which payload row goes to which worker for one batch.
+
+    ``requests`` maps worker → row sent at the fan-out (coded: row i of the N coded inputs; the others: input
+    index). ``backups`` (hedged only) maps input → the idle worker that gets its second copy if needed.
+    """
+
+    scheme: str
+    n_inputs: int
+    n_workers: int
+    requests: Dict[int, int]
+    backups: Dict[int, int] = field(default_factory=dict)
+
+    @property
+    def coded(self) -> bool:
+        return self.scheme in CODED_SCHEMES
+
+
+def plan_requests(scheme: str, k: int, n_workers: int, rotation: int = 0) -> RequestPlan:
+    """The requests of one batch of K inputs on N workers; ``rotation`` counts the batches (load spreading).
+
+    Uncoded and hedged use K of the N workers, shifted by K from batch to batch; hedged takes its backups from
+    the N - K idle workers (inputs beyond N - K get none: every worker is busy with a first copy).
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    check_n_inputs(scheme, k, n_workers)
+    if scheme in CODED_SCHEMES:
+        return RequestPlan(scheme, k, n_workers, {i: i for i in range(n_workers)})
+    copies = n_workers // k if scheme == "replication" else 1
+    offset = (rotation * k) % n_workers if copies * k < n_workers else 0
+    requests = {(offset + j) % n_workers: j % k for j in range(copies * k)}
+    backups = {}
+    if scheme == "hedged":
+        idle = [(offset + k + i) % n_workers for i in range(n_workers - k)]
+        backups = {j: idle[j] for j in range(min(k, len(idle)))}
+    return RequestPlan(scheme, k, n_workers, requests, backups)
+
+
+# ------------------------------------------------------------------------------------------------ hedging
+class HedgeDelay:
+    """The hedge delay: a fixed value, or the p95 of the last ``window`` worker round trips observed.
+
+    Adaptive (``fixed_ms=None``): every completed worker request the transport sees is fed to :meth:`observe`
+    (straggler requests too, when they finish later: dropping them would bias the p95 low). Until
+    ``min_samples`` round trips are in, :meth:`value_ms` returns ``initial_ms``.
+    """
+
+    def __init__(self, fixed_ms: float | None = None, initial_ms: float = 10.0, quantile: float = 95.0,
+                 window: int = 256, min_samples: int = 20):
+        if fixed_ms is not None and not (fixed_ms >= 0 and math.isfinite(fixed_ms)):
+            raise ValueError(f"hedge_ms must be a finite number >= 0, got {fixed_ms!r}")
+        self.fixed_ms = None if fixed_ms is None else float(fixed_ms)
+        self.initial_ms = float(initial_ms)
+        self.quantile = float(quantile)
+        self.min_samples = int(min_samples)
+        self._samples: deque = deque(maxlen=int(window))
+        self._cached: float | None = None
+
+    def clear(self) -> None:
+        self._samples.clear()
+        self._cached = None
+
+    def observe(self, round_trip_ms: float) -> None:
+        self._samples.append(float(round_trip_ms))
+        self._cached = None
+
+    @property
+    def n_samples(self) -> int:
+        return len(self._samples)
+
+    def value_ms(self) -> float:
+        if self.fixed_ms is not None:
+            return self.fixed_ms
+        if len(self._samples) < self.min_samples:
+            return self.initial_ms
+        if self._cached is None:
+            self._cached = float(np.percentile(np.fromiter(self._samples, float), self.quantile))
+        return self._cached
+
+
+# ------------------------------------------------------------------------------------------------ waiting
+@dataclass(frozen=True)
+class Decision:
+    """What the transport does next: ``action`` is WAIT, DECODE or GIVE_UP; ``send`` lists (worker, row)
+    requests to send now (hedged second copies); ``reason`` says why it stopped."""
+
+    action: str
+    send: Tuple[Tuple[int, int], ...] = ()
+    reason: str = ""
+
+
+class WaitState:
+    """The wait policy of one batch as a state machine over the requests' answers and the clock.
+
+    Feed it :meth:`on_answer` / :meth:`on_failure` as requests complete and :meth:`on_tick` when the clock
+    reaches :meth:`next_wakeup`; each returns a :class:`Decision`. Times are seconds on the transport's clock;
+    ``t_fanout`` is when the first worker request went out, ``deadline_t`` / ``hard_t`` absolute times.
+    ``hedge_t`` (hedged only) is when the unanswered inputs get their second copy.
+    """
+
+    def __init__(self, plan: RequestPlan, *, policy_kind: str, policy_m: int | None = None,
+                 min_answers: int = MIN_CODED_ANSWERS, t_fanout: float, deadline_t: float, hard_t: float,
+                 hedge_t: float | None = None):
+        self.plan = plan
+        self.policy_kind = policy_kind
+        self.policy_m = policy_m
+        self.min_answers = min_answers
+        self.t_fanout, self.deadline_t, self.hard_t = t_fanout, deadline_t, hard_t
+        self.hedge_t = hedge_t if plan.backups else None
+        self.sent: Dict[int, int] = dict(plan.requests)  # worker -> row of every request sent so far
+        self.pending = set(plan.requests)
+        self.unsent_backups: Dict[int, int] = dict(plan.backups)  # row -> backup worker
+        self.answers: Dict[int, Any] = {}
+        self.arrival: Dict[int, float] = {}  # worker -> time its answer arrived
+        self.errors: Dict[int, str] = {}
+        self.final: Decision | None = None
+        # `all` waits for everyone up to the hard timeout; the others stop at the deadline once they have enough
+        self.soft_t = hard_t if policy_kind == "all" else deadline_t
+
+    # -- events ------------------------------------------------------------------------------------
+    def on_answer(self, worker: int, t: float, output: Any = None) -> Decision:
+        if worker in self.pending and self.final is None:
+            self.pending.discard(worker)
+            self.answers[worker] = output
+            self.arrival[worker] = t
+        return self.on_tick(t)
+
+    def on_failure(self, worker: int, t: float, error: str) -> Decision:
+        if worker in self.pending and self.final is None:
+            self.pending.discard(worker)
+            self.errors[worker] = error
+        return self.on_tick(t)
+
+    def on_tick(self, t: float) -> Decision:
+        if self.final is not None:
+            return self.final
+        self._drop_answered_backups()
+        action, reason = self._decide(t)
+        if action != WAIT:
+            self.final = Decision(action, (), reason)
+            return self.final
+        return Decision(WAIT, self._due_hedges(t))
+
+    def next_wakeup(self, t: float) -> float | None:
+        """The next time the decision can change without an answer arriving (None once decided)."""
+        if self.final is not None:
+            return None
+        times = [self.hard_t]
+        if t < self.soft_t:
+            times.append(self.soft_t)
+        if self.unsent_backups and self.hedge_t is not None and t < self.hedge_t:
+            times.append(self.hedge_t)
+        return min(times)
+
+    # -- rules -------------------------------------------------------------------------------------
+    @property
+    def n_needed(self) -> int:
+        return self.min_answers if self.plan.coded else self.plan.n_inputs
+
+    def _covered(self, workers) -> set:
+        return {self.sent[w] for w in workers}
+
+    def enough(self) -> bool:
+        """The minimum to produce K predictions is in."""
+        if self.plan.coded:
+            return len(self.answers) >= self.min_answers
+        return len(self._covered(self.answers)) == self.plan.n_inputs
+
+    def _target(self) -> bool:
+        """The policy is satisfied: stop before the deadline."""
+        if self.plan.coded:
+            stop_at = self.policy_m if self.policy_kind == "first" else len(self.plan.requests)
+            return len(self.answers) >= stop_at
+        if self.policy_kind == "all":
+            return not self.pending and not self.unsent_backups
+        return self.enough()
+
+    def _possible(self) -> bool:
+        """The minimum can still be reached with what is in flight or may still be sent."""
+        if self.plan.coded:
+            return len(self.answers) + len(self.pending) >= self.min_answers
+        rows = self._covered(self.answers) | self._covered(self.pending) | set(self.unsent_backups)
+        return len(rows) == self.plan.n_inputs
+
+    def _decide(self, t: float) -> Tuple[str, str]:
+        if self._target():
+            return DECODE, "policy satisfied"
+        if t >= self.soft_t and self.enough():
+            return DECODE, "deadline passed with enough answers"
+        if not self.pending and not self.unsent_backups:
+            return (DECODE, "every request answered or failed") if self.enough() else (GIVE_UP, "no request left")
+        if t >= self.hard_t or not self._possible():
+            if self.enough():
+                return DECODE, "hard timeout"
+            return GIVE_UP, "hard timeout" if t >= self.hard_t else "too many requests failed"
+        return WAIT, ""
+
+    def _drop_answered_backups(self) -> None:
+        if self.unsent_backups:
+            covered = self._covered(self.answers)
+            for row in [r for r in self.unsent_backups if r in covered]:
+                del self.unsent_backups[row]  # answered: no second copy will ever be needed
+
+    def _due_hedges(self, t: float) -> Tuple[Tuple[int, int], ...]:
+        """Second copies due now: inputs still unanswered at the hedge time, or whose first copy failed."""
+        if not self.unsent_backups:
+            return ()
+        failed_rows = {self.sent[w] for w in self.errors}
+        due = []
+        for row, worker in list(self.unsent_backups.items()):
+            if (self.hedge_t is not None and t >= self.hedge_t) or row in failed_rows:
+                del self.unsent_backups[row]
+                self.sent[worker] = row
+                self.pending.add(worker)
+                due.append((worker, row))
+        return tuple(due)
+
+    # -- the outcome -------------------------------------------------------------------------------
+    def latency_ms(self) -> Dict[int, float]:
+        """Round trip per answered worker, counted from the fan-out."""
+        return {w: (t - self.t_fanout) * 1e3 for w, t in self.arrival.items()}
+
+    def used_workers(self) -> Tuple[int, ...]:
+        """The answers a decode uses: every answer for coded, the first answer per input otherwise."""
+        if self.plan.coded:
+            return tuple(sorted(self.answers))
+        first: Dict[int, int] = {}
+        for worker in sorted(self.answers, key=self.arrival.get):
+            first.setdefault(self.sent[worker], worker)
+        return tuple(sorted(first.values()))
+
+    def late(self, used: Sequence[int]) -> bool:
+        """Some answer that was used came in after the deadline (the client waited past it)."""
+        return any(self.arrival[w] > self.deadline_t for w in used)
+
+    def n_hedges(self) -> int:
+        return len(self.sent) - len(self.plan.requests)
+
+    def give_up_error(self, scheme: str, hard_timeout_ms: float) -> NotEnoughAnswersError:
+        k, n_sent = self.plan.n_inputs, len(self.sent)
+        if self.plan.coded:
+            need = f"decoding needs at least {self.min_answers}"
+        else:
+            need = f"all {k} inputs need an answer (covered {len(self._covered(self.answers))})"
+        return NotEnoughAnswersError(
+            f"{scheme}: {len(self.answers)} of {n_sent} workers answered within the hard timeout "
+            f"({hard_timeout_ms:g} ms) but " + need + (f"; errors: {self.errors}" if self.errors else ""),
+            n_arrived=len(self.answers), n_needed=self.n_needed, errors=dict(self.errors),
+        )
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+def decode_coded(coding, answers: Dict[int, np.ndarray], used: Sequence[int]) -> np.ndarray:
+    """K predictions from the answers of the coded workers ``used`` (ascending) through ``coding``."""
+    y = np.concatenate([answers[w] for w in used], axis=0)
+    return np.asarray(coding.decode(y, list(used)), dtype=np.float32)
+
+
+def gather_uncoded(plan_rows: Dict[int, int], answers: Dict[int, np.ndarray], used: Sequence[int],
+                   k: int) -> np.ndarray:
+    """K predictions: input j's answer from the one worker of ``used`` that served it."""
+    by_row = {plan_rows[w]: w for w in used}
+    return np.concatenate([answers[by_row[j]] for j in range(k)], axis=0).astype(np.float32, copy=False)
+
+
+def encode_local(coding, x: np.ndarray) -> np.ndarray:
+    """The N coded inputs of float32 ``x`` (K, ...), with the float32 encoding matrix the master uses."""
+    return np.ascontiguousarray(coding.encode(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
+
