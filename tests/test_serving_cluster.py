@@ -160,7 +160,7 @@ def test_http_endpoints_when_asked(cluster):
         with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=5) as response:
             assert response.status == 200
     with urllib.request.urlopen(f"http://{cluster.master_http_url}/v2/models/{MODEL}_encode", timeout=5) as response:
-        assert json.loads(response.read())["platform"] == "ensemble"
+        assert json.loads(response.read())["platform"] == "python"  # preprocess + encode in one Python model
 
 
 # ------------------------------------------------------------------------------------------------ errors

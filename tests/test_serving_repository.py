@@ -49,16 +49,17 @@ def test_native_onnxruntime_config(meta):
         worker_config(meta, native_onnxruntime=True, straggler="bimodal:p=0.1,slow_ms=40")
 
 
-def test_master_configs_and_ensemble_wiring(meta):
+def test_master_configs(meta):
     configs = {name: _parse(text) for name, text in master_configs(meta, nercc_model_dir="../lenet5").items()}
     assert set(configs) == {"lenet5_preprocess", "lenet5_encoder", "lenet5_encode"}
-    pre, enc, ens = configs["lenet5_preprocess"], configs["lenet5_encoder"], configs["lenet5_encode"]
+    pre, enc, encode = configs["lenet5_preprocess"], configs["lenet5_encoder"], configs["lenet5_encode"]
     assert pre.input[0].data_type == model_config_pb2.TYPE_UINT8 and list(pre.input[0].dims) == [-1, 28, 28]
     assert list(enc.input[0].dims) == [-1, 1, 28, 28] and list(enc.output[0].dims) == [-1, 1, 28, 28]
-    assert ens.platform == "ensemble" and (ens.input[0].name, ens.output[0].name) == ("RAW", "CODED")
-    steps = ens.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == ["lenet5_preprocess", "lenet5_encoder"]
-    assert steps[0].output_map["INPUT"] == steps[1].input_map["INPUT"]  # preprocess feeds the encoder
+    # raw -> coded in one Python model (one stub hop), not an ensemble of two
+    assert encode.backend == "python" and not encode.platform
+    assert (encode.input[0].name, encode.output[0].name) == ("RAW", "CODED")
+    assert encode.input[0].data_type == model_config_pb2.TYPE_UINT8 and list(encode.input[0].dims) == [-1, 28, 28]
+    assert list(encode.output[0].dims) == [-1, 1, 28, 28]
 
 
 @pytest.mark.parametrize("model", [m for m in list_models() if (MODEL_REPOSITORY / m / "config.pbtxt").exists()])
@@ -88,7 +89,8 @@ def test_committed_configs_are_generated_ones(model, tmp_path):
         ours.ClearField("parameters")
         fresh.ClearField("parameters")
         assert ours == fresh, folder
-    for backend, folder in (("preprocess", f"{model}_preprocess"), ("encoder", f"{model}_encoder")):
+    for backend, folder in (("preprocess", f"{model}_preprocess"), ("encoder", f"{model}_encoder"),
+                            ("encoder", f"{model}_encode")):
         link = MODEL_REPOSITORY / folder / "1" / "model.py"
         assert link.is_symlink() and link.resolve() == (PYTHON_BACKENDS / backend / "model.py").resolve()
 
@@ -133,9 +135,8 @@ def test_nercc_serve_rejects_a_bad_straggler_profile(capsys):
 def test_master_instances_set_the_instance_count(meta):
     configs = {name: _parse(text)
                for name, text in master_configs(meta, nercc_model_dir="../lenet5", master_instances=3).items()}
-    for name in ("lenet5_preprocess", "lenet5_encoder"):
+    for name in ("lenet5_preprocess", "lenet5_encoder", "lenet5_encode"):
         assert [g.count for g in configs[name].instance_group] == [3], name
-    assert not configs["lenet5_encode"].instance_group  # the ensemble has no instances of its own
     defaults = {name: _parse(text) for name, text in master_configs(meta, nercc_model_dir="../lenet5").items()}
     assert [g.count for g in defaults["lenet5_encoder"].instance_group] == [1]
     with pytest.raises(ValueError, match="master_instances"):

@@ -8,7 +8,7 @@ worker role (one per worker server)
     ``platform: "onnxruntime_onnx"`` for Triton builds that have the ONNX Runtime backend (NGC containers).
 master role
     ``<name>_preprocess`` (RAW UINT8 -> INPUT FP32), ``<name>_encoder`` (INPUT FP32 [K, ...] -> CODED FP32
-    [N, ...]) and the ensemble ``<name>_encode`` = preprocess -> encoder (RAW -> CODED).
+    [N, ...]) and ``<name>_encode`` (RAW -> CODED: preprocess and encode in one Python model, one stub hop).
 
 The LocalCluster writes one runtime repository per server into a temporary folder (absolute links);
 ``nercc serve --write-repository DIR`` writes a static one (relative links where possible) for a deployment,
@@ -223,10 +223,12 @@ def master_configs(
     repo_root: str | None = None,
     master_instances: int = 1,
 ) -> dict:
-    """{model name: config.pbtxt} of ``<name>_preprocess``, ``<name>_encoder`` and the ``<name>_encode`` ensemble.
+    """{model name: config.pbtxt} of ``<name>_preprocess``, ``<name>_encoder`` and ``<name>_encode``.
 
     ``master_instances`` model instances (one Python stub process each) serve preprocess and encoder, so that
-    concurrent batches do not queue behind one another's encode on a multi-core master.
+    concurrent batches do not queue behind one another's encode on a multi-core master. ``<name>_encoder`` and
+    ``<name>_encode`` run the same Python model file (``python_backends/encoder``): float32 input, or raw uint8
+    preprocessed first.
     """
     if isinstance(master_instances, bool) or not isinstance(master_instances, int) or master_instances < 1:
         raise ValueError(f"master_instances must be an int >= 1, got {master_instances!r}")
@@ -250,25 +252,16 @@ def master_configs(
         _parameters({**common, "max_request_bytes": max_request_bytes}),
         instance_count=master_instances,
     )
-    steps = (
-        "ensemble_scheduling {\n  step [\n"
-        "    {\n"
-        f'      model_name: "{name}_preprocess"\n      model_version: -1\n'
-        '      input_map { key: "RAW" value: "RAW" }\n'
-        '      output_map { key: "INPUT" value: "preprocessed" }\n'
-        "    },\n    {\n"
-        f'      model_name: "{name}_encoder"\n      model_version: -1\n'
-        '      input_map { key: "INPUT" value: "preprocessed" }\n'
-        '      output_map { key: "CODED" value: "CODED" }\n'
-        "    }\n  ]\n}"
-    )
-    ensemble = _config(
-        f"{name}_encode", 'platform: "ensemble"', 0,
+    # preprocess + encode in one Python model (the encoder backend with a UINT8 input): one stub hop on the
+    # master, where the former preprocess -> encoder ensemble paid two (issue 9: most of the coded path's cost)
+    encode = _config(
+        f"{name}_encode", 'backend: "python"', 0,
         [_tensor("RAW", raw_type, [-1, *meta.raw_dims])],
         [_tensor("CODED", "TYPE_FP32", batch_input)],
-        steps, instances=False,
+        _parameters({**common, "max_request_bytes": max_request_bytes}),
+        instance_count=master_instances,
     )
-    return {f"{name}_preprocess": preprocess, f"{name}_encoder": encoder, f"{name}_encode": ensemble}
+    return {f"{name}_preprocess": preprocess, f"{name}_encoder": encoder, f"{name}_encode": encode}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -366,17 +359,17 @@ def write_master_models(
     folders = []
     configs = master_configs(meta, nercc_model_dir=model_dir_param, max_request_bytes=max_request_bytes,
                              repo_root=repo_root, master_instances=master_instances)
-    backend_of = {f"{meta.name}_preprocess": "preprocess", f"{meta.name}_encoder": "encoder"}
+    backend_of = {f"{meta.name}_preprocess": "preprocess", f"{meta.name}_encoder": "encoder",
+                  f"{meta.name}_encode": "encoder"}
     for model_name, text in configs.items():
         folder = dest / model_name
         _write(folder / "config.pbtxt", text)
-        if model_name in backend_of:
-            _link(PYTHON_BACKENDS / backend_of[model_name] / "model.py", folder / "1" / "model.py", relative)
-            if relative == "copy":
-                _copy_metadata(meta, folder)
-        else:
-            # ensembles need a version folder; the marker lets git keep it
-            _write(folder / "1" / ".gitkeep", "")
+        _link(PYTHON_BACKENDS / backend_of[model_name] / "model.py", folder / "1" / "model.py", relative)
+        if relative == "copy":
+            _copy_metadata(meta, folder)
+        gitkeep = folder / "1" / ".gitkeep"  # left by the former ensemble's empty version folder
+        if gitkeep.exists():
+            gitkeep.unlink()
         folders.append(folder)
     return folders
 

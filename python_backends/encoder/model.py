@@ -2,6 +2,9 @@
 
 Model ``<name>_encoder``: input ``INPUT`` FP32 [K, *input_shape] -> output ``CODED`` FP32 [N, *input_shape],
 ``coded = E @ x`` along the first axis with E the scheme's (N, K) encoding matrix.
+Model ``<name>_encode`` (the same file, configured with a UINT8 input): input ``RAW`` UINT8 [K, *raw_shape]
+-> ``CODED``: preprocessing (``nercc.preprocessing.preprocess``, the model's ``nercc.json``) and encoding in
+one Python-stub hop, where an ensemble of two Python models would pay two.
 
 Request parameters (tritonclient ``parameters={...}``; the ``<name>_encode`` ensemble forwards them):
     scheme        "nercc" (default) or "bacc"
@@ -71,7 +74,14 @@ class TritonPythonModel:
         self.max_request_bytes = int(config_param(config, "max_request_bytes", str(256 * 2**20)))
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        self.item_shape = tuple(int(d) for d in config["input"][0]["dims"][1:])
+        self.item_shape = tuple(int(d) for d in config["output"][0]["dims"][1:])
+        self._raw_info = None  # the model's nercc.json info when this instance preprocesses raw input first
+        if config["input"][0]["data_type"] == "TYPE_UINT8":
+            from nercc.models import load_model_info
+            from nercc.preprocessing import preprocess
+
+            self._raw_info = load_model_info(self.model_dir.name, self.model_dir.parent)
+            self._preprocess = preprocess
         self._matrices = OrderedDict()  # (scheme, K, N, lam_enc) -> float32 (N, K), LRU
         self._lock = threading.Lock()
         self._profile_lams = {}  # (K, N, S) -> lam_enc, valid for one tuning.json version
@@ -150,11 +160,22 @@ class TritonPythonModel:
                 self._matrices.popitem(last=False)
         return matrix
 
+    def _preprocessed(self, raw):
+        """RAW uint8 [K, *raw_shape] -> float32 [K, *input_shape] (``<name>_encode`` only)."""
+        if raw.nbytes > self.max_request_bytes:
+            raise RequestError(f"input {self.input_name!r} is {raw.nbytes} bytes, over the limit "
+                               f"max_request_bytes = {self.max_request_bytes}")
+        if raw.ndim == 0 or raw.shape[0] < 1:
+            raise RequestError(f"input {self.input_name!r} is empty: shape {list(raw.shape)}")
+        return self._preprocess(self._raw_info, raw)
+
     def _encode(self, request):
         tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
         if tensor is None:
             raise RequestError(f"input {self.input_name!r} is missing")
         x = tensor.as_numpy()
+        if self._raw_info is not None:
+            x = self._preprocessed(x)
         if x.dtype != np.float32:
             raise RequestError(f"input {self.input_name!r} must be FP32, got {x.dtype}")
         if x.ndim != 1 + len(self.item_shape) or tuple(x.shape[1:]) != self.item_shape:
