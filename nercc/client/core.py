@@ -37,6 +37,8 @@ from typing import Any, Dict, Sequence, Tuple
 import numpy as np
 
 SCHEMES = ("nercc", "bacc", "uncoded", "replication", "hedged")
+#: The order tables and plots list the schemes in: baselines first, then the coded schemes.
+SCHEME_ORDER = ("uncoded", "replication", "hedged", "bacc", "nercc")
 CODED_SCHEMES = ("nercc", "bacc")
 #: Schemes whose answer for input k is simply f(x_k) from some worker (first answer per input wins).
 UNCODED_SCHEMES = ("uncoded", "replication", "hedged")
