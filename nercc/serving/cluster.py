@@ -352,7 +352,7 @@ class LocalCluster:
         (HTTP, when enabled, follows at base_port + 1 + n_workers + ...); a busy port raises PortInUseError
     tritonserver : path of a tritonserver binary (default: $NERCC_TRITONSERVER, nvidia-pytriton's, PATH)
     model_repository : where the exported models live (default ``nercc.paths.MODEL_REPOSITORY``)
-    master : also start the master (encoder, preprocess, ensemble); False for workers only
+    master : also start the master (encoder, preprocess, encode); False for workers only
     start_workers : also start the workers; False for a master alone (``n_workers`` then only sizes its
         shared memory for N coded inputs)
     http : also open HTTP endpoints (``.master_http_url``, ``.worker_http_urls``), off by default

@@ -1,4 +1,4 @@
-"""Start one master tritonserver (preprocess -> encoder ensemble) on this host: `nercc master --model M`.
+"""Start one master tritonserver (preprocess, encoder, and the one-hop encode model) on this host: `nercc master --model M`.
 
 See :mod:`nercc.serving.node` for the options shared with ``nercc worker`` and docs/deploy.md for the recipe.
 """
