@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -190,3 +191,22 @@ def test_containerfile_commands_exist_and_run(tmp_path):
 def test_bad_deploy_options_are_clear_errors(tmp_path, capsys, flags, needle):
     assert main(["deploy", "k8s", "--out", str(tmp_path / "o"), *flags]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_gpu_bench_runs_its_whole_path_on_a_cpu(tmp_path):
+    """bench/device/gpu_bench.py (what bench/device/run.sh runs on a GPU) end to end, tiny, on the CPU."""
+    pytest.importorskip("torch")
+    from nercc.models import load_model_info
+
+    if not load_model_info("efficientnet_lite0").onnx_path.exists():
+        pytest.skip("efficientnet_lite0 not exported (make test exports it)")
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "device" / "gpu_bench.py"), "--device", "cpu",
+                           "--quick", "--models", "efficientnet_lite0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ,
+                                                                             "NERCC_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_bench.json").read_text())["reports"][0]
+    assert report["export"]["ort_vs_torch_max_abs"] < 1e-4
+    assert set(report["accuracy"]["results"]) == {"0", "2"}
+    assert [s["n_workers"] for s in report["sharing"]] == [1, 6]
+    assert "| S | BACC MSE" in (tmp_path / "summary.md").read_text()
