@@ -1,23 +1,24 @@
-"""Turn the Locust runs of ``nercc loadtest`` into numbers, a summary.json, a report.md and plots.
+"""Turn the engine logs of ``nercc loadtest`` into numbers, summary.json, report.md and plots.
 
-Input per (profile, scheme): the per-request JSON-lines log written by ``loadtest/locustfile.py`` (exact
-latencies: Locust's own percentiles are rounded to 2 significant digits) and Locust's ``*_stats.csv``.
+Input: the per-request JSON-lines logs the engines write (``loadtest.workload.request_record``: exact latencies,
+per-worker round trips, predictions; ``event`` lines with CPU snapshots from /proc).
 
 Definitions (also written into report.md):
 
-- latency of a request: the client's end-to-end time for one batch of K inputs, from the call to the decoded
-  K predictions (``CodedResult.total_ms``), failures included;
+- latency of a batch: the client's end-to-end time for one batch of K inputs, from the call to the decoded K
+  predictions (``CodedResult.total_ms``), failures included; a batch that got no answer is "never" answered;
 - pXX: the XX-th percentile of those latencies (numpy's linear interpolation between order statistics);
-- MSE: mean over inputs of ||f(x_k) - y_hat_k||² between the served softmax output y_hat and the local
-  onnxruntime model f on the same image;
-- RelAcc: accuracy of the served predictions on the true MNIST labels / accuracy of f on the same images;
-- compute per input: worker requests per input, as designed (uncoded 1, replication N // K, coded N / K) and as
-  measured (mean worker requests sent per batch / K).
+- offered load: batches the schedule started per second (its span: first to last arrival); throughput: answered
+  batches per second (first arrival to last answer);
+- CPU ms per batch: CPU time (user + system, /proc) of the tritonservers and their Python stubs, plus the load
+  generator process (which holds the client), between the run's first and last batch, over the batches;
+- MSE: mean over inputs of ||f(x_k) - y_hat_k||^2 between the served softmax output y_hat and the local
+  onnxruntime model f on the same input; RelAcc: accuracy of the served predictions on the true labels /
+  accuracy of f on the same inputs.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -26,20 +27,28 @@ from typing import Dict, Iterable, List, Sequence
 import numpy as np
 
 PERCENTILES = (50, 90, 95, 99, 99.9)
-SCHEME_ORDER = ("uncoded", "replication", "bacc", "nercc")
-SCHEME_LABELS = {"uncoded": "uncoded", "replication": "replication", "bacc": "BACC", "nercc": "NeRCC"}
-SCHEME_COLORS = {"uncoded": "#7f7f7f", "replication": "#1f77b4", "bacc": "#ff7f0e", "nercc": "#d62728"}
-PROFILE_ORDER = ("none", "bimodal", "shifted-exp", "dead-worker")
+SCHEME_ORDER = ("uncoded", "replication", "hedged", "bacc", "nercc")
+SCHEME_LABELS = {"uncoded": "uncoded", "replication": "replication", "hedged": "hedged", "bacc": "BACC",
+                 "nercc": "NeRCC"}
+SCHEME_COLORS = {"uncoded": "#7f7f7f", "replication": "#1f77b4", "hedged": "#2ca02c", "bacc": "#ff7f0e",
+                 "nercc": "#d62728"}
+#: Engines agree when their p50 and p99 differ by at most this share.
+AGREEMENT = 0.20
 
 
 def pkey(p: float) -> str:
-    """Percentile → summary key: 50 → 'p50', 99.9 → 'p99.9'."""
+    """Percentile -> summary key: 50 -> 'p50', 99.9 -> 'p99.9'."""
     return f"p{p:g}"
 
 
-def read_requests(path: Path) -> tuple:
-    """(request records, loop records) from a requests log; unreadable lines are an error, not skipped."""
-    requests, loop_events = [], []
+def label(scheme: str) -> str:
+    return SCHEME_LABELS.get(scheme, scheme)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def read_log(path: Path) -> tuple:
+    """(request records, event records) of one engine log; unreadable lines are an error, not skipped."""
+    requests, events = [], []
     with open(path) as fh:
         for number, line in enumerate(fh, 1):
             line = line.strip()
@@ -49,30 +58,13 @@ def read_requests(path: Path) -> tuple:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
-            (loop_events if "event" in record else requests).append(record)
-    return requests, loop_events
-
-
-def read_locust_stats(path: Path, name: str) -> dict | None:
-    """Locust's own row for ``name`` in ``<prefix>_stats.csv`` (requests, failures, its rounded percentiles)."""
-    if not path.exists():
-        return None
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row.get("Name") == name:
-                return {
-                    "requests": int(row["Request Count"]),
-                    "failures": int(row["Failure Count"]),
-                    "p50_ms": float(row["50%"]),
-                    "p99_ms": float(row["99%"]),
-                    "requests_per_s": float(row["Requests/s"]),
-                }
-    return None
+            (events if "event" in record else requests).append(record)
+    return requests, events
 
 
 def latency_percentiles(latencies_ms: Sequence[float]) -> Dict[str, float | None]:
-    """Exact percentiles; ``inf`` marks a request that was never answered, and a percentile that reaches into
-    those is None (no latency: that fraction of batches got no answer at all)."""
+    """Exact percentiles; ``inf`` marks a batch that was never answered, and a percentile that reaches into those
+    is None (no latency: that share of batches got no answer at all)."""
     if len(latencies_ms) == 0:
         return {pkey(p): None for p in PERCENTILES}
     with np.errstate(invalid="ignore"):
@@ -81,7 +73,7 @@ def latency_percentiles(latencies_ms: Sequence[float]) -> Dict[str, float | None
 
 
 def answered(record: dict) -> bool:
-    """The client returned a result (possibly late or malformed); False when it raised (no answer at all)."""
+    """The client returned a result (possibly late); False when it raised (no answer at all)."""
     return "n_arrived" in record
 
 
@@ -89,37 +81,59 @@ def latency_or_inf(record: dict) -> float:
     return float(record["ms"]) if answered(record) else math.inf
 
 
+def cpu_per_batch(events: List[dict], n_batches: int, step=None) -> dict:
+    """CPU ms per batch between a run's start and end snapshots: servers (+ stubs), the generator process, total."""
+    start = [e for e in events if e.get("event") == "cpu" and e.get("phase") == "start" and e.get("step") == step]
+    end = [e for e in events if e.get("event") == "cpu" and e.get("phase") == "end" and e.get("step") == step]
+    if not start or not end or n_batches <= 0:
+        return {"servers": None, "load_generator": None, "total": None}
+    s, e = start[0], end[-1]
+    process = (e["self_cpu_s"] - s["self_cpu_s"]) * 1e3 / n_batches
+    servers = None
+    if s.get("servers_cpu_s") is not None and e.get("servers_cpu_s") is not None:
+        servers = (e["servers_cpu_s"] - s["servers_cpu_s"]) * 1e3 / n_batches
+    total = process + servers if servers is not None else None
+    wall = e["wall"] - s["wall"]
+    return {"servers": _r(servers), "load_generator": _r(process), "total": _r(total),
+            "machine_cores_busy": _r((total if total is not None else process) * n_batches / 1e3 / wall)
+            if wall > 0 else None}
+
+
+def _r(value, digits: int = 2):
+    return None if value is None else round(float(value), digits)
+
+
+# ------------------------------------------------------------------------------------------------ accuracy
 class Reference:
-    """f and the labels on MNIST test batches, computed locally once per batch index (for MSE / RelAcc)."""
+    """f and the labels on the model's test batches, computed locally once per batch index (for MSE / RelAcc)."""
 
     def __init__(self, model: str, n_inputs: int):
-        from nercc.data import load_mnist
+        from loadtest.workload import Batches
         from nercc.models import OnnxModel, load_model_info
         from nercc.preprocessing import preprocess
 
-        info = load_model_info(model)
-        if info.dataset != "mnist":
-            raise ValueError(f"the load test sends MNIST images; model {model!r} is a {info.dataset} model")
-        self.images, self.labels = load_mnist("test")
+        self.info = load_model_info(model)
+        self.batches = Batches(model, n_inputs)
         self.n_inputs = int(n_inputs)
-        self.info = info
         self._preprocess = preprocess
-        self.f = OnnxModel(info, threads=1)
+        self.f = OnnxModel(self.info, threads=1)
         self._cache: Dict[int, np.ndarray] = {}
 
-    def batch(self, index: int) -> tuple:
+    def inputs(self, index: int) -> np.ndarray:
+        return np.asarray(self._preprocess(self.info, self.batches.get(index)), dtype=np.float32)
+
+    def labels(self, index: int) -> np.ndarray:
         start = int(index) * self.n_inputs
-        return self.images[start:start + self.n_inputs], self.labels[start:start + self.n_inputs]
+        return self.batches.labels[start:start + self.n_inputs]
 
     def f_of(self, index: int) -> np.ndarray:
         if index not in self._cache:
-            raw, _ = self.batch(index)
-            self._cache[index] = self.f(self._preprocess(self.info, raw))
+            self._cache[index] = self.f(self.inputs(index))
         return self._cache[index]
 
 
 def accuracy_of(records: Iterable[dict], reference: Reference) -> dict:
-    """MSE and RelAcc over the requests that carry predictions."""
+    """MSE and RelAcc over the batches that carry predictions."""
     sq_errors, served_hits, base_hits, n = [], 0, 0, 0
     for record in records:
         predictions = record.get("predictions")
@@ -127,7 +141,7 @@ def accuracy_of(records: Iterable[dict], reference: Reference) -> dict:
             continue
         y_hat = np.asarray(predictions, dtype=float)
         f_x = reference.f_of(int(record["batch"]))
-        _, labels = reference.batch(int(record["batch"]))
+        labels = reference.labels(int(record["batch"]))
         if y_hat.shape != f_x.shape:
             continue  # a wrong-shaped answer is already a failure; it has no per-input error
         sq_errors.append(((f_x - y_hat) ** 2).sum(axis=1))
@@ -145,27 +159,21 @@ def accuracy_of(records: Iterable[dict], reference: Reference) -> dict:
     }
 
 
-def designed_compute(scheme: str, n_workers: int, n_inputs: int) -> float:
-    """Worker requests per input by design: uncoded 1, replication N // K, coded N / K."""
+def designed_compute(scheme: str, n_workers: int, n_inputs: int) -> float | None:
+    """Worker requests per input by design: uncoded 1, replication N // K, coded N / K; hedged 1 to 2."""
     if scheme == "uncoded":
         return 1.0
     if scheme == "replication":
         return float(n_workers // n_inputs)
-    return n_workers / n_inputs
+    if scheme in ("bacc", "nercc"):
+        return n_workers / n_inputs
+    return None
 
 
-def _span_s(records: List[dict]) -> float:
-    """Seconds from the first request's start to the last one's end."""
-    if not records:
-        return 0.0
-    return max(r["t"] for r in records) - min(r["t"] - r["ms"] / 1e3 for r in records)
-
-
-def summarize_scheme(runs: List[tuple], scheme: str, n_workers: int, n_inputs: int,
-                     reference: Reference | None) -> dict:
-    """Numbers for one scheme from its runs: a list of (request records, loop events, Locust's row or None)."""
-    records = [r for run_records, _, _ in runs for r in run_records]
-    loop_events = [e for _, run_events, _ in runs for e in run_events]
+# ------------------------------------------------------------------------------------------------ one run
+def run_stats(records: List[dict], events: List[dict], scheme: str, n_workers: int, n_inputs: int,
+              reference: Reference | None, step=None) -> dict:
+    """The numbers of one engine run (or one ramp step) of one scheme."""
     latencies = [latency_or_inf(r) for r in records]
     finite = [v for v in latencies if math.isfinite(v)]
     failures = [r for r in records if not r["ok"]]
@@ -173,23 +181,36 @@ def summarize_scheme(runs: List[tuple], scheme: str, n_workers: int, n_inputs: i
     for r in failures:
         reason = "late" if r.get("late") else (r.get("error") or "?").split(":", 1)[0]
         reasons[reason] = reasons.get(reason, 0) + 1
-    duration_s = sum(_span_s(run_records) for run_records, _, _ in runs)
+    n = len(records)
+    sched = [r["t_sched"] for r in records]
+    offered = (n - 1) / (max(sched) - min(sched)) if n > 1 and max(sched) > min(sched) else None
+    n_answered = len(finite)
+    span = (max(r["t"] for r in records) - min(sched)) if n else 0.0
+    throughput = n_answered / span if span > 0 else None
+    lags = [r["lag_ms"] for r in records if "lag_ms" in r]
     sent = [r["n_requests"] for r in records if "n_requests" in r]
     arrived = [r["n_arrived"] for r in records if "n_arrived" in r]
-    summary = {
-        "requests": len(records),
+    end = [e for e in events if e.get("event") == "cpu" and e.get("phase") == "end" and e.get("step") == step]
+    stats = {
+        "requests": n,
         "failures": len(failures),
         "failure_reasons": reasons,
         "late": sum(1 for r in records if r.get("late")),
         **{f"{k}_ms": v for k, v in latency_percentiles(latencies).items()},
-        "unanswered": len(records) - len(finite),
-        "mean_ms": round(float(np.mean(finite)), 3) if finite else None,  # over answered batches
-        "max_ms": round(float(np.max(finite)), 3) if finite else None,
-        "throughput_batches_per_s": round(len(records) / duration_s, 2) if duration_s > 0 else None,
+        "unanswered": n - n_answered,
+        "mean_ms": _r(np.mean(finite), 3) if finite else None,
+        "max_ms": _r(np.max(finite), 3) if finite else None,
+        "offered_batches_per_s": _r(offered),
+        "throughput_batches_per_s": _r(throughput),
+        "throughput_share": _r(throughput / offered, 3) if offered and throughput else None,
+        "cpu_ms_per_batch": None,
+        "cpu_ms_per_batch_parts": cpu_per_batch(events, n, step),
+        "lag_ms": {"p50": _r(np.percentile(lags, 50), 3), "p99": _r(np.percentile(lags, 99), 3),
+                   "max": _r(max(lags), 3)} if lags else None,
+        "max_in_flight": end[-1].get("max_in_flight") if end else None,
         "compute_per_input": designed_compute(scheme, n_workers, n_inputs),
-        "measured_compute_per_input": round(float(np.mean(sent)) / n_inputs, 3) if sent else None,
-        "mean_arrived": round(float(np.mean(arrived)), 3) if arrived else None,
-        "max_in_flight": max((e.get("max_in_flight", 0) for e in loop_events), default=None),
+        "measured_compute_per_input": _r(float(np.mean(sent)) / n_inputs, 3) if sent else None,
+        "mean_arrived": _r(float(np.mean(arrived)), 3) if arrived else None,
         # where the time goes (answered batches): encode = master round trip (coded) or local preprocessing,
         # fanout = first worker request sent -> decision to decode, decode = the K x |F| product
         "breakdown_ms": {
@@ -198,19 +219,233 @@ def summarize_scheme(runs: List[tuple], scheme: str, n_workers: int, n_inputs: i
             if (values := [r[part] for r in records if part in r])
         },
     }
+    stats["cpu_ms_per_batch"] = stats["cpu_ms_per_batch_parts"]["total"]
     if reference is not None:
-        summary.update(accuracy_of(records, reference))
-    rows = [row for _, _, row in runs if row is not None]
-    if rows:
-        summary["locust"] = {
-            "requests": sum(row["requests"] for row in rows),
-            "failures": sum(row["failures"] for row in rows),
-            "per_run": rows,
-        }
-    return summary
+        stats.update(accuracy_of(records, reference))
+    return stats
 
 
-# ------------------------------------------------------------------------------------------------ report.md
+def ramp_summary(log: Path) -> dict:
+    """Knee, no-straggler p50 and CPU per batch from one scheme's calibration ramp log."""
+    requests, events = read_log(log)
+    steps = []
+    for event in [e for e in events if e.get("event") == "ramp_step"]:
+        step = event["step"]
+        records = [r for r in requests if r.get("step") == step]
+        latencies = [latency_or_inf(r) for r in records]
+        pct = latency_percentiles(latencies)
+        steps.append({
+            "rate": event["rate"], "passed": bool(event["passed"]), "requests": len(records),
+            "throughput_batches_per_s": _r(event["throughput"]), "p50_ms": pct["p50"], "p99_ms": pct["p99"],
+            "cpu_ms_per_batch": cpu_per_batch(events, len(records), step),
+        })
+    passed = [s for s in steps if s["passed"]]
+    light = steps[0] if steps else None
+    return {
+        "steps": steps,
+        "knee_batches_per_s": passed[-1]["rate"] if passed else None,
+        "knee_reached": bool(steps) and not steps[-1]["passed"],
+        "p50_ms_light": light["p50_ms"] if light else None,
+        "p99_ms_light": light["p99_ms"] if light else None,
+        "rate_light": light["rate"] if light else None,
+        "cpu_ms_per_batch_light": light["cpu_ms_per_batch"] if light else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ frontier
+def reconstruct_first_m(record: dict, m: int, n_workers: int, deadline_ms: float, min_answers: int = 2):
+    """(latency ms or None, answer set) that policy first:M would have had on this batch of an ``all`` trace.
+
+    The workers do the same work whatever M is (stragglers are abandoned, not cancelled), so only the client's
+    moment of decision changes: the M-th answer, or the deadline when fewer came by then (then the answers in by
+    the deadline, or the first ``min_answers`` if fewer: late). None when the batch never had enough answers.
+    """
+    if not answered(record):
+        return None, ()
+    times = sorted((float(ms), int(w)) for w, ms in record.get("worker_ms", {}).items())
+    budget = deadline_ms - float(record["encode_ms"])  # time left for the fan-out once the coded inputs are back
+    if len(times) >= m and times[m - 1][0] <= budget:
+        wait, used = times[m - 1][0], times[:m]
+    else:
+        by_deadline = [t for t in times if t[0] <= budget]
+        if len(by_deadline) >= min_answers:
+            wait, used = max(budget, by_deadline[-1][0]), by_deadline
+        elif len(times) >= min_answers:
+            wait, used = times[min_answers - 1][0], times[:min_answers]
+        else:
+            return None, ()
+    latency = float(record["encode_ms"]) + wait + float(record.get("decode_ms", 0.0))
+    return latency, tuple(sorted(w for _, w in used))
+
+
+def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_workers: int, deadline_ms: float,
+             n_stragglers: int, reference: Reference | None, ms: Sequence[int], max_accuracy_batches: int = 400) -> list:
+    """p50/p99/p99.9 and RelAcc of first:M for each M, from one trace run of a coded scheme.
+
+    Accuracy: decode, from exactly the workers first:M would have used, the local model's outputs on the coded
+    inputs (the same encoding matrix as the master's encoder), for up to ``max_accuracy_batches`` batches.
+    """
+    points = []
+    encoder = decoders = None
+    if reference is not None:
+        from nercc.coding import make_scheme
+        from nercc.paths import model_dir
+        from nercc.profiles import lookup
+
+        lam_enc = 0.0 if scheme == "bacc" else lookup(model_dir(model), n_inputs, n_workers,
+                                                      n_stragglers=n_stragglers)[0]
+
+        def decoder(n_arrived: int):
+            lam_dec = 0.0 if scheme == "bacc" else lookup(model_dir(model), n_inputs, n_workers,
+                                                          n_arrived=n_arrived)[1]
+            return make_scheme(scheme, n_inputs, n_workers, lam_enc, lam_dec)
+
+        encoder, decoders = decoder(n_workers - n_stragglers), {}
+    coded_outputs: Dict[int, np.ndarray] = {}
+    for m in ms:
+        latencies, hits, base_hits, sq = [], 0, 0, []
+        for i, record in enumerate(records):
+            latency, used = reconstruct_first_m(record, m, n_workers, deadline_ms)
+            latencies.append(math.inf if latency is None else latency)
+            if reference is None or latency is None or i >= max_accuracy_batches:
+                continue
+            index = int(record["batch"])
+            if index not in coded_outputs:
+                coded = np.asarray(encoder.encode(reference.inputs(index).astype(np.float64)), dtype=np.float32)
+                coded_outputs[index] = reference.f(coded).astype(np.float64)
+            if len(used) not in decoders:
+                decoders[len(used)] = decoder(len(used))
+            y_hat = np.asarray(decoders[len(used)].decode(coded_outputs[index][list(used)], list(used)))
+            f_x = reference.f_of(index)
+            labels = reference.labels(index)
+            hits += int((y_hat.argmax(axis=1) == labels).sum())
+            base_hits += int((f_x.argmax(axis=1) == labels).sum())
+            sq.append(((f_x - y_hat) ** 2).sum(axis=1))
+        pct = latency_percentiles(latencies)
+        points.append({"m": m, "p50_ms": pct["p50"], "p99_ms": pct["p99"], "p99.9_ms": pct["p99.9"],
+                       "late_share": _r(np.mean([lat > deadline_ms for lat in latencies]), 4),
+                       "rel_acc": round(hits / base_hits, 5) if base_hits else None,
+                       "mse": float(np.concatenate(sq).mean()) if sq else None, "batches": len(records)})
+    return points
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+def analyse(summary: dict, out_dir: Path, record_predictions: bool = True) -> None:
+    """Fill in per-profile scheme numbers, the engine comparison, the frontier and the plots (in ``summary``)."""
+    st = summary["settings"]
+    n, k = st["n_workers"], st["n_inputs"]
+    raw = out_dir / "raw"
+    reference = Reference(st["model"], k) if record_predictions else None
+    headline_engine = st["engines"][0]
+    plots: Dict[str, str] = {}
+    for profile, block in summary["profiles"].items():
+        block["schemes"], block["engines"], latencies = {}, {}, {}
+        for run in block["runs"]:
+            if run["kind"] != "main":
+                continue
+            requests, events = read_log(raw / run["requests_log"])
+            stats = run_stats(requests, events, run["scheme"], n, k, reference)
+            block["engines"].setdefault(run["engine"], {})[run["scheme"]] = stats
+            if run["engine"] == headline_engine:
+                block["schemes"][run["scheme"]] = dict(stats, engine=run["engine"])
+                latencies[run["scheme"]] = [latency_or_inf(r) for r in requests]
+        if len(block["engines"]) > 1:
+            block["engine_comparison"] = compare_engines(block["engines"])
+            for scheme, row in block["engine_comparison"].items():
+                block["schemes"][scheme]["engine_agreement"] = row
+        coded_m = int(st["coded_policy"].split(":")[1]) if st["coded_policy"].startswith("first:") else None
+        block["frontier"] = {}
+        for run in [r for r in block["runs"] if r["kind"] == "trace"]:
+            requests, _ = read_log(raw / run["requests_log"])
+            ms = list(range(max(2, k), n + 1))
+            block["frontier"][run["scheme"]] = frontier(
+                requests, run["scheme"], st["model"], k, n, st["deadline_ms"],
+                n - coded_m if coded_m else 0, reference, ms)
+        name = f"latency_cdf_{profile}.png"
+        plot_cdf(out_dir / name, latencies, st["deadline_ms"],
+                 f"{st['model']}, N = {n}, K = {k}, {st['offered_batches_per_s']:g} batches/s offered "
+                 f"({headline_engine} engine) — '{profile}': {block['description']}")
+        plots[f"cdf_{profile}"] = name
+        if block["frontier"]:
+            name = f"frontier_{profile}.png"
+            plot_frontier(out_dir / name, block, st, profile)
+            plots[f"frontier_{profile}"] = name
+    if summary.get("sweep"):
+        sweep = summary["sweep"]
+        sweep["points"] = []
+        for run in sweep["runs"]:
+            requests, events = read_log(raw / run["requests_log"])
+            stats = run_stats(requests, events, run["scheme"], n, k, None)
+            sweep["points"].append({"scheme": run["scheme"], "rate": run["rate"], **{
+                key: stats[key] for key in ("p50_ms", "p99_ms", "p99.9_ms", "offered_batches_per_s",
+                                            "throughput_batches_per_s", "cpu_ms_per_batch", "failures", "requests")}})
+        plot_sweep(out_dir / "latency_vs_load.png", summary)
+        plots["sweep"] = "latency_vs_load.png"
+    if summary.get("calibration"):
+        plot_ramp(out_dir / "capacity_ramp.png", summary)
+        plots["ramp"] = "capacity_ramp.png"
+    summary["plots"] = plots
+
+
+def compare_engines(engines: Dict[str, Dict[str, dict]]) -> Dict[str, dict]:
+    """Per scheme: both engines' p50/p99, their ratio (locust / asyncio) and whether they agree within 20%."""
+    a, b = "asyncio", "locust"
+    out = {}
+    for scheme in [s for s in SCHEME_ORDER if s in engines.get(a, {}) and s in engines.get(b, {})]:
+        row = {}
+        for p in ("p50_ms", "p99_ms"):
+            va, vb = engines[a][scheme][p], engines[b][scheme][p]
+            row[p] = {a: va, b: vb, "ratio": _r(vb / va, 3) if va and vb else None}
+        row["agree"] = all(r["ratio"] is not None and abs(r["ratio"] - 1) <= AGREEMENT for r in
+                           (row["p50_ms"], row["p99_ms"]))
+        for part in ("cpu_ms_per_batch_parts",):
+            row["load_generator_cpu_ms_per_batch"] = {a: engines[a][scheme][part]["load_generator"],
+                                                      b: engines[b][scheme][part]["load_generator"]}
+        out[scheme] = row
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ targets
+def _as_ms(value) -> float:
+    return math.inf if value is None else float(value)
+
+
+def target_checks(summary: dict) -> List[str]:
+    """The issue's targets for the headline profile (bimodal), each with the measured numbers and met / not met."""
+    out = []
+    block = summary["profiles"].get("bimodal")
+    if not block:
+        return out
+    s = block["schemes"]
+    if {"nercc", "uncoded"} <= set(s):
+        ratio = _as_ms(s["nercc"]["p99_ms"]) / _as_ms(s["uncoded"]["p99_ms"])
+        out.append(f"- NeRCC p99 <= 0.5 x uncoded p99: {_ms(s['nercc']['p99_ms'])} vs {_ms(s['uncoded']['p99_ms'])} "
+                   f"ms (ratio {ratio:.2f}) — **{'met' if ratio <= 0.5 else 'not met'}**.")
+    for other in ("replication", "hedged"):
+        if {"nercc", other} <= set(s):
+            ok = _as_ms(s["nercc"]["p99.9_ms"]) <= _as_ms(s[other]["p99.9_ms"])
+            out.append(f"- NeRCC p99.9 <= {other}'s: {_ms(s['nercc']['p99.9_ms'])} vs {_ms(s[other]['p99.9_ms'])} "
+                       f"ms — **{'met' if ok else 'not met'}**.")
+    if s.get("nercc", {}).get("rel_acc") is not None:
+        ra = s["nercc"]["rel_acc"]
+        out.append(f"- NeRCC RelAcc >= 0.97: {ra:.3f} — **{'met' if ra >= 0.97 else 'not met'}**.")
+    shares = {sc: v.get("throughput_share") for sc, v in s.items()}
+    if shares:
+        worst = min(shares, key=lambda sc: shares[sc] or 0.0)
+        ok = all((v or 0) >= 0.95 for v in shares.values())
+        out.append("- every scheme's throughput >= 0.95 x offered: " + ", ".join(
+            f"{label(sc)} {_fmt(v, 3)}" for sc, v in shares.items()) +
+            f" — **{'met' if ok else 'not met'}** (lowest: {label(worst)}).")
+    comparison = block.get("engine_comparison")
+    if comparison:
+        ok = all(row["agree"] for row in comparison.values())
+        out.append("- Locust and asyncio engines agree within 20% on p50 and p99 for every scheme: **"
+                   + ("met" if ok else "not met: " + ", ".join(label(sc) for sc, row in comparison.items()
+                                                              if not row["agree"])) + "**.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ text
 def _fmt(value, digits: int = 1) -> str:
     if value is None:
         return "–"
@@ -226,167 +461,136 @@ def _ms(value) -> str:
     return "never" if value is None else f"{value:.1f}"
 
 
-def summary_table(summary: dict) -> str:
-    """The side-by-side table: one row per (profile, scheme)."""
+def headline_table(summary: dict) -> str:
     lines = [
-        "| profile | scheme | requests | failures | p50 ms | p90 ms | p95 ms | p99 ms | p99.9 ms | batches/s | "
-        "MSE | RelAcc | compute/input |",
+        "| profile | scheme | batches | failures | p50 ms | p99 ms | p99.9 ms | offered /s | throughput /s | "
+        "CPU ms/batch | RelAcc | MSE | compute/input |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for profile, block in summary["profiles"].items():
-        for scheme, s in block["schemes"].items():
+        for scheme in [sc for sc in SCHEME_ORDER if sc in block["schemes"]]:
+            s = block["schemes"][scheme]
             lines.append(
-                f"| {profile} | {SCHEME_LABELS.get(scheme, scheme)} | {s['requests']} | {s['failures']} | "
-                f"{_ms(s['p50_ms'])} | {_ms(s['p90_ms'])} | {_ms(s['p95_ms'])} | {_ms(s['p99_ms'])} | "
-                f"{_ms(s['p99.9_ms'])} | {_fmt(s['throughput_batches_per_s'])} | {_fmt(s.get('mse'), 4)} | "
-                f"{_fmt(s.get('rel_acc'), 3)} | {s['compute_per_input']:g} |"
-            )
+                f"| {profile} | {label(scheme)} | {s['requests']} | {s['failures']} | {_ms(s['p50_ms'])} | "
+                f"{_ms(s['p99_ms'])} | {_ms(s['p99.9_ms'])} | {_fmt(s['offered_batches_per_s'])} | "
+                f"{_fmt(s['throughput_batches_per_s'])} | {_fmt(s['cpu_ms_per_batch'])} | {_fmt(s.get('rel_acc'), 3)} | "
+                f"{_fmt(s.get('mse'), 4)} | {_fmt(s['compute_per_input'], 2) if s['compute_per_input'] else _fmt(s['measured_compute_per_input'], 2)} |")
     return "\n".join(lines)
 
 
-def _as_ms(value) -> float:
-    """For comparisons: a percentile among never-answered batches is infinitely slow."""
-    return math.inf if value is None else float(value)
+def engine_table(summary: dict) -> str:
+    lines = ["| profile | scheme | asyncio p50 | Locust p50 | ratio | asyncio p99 | Locust p99 | ratio | agree (20%) | "
+             "generator CPU ms/batch asyncio / Locust |", "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    any_rows = False
+    for profile, block in summary["profiles"].items():
+        for scheme, row in (block.get("engine_comparison") or {}).items():
+            any_rows = True
+            p50, p99 = row["p50_ms"], row["p99_ms"]
+            gen = row["load_generator_cpu_ms_per_batch"]
+            lines.append(f"| {profile} | {label(scheme)} | {_ms(p50['asyncio'])} | {_ms(p50['locust'])} | "
+                         f"{_fmt(p50['ratio'], 2)} | {_ms(p99['asyncio'])} | {_ms(p99['locust'])} | "
+                         f"{_fmt(p99['ratio'], 2)} | {'yes' if row['agree'] else '**no**'} | "
+                         f"{_fmt(gen['asyncio'])} / {_fmt(gen['locust'])} |")
+    return "\n".join(lines) if any_rows else ""
 
 
-def target_checks(summary: dict) -> List[str]:
-    """The issue's targets, each stated with the measured numbers and met / not met."""
-    out = []
-    bimodal = summary["profiles"].get("bimodal", {}).get("schemes", {})
-    if {"nercc", "uncoded", "replication"} <= set(bimodal):
-        ne, un, rep = bimodal["nercc"], bimodal["uncoded"], bimodal["replication"]
-        ratio = _as_ms(ne["p99_ms"]) / _as_ms(un["p99_ms"])
-        out.append(
-            f"- bimodal, NeRCC p99 <= 0.5 x uncoded p99: {_ms(ne['p99_ms'])} ms vs {_ms(un['p99_ms'])} ms "
-            f"(ratio {ratio:.2f}) — **{'met' if ratio <= 0.5 else 'not met'}**."
-        )
-        out.append(
-            f"- bimodal, NeRCC p99 below replication p99: {_ms(ne['p99_ms'])} ms vs {_ms(rep['p99_ms'])} ms — "
-            f"**{'met' if _as_ms(ne['p99_ms']) < _as_ms(rep['p99_ms']) else 'not met'}**; p99.9: "
-            f"{_ms(ne['p99.9_ms'])} ms vs {_ms(rep['p99.9_ms'])} ms (uncoded {_ms(un['p99.9_ms'])} ms)."
-        )
-        if ne.get("rel_acc") is not None:
-            out.append(f"- bimodal, NeRCC RelAcc >= 0.95: {ne['rel_acc']:.3f} — "
-                       f"**{'met' if ne['rel_acc'] >= 0.95 else 'not met'}**.")
-    none = summary["profiles"].get("none", {}).get("schemes", {})
-    if {"nercc", "uncoded"} <= set(none) and none["uncoded"]["p50_ms"]:
-        ratio = _as_ms(none["nercc"]["p50_ms"]) / none["uncoded"]["p50_ms"]
-        out.append(
-            f"- no stragglers, NeRCC p50 within 1.5 x uncoded p50: {_ms(none['nercc']['p50_ms'])} ms vs "
-            f"{_ms(none['uncoded']['p50_ms'])} ms (ratio {ratio:.2f}) — **{'met' if ratio <= 1.5 else 'not met'}**."
-        )
-    return out
+def calibration_table(summary: dict) -> str:
+    cal = summary.get("calibration")
+    if not cal:
+        return ""
+    lines = ["| scheme | knee (batches/s) | p50 ms (lightest step) | p99 ms | CPU ms/batch: servers | generator + client | "
+             "total |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for scheme in [s for s in SCHEME_ORDER if s in cal["schemes"]]:
+        c = cal["schemes"][scheme]
+        cpu = c.get("cpu_ms_per_batch_light") or {}
+        knee = _fmt(c["knee_batches_per_s"]) + ("" if c.get("knee_reached") else " (ramp top, no knee seen)")
+        lines.append(f"| {label(scheme)} | {knee} | {_ms(c['p50_ms_light'])} | {_ms(c['p99_ms_light'])} | "
+                     f"{_fmt(cpu.get('servers'))} | {_fmt(cpu.get('load_generator'))} | {_fmt(cpu.get('total'))} |")
+    return "\n".join(lines)
 
 
-def _within(value, what: str) -> str:
-    return f"{what} at most {value:.1f} ms" if value is not None else f"{what}: not all of them were answered"
+def frontier_table(summary: dict) -> str:
+    lines = ["| profile | scheme | M | p50 ms | p99 ms | p99.9 ms | RelAcc | late share |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = 0
+    for profile, block in summary["profiles"].items():
+        for scheme, points in (block.get("frontier") or {}).items():
+            for p in points:
+                rows += 1
+                lines.append(f"| {profile} | {label(scheme)} | {p['m']} | {_ms(p['p50_ms'])} | {_ms(p['p99_ms'])} | "
+                             f"{_ms(p['p99.9_ms'])} | {_fmt(p['rel_acc'], 3)} | {_fmt(p['late_share'], 3)} |")
+    return "\n".join(lines) if rows else ""
 
 
-def _sentences(profile: str, block: dict, settings: dict) -> List[str]:
-    """One sentence per number, per scheme."""
-    n, k = settings["n_workers"], settings["n_inputs"]
-    out = []
-    for scheme, s in block["schemes"].items():
-        label = SCHEME_LABELS.get(scheme, scheme)
-        if not s["requests"]:
-            out.append(f"- **{label}** completed no request.")
-            continue
-        reasons = ", ".join(f"{c} {r}" for r, c in s["failure_reasons"].items()) or "none"
-        unanswered = f"; {s['unanswered']} got no answer at all" if s.get("unanswered") else ""
-        text = (
-            f"- **{label}** sent {s['requests']} batches of K = {k} in {settings['duration_s']:g} s with "
-            f"{settings.get('users_per_scheme', settings['users'])} users ({_fmt(s['throughput_batches_per_s'])} batches/s); {s['failures']} failed "
-            f"(reasons: {reasons}){unanswered}. "
-            f"{_within(s['p50_ms'], 'Half of the batches took')} (p50), {_within(s['p90_ms'], '9 in 10')} (p90), "
-            f"{_within(s['p95_ms'], '19 in 20')} (p95), {_within(s['p99_ms'], '99 in 100')} (p99) and "
-            f"{_within(s['p99.9_ms'], '999 in 1000')} (p99.9); the slowest answered batch took {_fmt(s['max_ms'])} ms."
-        )
-        parts = s.get("breakdown_ms") or {}
-        if {"encode_ms", "fanout_ms", "decode_ms"} <= set(parts):
-            where = "the master's encode round trip" if scheme in ("bacc", "nercc") else "local preprocessing"
-            text += (
-                f" Of that time, {where} took {parts['encode_ms']['p50']:.1f} ms at p50 and "
-                f"{parts['encode_ms']['p99']:.1f} ms at p99, waiting for the workers {parts['fanout_ms']['p50']:.1f} / "
-                f"{parts['fanout_ms']['p99']:.1f} ms and decoding {parts['decode_ms']['p50']:.2f} / "
-                f"{parts['decode_ms']['p99']:.2f} ms."
-            )
-        if s.get("mse") is not None:
-            text += (
-                f" Its predictions differ from the local model's by a mean squared error of {_fmt(s['mse'], 5)} "
-                f"per input (softmax outputs, {s['n_inputs_checked']} inputs checked) and are right as often as "
-                f"the local model's times {_fmt(s['rel_acc'], 3)} (RelAcc; accuracy {_fmt(s['accuracy'], 4)} vs "
-                f"{_fmt(s['base_accuracy'], 4)})."
-            )
-        text += (
-            f" Each input cost {s['compute_per_input']:g} worker requests by design "
-            f"({'1' if scheme == 'uncoded' else (f'N // K = {n} // {k}' if scheme == 'replication' else f'N / K = {n} / {k}')}; "
-            f"measured {_fmt(s['measured_compute_per_input'], 2)})."
-        )
-        out.append(text)
-    return out
+def console_text(summary: dict) -> str:
+    parts = [headline_table(summary)]
+    if engine_table(summary):
+        parts += ["", "engines:", engine_table(summary)]
+    if calibration_table(summary):
+        parts += ["", "calibration (no stragglers):", calibration_table(summary)]
+    parts += ["", *target_checks(summary)]
+    return "\n".join(parts)
 
 
-def _load_sentence(st: dict) -> str:
-    fresh = " (dead-worker: a fresh cluster for every run)" if st.get("fresh_cluster_per_scheme") else ""
-    if st.get("rate_per_user"):
-        per_scheme = st.get("users_per_scheme", st["users"]) * st["rate_per_user"]
-        how = (f"each starts a batch every {1 / st['rate_per_user']:.2g} s (constant pacing, random phase; offered "
-               f"load {per_scheme:g} batches/s per scheme, the same for every scheme) and has at most one in flight")
-    else:
-        how = "closed loop: each sends its next batch as soon as the previous one is answered"
-    rounds = st.get("rounds", 1)
-    if st.get("together"):
-        return (f"- Locust: {st['users']} users split evenly among the schemes ({st['users_per_scheme']} each, one "
-                f"Locust process, **all schemes at the same time** on the same cluster{fresh}); {how}; "
-                f"{st['duration_s']:g} s in {rounds} run(s).")
-    order = (f" in {rounds} rounds of {st['run_s']:g} s with the scheme order reversed every other round"
-             if rounds > 1 else "")
-    return (f"- Locust: {st['users']} users (spawn rate {st['spawn_rate']:g}/s); {how}; {st['duration_s']:g} s per "
-            f"scheme{order}, schemes one after another on the same cluster{fresh}.")
-
-
-def write_markdown(path: Path, summary: dict, plots: Dict[str, str]) -> None:
+def write_markdown(path: Path, summary: dict) -> None:
     st = summary["settings"]
+    plots = summary.get("plots", {})
     lines = [
-        "# nercc load test: tail latency of uncoded, replication, BACC and NeRCC",
+        f"# nercc load test: {st['model']}, " + ", ".join(label(s) for s in st["schemes"]),
         "",
         f"Created {summary['created']} by `{summary['command']}`.",
         "",
         "## Setting",
-        f"- Model **{st['model']}** on MNIST test images, K = {st['n_inputs']} images per batch, N = "
-        f"{st['n_workers']} worker tritonservers + 1 master (encoder), all on this machine ({st['cpu_count']} CPU "
-        f"cores shared with everything else running on it).",
-        _load_sentence(st),
-        f"- Deadline {st['deadline_ms']:g} ms per batch (hard timeout {st['hard_timeout_ms']:g} ms); coded "
-        f"policy `{st['coded_policy']}` (decode as soon as M answers are in, never wait past the deadline); "
-        f"uncoded waits for its K workers, replication (r = N // K = {st['n_workers'] // st['n_inputs']}) for the "
-        f"first copy of each input.",
-        "- A request **fails** when the client raised (fewer answers than it needs within the hard timeout), "
-        "when the result is late (an answer it needed arrived after the deadline) or when the predictions are "
-        "not K finite rows.",
-        "- Latencies are the client's end-to-end time per batch (call → K decoded predictions), written for "
-        "every request by the locustfile; percentiles are exact over all requests, failures included.",
+        f"- Model **{st['model']}**, K = {st['n_inputs']} test inputs per batch, N = {st['n_workers']} worker "
+        f"tritonservers + 1 master (encoder), all on this machine ({st['cpu_count']} CPU cores).",
+        f"- Load: open loop, Poisson arrivals, **{st['offered_batches_per_s']:g} batches/s** for every scheme and "
+        f"engine — {st['load_choice']}. {st['batches_per_run']} batches per run"
+        + (f" ({st['locust_batches']} for Locust)" if "locust" in st["engines"] and len(st["engines"]) > 1 else "")
+        + f"; engines: {', '.join(st['engines'])} (headline numbers: {st['engines'][0]}); Locust with "
+        f"{st['locust_users']} users, each a Poisson stream of rate / users.",
+        f"- Deadline **{st['deadline_ms']:g} ms** — {st['deadline_choice']}. Coded policy `{st['coded_policy']}` "
+        f"(decode as soon as M answers are in, never wait past the deadline); uncoded waits for its K workers, "
+        f"replication (r = N // K = {st['replication_copies']}) for the first copy of each input"
+        + (", hedged sends a second copy of an input once its first is later than the hedge delay"
+           if "hedged" in st["schemes"] else "") + ".",
+        "- A batch **fails** when the client raised (too few answers within the hard timeout), when it is late "
+        "(an answer it needed came after the deadline) or when its predictions are not finite.",
         "",
         "## Results",
         "",
-        summary_table(summary),
+        headline_table(summary),
         "",
     ]
     checks = target_checks(summary)
     if checks:
-        lines += ["### Targets", "", *checks, ""]
+        lines += ["### Targets (profile bimodal)", "", *checks, ""]
+    if engine_table(summary):
+        lines += ["### Engine cross-check (same load, same cluster; ratio = Locust / asyncio)", "",
+                  engine_table(summary), ""]
+    if calibration_table(summary):
+        lines += ["### Calibration: capacity and cost per batch, no stragglers", "",
+                  f"Ramp `{summary['calibration']['ramp']}` (START,FACTOR,MAX,STEP_S), asyncio engine. Knee: the "
+                  "highest step whose throughput stayed >= 0.95 x offered and p50 <= 2 x the lightest step's. CPU "
+                  "from /proc at the lightest step: servers = every tritonserver and its Python stubs; generator "
+                  "+ client = the load-generator process.", "", calibration_table(summary), ""]
+        if "ramp" in plots:
+            lines += [f"![capacity ramp]({plots['ramp']})", ""]
+    if frontier_table(summary):
+        lines += ["### Accuracy-latency frontier over M in first:M", "",
+                  "From one trace run per coded scheme at the same load with policy `all` (every worker's arrival "
+                  "time kept): first:M's decision moment and answer set are replayed per batch, and its accuracy is "
+                  "decoded from exactly those workers (local model on the same coded inputs). The workers' work does "
+                  "not depend on M (stragglers are abandoned, not cancelled).", "", frontier_table(summary), ""]
     for profile, block in summary["profiles"].items():
-        lines += [f"### Profile `{profile}`: {block['description']}", ""]
-        lines += [f"Worker straggler profile: `{block['straggler']}`."
-                  + (f" Worker {block['killed_worker']} was killed (SIGKILL) {block['kill_after_s']:g} s after the first request of each "
-                     "run; the batches before the kill are in the numbers too." if block.get("killed_worker") is not None else ""), ""]
-        lines += _sentences(profile, block, st)
-        if profile in plots:
-            lines += ["", f"![latency CDF, {profile}]({plots[profile]})"]
-        lines.append("")
-    if "p99" in plots:
-        lines += ["## p99 and p99.9 by profile", "", f"![p99 by profile]({plots['p99']})", ""]
-    lines += ["## How to read this", "", *st.get("notes", []), ""]
+        lines += [f"### Profile `{profile}`: {block['description']}", "", f"Worker straggler string: "
+                  f"`{block['straggler']}`." + (" A fresh cluster for every run; the worker is killed during it, "
+                                                 "the batches before the kill count too."
+                                                 if profile == "dead-worker" else ""), ""]
+        for key in (f"cdf_{profile}", f"frontier_{profile}"):
+            if key in plots:
+                lines += [f"![{key}]({plots[key]})", ""]
+    if "sweep" in plots:
+        lines += ["## Latency vs offered load", "", f"![latency vs load]({plots['sweep']})", ""]
     path.write_text("\n".join(lines))
 
 
@@ -394,8 +598,17 @@ def write_markdown(path: Path, summary: dict, plots: Dict[str, str]) -> None:
 _MS_TICKS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _ms_ticks(axis, lo: float, hi: float, which: str = "x") -> None:
-    """Log axis in ms with plain 1-2-5 labels (matplotlib's minor labels like '3x10^0' overlap)."""
+    """Log axis in ms with plain 1-2-5 labels."""
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
     ticks = [t for t in _MS_TICKS if lo <= t <= hi] or [lo, hi]
@@ -406,25 +619,24 @@ def _ms_ticks(axis, lo: float, hi: float, which: str = "x") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-def plot_cdf(path: Path, profile: str, latencies: Dict[str, Sequence[float]], deadline_ms: float, title: str) -> None:
+def _ordered(keys) -> list:
+    return [s for s in SCHEME_ORDER if s in keys] + [s for s in keys if s not in SCHEME_ORDER]
+
+
+def plot_cdf(path: Path, latencies: Dict[str, Sequence[float]], deadline_ms: float, title: str) -> None:
     """CDF per scheme on a log time axis (left) and its tail, 1 - CDF on log-log (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (ax, tail) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for scheme in [s for s in SCHEME_ORDER if s in latencies] + [s for s in latencies if s not in SCHEME_ORDER]:
-        every = np.sort(np.asarray(latencies[scheme], dtype=float))  # inf: never answered
+    for scheme in _ordered(latencies):
+        every = np.sort(np.asarray(latencies[scheme], dtype=float))
         values = every[np.isfinite(every)]
         if values.size == 0:
             continue
-        cdf = np.arange(1, values.size + 1) / every.size  # never-answered batches keep the curve below 1
-        p99 = latency_percentiles(every)["p99"]
-        style = dict(color=SCHEME_COLORS.get(scheme), lw=2, label=f"{SCHEME_LABELS.get(scheme, scheme)} "
-                     f"(p99 {'never' if p99 is None else f'{p99:.0f} ms'})")
-        ax.step(values, cdf, where="post", **style)
-        tail.step(values, 1.0 - np.arange(values.size) / every.size, where="post", **style)  # share >= x
+        p = latency_percentiles(every)
+        style = dict(color=SCHEME_COLORS.get(scheme), lw=2, label=f"{label(scheme)} (p99 {_ms(p['p99'])}, "
+                     f"p99.9 {_ms(p['p99.9'])} ms)")
+        ax.step(values, np.arange(1, values.size + 1) / every.size, where="post", **style)
+        tail.step(values, 1.0 - np.arange(values.size) / every.size, where="post", **style)
     finite = [v for vs in latencies.values() for v in vs if np.isfinite(v)]
     lo, hi = (min(finite) * 0.8, max(max(finite), deadline_ms) * 1.25) if finite else (1.0, 1000.0)
     for axis in (ax, tail):
@@ -437,73 +649,121 @@ def plot_cdf(path: Path, profile: str, latencies: Dict[str, Sequence[float]], de
     ax.text(deadline_ms, 0.5, f"deadline {deadline_ms:g} ms ", fontsize=8, rotation=90, ha="right", va="center")
     ax.set_ylabel("fraction of batches answered within x")
     ax.set_ylim(0, 1.01)
-    ax.legend(loc="upper left", fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
     ax.set_title("latency CDF")
     tail.set_yscale("log")
     tail.set_ylabel("fraction of batches taking x or longer (log)")
     for level, name in ((1e-2, "p99"), (1e-3, "p99.9")):
         tail.axhline(level, color="k", ls="--", lw=0.8, alpha=0.6)
-        tail.text(tail.get_xlim()[0], level, f" {name}", va="bottom", fontsize=8)
+        tail.text(lo, level, f" {name}", va="bottom", fontsize=8)
     tail.set_title("tail (1 - CDF)")
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_p99_bars(path: Path, summary: dict) -> None:
-    """Grouped bars: p99 (solid) and p99.9 (hatched, behind) per profile and scheme, log scale."""
-    import matplotlib
+def plot_frontier(path: Path, block: dict, settings: dict, profile: str) -> None:
+    """p99 and p99.9 vs RelAcc: a curve over M per coded scheme, the baselines as points."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    values = []
+    for ax, key, name in ((axes[0], "p99_ms", "p99"), (axes[1], "p99.9_ms", "p99.9")):
+        for scheme, points in block["frontier"].items():
+            pts = [(p["rel_acc"], p[key], p["m"]) for p in points if p["rel_acc"] is not None and p[key] is not None]
+            if not pts:
+                continue
+            xs, ys, ms = zip(*pts)
+            values += ys
+            ax.plot(xs, ys, "-o", color=SCHEME_COLORS.get(scheme), label=f"{label(scheme)} first:M (trace)", ms=4)
+            for x, y, m in pts:
+                ax.annotate(f"M={m}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for scheme in _ordered(block["schemes"]):
+            s = block["schemes"][scheme]
+            if s.get(key) is None:
+                continue
+            values.append(s[key])
+            marker = "*" if scheme in ("bacc", "nercc") else "s"
+            ax.plot([s.get("rel_acc") if s.get("rel_acc") is not None else 1.0], [s[key]], marker,
+                    color=SCHEME_COLORS.get(scheme), ms=11 if marker == "*" else 8, mec="k",
+                    label=f"{label(scheme)}" + (f" {settings['coded_policy']} (live)" if marker == "*" else ""))
+        ax.axhline(settings["deadline_ms"], color="k", ls=":", lw=1)
+        ax.set_xlabel("RelAcc (accuracy of served predictions / accuracy of f)")
+        ax.set_title(f"{name} latency vs accuracy")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    if values:
+        lo, hi = min(values) / 1.5, max(max(values), settings["deadline_ms"]) * 1.5
+        axes[0].set_ylim(lo, hi)
+        _ms_ticks(axes[0], lo, hi, "y")
+    axes[0].set_ylabel("latency per batch (ms, log)")
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{settings['model']}, N = {settings['n_workers']}, K = {settings['n_inputs']}, profile "
+                 f"'{profile}': {block['description']}; deadline {settings['deadline_ms']:g} ms (dotted)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    profiles = list(summary["profiles"])
-    schemes = [s for s in SCHEME_ORDER if any(s in summary["profiles"][p]["schemes"] for p in profiles)]
-    width = 0.8 / max(len(schemes), 1)
-    never = []  # (x, color) of p99s that fall among never-answered batches
-    fig, ax = plt.subplots(figsize=(max(7.0, 2.6 + 2.2 * len(profiles)), 5.0))
-    for j, scheme in enumerate(schemes):
-        xs = np.arange(len(profiles)) + (j - (len(schemes) - 1) / 2) * width
-        p99 = [summary["profiles"][p]["schemes"].get(scheme, {}).get("p99_ms") or np.nan for p in profiles]
-        p999 = [summary["profiles"][p]["schemes"].get(scheme, {}).get("p99.9_ms") or np.nan for p in profiles]
+def plot_sweep(path: Path, summary: dict) -> None:
+    """p50 / p99 / p99.9 vs offered load per scheme (the standard serving figure)."""
+    plt = _pyplot()
+    points = summary["sweep"]["points"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
+    for ax, key in zip(axes, ("p50_ms", "p99_ms", "p99.9_ms")):
+        for scheme in _ordered({p["scheme"] for p in points}):
+            pts = sorted((p["offered_batches_per_s"] or p["rate"], p[key]) for p in points
+                         if p["scheme"] == scheme and p[key] is not None)
+            if pts:
+                ax.plot(*zip(*pts), "-o", color=SCHEME_COLORS.get(scheme), label=label(scheme), ms=4)
+        ax.set_xlabel("offered load (batches/s)")
+        ax.set_title(key.replace("_ms", ""))
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.axhline(summary["settings"]["deadline_ms"], color="k", ls=":", lw=1)
+    axes[0].set_ylabel("latency per batch (ms, log)")
+    axes[0].legend(fontsize=8)
+    st = summary["settings"]
+    fig.suptitle(f"{st['model']}, N = {st['n_workers']}, K = {st['n_inputs']}, profile "
+                 f"'{summary['sweep']['profile']}', {summary['sweep']['engine']} engine", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_ramp(path: Path, summary: dict) -> None:
+    """Calibration: throughput and p50 vs offered load per scheme, the knees marked."""
+    plt = _pyplot()
+    cal = summary["calibration"]["schemes"]
+    fig, (ax, lat) = plt.subplots(1, 2, figsize=(12, 4.6))
+    top = 0.0
+    for scheme in _ordered(cal):
+        steps = cal[scheme]["steps"]
+        if not steps:
+            continue
+        rates = [s["rate"] for s in steps]
+        top = max(top, max(rates))
         color = SCHEME_COLORS.get(scheme)
-        ax.bar(xs, p999, width * 0.92, color=color, alpha=0.35, hatch="//", edgecolor=color)
-        ax.bar(xs, p99, width * 0.92, color=color, label=SCHEME_LABELS.get(scheme, scheme))
-        for x, v, profile in zip(xs, p99, profiles):
-            if np.isfinite(v):
-                ax.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
-            elif summary["profiles"][profile]["schemes"].get(scheme, {}).get("requests"):
-                never.append((x, color))
+        ax.plot(rates, [s["throughput_batches_per_s"] for s in steps], "-o", color=color, label=label(scheme), ms=4)
+        lat.plot(rates, [s["p50_ms"] for s in steps], "-o", color=color, label=label(scheme), ms=4)
+        knee = cal[scheme]["knee_batches_per_s"]
+        if knee:
+            ax.axvline(knee, color=color, ls=":", lw=1)
+    ax.plot([0, top], [0, top], "k--", lw=0.8, label="throughput = offered")
+    chosen = summary["settings"].get("offered_batches_per_s")
+    for axis in (ax, lat):
+        if chosen:
+            axis.axvline(chosen, color="k", lw=1.5, alpha=0.5)
+        axis.set_xscale("log")
+        axis.set_xlabel("offered load (batches/s, log)")
+        axis.grid(True, which="both", alpha=0.3)
     ax.set_yscale("log")
-    shown = [v for p in profiles for sc in summary["profiles"][p]["schemes"].values()
-             for v in (sc.get("p99_ms"), sc.get("p99.9_ms")) if v]
-    deadline = summary["settings"]["deadline_ms"]
-    lo, top = (min(shown) / 2, max(max(shown), deadline) * 2) if shown else (1.0, 1000.0)
-    ax.set_ylim(lo, top)
-    _ms_ticks(ax, lo, top, "y")
-    for x, color in never:  # a p99 among unanswered batches: a faint full-height bar that says so
-        ax.bar(x, top - lo, width * 0.92, bottom=lo, color=color, alpha=0.12, edgecolor=color, ls="--")
-        ax.text(x, math.sqrt(lo * top), "p99: no answer", color=color, rotation=90, ha="center", va="center",
-                fontsize=8, fontweight="bold")
-    ax.set_xlim(-0.5, len(profiles) - 0.5)
-    ax.set_xticks(np.arange(len(profiles)))
-    ax.set_xticklabels(profiles)
-    ax.set_xlabel("straggler profile")
-    ax.set_ylabel("latency per batch (ms, log scale)")
-    ax.axhline(deadline, color="k", ls=":", lw=1)
-    ax.text(0.005, deadline, f"deadline {deadline:g} ms", fontsize=8, va="bottom", ha="left",
-            transform=ax.get_yaxis_transform())
-    handles, labels = ax.get_legend_handles_labels()
-    from matplotlib.patches import Patch
-
-    handles.append(Patch(facecolor="#bbbbbb", hatch="//", edgecolor="#777777", alpha=0.6))
-    labels.append("p99.9 (hatched, behind)")
-    ax.legend(handles, labels, fontsize=8, loc="upper left", ncol=2)
-    n, k = summary["settings"]["n_workers"], summary["settings"]["n_inputs"]
-    ax.set_title(f"p99 (solid) and p99.9 (hatched) latency per batch\n{summary['settings']['model']}, N = {n}, "
-                 f"K = {k}, {summary['settings']['users']} users")
-    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.set_ylabel("throughput (batches/s)")
+    ax.set_title("capacity ramp (dotted: knees; grey: chosen load)")
+    lat.set_yscale("log")
+    lat.set_ylabel("p50 latency (ms, log)")
+    lat.set_title("p50 vs offered load, no stragglers")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

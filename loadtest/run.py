@@ -1,10 +1,13 @@
-"""Locust tail-latency benchmark: uncoded vs replication vs BACC vs NeRCC on one Triton cluster per straggler profile.
+"""Tail-latency benchmark: uncoded / replication / hedged / BACC / NeRCC on one Triton cluster, under stragglers, below
+saturation, measured by two load engines (Locust and a plain asyncio open-loop generator) that must agree.
 
-For each straggler profile (``none``, ``bimodal``, ``shifted-exp``, ``dead-worker``, or ``all`` four) this starts a
-local cluster (master + N workers, LocalCluster) or uses the one given by URL, runs Locust headless once per scheme
-with the same users, spawn rate and duration (``loadtest/locustfile.py``, one subprocess per scheme), and writes a
-report folder: summary.json, report.md, latency CDF plots per profile and p99/p99.9 bars across profiles, plus the
-raw per-request logs and Locust CSVs under raw/.
+A run: (1) calibrate on a straggler-free cluster: a short capacity ramp per scheme (open-loop Poisson load rising
+until throughput falls behind or p50 doubles: the knee, load generator included) and CPU ms per batch from /proc;
+(2) choose the offered load (a fraction of the lowest knee) and the deadline (a multiple of the coded path's own
+no-straggler p50), printing both and why; (3) per straggler profile, start a cluster with that profile and run each
+scheme at that load with each engine (``--engine``), then, for the coded schemes, one trace run whose per-worker
+arrival times give the accuracy-latency frontier over M in ``first:M``; (4) write summary.json, report.md and
+plots (latency CDFs, frontier per profile, latency vs load with ``--rates``) into the report folder.
 """
 
 from __future__ import annotations
@@ -23,327 +26,477 @@ from typing import Dict, List
 from nercc.paths import REPO_ROOT
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-SCHEMES = ("uncoded", "replication", "bacc", "nercc")
-USER_CLASSES = {"uncoded": "UncodedUser", "replication": "ReplicationUser", "bacc": "BaccUser", "nercc": "NerccUser"}
+ENGINES = ("asyncio", "locust")
+USER_CLASSES = {"uncoded": "UncodedUser", "replication": "ReplicationUser", "hedged": "HedgedUser",
+                "bacc": "BaccUser", "nercc": "NerccUser"}
 
-#: Worker straggler profiles (nercc.serving.stragglers strings). An idle worker answers a LeNet5 request in about
-#: 2 ms end to end here, so "20x slower" is +40 ms; dead-worker runs without injected delay and kills a worker.
+#: Worker straggler profiles (nercc.serving.stragglers strings). An idle LeNet5 worker answers in about 1-2 ms
+#: here, so +40 ms is a 20x slowdown; dead-worker runs without injected delay and SIGKILLs a worker mid-run.
 PROFILES: Dict[str, dict] = {
     "none": {"straggler": "none", "description": "no injected delay"},
     "bimodal": {"straggler": "bimodal:p=0.1,slow_ms=40",
-                "description": "10% of worker requests are 20x slower (+40 ms on a ~2 ms request)"},
+                "description": "10% of worker requests are delayed by +40 ms"},
+    "bimodal-0.2": {"straggler": "bimodal:p=0.2,slow_ms=40",
+                    "description": "20% of worker requests are delayed by +40 ms"},
+    "bimodal-0.3": {"straggler": "bimodal:p=0.3,slow_ms=40",
+                    "description": "30% of worker requests are delayed by +40 ms"},
+    "slow-workers": {"straggler": "slow-workers:count=2,slow_ms=40",
+                     "description": "workers 0 and 1 of 12 are always slow: +40 ms on every request"},
+    "dead-worker": {"straggler": "none", "description": "one worker is killed (SIGKILL) a third into each run"},
     "shifted-exp": {"straggler": "shifted-exp:shift_ms=1,scale_ms=4",
                     "description": "every worker request is delayed by 1 ms + an exponential with mean 4 ms"},
-    "dead-worker": {"straggler": "none", "description": "one worker is killed (SIGKILL) during each scheme's run"},
 }
 PROFILE_NAMES = tuple(PROFILES)
+#: `--profile all`: the issue's set.
+ALL_PROFILES = ("bimodal", "bimodal-0.2", "bimodal-0.3", "slow-workers", "dead-worker")
 
-QUICK = {"duration": 8.0, "users": 8, "rounds": 1}
+#: Per model: the calibration ramp (START,FACTOR,MAX,STEP_S) and batches per run; heavier models get less load.
+MODEL_DEFAULTS = {
+    "lenet5": {"ramp": "8,1.5,300,2.5", "batches": 1200},
+    "repvgg_cifar10": {"ramp": "4,1.5,150,3", "batches": 600},
+    "efficientnet_lite0": {"ramp": "0.5,1.5,20,6", "batches": 60},
+}
+FALLBACK_DEFAULTS = {"ramp": "2,1.5,200,3", "batches": 400}
+
+QUICK = {"batches": 150, "ramp": "8,2,64,1.5", "frontier_batches": 100}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="bimodal", choices=PROFILE_NAMES + ("all",),
-                        help="straggler profile to run, or all four")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"short CI-sized run: {QUICK['duration']:g} s per scheme in one round, {QUICK['users']} "
-                             "users (one profile in under 3 minutes)")
-    parser.add_argument("--model", default="lenet5", help="exported MNIST model to serve")
+    parser.add_argument("--profile", default="bimodal",
+                        help="straggler profile(s), comma-separated, or 'all' (" + ", ".join(ALL_PROFILES) + "); "
+                             "known: " + ", ".join(PROFILE_NAMES))
+    parser.add_argument("--engine", default="both", choices=ENGINES + ("both",),
+                        help="load engine: Locust, the asyncio open-loop generator, or both at the same load "
+                             "(the report then compares them; the headline numbers are the asyncio engine's)")
+    parser.add_argument("--model", default="lenet5", help="exported model to serve (lenet5, repvgg_cifar10, "
+                                                          "efficientnet_lite0); batches from its dataset")
     parser.add_argument("--workers", type=int, default=12, help="N: worker tritonservers")
-    parser.add_argument("--inputs", type=int, default=4, help="K: images per coded batch")
-    parser.add_argument("--users", type=int, default=16,
-                        help="Locust users per scheme (in total with --together), each with one batch in flight")
-    parser.add_argument("--rate-per-user", type=float, default=2.5,
-                        help="batches per second each user starts (constant pacing): users x rate is the offered "
-                             "load, the same for every scheme; keep it moderate on a small machine so the run "
-                             "measures stragglers, not CPU saturation; 0 = closed loop (as fast as answers come)")
-    parser.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
-    parser.add_argument("--duration", type=float, default=40.0,
-                        help="seconds of load per scheme (in total over the rounds)")
-    parser.add_argument("--together", action="store_true",
-                        help="run the schemes at the same time in one Locust process (--users split evenly among "
-                             "them) instead of one after another: identical background conditions for all, at the "
-                             "price of sharing the workers")
-    parser.add_argument("--rounds", type=int, default=8,
-                        help="split each scheme's time into this many runs, in alternating scheme order "
-                             "(ABCD, DCBA, ...), so slow drifts of a shared machine hit every scheme alike")
-    parser.add_argument("--deadline-ms", type=float, default=40.0,
-                        help="end-to-end deadline per batch (default: the bimodal straggler's extra delay, so a "
-                             "coded batch never waits for a straggler)")
+    parser.add_argument("--inputs", type=int, default=4, help="K: inputs per batch")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="offered load in batches/s, the same for every scheme and engine (default: "
+                             "--load-fraction x the lowest knee of the calibration ramp)")
+    parser.add_argument("--load-fraction", type=float, default=0.3,
+                        help="default load as a share of the lowest scheme's knee (well below saturation)")
+    parser.add_argument("--rates", default=None,
+                        help="comma-separated offered loads to sweep (batches/s, asyncio engine, first profile): "
+                             "p50/p99/p99.9 vs load per scheme")
+    parser.add_argument("--batches", type=int, default=None,
+                        help="batches per scheme and engine run (default per model: lenet5 1200); p99.9 needs 1000+")
+    parser.add_argument("--locust-batches", type=int, default=None,
+                        help="batches per Locust run with --engine both (default: --batches); its p50/p99 are "
+                             "compared with the asyncio engine's")
+    parser.add_argument("--deadline-ms", type=float, default=None,
+                        help="end-to-end deadline (SLO) per batch (default: --deadline-factor x the coded path's "
+                             "no-straggler p50 measured by the calibration)")
+    parser.add_argument("--deadline-factor", type=float, default=2.5, help="default deadline / coded no-straggler p50")
     parser.add_argument("--policy", default="auto",
                         help="coded schemes' policy: first:M | deadline | all | auto (first:M, M = ceil(2N/3))")
     parser.add_argument("--hard-timeout-ms", type=float, default=2000.0,
                         help="longest a batch waits for the answers it needs")
-    parser.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated subset of " + ", ".join(SCHEMES))
-    parser.add_argument("--straggler", default=None,
-                        help="override the profile's worker straggler string (nercc.serving.stragglers syntax)")
+    parser.add_argument("--schemes", default=None, help="comma-separated subset (default: every scheme the client has)")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="skip the ramp (needs --rate and --deadline-ms); no knee, no no-straggler cost table")
+    parser.add_argument("--ramp", default=None, help="calibration ramp START,FACTOR,MAX,STEP_S (default per model)")
+    parser.add_argument("--no-frontier", action="store_true", help="skip the coded schemes' first:M trace runs")
+    parser.add_argument("--frontier-batches", type=int, default=None,
+                        help="batches of each coded scheme's trace run (default: --batches / 2)")
+    parser.add_argument("--users", type=int, default=None,
+                        help="Locust users (default max(32, 2 x rate)): each runs a Poisson stream of rate / users")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"CI-sized: {QUICK['batches']} batches per run, a short ramp, {QUICK['frontier_batches']}-"
+                             "batch traces")
+    parser.add_argument("--straggler", default=None, help="override the profile's worker straggler string")
     parser.add_argument("--kill-worker", type=int, default=0, help="dead-worker: index of the worker to kill")
     parser.add_argument("--kill-after", type=float, default=None,
-                        help="dead-worker: seconds into each scheme's run to kill it (default: a third of --duration)")
+                        help="dead-worker: seconds into each run to kill it (default: a third of the run)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the workers' straggler delays")
     parser.add_argument("--master-url", default=None, help="use this running master instead of starting a cluster")
     parser.add_argument("--worker-urls", default=None, help="comma-separated worker URLs of a running cluster")
-    parser.add_argument("--out", default=None, help="report folder (default: reports/<profile>-<UTC timestamp>/)")
+    parser.add_argument("--out", default=None, help="report folder (default: reports/<model>-<profile>-<UTC time>/)")
     parser.add_argument("--record-predictions", type=int, default=1,
-                        help="keep every n-th request's predictions to measure MSE/RelAcc (0: skip accuracy)")
+                        help="keep every n-th batch's predictions to measure MSE/RelAcc (0: skip accuracy)")
     parser.add_argument("--tritonserver", default=None, help="tritonserver binary (default: nvidia-pytriton's)")
-    parser.add_argument("--master-instances", type=int, default=1,
-                        help="model instances of the master's preprocess and encoder: with one, concurrent "
-                             "batches queue behind each other's encode")
+    parser.add_argument("--master-instances", type=int, default=1, help="model instances of the master's models")
 
 
-def _check_args(args) -> List[str]:
-    if args.quick:
-        args.duration = min(args.duration, QUICK["duration"])
-        args.users = min(args.users, QUICK["users"])
-        args.rounds = QUICK["rounds"]
-    if args.rounds < 1:
-        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+# ------------------------------------------------------------------------------------------------ arguments
+def _split(text) -> List[str]:
+    return [s.strip() for s in str(text or "").split(",") if s.strip()]
+
+
+def check_args(args) -> dict:
+    """Validate; returns the resolved plan (schemes, profiles, engines, batches, rates)."""
+    from loadtest.workload import available_schemes
+
+    defaults = MODEL_DEFAULTS.get(args.model, FALLBACK_DEFAULTS)
     if args.workers < 2:
         raise ValueError(f"--workers must be >= 2, got {args.workers}")
     if not 2 <= args.inputs <= args.workers:
         raise ValueError(f"--inputs K must be in 2..workers={args.workers}, got {args.inputs}")
-    if args.users < 1:
-        raise ValueError(f"--users must be >= 1, got {args.users}")
-    if args.duration <= 0:
-        raise ValueError(f"--duration must be > 0 seconds, got {args.duration}")
-    if args.rate_per_user < 0:
-        raise ValueError(f"--rate-per-user must be >= 0, got {args.rate_per_user}")
-    if not args.deadline_ms > 0:
-        raise ValueError(f"--deadline-ms must be > 0, got {args.deadline_ms}")
-    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
-    unknown = [s for s in schemes if s not in SCHEMES]
+    known = available_schemes()
+    schemes = _split(args.schemes) if args.schemes else list(known)
+    unknown = [s for s in schemes if s not in known]
     if unknown or not schemes:
-        raise ValueError(f"--schemes: unknown {unknown or 'empty list'}; choose from {', '.join(SCHEMES)}")
+        raise ValueError(f"--schemes: unknown {unknown or 'empty list'}; choose from {', '.join(known)}")
+    profiles = list(ALL_PROFILES) if args.profile == "all" else _split(args.profile)
+    bad = [p for p in profiles if p not in PROFILES]
+    if bad or not profiles:
+        raise ValueError(f"--profile: unknown {bad or 'empty list'}; choose from {', '.join(PROFILE_NAMES)} or all")
+    batches = args.batches or (QUICK["batches"] if args.quick else defaults["batches"])
+    if batches < 10:
+        raise ValueError(f"--batches must be >= 10, got {batches}")
+    if args.rate is not None and not args.rate > 0:
+        raise ValueError(f"--rate must be > 0 batches/s, got {args.rate}")
+    if not 0 < args.load_fraction <= 1:
+        raise ValueError(f"--load-fraction must be in (0, 1], got {args.load_fraction}")
+    if args.deadline_ms is not None and not args.deadline_ms > 0:
+        raise ValueError(f"--deadline-ms must be > 0, got {args.deadline_ms}")
+    if not args.deadline_factor > 1:
+        raise ValueError(f"--deadline-factor must be > 1, got {args.deadline_factor}")
+    rates = []
+    if args.rates:
+        try:
+            rates = [float(r) for r in _split(args.rates)]
+        except ValueError:
+            raise ValueError(f"--rates wants comma-separated numbers, got {args.rates!r}") from None
+        if not rates or min(rates) <= 0:
+            raise ValueError(f"--rates must be positive batches/s, got {args.rates!r}")
+    if args.no_calibrate and (args.rate is None or args.deadline_ms is None):
+        raise ValueError("--no-calibrate needs --rate and --deadline-ms (nothing else can choose them)")
     if args.master_url and not args.worker_urls:
         raise ValueError("--master-url needs --worker-urls")
+    if args.worker_urls and "dead-worker" in profiles:
+        raise ValueError("--profile dead-worker kills a worker of a local cluster; it cannot run on given URLs")
     if not 0 <= args.kill_worker < args.workers:
         raise ValueError(f"--kill-worker must be in 0..{args.workers - 1}, got {args.kill_worker}")
-    if args.together and args.users % len(schemes):
-        raise ValueError(f"--together splits --users evenly among {len(schemes)} schemes: {args.users} does not divide")
-    return schemes
+    if args.users is not None and args.users < 1:
+        raise ValueError(f"--users must be >= 1, got {args.users}")
+    from loadtest.openloop import ramp_rates
+
+    ramp = args.ramp or (QUICK["ramp"] if args.quick else defaults["ramp"])
+    ramp_rates(ramp)  # validates
+    engines = list(ENGINES) if args.engine == "both" else [args.engine]
+    engines.sort(key=lambda e: 0 if e == "asyncio" else 1)  # asyncio first: the yardstick, the headline
+    return {
+        "schemes": schemes, "profiles": profiles, "engines": engines, "batches": batches,
+        "locust_batches": args.locust_batches or batches, "rates": rates, "ramp": ramp,
+        "frontier_batches": args.frontier_batches or (QUICK["frontier_batches"] if args.quick else max(50, batches // 2)),
+        "policy": resolve_policy(args.policy, args.workers),
+    }
 
 
 def resolve_policy(policy: str, n_workers: int) -> str:
-    """``auto`` → ``first:M`` with M = ceil(2N/3): decode from the fastest two thirds, never past the deadline."""
+    """``auto`` -> ``first:M`` with M = ceil(2N/3): decode from the fastest two thirds, never past the deadline."""
     if policy == "auto":
         return f"first:{max(2, math.ceil(2 * n_workers / 3))}"
     return policy
 
 
-def run_seconds(args) -> float:
-    """Length of one Locust run: the scheme's duration split over the rounds (whole seconds, Locust's -t)."""
-    return max(1.0, round(args.duration / args.rounds))
-
-
-def locust_command(args, schemes: List[str], master_url: str | None, worker_urls: List[str], csv_prefix: Path,
-                   requests_log: Path) -> List[str]:
-    spawn_rate = args.spawn_rate if args.spawn_rate else args.users
-    command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-        "-u", str(args.users), "-r", f"{spawn_rate:g}", "-t", f"{run_seconds(args):g}s", "--stop-timeout", "10",
-        "--csv", str(csv_prefix), "--csv-full-history", "--loglevel", "WARNING",
-        "--worker-urls", ",".join(worker_urls), "--model", args.model, "--n-inputs", str(args.inputs),
-        "--deadline-ms", f"{args.deadline_ms:g}", "--policy", args.policy,
-        "--hard-timeout-ms", f"{args.hard_timeout_ms:g}", "--requests-log", str(requests_log),
-        "--record-predictions", str(args.record_predictions), "--rate-per-user", f"{args.rate_per_user:g}",
-    ]
-    if master_url:
-        command += ["--master-url", master_url]
-    return command + [USER_CLASSES[scheme] for scheme in schemes]
-
-
-def _locust_env() -> dict:
+# ------------------------------------------------------------------------------------------------ engine runs
+def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.setdefault("GRPC_VERBOSITY", "ERROR")  # grpc's fork/poller notices would drown Locust's summary
+    env.setdefault("GRPC_VERBOSITY", "ERROR")  # grpc's fork/poller notices would drown the engines' output
     return env
 
 
-def run_locust(args, schemes: List[str], master_url, worker_urls, raw_dir: Path, tag: str, on_started=None) -> Path:
-    """One headless Locust run of these schemes' user classes; returns the requests log.
+def engine_options(args, cluster: dict, scheme: str, deadline_ms: float, policy: str, log: Path,
+                   rate: float, hard_timeout_ms: float | None = None, n_stragglers: int | None = None) -> List[str]:
+    """The options both engines share (loadtest.workload.add_engine_arguments)."""
+    options = [
+        "--worker-urls", ",".join(cluster["worker_urls"]), "--model", args.model, "--n-inputs", str(args.inputs),
+        "--deadline-ms", f"{deadline_ms:g}", "--policy", policy,
+        "--hard-timeout-ms", f"{hard_timeout_ms or args.hard_timeout_ms:g}", "--rate", f"{rate:g}",
+        "--arrival-seed", str(args.seed + 1), "--requests-log", str(log),
+        "--record-predictions", str(args.record_predictions),
+        "--server-pids", ",".join(str(p) for p in cluster["pids"]),
+    ]
+    if cluster.get("master_url"):
+        options += ["--master-url", cluster["master_url"]]
+    if n_stragglers is not None:
+        options += ["--n-stragglers", str(n_stragglers)]
+    return options
 
-    ``on_started(log_path, process)`` runs while Locust is running (the dead-worker kill)."""
-    scheme = schemes[0] if len(schemes) == 1 else "together"
-    csv_prefix = raw_dir / f"locust_{tag}_{scheme}"
-    requests_log = raw_dir / f"requests_{tag}_{scheme}.jsonl"
-    if requests_log.exists():
-        requests_log.unlink()
-    stdout_path = raw_dir / f"locust_{tag}_{scheme}.log"
-    command = locust_command(args, schemes, master_url, worker_urls, csv_prefix, requests_log)
-    with open(stdout_path, "w") as out:
+
+def openloop_command(args, cluster, scheme, deadline_ms, policy, log, rate=1.0, duration=None, ramp=None,
+                     **extra) -> List[str]:
+    command = [sys.executable, "-m", "loadtest.openloop", "--scheme", scheme]
+    command += ["--ramp", ramp] if ramp else ["--duration", f"{duration:g}"]
+    return command + engine_options(args, cluster, scheme, deadline_ms, policy, log, rate, **extra)
+
+
+def locust_users(args, rate: float) -> int:
+    return args.users or max(32, math.ceil(2 * rate))
+
+
+def locust_command(args, cluster, scheme, deadline_ms, policy, log, rate, duration, csv_prefix) -> List[str]:
+    users = locust_users(args, rate)
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+        "-u", str(users), "-r", str(users), "-t", f"{math.ceil(duration + 2)}s", "--stop-timeout", "10",
+        "--csv", str(csv_prefix), "--loglevel", "WARNING",
+    ]
+    return command + engine_options(args, cluster, scheme, deadline_ms, policy, log, rate) + [USER_CLASSES[scheme]]
+
+
+def run_engine(command: List[str], log: Path, console: Path, timeout_s: float, on_started=None) -> Path:
+    """Run one engine subprocess to the end; returns its requests log (a run that logged nothing is an error)."""
+    if log.exists():
+        log.unlink()
+    with open(console, "w") as out:
         out.write("$ " + " ".join(command) + "\n")
         out.flush()
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_locust_env(), cwd=REPO_ROOT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=REPO_ROOT)
         try:
             if on_started is not None:
-                on_started(requests_log, process)
-            process.wait(timeout=run_seconds(args) + 180)
+                on_started(log, process)
+            process.wait(timeout=timeout_s)
         except BaseException:
             process.kill()
             process.wait()
             raise
     # Locust exits 1 when any request failed; that is a result, not a crash. No log at all is a crash.
-    if not requests_log.exists() or requests_log.stat().st_size == 0:
-        tail = stdout_path.read_text()[-3000:]
-        raise RuntimeError(f"locust run for {scheme} produced no requests (exit {process.returncode}); "
-                           f"{stdout_path}:\n{tail}")
-    return requests_log
+    if not log.exists() or log.stat().st_size == 0:
+        raise RuntimeError(f"{command[2]} produced no log (exit {process.returncode}); {console}:\n"
+                           + console.read_text()[-3000:])
+    return log
 
 
-def _kill_during_run(cluster, index: int, after_s: float, record: dict):
-    """on_started hook: once the first request is logged, wait ``after_s`` and SIGKILL worker ``index``."""
+def _kill_during_run(cluster_obj, index: int, after_s: float, record: dict):
+    """on_started hook: once the engine's measured stretch began (its first CPU event), wait and SIGKILL a worker."""
 
-    def hook(requests_log: Path, process: subprocess.Popen) -> None:
+    def hook(log: Path, process: subprocess.Popen) -> None:
         started = time.monotonic()
-        while (not requests_log.exists() or requests_log.stat().st_size == 0) and process.poll() is None:
+        while (not log.exists() or log.stat().st_size == 0) and process.poll() is None:
             if time.monotonic() - started > 120:
                 return
-            time.sleep(0.05)
+            time.sleep(0.02)
         time.sleep(after_s)
         if process.poll() is None:
-            cluster.kill_worker(index)
+            cluster_obj.kill_worker(index)
             record["killed_at"] = time.time()
 
     return hook
 
 
-def _start_cluster(args, straggler: str):
-    from nercc.serving import LocalCluster
+class Clusters:
+    """The cluster under test: a LocalCluster per straggler setting (restarted for dead-worker), or given URLs."""
 
-    return LocalCluster(args.model, n_workers=args.workers, straggler=straggler, seed=args.seed,
-                        tritonserver=args.tritonserver, master_instances=args.master_instances).start()
+    def __init__(self, args):
+        self.args = args
+        self.current = None
+        self.straggler = None
+
+    def get(self, straggler: str, fresh: bool = False) -> dict:
+        args = self.args
+        if args.worker_urls:
+            return {"master_url": args.master_url, "worker_urls": _split(args.worker_urls), "pids": [], "obj": None}
+        if self.current is None or fresh or straggler != self.straggler:
+            self.stop()
+            from nercc.serving import LocalCluster
+
+            self.current = LocalCluster(args.model, n_workers=args.workers, straggler=straggler, seed=args.seed,
+                                        tritonserver=args.tritonserver,
+                                        master_instances=args.master_instances).start()
+            self.straggler = straggler
+        c = self.current
+        return {"master_url": c.master_url, "worker_urls": c.worker_urls, "pids": c.pids(), "obj": c}
+
+    def check(self) -> List[str]:
+        return self.current.check() if self.current is not None else []
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+            self.current = None
 
 
-def run_profile(args, profile: str, schemes: List[str], raw_dir: Path, progress) -> dict:
-    """Every scheme under one straggler profile; returns the profile block of summary.json (without analysis)."""
+# ------------------------------------------------------------------------------------------------ phases
+def calibrate(args, plan, clusters: Clusters, raw_dir: Path, progress) -> dict:
+    """Straggler-free capacity ramp per scheme: knee, no-straggler p50 and CPU per batch at the lightest load."""
+    from loadtest import report
+
+    cluster = clusters.get("none")
+    out = {"ramp": plan["ramp"], "straggler": "none", "schemes": {}}
+    for scheme in plan["schemes"]:
+        progress.set_description(f"calibrate / {scheme}")
+        log = raw_dir / f"ramp_{scheme}.jsonl"
+        command = openloop_command(args, cluster, scheme, args.deadline_ms or 1000.0, plan["policy"], log,
+                                   ramp=plan["ramp"], hard_timeout_ms=max(args.hard_timeout_ms, 2000.0))
+        run_engine(command, log, raw_dir / f"ramp_{scheme}.log", timeout_s=900)
+        out["schemes"][scheme] = report.ramp_summary(log)
+        out["schemes"][scheme]["log"] = log.name
+        progress.update(1)
+    return out
+
+
+def choose_load_and_deadline(args, plan, calibration: dict | None) -> dict:
+    """The offered load and the deadline of the measured runs, with the reason for each (printed, stored)."""
+    choice = {}
+    knees = {s: c["knee_batches_per_s"] for s, c in (calibration or {}).get("schemes", {}).items()}
+    if args.rate is not None:
+        choice["rate"] = float(args.rate)
+        choice["rate_why"] = "given by --rate"
+    else:
+        lowest = min(knees, key=lambda s: knees[s] if knees[s] is not None else 0.0)
+        knee = knees[lowest] or 0.0
+        if not knee:
+            raise RuntimeError(f"calibration: scheme {lowest!r} has no knee (its lightest ramp step already fell "
+                               f"behind); give --rate, or a lighter --ramp")
+        rate = _nice(args.load_fraction * knee)
+        choice["rate"] = rate
+        choice["rate_why"] = (f"{args.load_fraction:g} x the lowest knee ({lowest}: {knee:g} batches/s, load generator "
+                              f"included) = {rate:g} batches/s: well below saturation, so latency shows stragglers, "
+                              "not queueing for CPU")
+    if args.deadline_ms is not None:
+        choice["deadline_ms"] = float(args.deadline_ms)
+        choice["deadline_why"] = "given by --deadline-ms"
+    else:
+        coded = [s for s in ("nercc", "bacc") if s in (calibration or {}).get("schemes", {})]
+        if not coded:
+            raise RuntimeError("the default deadline comes from a coded scheme's no-straggler p50: include nercc or "
+                               "bacc in --schemes, or give --deadline-ms")
+        p50 = calibration["schemes"][coded[0]]["p50_ms_light"]
+        deadline = float(math.ceil(args.deadline_factor * p50))
+        choice["deadline_ms"] = deadline
+        choice["deadline_why"] = (f"{args.deadline_factor:g} x {coded[0]}'s no-straggler p50 at the lightest ramp step "
+                                  f"({p50:.1f} ms) = {deadline:g} ms: an SLO the coded path meets by itself, not the "
+                                  "injected straggler delay")
+    return choice
+
+
+def _nice(value: float) -> float:
+    """Round a load down to 2 significant digits (a printable setting)."""
+    if value <= 0:
+        return 0.0
+    digits = 1 - int(math.floor(math.log10(value)))
+    return math.floor(value * 10 ** digits) / 10 ** digits
+
+
+def measure_profile(args, plan, profile: str, clusters: Clusters, choice: dict, raw_dir: Path, progress) -> dict:
+    """Every scheme x engine at the chosen load under one profile, then the coded schemes' frontier traces."""
     spec = PROFILES[profile]
     straggler = args.straggler or spec["straggler"]
     dead = profile == "dead-worker"
-    kill_after = args.kill_after if args.kill_after is not None else run_seconds(args) / 3
-    block = {"straggler": straggler, "description": spec["description"], "runs": {s: [] for s in schemes}}
-    if dead:
-        block.update(killed_worker=args.kill_worker, kill_after_s=kill_after)
-    external = bool(args.worker_urls)
-    if external and dead:
-        raise ValueError("--profile dead-worker kills a worker of a local cluster; it cannot run on given URLs")
-    cluster = None
-    try:
-        for round_index in range(args.rounds):
-            order = schemes if round_index % 2 == 0 else schemes[::-1]
-            groups = [order] if args.together else [[scheme] for scheme in order]
-            for group in groups:
-                label = "together" if args.together else group[0]
-                progress.set_description(f"{profile} / {label} / round {round_index + 1}")
-                if external:
-                    master_url, worker_urls = args.master_url, [u.strip() for u in args.worker_urls.split(",") if u]
-                else:
-                    if cluster is None or dead:  # dead-worker: each run starts with every worker alive
-                        if cluster is not None:
-                            cluster.stop()
-                        cluster = _start_cluster(args, straggler)
-                    master_url, worker_urls = cluster.master_url, cluster.worker_urls
-                run = {"round": round_index + 1, "schemes": list(group), "started": time.time()}
-                hook = _kill_during_run(cluster, args.kill_worker, kill_after, run) if dead else None
-                tag = f"{profile}_r{round_index + 1}"
-                run["requests_log"] = str(run_locust(args, group, master_url, worker_urls, raw_dir, tag, hook))
-                run["locust_csv"] = str(raw_dir / f"locust_{tag}_{'together' if args.together else group[0]}_stats.csv")
-                crashed = cluster.check() if cluster is not None else []
-                if crashed:  # a dead server turns every later run's numbers into a dead-worker profile: say so
-                    run["crashed_servers"] = crashed
-                    progress.write(f"WARNING: {profile} / {label} / round {round_index + 1}: "
-                                   f"server(s) died during the run: {', '.join(crashed)}")
-                for scheme in group:
-                    block["runs"][scheme].append(run)
-                progress.update(len(group))
-    finally:
-        if cluster is not None:
-            cluster.stop()
+    rate, deadline = choice["rate"], choice["deadline_ms"]
+    block = {"straggler": straggler, "description": spec["description"], "runs": []}
+    for scheme in plan["schemes"]:
+        for engine in plan["engines"]:
+            n = plan["locust_batches"] if engine == "locust" and len(plan["engines"]) > 1 else plan["batches"]
+            block["runs"].append(_one_run(args, plan, profile, scheme, engine, n, rate, deadline, straggler, dead,
+                                          clusters, raw_dir, progress, kind="main"))
+    if not args.no_frontier:
+        for scheme in [s for s in plan["schemes"] if s in ("bacc", "nercc")]:
+            block["runs"].append(_one_run(args, plan, profile, scheme, "asyncio", plan["frontier_batches"], rate,
+                                          deadline, straggler, dead, clusters, raw_dir, progress, kind="trace"))
     return block
 
 
-def analyse(args, summary: dict, out_dir: Path) -> Dict[str, str]:
-    """Fill in the per-scheme numbers, write the plots; returns {profile or 'p99': plot file name}."""
-    from loadtest import report
-
-    reference = None
-    if args.record_predictions:
-        reference = report.Reference(args.model, args.inputs)
-    plots: Dict[str, str] = {}
-    for profile, block in summary["profiles"].items():
-        block["schemes"] = {}
-        latencies = {}
-        for scheme, runs in block["runs"].items():
-            loaded = []
-            for run in runs:
-                requests, loop_events = report.read_requests(Path(run["requests_log"]))
-                requests = [r for r in requests if r["scheme"] == scheme]  # --together: one log, every scheme
-                loaded.append((requests, loop_events, report.read_locust_stats(Path(run["locust_csv"]), scheme)))
-            block["schemes"][scheme] = report.summarize_scheme(loaded, scheme, args.workers, args.inputs, reference)
-            latencies[scheme] = [report.latency_or_inf(r) for requests, _, _ in loaded for r in requests]
-        name = f"latency_cdf_{profile}.png"
-        report.plot_cdf(out_dir / name, profile, latencies, args.deadline_ms,
-                        f"{args.model}, N = {args.workers}, K = {args.inputs}, {args.users} users — profile "
-                        f"'{profile}': {block['description']}")
-        plots[profile] = name
-    report.plot_p99_bars(out_dir / "p99_by_profile.png", summary)
-    plots["p99"] = "p99_by_profile.png"
-    return plots
+def sweep_rates(args, plan, profile: str, clusters: Clusters, choice: dict, raw_dir: Path, progress) -> list:
+    spec = PROFILES[profile]
+    straggler = args.straggler or spec["straggler"]
+    runs = []
+    for rate in plan["rates"]:
+        for scheme in plan["schemes"]:
+            runs.append(_one_run(args, plan, profile, scheme, plan["engines"][0], plan["batches"], rate,
+                                 choice["deadline_ms"], straggler, profile == "dead-worker", clusters, raw_dir,
+                                 progress, kind="sweep"))
+    return runs
 
 
+def _one_run(args, plan, profile, scheme, engine, n_batches, rate, deadline, straggler, dead, clusters, raw_dir,
+             progress, kind: str) -> dict:
+    duration = n_batches / rate
+    tag = f"{profile}_{scheme}_{engine}" + ("" if kind == "main" else f"_{kind}") + (
+        f"_{rate:g}" if kind == "sweep" else "")
+    progress.set_description(f"{profile} / {scheme} / {engine}" + ("" if kind == "main" else f" / {kind}"))
+    cluster = clusters.get(straggler, fresh=dead)
+    log = raw_dir / f"requests_{tag}.jsonl"
+    run = {"scheme": scheme, "engine": engine, "kind": kind, "rate": rate, "batches_planned": n_batches,
+           "started": time.time(), "requests_log": log.name}
+    policy = plan["policy"]
+    extra = {}
+    if kind == "trace":  # wait for every worker (bounded): the arrival times of all N give every first:M
+        policy = "all"
+        extra = {"hard_timeout_ms": 2 * deadline}
+        if plan["policy"].startswith("first:"):
+            extra["n_stragglers"] = args.workers - int(plan["policy"].split(":")[1])
+    if engine == "asyncio":
+        command = openloop_command(args, cluster, scheme, deadline, policy, log, rate, duration, **extra)
+    else:
+        run["users"] = locust_users(args, rate)
+        csv_prefix = raw_dir / f"locust_{tag}"
+        command = locust_command(args, cluster, scheme, deadline, policy, log, rate, duration, csv_prefix)
+        run["locust_csv"] = csv_prefix.name + "_stats.csv"
+    hook = None
+    if dead:
+        kill_after = args.kill_after if args.kill_after is not None else duration / 3
+        run.update(killed_worker=args.kill_worker, kill_after_s=round(kill_after, 2))
+        hook = _kill_during_run(cluster["obj"], args.kill_worker, kill_after, run)
+    run_engine(command, log, raw_dir / f"console_{tag}.log", timeout_s=duration + 240, on_started=hook)
+    crashed = clusters.check() if not dead else []
+    if crashed:  # a dead server turns every later run's numbers into a dead-worker profile: say so
+        run["crashed_servers"] = crashed
+        progress.write(f"WARNING: {tag}: server(s) died during the run: {', '.join(crashed)}")
+    progress.update(1)
+    return run
+
+
+# ------------------------------------------------------------------------------------------------ main
 def main(args) -> int:
     from tqdm import tqdm
 
     from loadtest import report
 
-    schemes = _check_args(args)
-    profiles = list(PROFILE_NAMES) if args.profile == "all" else [args.profile]
+    if args.quick and args.batches is None:
+        args.batches = QUICK["batches"]
+    plan = check_args(args)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(args.out) if args.out else REPO_ROOT / "reports" / f"{args.profile}-{stamp}"
+    out_dir = Path(args.out) if args.out else REPO_ROOT / "reports" / f"{args.model}-{args.profile}-{stamp}"
     raw_dir = out_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
-    policy = resolve_policy(args.policy, args.workers)
     summary = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "nercc loadtest " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["loadtest"] else sys.argv[1:]),
         "settings": {
-            "model": args.model, "n_workers": args.workers, "n_inputs": args.inputs, "users": args.users,
-            "rate_per_user": args.rate_per_user,
-            "offered_batches_per_s": args.users * args.rate_per_user if args.rate_per_user else None,
-            "spawn_rate": args.spawn_rate or args.users, "duration_s": run_seconds(args) * args.rounds,
-            "rounds": args.rounds, "run_s": run_seconds(args), "together": bool(args.together),
-            "users_per_scheme": args.users // len(schemes) if args.together else args.users,
-            "deadline_ms": args.deadline_ms, "hard_timeout_ms": args.hard_timeout_ms, "coded_policy": policy,
-            "replication_copies": args.workers // args.inputs, "seed": args.seed, "cpu_count": os.cpu_count(),
+            "model": args.model, "n_workers": args.workers, "n_inputs": args.inputs, "engines": plan["engines"],
+            "schemes": plan["schemes"], "batches_per_run": plan["batches"], "locust_batches": plan["locust_batches"],
+            "frontier_batches": plan["frontier_batches"], "coded_policy": plan["policy"],
+            "hard_timeout_ms": args.hard_timeout_ms, "replication_copies": args.workers // args.inputs,
+            "seed": args.seed, "cpu_count": os.cpu_count(),
             "cluster": "given URLs" if args.worker_urls else "LocalCluster on this machine",
-            "fresh_cluster_per_scheme": "dead-worker" in profiles,
-            "notes": [
-                "- Every scheme runs on the same N workers under the same straggler profile; the straggler "
-                "delays are drawn per worker request from each worker's seeded stream, so schemes see the same "
-                "distribution, not the same draws.",
-                "- A worker holds its one model instance while it straggles (a slow machine), so requests queued "
-                "behind a slow one wait too; coded and replication send N requests per batch, uncoded K, so they "
-                "put N / K times more load on the workers.",
-                "- All servers and Locust share this machine's few CPU cores with whatever else runs on it: "
-                "absolute numbers include CPU contention; compare schemes within a profile.",
-            ],
+            "arrivals": "open loop, Poisson, the same rate for every scheme and engine",
         },
         "profiles": {},
     }
-    with tqdm(total=len(profiles) * len(schemes) * args.rounds, unit="run", desc="loadtest") as progress:
-        for profile in profiles:
-            summary["profiles"][profile] = run_profile(args, profile, schemes, raw_dir, progress)
-    plots = analyse(args, summary, out_dir)
-    for block in summary["profiles"].values():
-        unique = {id(run): run for runs in block["runs"].values() for run in runs}  # --together shares runs
-        for run in unique.values():  # paths relative to the report folder, so it can be moved
-            run["requests_log"] = os.path.relpath(run["requests_log"], out_dir)
-            run["locust_csv"] = os.path.relpath(run["locust_csv"], out_dir)
-    summary["plots"] = plots
+    n_units = (0 if args.no_calibrate else len(plan["schemes"]))
+    n_units += len(plan["profiles"]) * len(plan["schemes"]) * len(plan["engines"])
+    n_units += 0 if args.no_frontier else len(plan["profiles"]) * len([s for s in plan["schemes"] if s in ("bacc", "nercc")])
+    n_units += len(plan["rates"]) * len(plan["schemes"])
+    clusters = Clusters(args)
+    try:
+        with tqdm(total=n_units, unit="run", desc="loadtest") as progress:
+            calibration = None if args.no_calibrate else calibrate(args, plan, clusters, raw_dir, progress)
+            choice = choose_load_and_deadline(args, plan, calibration)
+            progress.write(f"offered load: {choice['rate']:g} batches/s — {choice['rate_why']}")
+            progress.write(f"deadline: {choice['deadline_ms']:g} ms — {choice['deadline_why']}")
+            summary["calibration"] = calibration
+            summary["settings"].update(offered_batches_per_s=choice["rate"], deadline_ms=choice["deadline_ms"],
+                                       load_choice=choice["rate_why"], deadline_choice=choice["deadline_why"],
+                                       locust_users=locust_users(args, choice["rate"]))
+            for profile in plan["profiles"]:
+                summary["profiles"][profile] = measure_profile(args, plan, profile, clusters, choice, raw_dir,
+                                                               progress)
+            if plan["rates"]:
+                summary["sweep"] = {"profile": plan["profiles"][0], "engine": plan["engines"][0],
+                                    "runs": sweep_rates(args, plan, plan["profiles"][0], clusters, choice, raw_dir,
+                                                        progress)}
+    finally:
+        clusters.stop()
+    report.analyse(summary, out_dir, record_predictions=bool(args.record_predictions))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    report.write_markdown(out_dir / "report.md", summary, plots)
-    print(report.summary_table(summary))
-    for line in report.target_checks(summary):
-        print(line)
+    report.write_markdown(out_dir / "report.md", summary)
+    print(report.console_text(summary))
     print(f"\nreport: {out_dir / 'report.md'}")
     return 0
 

@@ -1,6 +1,7 @@
-"""The Locust load test against a real 4-worker Triton cluster: the report, the concurrency, the arguments.
+"""The load harness: both engines against a real 4-worker Triton cluster, the capacity ramp, the report.
 
-One module-scoped LocalCluster (master + 4 LeNet5 workers, no injected delay) serves every test here.
+One module-scoped LocalCluster (master + 4 LeNet5 workers, no injected delay) serves the end-to-end tests here;
+the report's arithmetic (engine comparison, targets, first:M replay) is checked on hand-made logs.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from loadtest import report, run
+from loadtest import openloop, report, run, workload
 from nercc.paths import REPO_ROOT
 
 N_WORKERS = 4
@@ -34,107 +36,124 @@ def parse(*argv: str):
     return parser.parse_args(list(argv))
 
 
-def test_short_headless_run_reports_every_scheme(cluster, tmp_path):
-    """`nercc loadtest` on given URLs: summary.json with all four schemes, no failures, plots and report.md."""
-    args = parse(
-        "--profile", "none", "--workers", str(N_WORKERS), "--inputs", str(K), "--users", "4",
-        "--duration", "4", "--rounds", "2", "--deadline-ms", "2000", "--hard-timeout-ms", "4000",  # CI boxes are slow
-        "--master-url", cluster.master_url, "--worker-urls", ",".join(cluster.worker_urls), "--out", str(tmp_path),
-    )
-    assert run.main(args) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    schemes = summary["profiles"]["none"]["schemes"]
-    assert list(schemes) == ["uncoded", "replication", "bacc", "nercc"]
-    for name, s in schemes.items():
-        assert s["requests"] >= 10, name
-        assert s["failures"] == 0, (name, s["failure_reasons"])
-        ps = [s[f"{report.pkey(p)}_ms"] for p in report.PERCENTILES]
-        assert all(0 < a <= b for a, b in zip(ps, ps[1:])), (name, ps)
-        # Locust counted the same requests as our log, except the (at most one per user and round) still in
-        # flight when a run's time ended: they finish during the stop and reach our log after Locust's final stats
-        assert 0 <= s["requests"] - s["locust"]["requests"] <= 4 * 2 and s["locust"]["failures"] == 0, name
-        assert s["n_inputs_checked"] == K * s["requests"], name
-    # the baselines return f itself; the coded schemes approximate it (no straggler: every answer is used)
-    for name in ("uncoded", "replication"):
-        assert schemes[name]["mse"] < 1e-10 and schemes[name]["rel_acc"] == 1.0, name
-    for name in ("bacc", "nercc"):
-        assert schemes[name]["rel_acc"] >= 0.9, name
-    assert schemes["uncoded"]["compute_per_input"] == 1
-    assert schemes["replication"]["compute_per_input"] == N_WORKERS // K
-    assert schemes["nercc"]["compute_per_input"] == N_WORKERS / K
-    assert schemes["nercc"]["measured_compute_per_input"] == pytest.approx(N_WORKERS / K)
-    assert schemes["uncoded"]["measured_compute_per_input"] == pytest.approx(1.0)
-    for plot in ("latency_cdf_none.png", "p99_by_profile.png"):
-        assert (tmp_path / plot).stat().st_size > 10_000, plot
-    text = (tmp_path / "report.md").read_text()
-    assert "| none | NeRCC |" in text and "p99.9" in text
+def _urls(cluster) -> list:
+    return ["--master-url", cluster.master_url, "--worker-urls", ",".join(cluster.worker_urls)]
 
 
-def test_together_runs_every_scheme_in_one_locust_process(cluster, tmp_path):
-    """--together: one Locust run with the four user classes, the users split evenly, one log split by scheme."""
-    args = parse(
-        "--profile", "none", "--workers", str(N_WORKERS), "--inputs", str(K), "--users", "8", "--together",
-        "--duration", "4", "--rounds", "1", "--deadline-ms", "2000", "--hard-timeout-ms", "4000",
-        "--master-url", cluster.master_url, "--worker-urls", ",".join(cluster.worker_urls), "--out", str(tmp_path),
-    )
+# ------------------------------------------------------------------------------------------------ engines, real cluster
+def test_asyncio_engine_is_open_loop_and_logs_cpu(cluster, tmp_path):
+    """Poisson arrivals at the asked rate, each batch on time (no waiting for earlier ones), CPU from /proc."""
+    log = tmp_path / "ol.jsonl"
+    command = [sys.executable, "-m", "loadtest.openloop", "--scheme", "uncoded", "--rate", "40", "--duration", "2",
+               "--n-inputs", str(K), "--deadline-ms", "2000", "--requests-log", str(log),
+               "--server-pids", ",".join(map(str, cluster.pids())), *_urls(cluster)]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=run._env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    requests, events = report.read_log(log)
+    # exactly the seeded schedule: the same offsets the engine drew
+    assert len(requests) == len(workload.poisson_offsets(40, 2, 1))
+    assert all(r["ok"] for r in requests), {r["error"] for r in requests if not r["ok"]}
+    stats = report.run_stats(requests, events, "uncoded", N_WORKERS, K, None)
+    assert 25 <= stats["offered_batches_per_s"] <= 60
+    assert stats["throughput_share"] >= 0.9
+    cpu = stats["cpu_ms_per_batch_parts"]
+    assert cpu["servers"] > 0 and cpu["load_generator"] > 0 and cpu["total"] == pytest.approx(
+        cpu["servers"] + cpu["load_generator"], abs=0.02)
+    assert stats["cpu_ms_per_batch"] == cpu["total"]
+    # every batch carries the per-worker round trips a simulator calibrates from
+    assert all(len(r["worker_ms"]) == K and r["n_requests"] == K for r in requests)
+
+
+def test_capacity_ramp_finds_a_knee_or_says_it_did_not(cluster, tmp_path):
+    log = tmp_path / "ramp.jsonl"
+    command = [sys.executable, "-m", "loadtest.openloop", "--scheme", "nercc", "--ramp", "10,3,90,1",
+               "--n-inputs", str(K), "--policy", "first:3", "--deadline-ms", "2000", "--requests-log", str(log),
+               "--server-pids", ",".join(map(str, cluster.pids())), *_urls(cluster)]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=run._env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ramp = report.ramp_summary(log)
+    rates = [s["rate"] for s in ramp["steps"]]
+    assert rates == [10, 30, 90][: len(rates)] and rates
+    assert all(s["requests"] >= 25 for s in ramp["steps"])  # 40 expected per step (Poisson)
+    # the steps passed up to the knee; a step past it ends the ramp
+    assert [s["passed"] for s in ramp["steps"]][:-1] == [True] * (len(rates) - 1)
+    if ramp["knee_reached"]:
+        assert ramp["knee_batches_per_s"] == (rates[-2] if len(rates) > 1 else None)
+    else:
+        assert ramp["knee_batches_per_s"] == rates[-1] == 90
+    assert ramp["p50_ms_light"] > 0 and ramp["cpu_ms_per_batch_light"]["servers"] > 0
+
+
+def test_both_engines_end_to_end_with_calibration_and_frontier(cluster, tmp_path):
+    """`nercc loadtest --engine both` on given URLs: ramp, chosen load and deadline, both engines, the comparison,
+    the new per-scheme fields and the first:M frontier."""
+    args = parse("--profile", "none", "--engine", "both", "--workers", str(N_WORKERS), "--inputs", str(K),
+                 "--schemes", "uncoded,nercc", "--ramp", "10,2,20,1", "--batches", "40", "--frontier-batches", "30",
+                 "--deadline-factor", "8", "--out", str(tmp_path), *_urls(cluster))
     assert run.main(args) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["settings"]["users_per_scheme"] == 2
+    st = summary["settings"]
+    cal = summary["calibration"]["schemes"]
+    knees = [c["knee_batches_per_s"] for c in cal.values()]
+    assert st["offered_batches_per_s"] == pytest.approx(run._nice(0.3 * min(knees)))
+    assert st["deadline_ms"] == pytest.approx(np.ceil(8 * cal["nercc"]["p50_ms_light"]))
     block = summary["profiles"]["none"]
-    assert {run_["requests_log"] for runs in block["runs"].values() for run_ in runs} == {
-        "raw/requests_none_r1_together.jsonl"}
-    for name, s in block["schemes"].items():
-        assert s["requests"] >= 5 and s["failures"] == 0, (name, s)
-        assert s["locust"]["requests"] <= s["requests"], name
-    assert sum(s["requests"] for s in block["schemes"].values()) == len(
-        report.read_requests(tmp_path / "raw" / "requests_none_r1_together.jsonl")[0])
+    assert set(block["engines"]) == {"asyncio", "locust"}
+    for scheme in ("uncoded", "nercc"):
+        s = block["schemes"][scheme]
+        assert s["engine"] == "asyncio" and s["requests"] >= 25, s
+        for key in ("p50_ms", "p99_ms", "p99.9_ms", "offered_batches_per_s", "throughput_batches_per_s"):
+            assert s[key] is not None and s[key] > 0, (scheme, key)
+        # given URLs: the servers' pids are unknown, so only the load generator's CPU is measured, and said so
+        assert s["cpu_ms_per_batch"] is None and s["cpu_ms_per_batch_parts"]["load_generator"] > 0
+        locust = block["engines"]["locust"][scheme]
+        assert locust["requests"] >= 25 and locust["cpu_ms_per_batch_parts"]["load_generator"] > 0
+        row = block["engine_comparison"][scheme]
+        assert row["p50_ms"]["ratio"] == pytest.approx(locust["p50_ms"] / s["p50_ms"], rel=1e-2)
+    assert block["schemes"]["uncoded"]["rel_acc"] == 1.0
+    points = block["frontier"]["nercc"]
+    assert [p["m"] for p in points] == [2, 3, 4]
+    assert all(p["rel_acc"] is not None for p in points)
+    assert points[-1]["p50_ms"] >= points[0]["p50_ms"]  # waiting for more answers never makes it faster
+    for name in ("latency_cdf_none.png", "frontier_none.png", "capacity_ramp.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, name
+    text = (tmp_path / "report.md").read_text()
+    assert "Engine cross-check" in text and "| none | NeRCC |" in text
 
 
-def _locust(cluster, tmp_path, users: int, user_class: str, seconds: int = 4):
-    log = tmp_path / f"requests_{users}.jsonl"
+def test_rates_sweep_plots_latency_vs_load(cluster, tmp_path):
+    args = parse("--profile", "none", "--engine", "asyncio", "--workers", str(N_WORKERS), "--inputs", str(K),
+                 "--schemes", "uncoded", "--no-calibrate", "--rate", "10", "--deadline-ms", "2000", "--batches", "20",
+                 "--rates", "10,30", "--no-frontier", "--record-predictions", "0", "--out", str(tmp_path),
+                 *_urls(cluster))
+    assert run.main(args) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    points = summary["sweep"]["points"]
+    assert [p["rate"] for p in points] == [10, 30]
+    assert points[1]["offered_batches_per_s"] > points[0]["offered_batches_per_s"]
+    assert (tmp_path / "latency_vs_load.png").stat().st_size > 10_000
+
+
+def test_locust_reports_a_dead_cluster_as_failures(tmp_path):
+    """No server behind the URLs: the users' requests fail with a reason, nothing hangs or crashes."""
+    from nercc.serving.cluster import free_ports
+
+    ports = free_ports(N_WORKERS + 1)
+    log = tmp_path / "dead.jsonl"
     command = [
         sys.executable, "-m", "locust", "-f", str(run.LOCUSTFILE), "--headless", "--only-summary",
-        "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--loglevel", "WARNING",
-        "--master-url", cluster.master_url, "--worker-urls", ",".join(cluster.worker_urls),
-        "--n-inputs", str(K), "--deadline-ms", "5000", "--hard-timeout-ms", "10000",
-        "--requests-log", str(log), user_class,
+        "-u", "2", "-r", "2", "-t", "3s", "--loglevel", "WARNING", "--rate", "5",
+        "--master-url", f"127.0.0.1:{ports[0]}", "--worker-urls", ",".join(f"127.0.0.1:{p}" for p in ports[1:]),
+        "--n-inputs", str(K), "--requests-log", str(log), "UncodedUser",
     ]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=run._locust_env(), capture_output=True, text=True,
-                          timeout=seconds + 120)
-    assert log.exists(), done.stdout[-2000:] + done.stderr[-2000:]
-    requests, events = report.read_requests(log)
-    return requests, events, done
+    done = subprocess.run(command, cwd=REPO_ROOT, env=run._env(), capture_output=True, text=True, timeout=120)
+    requests, _ = report.read_log(log)
+    assert requests and not any(r["ok"] for r in requests), done.stdout[-2000:]
+    assert all("NotEnoughAnswersError" in r["error"] for r in requests), requests[0]["error"]
+    assert done.returncode == 1  # Locust's exit code for a run with failures
 
 
-def _max_overlap(requests) -> int:
-    """Most requests whose [start, end] intervals (greenlet wall clock) overlap at one instant."""
-    edges = []
-    for r in requests:
-        end = r["t"]
-        edges += [(end - r["wall_ms"] / 1e3, 1), (end, -1)]
-    depth = best = 0
-    for _, step in sorted(edges, key=lambda e: (e[0], e[1])):
-        depth += step
-        best = max(best, depth)
-    return best
-
-
-def test_sixteen_users_keep_sixteen_batches_in_flight(cluster, tmp_path):
-    """One Locust process, 16 users: 16 CodedClient.infer calls really run at once in the asyncio loop."""
-    requests, events, done = _locust(cluster, tmp_path, 16, "NerccUser")
-    assert requests, done.stdout[-2000:]
-    assert all(r["ok"] for r in requests), {r["error"] for r in requests if not r["ok"]}
-    [stop] = [e for e in events if e["event"] == "test_stop"]
-    # counted inside the event loop, where the gRPC calls are made; a blocked hub would give 1
-    assert stop["max_in_flight"] == 16
-    # and seen independently from the users' side: their request intervals overlap 16 deep
-    assert _max_overlap(requests) >= 14
-    one_requests, one_events, _ = _locust(cluster, tmp_path, 1, "NerccUser")
-    assert [e["max_in_flight"] for e in one_events if e["event"] == "test_stop"] == [1]
-    assert _max_overlap(one_requests) == 1
-
-
-def test_web_ui_runs_the_users(cluster, tmp_path):
+def test_web_ui_runs_the_users(cluster):
     """Locust's web UI (its HTTP API, as the browser uses it): start a swarm, see nercc requests, stop."""
     import time
     import urllib.parse
@@ -145,10 +164,10 @@ def test_web_ui_runs_the_users(cluster, tmp_path):
     [port] = free_ports(1)
     command = [
         sys.executable, "-m", "locust", "-f", str(run.LOCUSTFILE), "--web-host", "127.0.0.1", "--web-port", str(port),
-        "--loglevel", "WARNING", "--master-url", cluster.master_url, "--worker-urls", ",".join(cluster.worker_urls),
-        "--n-inputs", str(K), "--deadline-ms", "2000", "NerccUser",
+        "--loglevel", "WARNING", *_urls(cluster), "--n-inputs", str(K), "--deadline-ms", "2000", "--rate", "20",
+        "--policy", "first:3", "NerccUser",
     ]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=run._locust_env(), stdout=subprocess.PIPE,
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=run._env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -163,7 +182,7 @@ def test_web_ui_runs_the_users(cluster, tmp_path):
         form = urllib.parse.urlencode({"user_count": 4, "spawn_rate": 4, "host": "", "lam_enc": "", "lam_dec": ""})
         answer = json.loads(urllib.request.urlopen(base + "/swarm", data=form.encode(), timeout=10).read())
         assert answer["success"], answer
-        stats = {}
+        rows = {}
         for _ in range(150):
             time.sleep(0.2)
             stats = json.loads(urllib.request.urlopen(base + "/stats/requests", timeout=10).read())
@@ -172,7 +191,6 @@ def test_web_ui_runs_the_users(cluster, tmp_path):
                 break
         assert rows["nercc"]["num_requests"] >= 20, stats
         assert rows["nercc"]["num_failures"] == 0, stats.get("errors")
-        assert stats["user_count"] == 4
         urllib.request.urlopen(urllib.request.Request(base + "/stop", method="POST"), timeout=10).read()
     finally:
         process.terminate()
@@ -183,60 +201,135 @@ def test_web_ui_runs_the_users(cluster, tmp_path):
             process.wait()
 
 
-def test_locust_reports_a_dead_cluster_as_failures(tmp_path):
-    """No server behind the URLs: the users' requests fail with a reason, nothing hangs or crashes."""
-    from nercc.serving.cluster import free_ports
-
-    ports = free_ports(N_WORKERS + 1)
-    log = tmp_path / "dead.jsonl"
-    command = [
-        sys.executable, "-m", "locust", "-f", str(run.LOCUSTFILE), "--headless", "--only-summary",
-        "-u", "2", "-r", "2", "-t", "3s", "--loglevel", "WARNING",
-        "--master-url", f"127.0.0.1:{ports[0]}", "--worker-urls", ",".join(f"127.0.0.1:{p}" for p in ports[1:]),
-        "--n-inputs", str(K), "--requests-log", str(log), "UncodedUser",
-    ]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=run._locust_env(), capture_output=True, text=True, timeout=120)
-    requests, _ = report.read_requests(log)
-    assert requests and not any(r["ok"] for r in requests), done.stdout[-2000:]
-    assert all("NotEnoughAnswersError" in r["error"] for r in requests), requests[0]["error"]
-    assert done.returncode == 1  # Locust's exit code for a run with failures
-
-
+# ------------------------------------------------------------------------------------------------ arguments
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--workers", "1"], "--workers"),
         (["--inputs", "13"], "--inputs"),
-        (["--users", "0"], "--users"),
-        (["--duration", "0"], "--duration"),
+        (["--batches", "3"], "--batches"),
         (["--schemes", "uncoded,magic"], "magic"),
+        (["--profile", "bimodal,nope"], "nope"),
         (["--kill-worker", "12"], "--kill-worker"),
         (["--master-url", "127.0.0.1:1"], "--worker-urls"),
-        (["--together", "--users", "10"], "evenly"),
-        (["--rounds", "0"], "--rounds"),
-        (["--rate-per-user", "-1"], "--rate-per-user"),
+        (["--rate", "0"], "--rate"),
+        (["--rates", "5,x"], "--rates"),
+        (["--no-calibrate", "--rate", "5"], "--deadline-ms"),
+        (["--ramp", "1,1,5,1"], "--ramp"),
+        (["--load-fraction", "2"], "--load-fraction"),
     ],
 )
 def test_bad_arguments_are_named(argv, message):
     with pytest.raises(ValueError, match=message):
-        run._check_args(parse(*argv))
+        run.check_args(parse(*argv))
 
 
-def test_dead_worker_needs_a_local_cluster(tmp_path):
-    args = parse("--profile", "dead-worker", "--worker-urls", "127.0.0.1:1,127.0.0.1:2", "--workers", "2",
-                 "--inputs", "2", "--out", str(tmp_path))
+def test_dead_worker_needs_a_local_cluster():
     with pytest.raises(ValueError, match="dead-worker"):
-        run.main(args)
+        run.check_args(parse("--profile", "dead-worker", "--worker-urls", "127.0.0.1:1,127.0.0.1:2", "--workers", "2",
+                             "--inputs", "2"))
 
 
-def test_quick_caps_duration_and_users():
-    args = parse("--quick", "--duration", "600", "--users", "64")
-    run._check_args(args)
-    assert args.duration == run.QUICK["duration"] and args.users == run.QUICK["users"]
+def test_profile_all_is_the_issue_set():
+    plan = run.check_args(parse("--profile", "all"))
+    assert plan["profiles"] == ["bimodal", "bimodal-0.2", "bimodal-0.3", "slow-workers", "dead-worker"]
+    assert plan["engines"] == ["asyncio", "locust"] and plan["policy"] == "first:8"
+
+
+# ------------------------------------------------------------------------------------------------ pure parts
+def test_poisson_schedule_is_seeded_and_at_the_rate():
+    a = workload.poisson_offsets(50.0, 100.0, seed=3)
+    assert np.array_equal(a, workload.poisson_offsets(50.0, 100.0, seed=3))
+    assert len(a) == pytest.approx(5000, rel=0.05) and a.max() < 100.0 and np.all(np.diff(a) > 0)
+    gaps = np.diff(a)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.05)  # exponential gaps: CV 1
+    with pytest.raises(ValueError, match="rate"):
+        workload.poisson_offsets(0.0, 1.0, 0)
+
+
+def test_ramp_rates_and_step_stats():
+    assert openloop.ramp_rates("10,2,80,1.5") == ([10, 20, 40, 80], 1.5)
+    records = [{"t_sched": 100 + i / 10, "t": 100 + i / 10 + 0.005, "ms": 5.0, "n_arrived": 2} for i in range(20)]
+    stats = openloop.step_stats(records, 10.0, 2.0)
+    assert stats["p50_ms"] == 5.0 and stats["arrivals"] == 10.0 and stats["throughput"] == pytest.approx(10.0)
+    behind = [dict(r, t=r["t"] + i * 0.05) for i, r in enumerate(records)]  # answers trail further and further
+    assert openloop.step_stats(behind, 10.0, 2.0)["throughput"] < 0.95 * 10
+
+
+def _record(ms, sched, **extra):
+    return {"scheme": "nercc", "batch": 0, "t_sched": sched, "t": sched + ms / 1e3, "ms": ms, "ok": True,
+            "n_arrived": 3, "n_requests": 4, "lag_ms": 0.1, **extra}
+
+
+def test_run_stats_offered_throughput_and_cpu():
+    records = [_record(5.0 + (i % 10), 1000 + i * 0.1) for i in range(101)]
+    events = [{"event": "cpu", "phase": "start", "step": None, "self_cpu_s": 1.0, "servers_cpu_s": 10.0, "wall": 1000},
+              {"event": "cpu", "phase": "end", "step": None, "self_cpu_s": 1.303, "servers_cpu_s": 11.01,
+               "wall": 1010.02, "max_in_flight": 2}]
+    s = report.run_stats(records, events, "nercc", N_WORKERS, K, None)
+    assert s["offered_batches_per_s"] == pytest.approx(10.0)
+    assert s["throughput_batches_per_s"] == pytest.approx(101 / 10.014, rel=1e-3)
+    assert s["cpu_ms_per_batch_parts"]["servers"] == pytest.approx(10.0)
+    assert s["cpu_ms_per_batch_parts"]["load_generator"] == pytest.approx(3.0)
+    assert s["cpu_ms_per_batch"] == pytest.approx(13.0)
+    assert s["max_in_flight"] == 2 and s["compute_per_input"] == N_WORKERS / K
+
+
+def _stats(p50, p99):
+    return {"p50_ms": p50, "p99_ms": p99, "cpu_ms_per_batch_parts": {"load_generator": 1.0}}
+
+
+def test_engine_comparison_agrees_within_20_percent_only():
+    engines = {"asyncio": {"uncoded": _stats(10, 50), "nercc": _stats(10, 20)},
+               "locust": {"uncoded": _stats(11.9, 41), "nercc": _stats(12.1, 20)}}
+    rows = report.compare_engines(engines)
+    assert rows["uncoded"]["agree"] and rows["uncoded"]["p50_ms"]["ratio"] == pytest.approx(1.19)
+    assert not rows["nercc"]["agree"]  # p50 21% slower under Locust
+    summary = {"profiles": {"bimodal": {"schemes": {}, "engine_comparison": rows}}}
+    [line] = report.target_checks(summary)
+    assert "not met: NeRCC" in line
+    assert "| bimodal | NeRCC | 10.0 | 12.1 | 1.21 |" in report.engine_table(summary)
+
+
+def test_targets_name_every_check_with_numbers():
+    def s(p99, p999, share=1.0, rel_acc=None):
+        return {"p99_ms": p99, "p99.9_ms": p999, "throughput_share": share, "rel_acc": rel_acc}
+
+    summary = {"profiles": {"bimodal": {"schemes": {
+        "uncoded": s(50.0, 60.0), "replication": s(12.0, 45.0), "hedged": s(20.0, 44.0),
+        "nercc": s(20.0, 30.0, 0.96, 0.98)}}}}
+    text = "\n".join(report.target_checks(summary))
+    assert "20.0 vs 50.0 ms (ratio 0.40) — **met**" in text
+    assert "p99.9 <= replication's: 30.0 vs 45.0 ms — **met**" in text
+    assert "p99.9 <= hedged's: 30.0 vs 44.0 ms — **met**" in text
+    assert "RelAcc >= 0.97: 0.980 — **met**" in text and "0.95 x offered" in text
+    summary["profiles"]["bimodal"]["schemes"]["nercc"]["throughput_share"] = 0.9
+    assert "— **not met** (lowest: NeRCC)" in "\n".join(report.target_checks(summary))
+
+
+def test_first_m_replay():
+    record = {"n_arrived": 4, "encode_ms": 2.0, "decode_ms": 0.5,
+              "worker_ms": {"0": 3.0, "1": 4.0, "2": 45.0, "3": 5.0}}
+    assert report.reconstruct_first_m(record, 3, 4, deadline_ms=20.0) == (2.0 + 5.0 + 0.5, (0, 1, 3))
+    # M = 4 needs the straggler: stop at the deadline with what is in
+    assert report.reconstruct_first_m(record, 4, 4, deadline_ms=20.0) == (2.0 + 18.0 + 0.5, (0, 1, 3))
+    # fewer than 2 by the deadline: wait for the second answer (late)
+    assert report.reconstruct_first_m(record, 4, 4, deadline_ms=5.5) == (2.0 + 4.0 + 0.5, (0, 1))
+    assert report.reconstruct_first_m({"ms": 3.0}, 2, 4, 20.0) == (None, ())
+
+
+def test_first_m_frontier_accuracy_uses_the_right_workers():
+    """Decoding from every worker is (nearly) exact; from fewer it can only lose accuracy on average."""
+    reference = report.Reference("lenet5", 4)
+    records = [{"batch": b, "n_arrived": 12, "encode_ms": 1.0, "decode_ms": 0.1,
+                "worker_ms": {str(w): 1.0 + w for w in range(12)}} for b in range(30)]
+    points = report.frontier(records, "nercc", "lenet5", 4, 12, 100.0, 4, reference, [6, 12])
+    assert points[0]["p50_ms"] == pytest.approx(1.0 + 6.0 + 0.1) and points[1]["p50_ms"] == pytest.approx(13.1)
+    assert points[1]["rel_acc"] >= 0.97 and points[1]["mse"] <= points[0]["mse"]
 
 
 def test_accuracy_against_the_local_model():
-    """MSE / RelAcc are measured against f on the same MNIST images and the true labels."""
+    """MSE / RelAcc are measured against f on the same test inputs and the true labels."""
     reference = report.Reference("lenet5", K)
     exact = [{"batch": b, "predictions": reference.f_of(b).tolist()} for b in range(20)]
     result = report.accuracy_of(exact, reference)
@@ -244,6 +337,26 @@ def test_accuracy_against_the_local_model():
     uniform = [{"batch": b, "predictions": np.full((K, 10), 0.1).tolist()} for b in range(20)]
     worse = report.accuracy_of(uniform, reference)
     assert worse["mse"] > 0.5 and worse["rel_acc"] < 0.5
+
+
+def test_batches_come_from_each_models_dataset():
+    for model, shape in (("lenet5", (28, 28)), ("repvgg_cifar10", (32, 32, 3))):
+        batches = workload.Batches(model, 4)
+        index, batch = batches.take()
+        assert index == 0 and batch.shape == (4, *shape) and batch.dtype == np.uint8
+        assert batches.take()[0] == 1
+
+
+def test_slow_workers_profile_slows_exactly_the_first_count_workers():
+    from nercc.serving.stragglers import StragglerSampler, parse_straggler
+
+    profile = parse_straggler("slow-workers:count=2,slow_ms=40")
+    assert str(profile) == "slow-workers:count=2,slow_ms=40" and not profile.is_none
+    delays = [[StragglerSampler(profile, 0, w).next_delay_ms() for _ in range(5)] for w in range(4)]
+    assert delays == [[40.0] * 5, [40.0] * 5, [0.0] * 5, [0.0] * 5]
+    assert profile.mean_delay_ms(worker_index=1) == 40.0 and profile.mean_delay_ms(worker_index=2) == 0.0
+    with pytest.raises(ValueError, match="count"):
+        parse_straggler("slow-workers:count=1.5,slow_ms=40")
 
 
 def test_percentiles_are_exact():
@@ -254,10 +367,8 @@ def test_percentiles_are_exact():
 
 
 def test_unanswered_batches_count_as_never_answered():
-    """A batch the client gave up on has no latency: percentiles reaching into those are None ('never')."""
     records = [{"ms": float(v), "n_arrived": 8} for v in range(1, 96)] + [{"ms": 3.0} for _ in range(5)]
-    latencies = [report.latency_or_inf(r) for r in records]
-    p = report.latency_percentiles(latencies)
+    p = report.latency_percentiles([report.latency_or_inf(r) for r in records])
     assert p["p50"] == pytest.approx(50.5) and p["p90"] is not None
     assert p["p99"] is None and p["p99.9"] is None
 
@@ -266,10 +377,14 @@ def test_unanswered_batches_count_as_never_answered():
 def test_dead_worker_quick_profile(tmp_path):
     """`nercc loadtest --profile dead-worker --quick`: the coded schemes and replication survive a killed worker;
     uncoded loses the batches that needed it."""
-    args = parse("--profile", "dead-worker", "--quick", "--deadline-ms", "1000", "--out", str(tmp_path))
+    args = parse("--profile", "dead-worker", "--quick", "--engine", "asyncio", "--no-frontier", "--no-calibrate",
+                 "--rate", "10", "--deadline-ms", "1000", "--out", str(tmp_path))
     assert run.main(args) == 0
     schemes = json.loads((tmp_path / "summary.json").read_text())["profiles"]["dead-worker"]["schemes"]
     assert schemes["uncoded"]["unanswered"] > 0
     for name in ("replication", "bacc", "nercc"):
         assert schemes[name]["unanswered"] == 0, name
-        assert schemes[name]["failures"] == 0, (name, schemes[name]["failure_reasons"])
+
+
+def test_module_paths():
+    assert Path(run.LOCUSTFILE).exists() and Path(openloop.__file__).parent == Path(run.LOCUSTFILE).parent

@@ -9,6 +9,8 @@ the worker's Triton config::
     bimodal:p=P,factor=F                   with probability P the request takes F times its measured
                                            compute time (delay = (F - 1) * compute), else no delay
     pareto:scale_ms=X,alpha=A              delay ~ Pareto type I: X * U^(-1/A) >= X ms, heavy tail for small A
+    slow-workers:count=C,slow_ms=D         workers 0 .. C-1 are always slow: every request they serve is
+                                           delayed by D ms; the other workers never are (a bad machine, not luck)
 
 Pure Python + numpy, no I/O: the Triton worker model, the benchmarks and the tests share it.
 """
@@ -27,6 +29,7 @@ _FIELDS: Dict[str, tuple] = {
     "shifted-exp": (("shift_ms", "scale_ms"), ()),
     "bimodal": (("p",), ("slow_ms", "factor")),
     "pareto": (("scale_ms", "alpha"), ()),
+    "slow-workers": (("count", "slow_ms"), ()),
 }
 KINDS = tuple(_FIELDS)
 
@@ -46,14 +49,17 @@ class StragglerProfile:
 
     @property
     def is_none(self) -> bool:
-        return self.kind == "none" or (self.kind == "bimodal" and self.params["p"] == 0.0)
+        return self.kind == "none" or (self.kind == "bimodal" and self.params["p"] == 0.0) or (
+            self.kind == "slow-workers" and (self.params["count"] == 0 or self.params["slow_ms"] == 0))
 
     def sample_delay_ms(
-        self, rng: np.random.Generator, compute_ms: Union[float, np.ndarray] = 0.0, size: int | None = None
+        self, rng: np.random.Generator, compute_ms: Union[float, np.ndarray] = 0.0, size: int | None = None,
+        worker_index: int = 0,
     ) -> Union[float, np.ndarray]:
         """Draw the extra delay in ms for one request (``size=None``) or ``size`` requests.
 
         ``compute_ms`` is the measured compute time of the request(s); only ``bimodal:...,factor=F`` uses it.
+        ``worker_index`` is the serving worker's index; only ``slow-workers`` uses it.
         """
         shape = () if size is None else (int(size),)
         p = self.params
@@ -73,15 +79,19 @@ class StragglerProfile:
         elif self.kind == "pareto":
             # numpy's pareto() is Lomax (Pareto II, support >= 0); +1 and scale give Pareto I with minimum X.
             delay = p["scale_ms"] * (1.0 + rng.pareto(p["alpha"], size=shape))
+        elif self.kind == "slow-workers":
+            delay = np.full(shape, p["slow_ms"] if int(worker_index) < p["count"] else 0.0)
         else:  # unreachable: parse_straggler only builds known kinds
             raise ValueError(f"unknown straggler kind {self.kind!r}")
         return float(delay) if size is None else np.asarray(delay, dtype=float)
 
-    def mean_delay_ms(self, compute_ms: float = 0.0) -> float:
-        """Expected extra delay in ms (inf for a Pareto tail with alpha <= 1)."""
+    def mean_delay_ms(self, compute_ms: float = 0.0, worker_index: int = 0) -> float:
+        """Expected extra delay in ms (inf for a Pareto tail with alpha <= 1); slow-workers: of that worker."""
         p = self.params
         if self.kind == "none":
             return 0.0
+        if self.kind == "slow-workers":
+            return p["slow_ms"] if int(worker_index) < p["count"] else 0.0
         if self.kind == "shifted-exp":
             return p["shift_ms"] + p["scale_ms"]
         if self.kind == "bimodal":
@@ -159,6 +169,9 @@ def _check_ranges(kind: str, params: Dict[str, float], text: str) -> None:
     elif kind == "pareto":
         need("scale_ms", params["scale_ms"] > 0, "> 0")
         need("alpha", params["alpha"] > 0, "> 0")
+    elif kind == "slow-workers":
+        need("count", params["count"] >= 0 and float(params["count"]).is_integer(), "a whole number >= 0")
+        need("slow_ms", params["slow_ms"] >= 0, ">= 0")
 
 
 class StragglerSampler:
@@ -174,7 +187,7 @@ class StragglerSampler:
     def next_delay_ms(self, compute_ms: float = 0.0) -> float:
         if self.profile.kind == "none":
             return 0.0
-        return float(self.profile.sample_delay_ms(self._rng, compute_ms))
+        return float(self.profile.sample_delay_ms(self._rng, compute_ms, worker_index=self.worker_index))
 
 
 def sample_delays_ms(

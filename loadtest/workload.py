@@ -1,0 +1,292 @@
+"""What both load engines share: the batches they send, the Poisson arrival schedule, the per-request log record,
+and the CPU meter that reads /proc.
+
+The two engines (``loadtest/openloop.py``, asyncio, and ``loadtest/locustfile.py``, Locust) differ only in who
+drives the client; everything that decides what is sent, when, and what is written down lives here, so a
+difference between their numbers is the harness's, not the workload's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence
+
+import numpy as np
+
+#: Schemes in report order. ``hedged`` appears when the client offers it (``nercc.client.SCHEMES``).
+SCHEME_ORDER = ("uncoded", "replication", "hedged", "bacc", "nercc")
+CODED = ("bacc", "nercc")
+
+
+def available_schemes() -> tuple:
+    """The schemes the installed client serves, in report order."""
+    from nercc.client import SCHEMES
+
+    return tuple(s for s in SCHEME_ORDER if s in SCHEMES) + tuple(s for s in SCHEMES if s not in SCHEME_ORDER)
+
+
+# ------------------------------------------------------------------------------------------------ batches
+class Batches:
+    """Consecutive batches of K raw test inputs of the model's dataset (MNIST, CIFAR-10, the ImageNet samples).
+
+    Shared by the users of one process so each batch index is sent once per lap; the index goes into the log so
+    the report can compare the served predictions with the local model on the same inputs.
+    """
+
+    def __init__(self, model: str, n_inputs: int):
+        from nercc.data import load_dataset
+        from nercc.models import load_model_info
+
+        info = load_model_info(model)
+        images, labels = load_dataset(info.dataset, "test")
+        self.n_inputs = int(n_inputs)
+        if len(images) >= self.n_inputs:
+            self.n_batches = len(images) // self.n_inputs
+        else:
+            self.n_batches = 0
+        if self.n_batches < 1:
+            raise ValueError(f"n_inputs={n_inputs} is larger than the {info.dataset} test set ({len(images)})")
+        self.images = np.ascontiguousarray(images[: self.n_batches * self.n_inputs])
+        self.labels = np.asarray(labels[: self.n_batches * self.n_inputs])
+        self._next = itertools.count()
+
+    def take(self) -> tuple:
+        index = next(self._next) % self.n_batches
+        return index, self.get(index)
+
+    def get(self, index: int) -> np.ndarray:
+        start = int(index) * self.n_inputs
+        return self.images[start:start + self.n_inputs]
+
+
+# ------------------------------------------------------------------------------------------------ arrivals
+def poisson_offsets(rate_per_s: float, duration_s: float, seed: int) -> np.ndarray:
+    """Arrival times (s from the start) of a Poisson process of ``rate_per_s`` over ``duration_s``, seeded."""
+    if not rate_per_s > 0:
+        raise ValueError(f"rate must be > 0 batches/s, got {rate_per_s}")
+    rng = np.random.default_rng(seed)
+    expected = rate_per_s * duration_s
+    gaps = rng.exponential(1.0 / rate_per_s, size=int(expected + 6 * math.sqrt(expected) + 16))
+    times = np.cumsum(gaps)
+    while times[-1] < duration_s:  # astronomically unlikely; keep drawing rather than truncate the process
+        times = np.concatenate([times, times[-1] + np.cumsum(rng.exponential(1.0 / rate_per_s, size=64))])
+    return times[times < duration_s]
+
+
+# ------------------------------------------------------------------------------------------------ records
+def request_record(scheme: str, batch_index: int, scheduled: float, started: float, result=None,
+                   exception: BaseException | None = None, wall_ms: float | None = None,
+                   keep_predictions: bool = False, deadline_ms: float | None = None) -> dict:
+    """One line of the requests log.
+
+    ``scheduled`` / ``started`` are ``time.time()`` stamps: the arrival the schedule asked for and the moment the
+    engine really called the client (``lag_ms`` between them is the harness falling behind). ``ms`` is the
+    client's own end-to-end time for the batch (``CodedResult.total_ms``); ``worker_ms`` maps each worker that
+    answered before the client stopped waiting to its round trip from the fan-out, the per-worker request
+    latencies a simulator calibrates from.
+    """
+    record: Dict[str, object] = {
+        "scheme": scheme, "batch": int(batch_index), "t_sched": round(scheduled, 5),
+        "lag_ms": round((started - scheduled) * 1e3, 3),
+    }
+    if result is None:
+        record.update(ok=False, ms=round(float(wall_ms or 0.0), 3),
+                      error=f"{type(exception).__name__}: {exception}" if exception is not None else "no result")
+        record["t"] = round(started + (wall_ms or 0.0) / 1e3, 5)
+        return record
+    error = _check(result, deadline_ms)
+    record.update(
+        ok=error is None, error=error, ms=round(float(result.total_ms), 3),
+        t=round(started + result.total_ms / 1e3, 5),
+        late=bool(result.late), n_arrived=len(result.arrived), n_requests=int(result.n_requests),
+        n_errors=len(result.errors), encode_ms=round(result.encode_ms, 3), fanout_ms=round(result.fanout_ms, 3),
+        decode_ms=round(result.decode_ms, 3), arrived=[int(w) for w in result.arrived],
+        worker_ms={str(w): round(float(v), 3) for w, v in sorted(result.worker_latency_ms.items())},
+    )
+    if wall_ms is not None:
+        record["wall_ms"] = round(float(wall_ms), 3)
+    if result.errors:
+        record["worker_errors"] = sorted(int(w) for w in result.errors)
+    if keep_predictions:
+        record["predictions"] = np.round(np.asarray(result.predictions, dtype=float), 6).tolist()
+    return record
+
+
+def _check(result, deadline_ms: float | None) -> str | None:
+    predictions = np.asarray(result.predictions)
+    if predictions.ndim != 2:
+        return f"ValueError: wrong-shaped predictions {predictions.shape}"
+    if not np.isfinite(predictions).all():
+        return "ValueError: predictions contain NaN or inf"
+    if result.late:
+        return f"TimeoutError: late: an answer it needed arrived after deadline_ms={deadline_ms:g}" if deadline_ms \
+            else "TimeoutError: late"
+    return None
+
+
+class RequestLog:
+    """Append-only JSON-lines log (one process writes it); ``event`` lines carry CPU snapshots and counters."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self._fh = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", buffering=1 << 16)  # buffered: no write per request in the hot path
+
+    def write(self, record: dict) -> None:
+        if self._fh is not None:
+            self._fh.write(json.dumps(record) + "\n")
+
+    def event(self, name: str, **fields) -> None:
+        self.write({"event": name, "t": round(time.time(), 5), **fields})
+        if self._fh is not None:
+            self._fh.flush()  # events are rare; flushed, they tell a watcher (the dead-worker kill) where a run is
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+# ------------------------------------------------------------------------------------------------ CPU from /proc
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """utime + stime of one process (all its threads), seconds; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK  # fields 14 and 15 of proc(5), after pid and comm
+
+
+def descendants(pids: Iterable[int]) -> List[int]:
+    """The given pids and every process below them (Triton's Python-backend stubs are children of tritonserver)."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [int(p) for p in pids]
+    while todo:
+        pid = todo.pop()
+        if pid in out:
+            continue
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+class CpuMeter:
+    """CPU seconds spent by this process and by the servers (tritonservers + their stubs), from /proc.
+
+    ``snapshot()`` returns a dict that goes into the log; the report subtracts a start snapshot from an end one.
+    A server that dies between the snapshots (dead-worker) contributes what it used up to the last snapshot that
+    saw it, so its CPU is undercounted, never negative.
+    """
+
+    def __init__(self, server_pids: Sequence[int] = ()):
+        self.server_pids = [int(p) for p in server_pids]
+        self._last: Dict[int, float] = {}
+        self._procs: List[int] = descendants(self.server_pids) if self.server_pids else []
+
+    def snapshot(self) -> dict:
+        times = os.times()
+        servers = None
+        if self._procs:
+            for pid in self._procs:
+                value = _proc_cpu_s(pid)
+                if value is not None:
+                    self._last[pid] = value
+            servers = round(sum(self._last.values()), 3)
+        return {"self_cpu_s": round(times.user + times.system, 4), "servers_cpu_s": servers,
+                "n_server_procs": len(self._procs), "wall": round(time.time(), 5)}
+
+
+def parse_pids(text: str | None) -> List[int]:
+    return [int(p) for p in str(text or "").split(",") if p.strip()]
+
+
+# ------------------------------------------------------------------------------------------------ engine options
+def add_engine_arguments(group, defaults_from_env: bool = False) -> None:
+    """The options both engines take (the Locust one adds them to Locust's parser): same names, same meaning."""
+    env = os.environ.get if defaults_from_env else (lambda _name, default=None: default)
+    group.add_argument("--master-url", default=env("NERCC_MASTER_URL", ""),
+                       help="gRPC host:port of the master (encoder); env NERCC_MASTER_URL")
+    group.add_argument("--worker-urls", default=env("NERCC_WORKER_URLS", ""),
+                       help="comma-separated gRPC host:port of the N workers; env NERCC_WORKER_URLS")
+    group.add_argument("--urls-file", default=env("NERCC_URLS_FILE", ""),
+                       help="JSON with master_url and worker_urls, as `nercc serve --urls-file` writes it")
+    group.add_argument("--model", default="lenet5", help="served model; batches come from its dataset's test split")
+    group.add_argument("--n-inputs", type=int, default=4, help="K: inputs per coded batch")
+    group.add_argument("--deadline-ms", type=float, default=40.0,
+                       help="end-to-end deadline per batch; a batch that needed an answer after it is 'late' (fails)")
+    group.add_argument("--policy", default="first:8", help="coded schemes' wait policy: first:M | deadline | all")
+    group.add_argument("--hard-timeout-ms", type=float, default=2000.0,
+                       help="longest a batch waits for the minimum answers before it errors")
+    group.add_argument("--n-stragglers", type=int, default=None,
+                       help="S the encoder's lam_enc is looked up for (default: the client's, N - M for first:M)")
+    group.add_argument("--lam-enc", type=float, default=None, help="NeRCC encoder smoothing (default: tuning profile)")
+    group.add_argument("--lam-dec", type=float, default=None, help="NeRCC decoder smoothing (default: tuning profile)")
+    group.add_argument("--rate", type=float, default=10.0,
+                       help="offered load, batches/s in total: Poisson arrivals (open loop)")
+    group.add_argument("--arrival-seed", type=int, default=1, help="seed of the Poisson arrival times")
+    group.add_argument("--requests-log", default="",
+                       help="write every request (latency, outcome, per-worker times, predictions) as JSON lines")
+    group.add_argument("--record-predictions", type=int, default=1,
+                       help="keep the predictions of every n-th request in the log, for MSE/RelAcc (0: none)")
+    group.add_argument("--server-pids", default="",
+                       help="comma-separated tritonserver pids: their CPU (and their stubs') goes into the log")
+
+
+def cluster_urls(options) -> tuple:
+    """(master_url or None, [worker urls]) from --master-url/--worker-urls, else from --urls-file."""
+    master = (options.master_url or "").strip() or None
+    workers = [u.strip() for u in str(options.worker_urls or "").split(",") if u.strip()]
+    if not workers and getattr(options, "urls_file", ""):
+        with open(options.urls_file) as fh:
+            urls = json.load(fh)
+        if not isinstance(urls.get("worker_urls"), list) or not urls["worker_urls"]:
+            raise ValueError(f"{options.urls_file}: needs a non-empty 'worker_urls' list")
+        workers = [str(u) for u in urls["worker_urls"]]
+        master = master or urls.get("master_url")
+    if not workers:
+        raise ValueError(
+            "no workers: pass --worker-urls host:port,host:port,... or --urls-file FILE (from `nercc serve "
+            "--urls-file FILE`), or set NERCC_WORKER_URLS / NERCC_URLS_FILE"
+        )
+    return master, workers
+
+
+def _optional_float(value):
+    """None / "" (the Locust web UI's empty field) -> None, else a float."""
+    return None if value is None or (isinstance(value, str) and not value.strip()) else float(value)
+
+
+def client_kwargs(options, scheme: str) -> dict:
+    """CodedClient keyword arguments for one scheme from the engine options."""
+    master, workers = cluster_urls(options)
+    kwargs = dict(
+        master_url=master, worker_urls=workers, model=options.model, scheme=scheme,
+        deadline_ms=float(options.deadline_ms),
+        policy=options.policy if scheme in CODED else "deadline",
+        n_inputs=int(options.n_inputs), hard_timeout_ms=float(options.hard_timeout_ms),
+    )
+    if scheme in CODED:
+        kwargs.update(lam_enc=_optional_float(options.lam_enc), lam_dec=_optional_float(options.lam_dec))
+        if options.n_stragglers is not None:
+            kwargs["n_stragglers"] = int(options.n_stragglers)
+    return kwargs
