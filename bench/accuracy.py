@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,13 +31,28 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from nercc.paths import REPO_ROOT
+from bench.experiment import (
+    RESULTS_DIR,
+    BatchedModel,
+    Inputs,
+    Model,
+    Trials,
+    command_line,
+    default_batch_size,
+    load_inputs,
+    parse_int_list,
+    straggler_sets,
+    trial_batches,
+)
+from nercc.coding import BACC, CodedSetting, CodingScheme, NeRCC, make_scheme, profile_entry
+from nercc.coding import SCHEMES as SCHEME_REGISTRY
 
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
-
-#: Scheme keys in result files, in display order, and their names in tables and plots.
-SCHEMES = ("bacc", "nercc0", "nercc")
-SCHEME_LABELS = {"bacc": "BACC", "nercc0": "NeRCC-0", "nercc": "NeRCC"}
+#: NeRCC with lam_enc = lam_dec = 0 (natural cubic interpolation), compared next to the tuned NeRCC.
+NERCC0 = "nercc0"
+#: Variant keys in result files, in display order, and their names in tables and plots.
+SCHEMES = (BACC.name, NERCC0, NeRCC.name)
+SCHEME_LABELS = {BACC.name: SCHEME_REGISTRY[BACC.name].label, NERCC0: "NeRCC-0",
+                 NeRCC.name: SCHEME_REGISTRY[NeRCC.name].label}
 
 #: Default settings per model, used by `nercc bench accuracy/all` when an option is not given.
 #: LeNet5: 500 trials x K = 20 uses each of the 10,000 MNIST test images exactly once.
@@ -53,188 +67,6 @@ DEFAULTS = {
 }
 FALLBACK_DEFAULTS = {"workers": 100, "inputs": 20, "stragglers": [0, 10, 20, 30, 40, 50, 60], "trials": 50}
 
-#: f batch size (images per onnxruntime call) by input size: bigger inputs, smaller batches.
-def default_batch_size(input_dim: int) -> int:
-    if input_dim <= 4096:
-        return 2000
-    if input_dim <= 50_000:
-        return 256
-    return 16
-
-
-Model = Callable[[np.ndarray], np.ndarray]
-
-
-# --------------------------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class Inputs:
-    """Preprocessed model inputs with their labels and where they came from."""
-
-    x: np.ndarray  # float32 (n, *input_shape)
-    labels: np.ndarray  # int64 (n,)
-    split: str  # e.g. "test", "train", "test[even]"
-    indices: np.ndarray  # indices into the data set split
-
-
-def split_policy(dataset: str) -> Tuple[Tuple[str, int | None], Tuple[str, int | None]]:
-    """Where evaluation and tuning inputs come from: ((split, parity), (split, parity)).
-
-    MNIST and CIFAR-10: evaluate on the test split, tune on the training split. The ImageNet sample set has
-    one split of 20 images: evaluate on the even-indexed images, tune on the odd-indexed ones (disjoint).
-    ``parity`` None means the whole split.
-    """
-    if dataset in ("imagenet", "imagenet-samples"):
-        return ("test", 0), ("test", 1)
-    return ("test", None), ("train", None)
-
-
-def load_inputs(info, purpose: str, n: int, seed: int) -> Inputs:
-    """``n`` preprocessed inputs for ``purpose`` "eval" or "tune" (disjoint, see :func:`split_policy`).
-
-    Inputs are a seeded random sample without replacement; when the pool holds fewer than ``n`` images
-    (ImageNet samples) the whole pool is returned.
-    """
-    from nercc.data import load_dataset
-    from nercc.preprocessing import preprocess
-
-    if purpose not in ("eval", "tune"):
-        raise ValueError(f"purpose must be 'eval' or 'tune', got {purpose!r}")
-    if n < 1:
-        raise ValueError(f"number of inputs must be >= 1, got {n}")
-    (split, parity) = split_policy(info.dataset)[0 if purpose == "eval" else 1]
-    raw, labels = load_dataset(info.dataset, split=split)
-    pool = np.arange(len(raw))
-    if parity is not None:
-        pool = pool[pool % 2 == parity]
-        split = f"{split}[{'even' if parity == 0 else 'odd'}]"
-    rng = np.random.default_rng([seed, 0 if purpose == "eval" else 1])
-    chosen = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
-    x = np.concatenate([preprocess(info, raw[chosen[i : i + 512]]) for i in range(0, len(chosen), 512)])
-    return Inputs(x=x.astype(np.float32, copy=False), labels=np.asarray(labels)[chosen], split=split, indices=chosen)
-
-
-def trial_batches(n_pool: int, n_inputs: int, n_trials: int, seed: int) -> np.ndarray:
-    """(T, K) indices into a pool: disjoint across trials when the pool is large enough, else K distinct per trial."""
-    if n_inputs > n_pool:
-        raise ValueError(f"K = {n_inputs} inputs per trial but only {n_pool} evaluation inputs exist")
-    rng = np.random.default_rng([seed, 2])
-    if n_inputs * n_trials <= n_pool:
-        return rng.permutation(n_pool)[: n_inputs * n_trials].reshape(n_trials, n_inputs)
-    return np.stack([rng.choice(n_pool, size=n_inputs, replace=False) for _ in range(n_trials)])
-
-
-def straggler_sets(n_workers: int, n_stragglers: int, n_trials: int, seed: int) -> np.ndarray:
-    """(T, N - S) ascending arrived-worker indices, one uniformly random set per trial (seeded per S)."""
-    if not 0 <= n_stragglers <= n_workers - 2:
-        raise ValueError(f"stragglers must be in [0, N - 2] = [0, {n_workers - 2}], got {n_stragglers}")
-    rng = np.random.default_rng([seed, 3, n_workers, n_stragglers])
-    keep = n_workers - n_stragglers
-    return np.stack([np.sort(rng.choice(n_workers, size=keep, replace=False)) for _ in range(n_trials)])
-
-
-# --------------------------------------------------------------------------------------------- engine
-
-
-class BatchedModel:
-    """f applied in batches of ``batch_size`` with a shared progress bar and a count of calls and images."""
-
-    def __init__(self, f: Model, batch_size: int, progress: bool = True):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.f, self.batch_size, self.progress = f, int(batch_size), progress
-        self.calls = 0
-        self.images = 0
-        self.seconds = 0.0
-
-    def __call__(self, x: np.ndarray, desc: str = "f") -> np.ndarray:
-        from tqdm import tqdm
-
-        out = []
-        with tqdm(total=len(x), desc=desc, unit="img", disable=not self.progress or len(x) < 5000,
-                  leave=False, file=sys.stderr) as bar:
-            for i in range(0, len(x), self.batch_size):
-                chunk = np.ascontiguousarray(x[i : i + self.batch_size], dtype=np.float32)
-                start = time.perf_counter()
-                out.append(np.asarray(self.f(chunk), dtype=np.float64))
-                self.seconds += time.perf_counter() - start
-                self.calls += 1
-                self.images += len(chunk)
-                bar.update(len(chunk))
-        return np.concatenate(out)
-
-
-class CodedEvaluator:
-    """Runs f once per distinct encoding matrix on all trials, then scores any decoder against those outputs.
-
-    ``x_trials``: float32 (T, K, *input_shape). ``base``: f on the uncoded inputs, (T, K, C).
-    """
-
-    def __init__(self, model: BatchedModel, x_trials: np.ndarray, labels: np.ndarray | None = None):
-        self.model = model
-        self.x_trials = x_trials
-        self.n_trials, self.n_inputs = x_trials.shape[:2]
-        self.labels = labels
-        flat = x_trials.reshape(self.n_trials * self.n_inputs, *x_trials.shape[2:])
-        self.base = model(flat, desc="f(x)").reshape(self.n_trials, self.n_inputs, -1)
-        self.base_top1 = self.base.argmax(-1)
-        self._outputs: Dict[str, np.ndarray] = {}
-
-    def worker_outputs(self, key: str, encoding_matrix: np.ndarray) -> np.ndarray:
-        """f on every coded input of every trial, (T, N, C); computed once per ``key``.
-
-        Coded inputs of many trials are stacked into one batch of f calls; each chunk of trials is encoded
-        just before f runs so that memory stays bounded for large images.
-        """
-        if key in self._outputs:
-            return self._outputs[key]
-        E = np.asarray(encoding_matrix, dtype=np.float64)
-        n_workers = E.shape[0]
-        dim = int(np.prod(self.x_trials.shape[2:]))
-        # trials per chunk: ~64 MB of float32 coded inputs, and at least one batch of f's size
-        per_chunk = max(1, min(self.n_trials, (16_000_000 // max(1, n_workers * dim)) or 1))
-        outputs = []
-        for t0 in range(0, self.n_trials, per_chunk):
-            x = self.x_trials[t0 : t0 + per_chunk].astype(np.float64)
-            coded = np.einsum("nk,tkd->tnd", E, x.reshape(len(x), self.n_inputs, dim)).astype(np.float32)
-            y = self.model(coded.reshape(len(x) * n_workers, *self.x_trials.shape[2:]), desc=f"f({key})")
-            outputs.append(y.reshape(len(x), n_workers, -1))
-        self._outputs[key] = np.concatenate(outputs)
-        return self._outputs[key]
-
-    def score(self, outputs: np.ndarray, arrived: np.ndarray, decoding_matrix: Callable) -> Dict[str, np.ndarray]:
-        """Per-trial MSE, accuracy (vs labels) and top-1 agreement (vs f) of one decoder.
-
-        ``arrived``: (T, |F|) ascending worker indices; ``decoding_matrix(arrived_row) -> (K, |F|)``.
-        """
-        mse = np.empty(self.n_trials)
-        acc = np.full(self.n_trials, np.nan)
-        agree = np.empty(self.n_trials)
-        for t in range(self.n_trials):
-            D = decoding_matrix(arrived[t])
-            y_hat = D @ outputs[t, arrived[t]]
-            mse[t] = np.mean(np.sum((self.base[t] - y_hat) ** 2, axis=-1))
-            top1 = y_hat.argmax(-1)
-            agree[t] = np.mean(top1 == self.base_top1[t])
-            if self.labels is not None:
-                acc[t] = np.mean(top1 == self.labels[t])
-        return {"mse": mse, "acc": acc, "agree": agree}
-
-
-def encoder_key(scheme: str, lam_enc: float = 0.0) -> str:
-    """Identity of an encoding matrix: BACC has one; NeRCC one per lam_enc."""
-    return "bacc" if scheme == "bacc" else f"nercc(lam_enc={float(lam_enc):.6g})"
-
-
-def make_scheme(scheme: str, n_inputs: int, n_workers: int, lam_enc: float = 0.0, lam_dec: float = 0.0):
-    from nercc.coding import BACC, NeRCC
-
-    if scheme == "bacc":
-        return BACC(n_inputs=n_inputs, n_workers=n_workers)
-    return NeRCC(n_inputs=n_inputs, n_workers=n_workers, lam_enc=float(lam_enc), lam_dec=float(lam_dec))
-
-
 def _stats(values: np.ndarray) -> Tuple[float | None, float | None]:
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -242,11 +74,13 @@ def _stats(values: np.ndarray) -> Tuple[float | None, float | None]:
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
-# --------------------------------------------------------------------------------------------- lams
+# --------------------------------------------------------------------------------------------- smoothing
 
 
 @dataclass
-class Lams:
+class Smoothing:
+    """Tuned NeRCC's (lam_enc, lam_dec) at one straggler count, and where they came from."""
+
     lam_enc: float
     lam_dec: float
     source: str  # "profile", "tuned on the fly", "given"
@@ -259,44 +93,66 @@ class Lams:
         return out
 
 
-def profile_entry(model_dir: Path, n_inputs: int, n_workers: int, n_stragglers: int) -> dict | None:
-    """The profile's entry for exactly (K, N, S), or None."""
+def resolve_smoothing(info, n_inputs: int, n_workers: int, n_stragglers: int, tune_missing: bool,
+                      seed: int, threads: int, progress: bool) -> Smoothing:
+    """Tuned (lam_enc, lam_dec) for (K, N, S): the profile's exact entry, read as serving reads it
+    (:class:`nercc.coding.CodedSetting` with N - S answers), else a tuning run on held-out inputs (not saved)."""
     from nercc.profiles import load_profile
 
-    for entry in load_profile(model_dir)["entries"]:
-        if (entry["n_inputs"], entry["n_workers"], entry["n_stragglers"]) == (n_inputs, n_workers, n_stragglers):
-            return entry
-    return None
+    profile = load_profile(info.dir)
+    entry = profile_entry(profile, n_inputs, n_workers, n_stragglers)
+    if entry is None and tune_missing:
+        from bench.tune import tune_setting
+
+        tuned = tune_setting(info, n_inputs, n_workers, n_stragglers, seed=seed, threads=threads, progress=progress)
+        return Smoothing(tuned["lam_enc"], tuned["lam_dec"], "tuned on the fly (held-out inputs, not saved)")
+    setting = CodedSetting.from_profile(profile, NeRCC.name, n_inputs, n_workers, n_stragglers)
+    lam_dec = setting.lam_dec_for(n_workers - n_stragglers)
+    if entry is None:
+        return Smoothing(setting.lam_enc, lam_dec,
+                         "profile fallback (no exact entry; nearest entry, default or built-in)")
+    return Smoothing(setting.lam_enc, lam_dec, "profile", dict(entry.get("lam_dec_by_arrived") or {}))
 
 
-def resolve_lams(info, n_inputs: int, n_workers: int, n_stragglers: int, tune_missing: bool,
-                 seed: int, threads: int, progress: bool) -> Lams:
-    """Tuned (lam_enc, lam_dec) for (K, N, S): the profile's exact entry, read as the encoder reads it
-    (``nercc.profiles.lookup`` with n_arrived = N - S), else a tuning run on held-out inputs (not saved)."""
-    from nercc.profiles import lookup
+def smoothing_per_count(args, info, stragglers: Sequence[int], n_inputs: int, n_workers: int) -> Dict[int, Smoothing]:
+    """Tuned NeRCC's smoothing at every straggler count: from the command line, else :func:`resolve_smoothing`."""
+    if args.lam_enc is not None or args.lam_dec is not None:
+        given = Smoothing(args.lam_enc or 0.0, args.lam_dec or 0.0, "given on the command line")
+        return {s: given for s in stragglers}
+    return {s: resolve_smoothing(info, n_inputs, n_workers, s, tune_missing=not args.no_tune, seed=args.seed,
+                                 threads=args.threads, progress=not args.quiet) for s in stragglers}
 
-    entry = profile_entry(info.dir, n_inputs, n_workers, n_stragglers)
-    if entry is not None:
-        lam_enc, lam_dec = lookup(info.dir, n_inputs, n_workers, n_stragglers, n_arrived=n_workers - n_stragglers)
-        return Lams(lam_enc, lam_dec, "profile", dict(entry.get("lam_dec_by_arrived") or {}))
-    if not tune_missing:
-        lam_enc, lam_dec = lookup(info.dir, n_inputs, n_workers, n_stragglers, n_arrived=n_workers - n_stragglers)
-        return Lams(lam_enc, lam_dec, "profile fallback (no exact entry; nearest entry, default or built-in)")
-    from bench.tune import tune_setting
 
-    entry = tune_setting(info, n_inputs, n_workers, n_stragglers, seed=seed, threads=threads, progress=progress)
-    return Lams(entry["lam_enc"], entry["lam_dec"], "tuned on the fly (held-out inputs, not saved)")
+def variant_scheme(variant: str, n_inputs: int, n_workers: int, smoothing: Smoothing) -> CodingScheme:
+    """The coding scheme behind a result-file variant: BACC, NeRCC-0, or NeRCC with the tuned smoothing."""
+    if variant == NERCC0:
+        return make_scheme(NeRCC.name, n_inputs, n_workers, 0.0, 0.0)
+    return make_scheme(variant, n_inputs, n_workers, smoothing.lam_enc, smoothing.lam_dec)
 
 
 # --------------------------------------------------------------------------------------------- benchmark
 
 
+def _score_row(scores: Dict[str, np.ndarray], base_acc: float) -> dict:
+    """Mean and standard deviation over trials of MSE, accuracy, RelAcc and agreement."""
+    mse_mean, mse_std = _stats(scores["mse"])
+    acc_mean, acc_std = _stats(scores["acc"])
+    agree_mean, agree_std = _stats(scores["agree"])
+    return {
+        "mse_mean": mse_mean, "mse_std": mse_std,
+        "relacc_mean": acc_mean / base_acc if base_acc > 0 and acc_mean is not None else None,
+        "relacc_std": acc_std / base_acc if base_acc > 0 and acc_std is not None else None,
+        "acc_mean": acc_mean, "acc_std": acc_std,
+        "agreement_mean": agree_mean, "agreement_std": agree_std,
+    }
+
+
 def run_benchmark(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, stragglers: Sequence[int],
-                  lams: Dict[int, Lams], n_trials: int, seed: int, batch_size: int,
+                  smoothing: Dict[int, Smoothing], n_trials: int, seed: int, batch_size: int,
                   progress: bool = True) -> dict:
     """The benchmark core (no file I/O): returns the ``results`` and ``base`` parts of the JSON.
 
-    ``lams[S]`` gives tuned NeRCC's lams at S. All schemes see the same trials and arrived sets.
+    ``smoothing[S]`` gives tuned NeRCC's lams at S. All schemes see the same trials and arrived sets.
     """
     from tqdm import tqdm
 
@@ -305,43 +161,19 @@ def run_benchmark(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
     if n_trials < 1:
         raise ValueError(f"trials must be >= 1, got {n_trials}")
     batches = trial_batches(len(inputs.x), n_inputs, n_trials, seed)
-    x_trials = inputs.x[batches]
     labels = inputs.labels[batches]
     model = BatchedModel(f, batch_size, progress)
-    ev = CodedEvaluator(model, x_trials, labels)
-    base_acc = float(np.mean(ev.base_top1 == labels))
-
-    bacc = make_scheme("bacc", n_inputs, n_workers)
-    nercc0 = make_scheme("nercc", n_inputs, n_workers, 0.0, 0.0)
+    trials = Trials(model, inputs.x[batches], labels)
+    base_acc = float(np.mean(trials.base_top1 == labels))
     results: Dict[str, dict] = {}
     jobs = [(s, name) for s in stragglers for name in SCHEMES]
     bar = tqdm(jobs, desc="decode", unit="scheme", disable=not progress, file=sys.stderr)
     for s, name in bar:
         bar.set_postfix_str(f"S={s} {SCHEME_LABELS[name]}")
-        arrived = straggler_sets(n_workers, s, n_trials, seed)
-        if name == "bacc":
-            scheme, key = bacc, encoder_key("bacc")
-        elif name == "nercc0":
-            scheme, key = nercc0, encoder_key("nercc", 0.0)
-        else:
-            lam = lams[s]
-            scheme = make_scheme("nercc", n_inputs, n_workers, lam.lam_enc, lam.lam_dec)
-            key = encoder_key("nercc", lam.lam_enc)
-        outputs = ev.worker_outputs(key, scheme.encoding_matrix())
-        scores = ev.score(outputs, arrived, scheme.decoding_matrix)
-        mse_mean, mse_std = _stats(scores["mse"])
-        acc_mean, acc_std = _stats(scores["acc"])
-        agree_mean, agree_std = _stats(scores["agree"])
-        row = {
-            "mse_mean": mse_mean, "mse_std": mse_std,
-            "relacc_mean": acc_mean / base_acc if base_acc > 0 and acc_mean is not None else None,
-            "relacc_std": acc_std / base_acc if base_acc > 0 and acc_std is not None else None,
-            "acc_mean": acc_mean, "acc_std": acc_std,
-            "agreement_mean": agree_mean, "agreement_std": agree_std,
-        }
-        if name != "bacc":
-            row["lam_enc"] = 0.0 if name == "nercc0" else lams[s].lam_enc
-            row["lam_dec"] = 0.0 if name == "nercc0" else lams[s].lam_dec
+        scheme = variant_scheme(name, n_inputs, n_workers, smoothing[s])
+        row = _score_row(trials.score(scheme, straggler_sets(n_workers, s, n_trials, seed)), base_acc)
+        if isinstance(scheme, NeRCC):
+            row["lam_enc"], row["lam_dec"] = scheme.lam_enc, scheme.lam_dec
         results.setdefault(str(s), {})[name] = row
     return {
         "base_accuracy": base_acc,
@@ -354,11 +186,6 @@ def run_benchmark(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
 
 
 # --------------------------------------------------------------------------------------------- files
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """The command as a user would type it: ``nercc <args>``."""
-    return "nercc " + " ".join(shlex.quote(str(a)) for a in argv)
 
 
 def accuracy_argv(model: str, cfg: dict, seed: int, extra: Sequence[str] = ()) -> List[str]:
@@ -404,26 +231,12 @@ def format_table(report: dict) -> str:
         rel = " ".join(
             f"{row[n]['relacc_mean']:>14.4f}" if row[n]["relacc_mean"] is not None else f"{'n/a':>14}"
             for n in SCHEMES)
-        ratio = row["nercc"]["mse_mean"] / row["bacc"]["mse_mean"]
+        ratio = row[NeRCC.name]["mse_mean"] / row[BACC.name]["mse_mean"]
         lines.append(f"{s:>4} {mse} {rel}  {ratio:.3f}")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------- command
-
-
-def parse_int_list(text: str) -> List[int]:
-    """"0,10,20" or "0:60:10" (start:stop:step, stop included) -> list of ints."""
-    text = text.strip()
-    try:
-        if ":" in text:
-            start, stop, step = (int(v) for v in text.split(":"))
-            if step <= 0:
-                raise ValueError
-            return list(range(start, stop + 1, step))
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"expected integers like '0,10,20' or '0:60:10', got {text!r}") from None
 
 
 def configure(parser) -> None:
@@ -484,17 +297,10 @@ def run(args) -> dict:
     f = OnnxModel(info, threads=args.threads)
     progress = not args.quiet
     started = time.perf_counter()
-
-    lams: Dict[int, Lams] = {}
-    for s in cfg["stragglers"]:
-        if args.lam_enc is not None or args.lam_dec is not None:
-            lams[s] = Lams(args.lam_enc or 0.0, args.lam_dec or 0.0, "given on the command line")
-        else:
-            lams[s] = resolve_lams(info, K, N, s, tune_missing=not args.no_tune, seed=args.seed,
-                                   threads=args.threads, progress=progress)
+    smoothing = smoothing_per_count(args, info, cfg["stragglers"], K, N)
     inputs = load_inputs(info, "eval", T * K, args.seed)
     batch_size = args.batch_size or default_batch_size(info.input_dim)
-    core = run_benchmark(f, inputs, K, N, cfg["stragglers"], lams, T, args.seed, batch_size, progress)
+    core = run_benchmark(f, inputs, K, N, cfg["stragglers"], smoothing, T, args.seed, batch_size, progress)
     report = {
         "model": info.name, "dataset": info.dataset, "trained": bool(info.trained), "weights": info.weights,
         "N": N, "K": K, "trials": T, "seed": args.seed, "stragglers": cfg["stragglers"],
@@ -506,7 +312,7 @@ def run(args) -> dict:
             "relacc": "accuracy of argmax(y_hat) on a trial / accuracy of f on all T*K evaluation inputs",
             "agreement": "fraction of inputs where argmax(y_hat) equals f's own top-1",
         },
-        "lams": {str(s): lam.to_json() for s, lam in lams.items()},
+        "lams": {str(s): choice.to_json() for s, choice in smoothing.items()},
         **core,
         "base_accuracy_reference": (info.accuracy or {}).get("top1"),
         "seconds": round(time.perf_counter() - started, 1),
@@ -536,17 +342,11 @@ def run_byzantine_command(args) -> dict:
     f = OnnxModel(info, threads=args.threads)
     progress = not args.quiet
     started = time.perf_counter()
-    lams: Dict[int, Lams] = {}
-    for s in cfg["stragglers"]:
-        if args.lam_enc is not None or args.lam_dec is not None:
-            lams[s] = Lams(args.lam_enc or 0.0, args.lam_dec or 0.0, "given on the command line")
-        else:
-            lams[s] = resolve_lams(info, K, N, s, tune_missing=not args.no_tune, seed=args.seed,
-                                   threads=args.threads, progress=progress)
+    smoothing = smoothing_per_count(args, info, cfg["stragglers"], K, N)
     attacks = [a.strip() for a in args.attack.split(",") if a.strip()]
     inputs = load_inputs(info, "eval", T * K, args.seed)
     batch_size = args.batch_size or default_batch_size(info.input_dim)
-    core = run_byzantine(f, inputs, K, N, cfg["stragglers"], lams, args.byzantine, attacks, T, args.seed,
+    core = run_byzantine(f, inputs, K, N, cfg["stragglers"], smoothing, args.byzantine, attacks, T, args.seed,
                          batch_size, threshold=args.robust_threshold, progress=progress)
     extra = extra_flags(args) + ["--byzantine", str(args.byzantine), "--attack", ",".join(attacks)]
     if args.robust_threshold is not None:
@@ -562,7 +362,7 @@ def run_byzantine_command(args) -> dict:
             "robust/plain": "MSE with A arrived answers replaced by the attack, with and without robust decoding",
             "caught_fraction": "trials where robust decoding dropped every wrong answer",
         },
-        "lams": {str(s): lam.to_json() for s, lam in lams.items()},
+        "lams": {str(s): choice.to_json() for s, choice in smoothing.items()},
         "byzantine": core,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -583,8 +383,9 @@ def main(args) -> int:
     report = run(args)
     json_path, csv_path = write_results(report, Path(args.out))
     print(format_table(report))
-    for s, lam in report["lams"].items():
-        print(f"  S={s}: tuned NeRCC lam_enc={lam['lam_enc']:.3g} lam_dec={lam['lam_dec']:.3g} ({lam['source']})")
+    for s, choice in report["lams"].items():
+        print(f"  S={s}: tuned NeRCC lam_enc={choice['lam_enc']:.3g} lam_dec={choice['lam_dec']:.3g} "
+              f"({choice['source']})")
     print(f"wrote {json_path} and {csv_path} ({report['seconds']} s)")
     return 0
 
@@ -615,8 +416,8 @@ def byzantine_sets(arrived: np.ndarray, n_byzantine: int, seed: int) -> np.ndarr
 
 
 def run_byzantine(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, stragglers: Sequence[int],
-                  lams: Dict[int, Lams], n_byzantine: int, attacks: Sequence[str], n_trials: int, seed: int,
-                  batch_size: int, threshold: float | None = None, progress: bool = True) -> dict:
+                  smoothing: Dict[int, Smoothing], n_byzantine: int, attacks: Sequence[str], n_trials: int,
+                  seed: int, batch_size: int, threshold: float | None = None, progress: bool = True) -> dict:
     """MSE of each scheme with A of the arrived workers answering finite wrong values (no file I/O).
 
     For every S and scheme, on the same trials: ``clean`` (S stragglers, plain decode), ``clean_robust``
@@ -626,7 +427,7 @@ def run_byzantine(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
     """
     from tqdm import tqdm
 
-    from nercc.coding.robust import DEFAULT_THRESHOLD, robust_decode
+    from nercc.coding.robust import DEFAULT_THRESHOLD
 
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     unknown = [a for a in attacks if a not in ATTACKS]
@@ -640,54 +441,55 @@ def run_byzantine(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
                          f"honest answers: S <= {n_workers - n_inputs - n_byzantine}, got {bad}")
     batches = trial_batches(len(inputs.x), n_inputs, n_trials, seed)
     model = BatchedModel(f, batch_size, progress)
-    ev = CodedEvaluator(model, inputs.x[batches], inputs.labels[batches])
-
-    def mse_of(y_hat, t):
-        return float(np.mean(np.sum((ev.base[t] - y_hat) ** 2, axis=-1)))
-
+    trials = Trials(model, inputs.x[batches], inputs.labels[batches])
     results: Dict[str, dict] = {}
     jobs = [(s, name) for s in stragglers for name in SCHEMES]
     bar = tqdm(jobs, desc="byzantine", unit="scheme", disable=not progress, file=sys.stderr)
     for s, name in bar:
         bar.set_postfix_str(f"S={s} {SCHEME_LABELS[name]}")
-        if name == "bacc":
-            scheme = make_scheme("bacc", n_inputs, n_workers)
-        elif name == "nercc0":
-            scheme = make_scheme("nercc", n_inputs, n_workers, 0.0, 0.0)
-        else:
-            scheme = make_scheme("nercc", n_inputs, n_workers, lams[s].lam_enc, lams[s].lam_dec)
-        key = encoder_key("bacc" if name == "bacc" else "nercc", 0.0 if name != "nercc" else lams[s].lam_enc)
-        outputs = ev.worker_outputs(key, scheme.encoding_matrix())
+        scheme = variant_scheme(name, n_inputs, n_workers, smoothing[s])
         arrived = straggler_sets(n_workers, s, n_trials, seed)
         liars = byzantine_sets(arrived, n_byzantine, seed + s)
-        rows = {m: np.empty(n_trials) for m in ("clean", "clean_robust", "straggling")}
-        false_drops = 0
-        per_attack = {a: {"robust": np.empty(n_trials), "plain": np.empty(n_trials), "caught": 0} for a in attacks}
-        for t in range(n_trials):
-            arr = arrived[t]
-            y = outputs[t, arr]
-            rows["clean"][t] = mse_of(scheme.decode(y, arr), t)
-            clean_r = robust_decode(scheme, y, arr, threshold=threshold)
-            rows["clean_robust"][t] = mse_of(clean_r.predictions, t)
-            false_drops += len(clean_r.dropped)
-            honest = np.setdiff1d(arr, liars[t])
-            rows["straggling"][t] = mse_of(scheme.decode(outputs[t, honest], honest), t)
-            where = np.searchsorted(arr, liars[t])
-            for a in attacks:
-                rng = np.random.default_rng([seed, 6, t, s, list(ATTACKS).index(a)])
-                y_bad = y.copy()
-                y_bad[where] = ATTACKS[a](y[where], outputs[t], rng)
-                per_attack[a]["plain"][t] = mse_of(scheme.decode(y_bad, arr), t)
-                r = robust_decode(scheme, y_bad, arr, threshold=threshold)
-                per_attack[a]["robust"][t] = mse_of(r.predictions, t)
-                per_attack[a]["caught"] += int(set(liars[t].tolist()) <= set(r.dropped))
-        row = {m: float(v.mean()) for m, v in rows.items()}
-        row["clean_false_drops_per_trial"] = false_drops / n_trials
-        row["attacks"] = {a: {"robust": float(v["robust"].mean()), "plain": float(v["plain"].mean()),
-                              "caught_fraction": v["caught"] / n_trials} for a, v in per_attack.items()}
-        results.setdefault(str(s), {})[name] = row
+        results.setdefault(str(s), {})[name] = _byzantine_row(scheme, trials, arrived, liars, attacks, threshold,
+                                                              seed, s)
     return {"results": results, "threshold": threshold, "n_byzantine": n_byzantine, "attacks": list(attacks),
             "f_images": model.images, "f_seconds": round(model.seconds, 2)}
+
+
+def _byzantine_row(scheme: CodingScheme, trials: Trials, arrived: np.ndarray, liars: np.ndarray,
+                   attacks: Sequence[str], threshold: float, seed: int, n_stragglers: int) -> dict:
+    """One (S, scheme) row of :func:`run_byzantine`: mean MSEs over the trials and the caught fractions."""
+    from nercc.coding import mean_squared_error
+    from nercc.coding.robust import robust_decode
+
+    outputs = trials.worker_outputs(scheme)
+    n_trials = len(arrived)
+    rows = {m: np.empty(n_trials) for m in ("clean", "clean_robust", "straggling")}
+    false_drops = 0
+    per_attack = {a: {"robust": np.empty(n_trials), "plain": np.empty(n_trials), "caught": 0} for a in attacks}
+    for t in range(n_trials):
+        arr, base = arrived[t], trials.base[t]
+        y = outputs[t, arr]
+        rows["clean"][t] = mean_squared_error(scheme.decode(y, arr), base)
+        clean_r = robust_decode(scheme, y, arr, threshold=threshold)
+        rows["clean_robust"][t] = mean_squared_error(clean_r.predictions, base)
+        false_drops += len(clean_r.dropped)
+        honest = np.setdiff1d(arr, liars[t])
+        rows["straggling"][t] = mean_squared_error(scheme.decode(outputs[t, honest], honest), base)
+        where = np.searchsorted(arr, liars[t])
+        for a in attacks:
+            rng = np.random.default_rng([seed, 6, t, n_stragglers, list(ATTACKS).index(a)])
+            y_bad = y.copy()
+            y_bad[where] = ATTACKS[a](y[where], outputs[t], rng)
+            per_attack[a]["plain"][t] = mean_squared_error(scheme.decode(y_bad, arr), base)
+            r = robust_decode(scheme, y_bad, arr, threshold=threshold)
+            per_attack[a]["robust"][t] = mean_squared_error(r.predictions, base)
+            per_attack[a]["caught"] += int(set(liars[t].tolist()) <= set(r.dropped))
+    row = {m: float(v.mean()) for m, v in rows.items()}
+    row["clean_false_drops_per_trial"] = false_drops / n_trials
+    row["attacks"] = {a: {"robust": float(v["robust"].mean()), "plain": float(v["plain"].mean()),
+                          "caught_fraction": v["caught"] / n_trials} for a, v in per_attack.items()}
+    return row
 
 
 def format_byzantine_table(report: dict) -> str:

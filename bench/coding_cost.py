@@ -28,7 +28,7 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from nercc.coding import BACC, NeRCC, random_straggler_sets
+from nercc.coding import CODED_SCHEMES, make_scheme, random_straggler_sets
 
 DEFAULT_SIZES = "20x100,50x250,200x1000"
 DEFAULT_DIMS = "784,3072,150528"  # MNIST 28x28, CIFAR-10 32x32x3, ImageNet 224x224x3
@@ -89,15 +89,11 @@ def best_times(
 
 
 def make_schemes(names: Sequence[str], K: int, N: int, lam: float):
-    out = []
-    for name in names:
-        if name == "nercc":
-            out.append(NeRCC(K, N, lam_enc=lam, lam_dec=lam))
-        elif name == "bacc":
-            out.append(BACC(K, N))
-        else:
-            raise SystemExit(f"coding_cost: --schemes must name nercc and/or bacc, got {name!r}")
-    return out
+    """The named coding schemes (registry names), NeRCC with lam_enc = lam_dec = ``lam``."""
+    try:
+        return [make_scheme(name, K, N, lam_enc=lam, lam_dec=lam) for name in names]
+    except ValueError as exc:
+        raise SystemExit(f"coding_cost: --schemes: {exc}") from None
 
 
 def build_times(scheme, arrived, repeats: int, min_seconds: float) -> Tuple[float, float]:
@@ -237,7 +233,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"small run: sizes {QUICK_SIZES}, dims {QUICK_DIMS} (unless given)",
     )
-    parser.add_argument("--schemes", default="nercc,bacc", help="comma-separated: nercc, bacc")
+    parser.add_argument("--schemes", default=",".join(reversed(CODED_SCHEMES)),
+                        help=f"comma-separated: {', '.join(CODED_SCHEMES)}")
     parser.add_argument("--lam", type=float, default=1e-5, help="NeRCC lam_enc = lam_dec")
     parser.add_argument(
         "--stragglers",

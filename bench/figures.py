@@ -19,18 +19,12 @@ from typing import Dict, List
 
 import numpy as np
 
-from bench.accuracy import (
-    DEFAULTS,
-    RESULTS_DIR,
-    SCHEME_LABELS,
-    SCHEMES,
-    load_inputs,
-    make_scheme,
-    result_stem,
-)
+from bench.accuracy import DEFAULTS, NERCC0, SCHEME_LABELS, SCHEMES, result_stem
+from bench.experiment import RESULTS_DIR, load_inputs
+from nercc.coding import BACC, NeRCC, make_scheme
 
-COLORS = {"bacc": "#d62728", "nercc0": "#7f7f7f", "nercc": "#1f77b4"}
-MARKERS = {"bacc": "s", "nercc0": "^", "nercc": "o"}
+COLORS = {BACC.name: "#d62728", NERCC0: "#7f7f7f", NeRCC.name: "#1f77b4"}
+MARKERS = {BACC.name: "s", NERCC0: "^", NeRCC.name: "o"}
 MODEL_TITLES = {
     "lenet5": "LeNet5 / MNIST",
     "repvgg_cifar10": "RepVGG / CIFAR-10",
@@ -98,11 +92,11 @@ def plot_accuracy(reports: List[dict], path: Path) -> Path:
             else:
                 axes[1, c].errorbar(s + dx, rel, yerr=_series(rep, scheme, "relacc_std"), **kw)
                 axes[1, c].set_ylabel("RelAcc")
-        ratio = _series(rep, "nercc", "mse_mean") / _series(rep, "bacc", "mse_mean")
-        ratio0 = _series(rep, "nercc0", "mse_mean") / _series(rep, "bacc", "mse_mean")
-        axes[2, c].plot(s, ratio, color=COLORS["nercc"], marker="o", label="NeRCC / BACC")
-        axes[2, c].plot(s, ratio0, color=COLORS["nercc0"], marker="^", label="NeRCC-0 / BACC")
-        axes[2, c].axhline(1.0, color=COLORS["bacc"], lw=1, ls="--")
+        ratio = _series(rep, NeRCC.name, "mse_mean") / _series(rep, BACC.name, "mse_mean")
+        ratio0 = _series(rep, NERCC0, "mse_mean") / _series(rep, BACC.name, "mse_mean")
+        axes[2, c].plot(s, ratio, color=COLORS[NeRCC.name], marker="o", label="NeRCC / BACC")
+        axes[2, c].plot(s, ratio0, color=COLORS[NERCC0], marker="^", label="NeRCC-0 / BACC")
+        axes[2, c].axhline(1.0, color=COLORS[BACC.name], lw=1, ls="--")
         axes[2, c].axhline(0.77, color="k", lw=0.8, ls=":", label="paper's best (0.77)")
         axes[2, c].set_ylim(0, max(1.3, float(np.nanmax(ratio0)) * 1.05 if np.isfinite(np.nanmax(ratio0)) else 1.3))
         title = MODEL_TITLES.get(rep["model"], rep["model"])
@@ -129,21 +123,21 @@ def plot_smoothness(sweep: dict, path: Path) -> Path:
     i_enc, j_dec = int(np.argmin(np.abs(enc - best_enc))), int(np.argmin(np.abs(dec - best_dec)))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
     pos_dec, pos_enc = dec > 0, enc > 0
-    axes[0].semilogx(dec[pos_dec], mse[i_enc, pos_dec], "o-", color=COLORS["nercc"],
+    axes[0].semilogx(dec[pos_dec], mse[i_enc, pos_dec], "o-", color=COLORS[NeRCC.name],
                      label=f"NeRCC, lam_enc = {enc[i_enc]:.3g}")
     if i_enc != 0 and enc[0] == 0:
-        axes[0].semilogx(dec[pos_dec], mse[0, pos_dec], ".--", color=COLORS["nercc"], alpha=0.6,
+        axes[0].semilogx(dec[pos_dec], mse[0, pos_dec], ".--", color=COLORS[NeRCC.name], alpha=0.6,
                          label="NeRCC, lam_enc = 0")
     axes[0].set_xlabel("lam_dec")
     axes[0].set_title("decoder smoothing")
-    axes[1].semilogx(enc[pos_enc], mse[pos_enc, j_dec], "o-", color=COLORS["nercc"],
+    axes[1].semilogx(enc[pos_enc], mse[pos_enc, j_dec], "o-", color=COLORS[NeRCC.name],
                      label=f"NeRCC, lam_dec = {dec[j_dec]:.3g}")
     axes[1].set_xlabel("lam_enc")
     axes[1].set_title("encoder smoothing")
     for ax in axes:
         if sweep.get("mse_nercc0") is not None:
-            ax.axhline(sweep["mse_nercc0"], color=COLORS["nercc0"], ls="--", label="NeRCC-0 (lam = 0, 0)")
-        ax.axhline(sweep["mse_bacc"], color=COLORS["bacc"], ls=":", label="BACC")
+            ax.axhline(sweep["mse_nercc0"], color=COLORS[NERCC0], ls="--", label="NeRCC-0 (lam = 0, 0)")
+        ax.axhline(sweep["mse_bacc"], color=COLORS[BACC.name], ls=":", label="BACC")
         ax.set_yscale("log")
         ax.legend(fontsize=9)
     axes[0].set_ylabel("MSE (softmax outputs)")
@@ -164,18 +158,18 @@ def coded_samples(n_inputs: int, n_workers: int, lam_enc: float, seed: int = 0, 
     step = max(1, n_workers // show)
     picked = np.arange(0, n_workers, step)[:show]
     out = {"originals": x[:, 0], "picked": picked}
-    for name, scheme_name, lam in (("bacc", "bacc", 0.0), ("nercc", "nercc", lam_enc),
-                                   ("nercc_smooth", "nercc", SMOOTH_LAM_ENC)):
+    for name, scheme_name, lam in ((BACC.name, BACC.name, 0.0), (NeRCC.name, NeRCC.name, lam_enc),
+                                   ("nercc_smooth", NeRCC.name, SMOOTH_LAM_ENC)):
         scheme = make_scheme(scheme_name, n_inputs, n_workers, lam, 0.0)
         out[name] = scheme.encode(x.astype(np.float64))[picked, 0]
-    out["betas"] = make_scheme("bacc", n_inputs, n_workers).betas[picked]
+    out["betas"] = make_scheme(BACC.name, n_inputs, n_workers).betas[picked]
     return out
 
 
 def plot_coded_samples(samples: dict, n_workers: int, lam_enc: float, path: Path) -> Path:
     plt = _pyplot()
     rows = [("originals", f"K = {len(samples['originals'])} originals"),
-            ("bacc", "BACC coded"), ("nercc", f"NeRCC coded\n(tuned lam_enc = {lam_enc:.2g})"),
+            (BACC.name, "BACC coded"), (NeRCC.name, f"NeRCC coded\n(tuned lam_enc = {lam_enc:.2g})"),
             ("nercc_smooth", f"NeRCC coded\n(lam_enc = {SMOOTH_LAM_ENC:.0e})")]
     cols = max(len(samples["originals"]), len(samples["picked"]))
     lo, hi = float(samples["originals"].min()), float(samples["originals"].max())
@@ -246,11 +240,11 @@ def table1(reports: List[dict]) -> str:
             cells += [_fmt(rep["results"][str(s)][scheme][f"{acc_key}_mean"],
                            rep["results"][str(s)][scheme][f"{acc_key}_std"], 3) for s in s_list]
             out.append(f"| {SCHEME_LABELS[scheme]} | " + " | ".join(cells) + " |")
-        ratios = [rep["results"][str(s)]["nercc"]["mse_mean"] / rep["results"][str(s)]["bacc"]["mse_mean"]
+        ratios = [rep["results"][str(s)][NeRCC.name]["mse_mean"] / rep["results"][str(s)][BACC.name]["mse_mean"]
                   for s in s_list]
         out.append("| NeRCC / BACC MSE | " + " | ".join(f"**{r:.3f}**" for r in ratios) + " |" + " |" * len(s_list))
         out.append("")
-        all_ratios = [rep["results"][str(s)]["nercc"]["mse_mean"] / rep["results"][str(s)]["bacc"]["mse_mean"]
+        all_ratios = [rep["results"][str(s)][NeRCC.name]["mse_mean"] / rep["results"][str(s)][BACC.name]["mse_mean"]
                       for s in rep["stragglers"]]
         out.append("All S: NeRCC / BACC MSE = " + ", ".join(
             f"{s}: {r:.3f}" for s, r in zip(rep["stragglers"], all_ratios)) + ".  ")

@@ -26,18 +26,24 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from bench.accuracy import (
+from bench.experiment import (
     RESULTS_DIR,
     BatchedModel,
-    CodedEvaluator,
+    Trials,
     command_line,
     default_batch_size,
-    encoder_key,
     load_inputs,
-    make_scheme,
     parse_int_list,
     straggler_sets,
     trial_batches,
+)
+from nercc.coding import (
+    BACC,
+    CodedSetting,
+    NeRCC,
+    coded_outputs,
+    evaluate,
+    refinement_grid,
 )
 
 #: Default search grids: lam = 0 plus log-spaced values (see parse_lam_grid for the syntax).
@@ -81,72 +87,6 @@ def parse_lam_grid(text: str) -> List[float]:
     return sorted(values)
 
 
-def _refine(best: float, grid: Sequence[float]) -> List[float]:
-    """Points around ``best`` at REFINE_PER_DECADE per decade, one decade either side (0 -> the grid's bottom)."""
-    positive = [g for g in grid if g > 0]
-    centre = best if best > 0 else (min(positive) if positive else 1e-9)
-    steps = np.arange(-REFINE_PER_DECADE, REFINE_PER_DECADE + 1) / REFINE_PER_DECADE
-    out = {float(f"{centre * 10 ** s:.6g}") for s in steps}
-    if best == 0:
-        out.add(0.0)
-    return sorted(out)
-
-
-class DecoderBank:
-    """Decoding matrices for every (lam_dec, trial), built once and shared by every lam_enc.
-
-    NeRCC's decoder depends only on lam_dec and the arrived set, not on lam_enc.
-    """
-
-    def __init__(self, n_inputs: int, n_workers: int, arrived: np.ndarray):
-        self.n_inputs, self.n_workers, self.arrived = n_inputs, n_workers, arrived
-        self._bank: Dict[float, np.ndarray] = {}
-
-    def matrices(self, lam_dec: float) -> np.ndarray:
-        """(T, K, |F|) decoding matrices at lam_dec."""
-        if lam_dec not in self._bank:
-            scheme = make_scheme("nercc", self.n_inputs, self.n_workers, 0.0, lam_dec)
-            self._bank[lam_dec] = np.stack([scheme.decoding_matrix(a) for a in self.arrived])
-        return self._bank[lam_dec]
-
-    def mse(self, outputs: np.ndarray, base: np.ndarray, lam_dec: float) -> np.ndarray:
-        """Per-trial MSE of NeRCC(lam_dec) decoding ``outputs`` (T, N, C) against ``base`` (T, K, C)."""
-        D = self.matrices(lam_dec)
-        picked = np.take_along_axis(outputs, self.arrived[:, :, None], axis=1)  # (T, |F|, C)
-        y_hat = np.matmul(D, picked)
-        return np.mean(np.sum((base - y_hat) ** 2, axis=-1), axis=-1)
-
-
-class Search:
-    """MSE of NeRCC over (lam_enc, lam_dec) pairs on fixed held-out trials and arrived sets."""
-
-    def __init__(self, ev: CodedEvaluator, n_workers: int, arrived: np.ndarray):
-        self.ev, self.n_workers, self.arrived = ev, n_workers, arrived
-        self.n_inputs = ev.n_inputs
-        self.bank = DecoderBank(self.n_inputs, n_workers, arrived)
-        self.scores: Dict[tuple, float] = {}
-
-    def outputs(self, lam_enc: float) -> np.ndarray:
-        scheme = make_scheme("nercc", self.n_inputs, self.n_workers, lam_enc, 0.0)
-        return self.ev.worker_outputs(encoder_key("nercc", lam_enc), scheme.encoding_matrix())
-
-    def evaluate(self, lam_encs: Sequence[float], lam_decs: Sequence[float]) -> None:
-        for le in lam_encs:
-            y = None
-            for ld in lam_decs:
-                if (le, ld) not in self.scores:
-                    y = self.outputs(le) if y is None else y
-                    self.scores[(le, ld)] = float(self.bank.mse(y, self.ev.base, ld).mean())
-
-    def best(self) -> tuple:
-        return min(self.scores, key=self.scores.get)
-
-    def bacc_mse(self) -> float:
-        bacc = make_scheme("bacc", self.n_inputs, self.n_workers)
-        y = self.ev.worker_outputs("bacc", bacc.encoding_matrix())
-        return float(self.ev.score(y, self.arrived, bacc.decoding_matrix)["mse"].mean())
-
-
 def arrived_range(n_inputs: int, n_workers: int, n_stragglers: int) -> List[int]:
     """|F| values for the lam_dec_by_arrived table: N - S +- max(2, N/10), within [max(2, K), N].
 
@@ -165,31 +105,31 @@ def _mixed_arrived(n_workers: int, counts: Sequence[int], n_trials: int, seed: i
     return [np.sort(rng.choice(n_workers, size=int(m), replace=False)) for m in sizes]
 
 
-def tune_by_arrived(ev: CodedEvaluator, n_workers: int, lam_enc: float, lam_dec: float, counts: Sequence[int],
-                    dec_grid: Sequence[float], seed: int, outputs: np.ndarray) -> dict:
+def tune_by_arrived(f, x_batches: np.ndarray, base: np.ndarray, n_workers: int, lam_enc: float, lam_dec: float,
+                    counts: Sequence[int], dec_grid: Sequence[float], seed: int) -> dict:
     """lam_dec per |F| at fixed lam_enc, and a check: one lam_dec vs the table on a draw with varying |F|.
 
-    The table is fitted on arrived sets of each size (seed A) and checked on other arrived sets with a
-    uniformly random size among ``counts`` (seed B), on the same held-out trials.
+    The table is fitted with :func:`nercc.coding.evaluate` on arrived sets of each size (one per batch,
+    seed A), over lam_dec one decade either side of the joint optimum; the check decodes other arrived sets
+    of a uniformly random size among ``counts`` (seed B) on the same held-out batches, once with the joint
+    lam_dec and once as a :class:`nercc.coding.CodedSetting` holding the table.
     """
-    T, K = ev.n_trials, ev.n_inputs
+    n_batches, n_inputs = x_batches.shape[:2]
+    outputs = coded_outputs(NeRCC(n_inputs, n_workers, lam_enc, 0.0), f, x_batches)
+    grid = sorted(set(refinement_grid(lam_dec, dec_grid, REFINE_PER_DECADE)) | {lam_dec})
     table: Dict[str, float] = {}
     for m in counts:
-        arrived = straggler_sets(n_workers, n_workers - m, T, seed + 17)
-        bank = DecoderBank(K, n_workers, arrived)
-        grid = _refine(lam_dec, dec_grid)  # one decade either side of the joint optimum
-        scores = {ld: float(bank.mse(outputs, ev.base, ld).mean()) for ld in grid}
-        table[str(m)] = min(scores, key=scores.get)
-    check_sets = _mixed_arrived(n_workers, counts, T, seed + 29)
-    fixed, by_table = [], []
-    for t, arrived in enumerate(check_sets):
-        y = outputs[t, arrived]
-        for lam, out in ((lam_dec, fixed), (table[str(len(arrived))], by_table)):
-            D = make_scheme("nercc", K, n_workers, lam_enc, lam).decoding_matrix(arrived)
-            out.append(np.sum((ev.base[t] - D @ y) ** 2, axis=-1).mean())
-    mse_fixed, mse_table = float(np.mean(fixed)), float(np.mean(by_table))
+        arrived = straggler_sets(n_workers, n_workers - m, n_batches, seed + 17)
+        mse = {candidate: evaluate(NeRCC(n_inputs, n_workers, lam_enc, candidate), f, x_batches, arrived, f_x=base,
+                                   outputs=outputs, paired=True).mean() for candidate in grid}
+        table[str(m)] = min(mse, key=lambda candidate: (mse[candidate], candidate))
+    check_sets = _mixed_arrived(n_workers, counts, n_batches, seed + 29)
+    fixed = NeRCC(n_inputs, n_workers, lam_enc, lam_dec)
+    by_table = CodedSetting(NeRCC.name, n_inputs, n_workers, lam_enc, lam_dec, lam_dec_by_arrived=table)
+    mse_fixed, mse_table = (float(evaluate(scheme, f, x_batches, check_sets, f_x=base, outputs=outputs,
+                                           paired=True).mean()) for scheme in (fixed, by_table))
     return {"table": table, "mse_fixed_lam_dec": mse_fixed, "mse_table": mse_table,
-            "arrived_counts": [int(c) for c in counts], "check_trials": T,
+            "arrived_counts": [int(c) for c in counts], "check_trials": n_batches,
             "kept": bool(mse_table < (1.0 - KEEP_TABLE_GAIN) * mse_fixed)}
 
 
@@ -223,10 +163,10 @@ def tune_setting(info, n_inputs: int, n_workers: int, n_stragglers: int, seed: i
                          n_inputs, n_workers, n_stragglers, lam_grid=enc, lam_dec_grid=dec, n_trials=n_sets,
                          seed=seed + 11, progress=progress, refine=refine if len(enc) > 1 else 0,
                          baseline=True)
-    le, ld = float(result.lam_enc), float(result.lam_dec)
+    lam_enc, lam_dec = float(result.lam_enc), float(result.lam_dec)
     entry = {
         "n_inputs": n_inputs, "n_workers": n_workers, "n_stragglers": n_stragglers,
-        "lam_enc": le, "lam_dec": ld,
+        "lam_enc": lam_enc, "lam_dec": lam_dec,
         "mse": result.mse, "mse_nercc0": result.mse_interp, "mse_bacc": result.mse_bacc,
         "calibration": {"split": inputs.split, "batches": B, "straggler_sets": n_sets, "seed": seed,
                         "pairs_scored": len(result.table), "enc_grid": enc_grid, "dec_grid": dec_grid,
@@ -234,11 +174,10 @@ def tune_setting(info, n_inputs: int, n_workers: int, n_stragglers: int, seed: i
                         "search": "nercc.coding.tune"},
     }
     if by_arrived:
-        ev = CodedEvaluator(model, x_batches, inputs.labels[batches])
-        scheme = make_scheme("nercc", n_inputs, n_workers, le, 0.0)
-        outputs = ev.worker_outputs(encoder_key("nercc", le), scheme.encoding_matrix())
+        x64 = x_batches.astype(np.float64)
+        base = model(x64.reshape(-1, *x64.shape[2:])).reshape(B, n_inputs, -1)
         counts = arrived_range(n_inputs, n_workers, n_stragglers)
-        check = tune_by_arrived(ev, n_workers, le, ld, counts, dec, seed, outputs)
+        check = tune_by_arrived(model, x64, base, n_workers, lam_enc, lam_dec, counts, dec, seed)
         entry["by_arrived_check"] = {k: v for k, v in check.items() if k != "table"}
         if check["kept"]:
             entry["lam_dec_by_arrived"] = check["table"]
@@ -303,16 +242,16 @@ def main(args) -> int:
 
 
 def _tune(args) -> int:
-    from bench.accuracy import profile_entry
+    from nercc.coding import profile_entry
     from nercc.models import load_model_info
-    from nercc.profiles import save_entry
+    from nercc.profiles import load_profile, save_entry
 
     info = load_model_info(args.model)
     stragglers = parse_int_list(args.stragglers)
     if args.inputs < 2 or args.workers < args.inputs:
         raise ValueError(f"need 2 <= --inputs <= --workers, got K = {args.inputs}, N = {args.workers}")
     for s in stragglers:
-        if args.missing_only and profile_entry(info.dir, args.inputs, args.workers, s) is not None:
+        if args.missing_only and profile_entry(load_profile(info.dir), args.inputs, args.workers, s) is not None:
             print(f"{info.name} N={args.workers} K={args.inputs} S={s}: profile entry exists, skipped")
             continue
         entry = tune_setting(info, args.inputs, args.workers, s, seed=args.seed, threads=args.threads,
@@ -365,6 +304,23 @@ def main_sweep(args) -> int:
         return 2
 
 
+def sweep_grid(trials: Trials, n_workers: int, arrived: np.ndarray, enc: Sequence[float],
+               dec: Sequence[float]) -> List[List[float]]:
+    """Mean MSE of NeRCC at every (lam_enc, lam_dec), trial t decoded from arrived set t.
+
+    f runs once per lam_enc (every lam_dec reuses its outputs); one decoder per lam_dec keeps its decoding
+    matrices for every lam_enc (they depend on lam_dec and the arrived set only).
+    """
+    n_inputs = trials.n_inputs
+    decoders = {lam_dec: NeRCC(n_inputs, n_workers, 0.0, lam_dec, cache_size=len(arrived) + 1) for lam_dec in dec}
+    grid = []
+    for lam_enc in enc:
+        outputs = trials.worker_outputs(NeRCC(n_inputs, n_workers, lam_enc, 0.0))
+        grid.append([float(evaluate(decoders[lam_dec], None, trials.x_trials, arrived, f_x=trials.base,
+                                    outputs=outputs, paired=True).mean()) for lam_dec in dec])
+    return grid
+
+
 def _sweep(args) -> int:
     from nercc.models import OnnxModel, load_model_info
 
@@ -375,28 +331,29 @@ def _sweep(args) -> int:
     inputs = load_inputs(info, "eval", T * K, args.seed)
     batches = trial_batches(len(inputs.x), K, T, args.seed)
     model = BatchedModel(f, default_batch_size(info.input_dim), not args.quiet)
-    ev = CodedEvaluator(model, inputs.x[batches], inputs.labels[batches])
+    trials = Trials(model, inputs.x[batches], inputs.labels[batches])
     arrived = straggler_sets(N, S, T, args.seed)
-    search = Search(ev, N, arrived)
     enc, dec = parse_lam_grid(args.enc_grid), parse_lam_grid(args.dec_grid)
-    search.evaluate(enc, dec)
-    grid = [[search.scores[(le, ld)] for ld in dec] for le in enc]
+    grid = sweep_grid(trials, N, arrived, enc, dec)
+    best_i, best_j = min(((i, j) for i in range(len(enc)) for j in range(len(dec))),
+                         key=lambda ij: (grid[ij[0]][ij[1]], enc[ij[0]], dec[ij[1]]))
+    best = {"lam_enc": enc[best_i], "lam_dec": dec[best_j], "mse": grid[best_i][best_j]}
     argv = ["bench", "sweep", "--model", info.name, "--workers", N, "--inputs", K, "--stragglers", S,
             "--trials", T, "--enc-grid", args.enc_grid, "--dec-grid", args.dec_grid, "--seed", args.seed]
-    best = search.best()
+    bacc_mse = float(trials.score(BACC(K, N), arrived)["mse"].mean())
     report = {
         "model": info.name, "N": N, "K": K, "S": S, "trials": T, "seed": args.seed,
         "command": command_line(argv), "split": inputs.split,
         "lam_enc": enc, "lam_dec": dec, "mse": grid,
-        "mse_bacc": search.bacc_mse(), "mse_nercc0": search.scores[(0.0, 0.0)] if 0.0 in enc and 0.0 in dec else None,
-        "best": {"lam_enc": best[0], "lam_dec": best[1], "mse": search.scores[best]},
+        "mse_bacc": bacc_mse, "mse_nercc0": grid[enc.index(0.0)][dec.index(0.0)] if 0.0 in enc and 0.0 in dec else None,
+        "best": best,
         "seconds": round(time.perf_counter() - started, 1),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / f"sweep_{info.name}_N{N}_K{K}_S{S}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{info.name} N={N} K={K} S={S}: best lam_enc={best[0]:.3g} lam_dec={best[1]:.3g} MSE "
-          f"{search.scores[best]:.5f}; NeRCC-0 {report['mse_nercc0']}; BACC {report['mse_bacc']:.5f}")
+    print(f"{info.name} N={N} K={K} S={S}: best lam_enc={best['lam_enc']:.3g} lam_dec={best['lam_dec']:.3g} MSE "
+          f"{best['mse']:.5f}; NeRCC-0 {report['mse_nercc0']}; BACC {report['mse_bacc']:.5f}")
     print(f"wrote {path} ({report['seconds']} s)", file=sys.stderr)
     return 0

@@ -9,7 +9,8 @@
                   "lam_dec_by_arrived": {"60": ...},      # optional: lam_dec per |F|
                   "mse": ..., "command": "...", "created": "..."}]}
 
-Written by ``nercc tune``; read by the Triton encoder and the client. Plain JSON I/O, no numpy.
+Written by ``nercc tune``; read by the Triton encoder and the client. Plain JSON I/O; choosing an entry is
+:func:`nercc.coding.profile_lams` (pure).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-#: Used when a model has no profile at all: mild smoothing that never did worse than lam = 0 in our runs.
-FALLBACK_LAMS = (1e-6, 1e-6)
+from nercc.coding.setting import FALLBACK_LAMS, profile_lams  # noqa: F401  (FALLBACK_LAMS: public here too)
 
 PathLike = Union[str, Path]
 
@@ -75,33 +75,5 @@ def lookup(
     n_stragglers: Optional[int] = None,
     n_arrived: Optional[int] = None,
 ) -> Tuple[float, float]:
-    """(lam_enc, lam_dec) for a serving setting.
-
-    Exact (K, N) entries win, the one whose straggler count is closest to ``n_stragglers`` (or to
-    ``N - n_arrived``); then entries with the same redundancy N/K; then the profile default; then
-    ``FALLBACK_LAMS``. With ``n_arrived`` and a ``lam_dec_by_arrived`` table, lam_dec comes from it.
-    """
-    profile = load_profile(model_dir)
-    entries = profile["entries"]
-    if n_stragglers is None and n_arrived is not None:
-        n_stragglers = n_workers - n_arrived
-    target_s = 0 if n_stragglers is None else n_stragglers
-
-    exact = [e for e in entries if e["n_inputs"] == n_inputs and e["n_workers"] == n_workers]
-    if exact:
-        best = min(exact, key=lambda e: abs(e["n_stragglers"] - target_s))
-    else:
-        ratio = n_workers / n_inputs
-        frac = target_s / n_workers
-        similar = [e for e in entries if abs(e["n_workers"] / e["n_inputs"] - ratio) < 1e-9]
-        best = min(similar, key=lambda e: abs(e["n_stragglers"] / e["n_workers"] - frac)) if similar else None
-    if best is None:
-        default = profile.get("default")
-        if default:
-            return float(default["lam_enc"]), float(default["lam_dec"])
-        return FALLBACK_LAMS
-    lam_dec = float(best["lam_dec"])
-    table = best.get("lam_dec_by_arrived") or {}
-    if n_arrived is not None and str(n_arrived) in table:
-        lam_dec = float(table[str(n_arrived)])
-    return float(best["lam_enc"]), lam_dec
+    """(lam_enc, lam_dec) for a serving setting from the model's profile: see :func:`nercc.coding.profile_lams`."""
+    return profile_lams(load_profile(model_dir), n_inputs, n_workers, n_stragglers, n_arrived)

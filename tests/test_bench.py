@@ -116,9 +116,9 @@ def test_tune_round_trip(lenet, tmp_path):
         m, lam = next(iter(table.items()))
         assert lookup(model_dir, 4, 12, 2, n_arrived=int(m)) == (entry["lam_enc"], lam)
     # the benchmark reads the same numbers and says where they came from
-    lams = accuracy.resolve_lams(type("Info", (), {"dir": model_dir})(), 4, 12, 2, tune_missing=False, seed=0,
-                                 threads=1, progress=False)
-    assert lams.source == "profile" and lams.lam_enc == entry["lam_enc"]
+    choice = accuracy.resolve_smoothing(type("Info", (), {"dir": model_dir})(), 4, 12, 2, tune_missing=False, seed=0,
+                                      threads=1, progress=False)
+    assert choice.source == "profile" and choice.lam_enc == entry["lam_enc"]
 
 
 def test_parse_grids_and_lists():

@@ -10,15 +10,28 @@ Pure numpy + scipy, no I/O; serving, the client and the benchmarks import it, ne
 
 from nercc.coding.berrut import berrut_matrix
 from nercc.coding.points import chebyshev_first, chebyshev_second
+from nercc.coding.registry import (
+    BASELINE_SCHEMES,
+    CODED_SCHEMES,
+    DEFAULT_SCHEME,
+    SCHEME_ORDER,
+    SCHEMES,
+    SchemeInfo,
+    make_scheme,
+    scheme_info,
+)
 from nercc.coding.robust import RobustDecodeResult, detect_outliers, robust_decode
-from nercc.coding.schemes import BACC, CodingScheme, NeRCC, make_scheme
+from nercc.coding.schemes import BACC, CodingScheme, NeRCC
+from nercc.coding.setting import FALLBACK_LAMS, CodedSetting, profile_entry, profile_lams
 from nercc.coding.splines import smoothing_spline_matrix
 from nercc.coding.tuning import (
     TuneResult,
+    coded_outputs,
     default_lam_grid,
     evaluate,
     mean_squared_error,
     random_straggler_sets,
+    refinement_grid,
     tune,
 )
 
@@ -27,6 +40,17 @@ __all__ = [
     "BACC",
     "CodingScheme",
     "make_scheme",
+    "SCHEMES",
+    "SCHEME_ORDER",
+    "CODED_SCHEMES",
+    "BASELINE_SCHEMES",
+    "DEFAULT_SCHEME",
+    "SchemeInfo",
+    "scheme_info",
+    "CodedSetting",
+    "profile_lams",
+    "profile_entry",
+    "FALLBACK_LAMS",
     "chebyshev_first",
     "chebyshev_second",
     "smoothing_spline_matrix",
@@ -37,6 +61,8 @@ __all__ = [
     "tune",
     "TuneResult",
     "evaluate",
+    "coded_outputs",
+    "refinement_grid",
     "random_straggler_sets",
     "mean_squared_error",
     "default_lam_grid",

@@ -25,7 +25,7 @@ from nercc.coding.berrut import berrut_matrix
 from nercc.coding.points import chebyshev_first, chebyshev_second
 from nercc.coding.splines import smoothing_spline_matrix
 
-__all__ = ["CodingScheme", "NeRCC", "BACC", "make_scheme"]
+__all__ = ["CodingScheme", "NeRCC", "BACC"]
 
 Arrived = Union[Sequence[int], np.ndarray]
 
@@ -332,14 +332,3 @@ class BACC(CodingScheme):
     def _regression_matrix(self, knot_workers: Tuple[int, ...], points: np.ndarray) -> np.ndarray:
         return berrut_matrix(self.betas[list(knot_workers)], points)
 
-
-def make_scheme(
-    name: str, n_inputs: int, n_workers: int, lam_enc: float = 0.0, lam_dec: float = 0.0, **cache
-) -> CodingScheme:
-    """``"nercc"`` -> NeRCC(K, N, lam_enc, lam_dec), ``"bacc"`` -> BACC(K, N) (lams ignored)."""
-    key = str(name).lower()
-    if key == "nercc":
-        return NeRCC(n_inputs, n_workers, lam_enc, lam_dec, **cache)
-    if key == "bacc":
-        return BACC(n_inputs, n_workers, **cache)
-    raise ValueError(f"scheme must be 'nercc' or 'bacc', got {name!r}")

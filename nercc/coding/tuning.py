@@ -29,6 +29,8 @@ __all__ = [
     "tune",
     "evaluate",
     "random_straggler_sets",
+    "coded_outputs",
+    "refinement_grid",
     "mean_squared_error",
     "default_lam_grid",
 ]
@@ -103,36 +105,67 @@ def _batch_mse(D: np.ndarray, outputs: np.ndarray, arrived: np.ndarray, base: np
     return np.mean(np.sum(err * err, axis=2), axis=1)
 
 
+def coded_outputs(scheme: CodingScheme, f: BatchFunction, x_batches, batches_per_call: int = 1) -> np.ndarray:
+    """f on every batch's N coded inputs: (B, K, ...) -> (B, N, C) float64.
+
+    ``batches_per_call`` coded batches are stacked into one call of f (bigger calls are cheaper for an
+    inference session; memory grows with them). Float64 inputs are encoded in float64 and handed to f as
+    they come; f decides its own input dtype.
+    """
+    x_batches = np.asarray(x_batches)
+    K, N = scheme.n_inputs, scheme.n_workers
+    if x_batches.ndim < 2 or x_batches.shape[1] != K:
+        raise ValueError(f"x_batches must have shape (n_batches, n_inputs = {K}, ...), got {x_batches.shape}")
+    per_call = check_count("batches_per_call", batches_per_call, minimum=1)
+    out = []
+    for b0 in range(0, x_batches.shape[0], per_call):
+        chunk = x_batches[b0 : b0 + per_call]
+        coded = np.concatenate([scheme.encode(xb) for xb in chunk])  # (len(chunk) * N, ...)
+        out.append(_call(f, coded, len(chunk) * N, "the coded inputs").reshape(len(chunk), N, -1))
+    return np.concatenate(out)
+
+
 def evaluate(
     scheme: CodingScheme,
-    f: BatchFunction,
+    f: BatchFunction | None,
     x_batches,
     straggler_sets: Sequence,
     f_x: np.ndarray | None = None,
+    outputs: np.ndarray | None = None,
+    paired: bool = False,
 ) -> np.ndarray:
-    """Per-trial MSE of ``scheme`` on f: array (n_batches, n_sets).
+    """Per-trial MSE of ``scheme`` on f: array (n_batches, n_sets), or (n_batches,) when ``paired``.
 
     ``x_batches``: (B, K, ...) inputs, one coded batch each; ``straggler_sets``: arrived-worker index sets
-    (ascending); ``f_x``: optional (B, K, ...) precomputed f of the uncoded inputs. f runs once per batch
-    on the N coded inputs (and once per batch on the originals unless ``f_x`` is given); every straggler
-    set reuses those outputs.
+    (ascending); ``paired``: batch b is decoded with set b only (B sets). ``f_x``: optional (B, K, ...)
+    precomputed f of the uncoded inputs; ``outputs``: optional (B, N, C) precomputed f of the coded inputs
+    (see :func:`coded_outputs`; the scheme then only decodes). f runs once per batch on the N coded inputs
+    (and once per batch on the originals unless ``f_x`` is given); every straggler set reuses those outputs.
+    ``scheme`` may be a :class:`~nercc.coding.setting.CodedSetting` (lam_dec per number of answers).
     """
     x_batches = np.asarray(x_batches)
     K = scheme.n_inputs
     if x_batches.ndim < 2 or x_batches.shape[1] != K:
         raise ValueError(f"x_batches must have shape (n_batches, n_inputs = {K}, ...), got {x_batches.shape}")
     B = x_batches.shape[0]
+    if paired and len(straggler_sets) != B:
+        raise ValueError(f"paired evaluation needs one straggler set per batch ({B}), got {len(straggler_sets)}")
     if f_x is None:
         base = np.stack([_call(f, xb, K, "the uncoded inputs") for xb in x_batches])
     else:
         base = np.asarray(f_x, dtype=np.float64).reshape(B, K, -1)
-    outputs = np.stack(
-        [_call(f, scheme.encode(xb), scheme.n_workers, "the coded inputs") for xb in x_batches]
-    )
+    if outputs is None:
+        outputs = coded_outputs(scheme, f, x_batches)
+    if paired:
+        result = np.empty(B)
+        for b, arrived in enumerate(straggler_sets):
+            arrived = np.asarray(arrived)
+            result[b] = _batch_mse(scheme.decoding_matrix(arrived), outputs[b : b + 1], arrived, base[b : b + 1])[0]
+        return result
     result = np.empty((B, len(straggler_sets)))
     for t, arrived in enumerate(straggler_sets):
-        D = scheme.decoding_matrix(arrived)
-        result[:, t] = _batch_mse(D, outputs, np.asarray(arrived), base)
+        arrived = np.asarray(arrived)
+        result[:, t] = _batch_mse(scheme.decoding_matrix(arrived), outputs, arrived, base)
     return result
 
 
@@ -189,7 +222,7 @@ def _check_grid(name: str, grid) -> List[float]:
     return sorted(set(values) | {0.0})
 
 
-def _refinement(best: float, grid: Sequence[float], per_decade: int) -> List[float]:
+def refinement_grid(best: float, grid: Sequence[float], per_decade: int) -> List[float]:
     """Points around ``best`` at ``per_decade`` steps per decade, one decade either side.
 
     Points sit on the lattice 10 ** (i / per_decade) when ``best`` does (so refining twice gives the same
@@ -207,6 +240,87 @@ def _refinement(best: float, grid: Sequence[float], per_decade: int) -> List[flo
         exponent = round(exponent)
     steps = np.arange(-per_decade, per_decade + 1)
     return sorted({float(f"{10.0 ** ((exponent + s) / per_decade):.3g}") for s in steps})
+
+
+class _Search:
+    """The state of one :func:`tune` run: f's outputs per lam_enc, scores per (lam_enc, lam_dec), f calls."""
+
+    def __init__(self, f: BatchFunction, x: np.ndarray, n_workers: int, sets: List[np.ndarray], enc_grid, bar):
+        self.f, self.x, self.sets, self.enc_grid, self.bar = f, x, sets, enc_grid, bar
+        self.n_inputs, self.n_workers = x.shape[1], n_workers
+        self.f_calls = 0
+        self.base = np.stack([self.run_f(xb, self.n_inputs, "the uncoded inputs") for xb in x])  # (B, K, C)
+        self.outputs: Dict[float, np.ndarray] = {}  # lam_enc -> (B, N, C)
+        self.scores: Dict[tuple, np.ndarray] = {}  # (lam_enc, lam_dec) -> (n_sets,) MSE averaged over batches
+
+    def run_f(self, batch: np.ndarray, rows: int, what: str) -> np.ndarray:
+        out = _call(self.f, batch, rows, what)
+        self.f_calls += 1
+        self.bar.update(1)
+        return out
+
+    def coded(self, scheme: CodingScheme) -> np.ndarray:
+        return np.stack([self.run_f(scheme.encode(xb), self.n_workers, "the coded inputs") for xb in self.x])
+
+    def coded_for(self, lam_enc: float) -> np.ndarray:
+        if lam_enc not in self.outputs:
+            if lam_enc not in self.enc_grid:  # a refinement value: B more calls of f
+                self.bar.total += len(self.x)
+                self.bar.refresh()
+            self.outputs[lam_enc] = self.coded(NeRCC(self.n_inputs, self.n_workers, lam_enc, 0.0))
+        return self.outputs[lam_enc]
+
+    def score(self, lam_encs: Sequence[float], lam_decs: Sequence[float]) -> None:
+        for lam_enc in lam_encs:
+            self.coded_for(lam_enc)
+        # lam_dec outermost: each decoding matrix is built once for all lam_enc and dropped right after,
+        # so memory stays at one matrix whatever the grid (K = 200, N = 1000: 1.3 MB, not 0.5 GB)
+        for lam_dec in lam_decs:
+            todo = [le for le in lam_encs if (le, lam_dec) not in self.scores]
+            if not todo:
+                continue
+            decoder = NeRCC(self.n_inputs, self.n_workers, 0.0, lam_dec, cache_size=0)
+            per_set = np.empty((len(todo), len(self.sets)))
+            for t, arrived in enumerate(self.sets):
+                D = decoder.decoding_matrix(arrived)
+                for i, lam_enc in enumerate(todo):
+                    per_set[i, t] = _batch_mse(D, self.outputs[lam_enc], arrived, self.base).mean()
+            for i, lam_enc in enumerate(todo):
+                self.scores[(lam_enc, lam_dec)] = per_set[i]
+
+    def best(self) -> tuple:
+        return min(self.scores, key=lambda pair: (self.scores[pair].mean(), pair))
+
+    def refine(self, enc_grid: Sequence[float], dec_grid: Sequence[float], per_decade: int) -> None:
+        """Around the best pair: lam_dec, then lam_enc, then lam_dec again."""
+        lam_enc, lam_dec = self.best()
+        self.score([lam_enc], refinement_grid(lam_dec, dec_grid, per_decade))
+        lam_enc, lam_dec = self.best()
+        self.score(refinement_grid(lam_enc, enc_grid, per_decade), [lam_dec])
+        lam_enc, lam_dec = self.best()
+        self.score([lam_enc], refinement_grid(lam_dec, dec_grid, per_decade))
+
+    def bacc_mse(self) -> float:
+        bacc = BACC(self.n_inputs, self.n_workers, cache_size=0)
+        y = self.coded(bacc)
+        return float(np.mean([_batch_mse(bacc.decoding_matrix(a), y, a, self.base).mean() for a in self.sets]))
+
+    def lam_dec_by_arrived(self, lam_enc: float) -> Dict[int, float]:
+        """The best scored lam_dec at ``lam_enc`` for each arrived count |F| among the sets."""
+        sizes = np.array([len(a) for a in self.sets])
+        lam_decs = sorted({d for (e, d) in self.scores if e == lam_enc})
+        by_arrived: Dict[int, float] = {}
+        for m in sorted(set(sizes.tolist())):
+            mask = sizes == m
+            by_arrived[int(m)] = min(lam_decs, key=lambda d: (self.scores[(lam_enc, d)][mask].mean(), d))
+        return by_arrived
+
+
+def _straggler_counts(n_stragglers) -> List[int]:
+    counts = [n_stragglers] if isinstance(n_stragglers, numbers.Integral) else list(n_stragglers)
+    if not counts:
+        raise ValueError("n_stragglers must be an integer or a non-empty sequence of integers")
+    return [check_count("n_stragglers", s, minimum=0) for s in counts]
 
 
 def tune(
@@ -268,121 +382,40 @@ def tune(
     N = check_count("n_workers", n_workers, minimum=2)
     if N < K:
         raise ValueError(f"n_workers must be >= n_inputs = {K}, got {N}")
-    counts = [n_stragglers] if isinstance(n_stragglers, numbers.Integral) else list(n_stragglers)
-    if not counts:
-        raise ValueError("n_stragglers must be an integer or a non-empty sequence of integers")
-    counts = [check_count("n_stragglers", s, minimum=0) for s in counts]
+    counts = _straggler_counts(n_stragglers)
     n_trials = check_count("n_trials", n_trials, minimum=1)
     refine = check_count("refine", refine, minimum=0)
     enc_grid = _check_grid("lam_grid", default_lam_grid() if lam_grid is None else lam_grid)
     dec_grid = _check_grid("lam_dec_grid", enc_grid if lam_dec_grid is None else lam_dec_grid)
     x = _batches(x_calib, K, max_batches)
-    B = x.shape[0]
-
     rng = np.random.default_rng(seed)
-    sets: List[np.ndarray] = []
-    for s in counts:
-        sets.extend(random_straggler_sets(N, s, n_trials, rng))
+    sets = [arrived for s in counts for arrived in random_straggler_sets(N, s, n_trials, rng)]
 
     from tqdm.auto import tqdm  # only tune needs it; the coding core itself stays import-light
 
-    bar = tqdm(
-        total=B * (len(enc_grid) + 1 + int(baseline)),
-        desc="tune: f calls",
-        unit="call",
-        disable=not progress,
-        leave=False,
-    )
-    f_calls = 0
-
-    def run_f(batch: np.ndarray, rows: int, what: str) -> np.ndarray:
-        nonlocal f_calls
-        out = _call(f, batch, rows, what)
-        f_calls += 1
-        bar.update(1)
-        return out
-
+    bar = tqdm(total=len(x) * (len(enc_grid) + 1 + int(baseline)), desc="tune: f calls", unit="call",
+               disable=not progress, leave=False)
     try:
-        base = np.stack([run_f(xb, K, "the uncoded inputs") for xb in x])  # (B, K, C)
-        outputs: Dict[float, np.ndarray] = {}  # lam_enc -> (B, N, C)
-        scores: Dict[tuple, np.ndarray] = {}  # (lam_enc, lam_dec) -> (n_sets,) MSE averaged over batches
-
-        def coded_outputs(lam_enc: float) -> np.ndarray:
-            if lam_enc not in outputs:
-                if lam_enc not in enc_grid:  # a refinement value: B more calls of f
-                    bar.total += B
-                    bar.refresh()
-                scheme = NeRCC(K, N, lam_enc, 0.0)
-                outputs[lam_enc] = np.stack([run_f(scheme.encode(xb), N, "the coded inputs") for xb in x])
-            return outputs[lam_enc]
-
-        def score(lam_encs: Sequence[float], lam_decs: Sequence[float]) -> None:
-            for le in lam_encs:
-                coded_outputs(le)
-            # lam_dec outermost: each decoding matrix is built once for all lam_enc and dropped right after,
-            # so memory stays at one matrix whatever the grid (K = 200, N = 1000: 1.3 MB, not 0.5 GB)
-            for ld in lam_decs:
-                todo = [le for le in lam_encs if (le, ld) not in scores]
-                if not todo:
-                    continue
-                decoder = NeRCC(K, N, 0.0, ld, cache_size=0)
-                per_set = np.empty((len(todo), len(sets)))
-                for t, arrived in enumerate(sets):
-                    D = decoder.decoding_matrix(arrived)
-                    for i, le in enumerate(todo):
-                        per_set[i, t] = _batch_mse(D, outputs[le], arrived, base).mean()
-                for i, le in enumerate(todo):
-                    scores[(le, ld)] = per_set[i]
-
-        def best() -> tuple:
-            return min(scores, key=lambda pair: (scores[pair].mean(), pair))
-
-        score(enc_grid, dec_grid)
+        search = _Search(f, x, N, sets, enc_grid, bar)
+        search.score(enc_grid, dec_grid)
         if refine:
-            le, ld = best()
-            score([le], _refinement(ld, dec_grid, refine))
-            le, ld = best()
-            score(_refinement(le, enc_grid, refine), [ld])
-            le, ld = best()
-            score([le], _refinement(ld, dec_grid, refine))
-        score([0.0], [0.0])
-        le, ld = best()
-
-        mse_bacc = None
-        if baseline:
-            bacc = BACC(K, N, cache_size=0)
-            y = np.stack([run_f(bacc.encode(xb), N, "the coded inputs") for xb in x])
-            mse_bacc = float(np.mean([_batch_mse(bacc.decoding_matrix(a), y, a, base).mean() for a in sets]))
-
-        by_arrived: Dict[int, float] = {}
-        if per_arrived:
-            sizes = np.array([len(a) for a in sets])
-            lam_decs = sorted({d for (e, d) in scores if e == le})
-            for m in sorted(set(sizes.tolist())):
-                mask = sizes == m
-                by_arrived[int(m)] = min(lam_decs, key=lambda d: (scores[(le, d)][mask].mean(), d))
+            search.refine(enc_grid, dec_grid, refine)
+        search.score([0.0], [0.0])
+        lam_enc, lam_dec = search.best()
+        mse_bacc = search.bacc_mse() if baseline else None
+        by_arrived = search.lam_dec_by_arrived(lam_enc) if per_arrived else {}
     finally:
         bar.close()
-
+    scores = search.scores
     table = sorted(
         ({"lam_enc": e, "lam_dec": d, "mse": float(v.mean())} for (e, d), v in scores.items()),
         key=lambda row: (row["mse"], row["lam_enc"], row["lam_dec"]),
     )
-    mse = float(scores[(le, ld)].mean())
+    mse = float(scores[(lam_enc, lam_dec)].mean())
     if not math.isfinite(mse):  # pragma: no cover - f outputs are checked finite, matrices are finite
         raise ValueError("tuning produced a non-finite MSE")
     return TuneResult(
-        lam_enc=le,
-        lam_dec=ld,
-        mse=mse,
-        mse_interp=float(scores[(0.0, 0.0)].mean()),
-        table=table,
-        n_inputs=K,
-        n_workers=N,
-        n_stragglers=counts,
-        n_batches=B,
-        n_trials=n_trials,
-        mse_bacc=mse_bacc,
-        lam_dec_by_arrived=by_arrived,
-        f_calls=f_calls,
+        lam_enc=lam_enc, lam_dec=lam_dec, mse=mse, mse_interp=float(scores[(0.0, 0.0)].mean()), table=table,
+        n_inputs=K, n_workers=N, n_stragglers=counts, n_batches=len(x), n_trials=n_trials, mse_bacc=mse_bacc,
+        lam_dec_by_arrived=by_arrived, f_calls=search.f_calls,
     )

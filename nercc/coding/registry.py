@@ -1,0 +1,78 @@
+"""The one list of schemes: name -> what it is. Adding a scheme touches this file (and its class, if coded).
+
+Coded schemes (``coder`` set) are linear codes of :mod:`nercc.coding.schemes`; the serving baselines
+(``coder`` None) send the uncoded inputs and differ only in how the client places and waits for requests.
+Tables, command lines, the client and the encoder read scheme names from here, never from string literals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple, Type
+
+from nercc.coding.schemes import BACC, CodingScheme, NeRCC
+
+__all__ = [
+    "SchemeInfo",
+    "SCHEMES",
+    "SCHEME_ORDER",
+    "CODED_SCHEMES",
+    "BASELINE_SCHEMES",
+    "DEFAULT_SCHEME",
+    "scheme_info",
+    "make_scheme",
+]
+
+
+@dataclass(frozen=True)
+class SchemeInfo:
+    name: str  #: the key in requests, profiles, result files and on the command line
+    label: str  #: the name in tables and plots
+    coder: Optional[Type[CodingScheme]]  #: the coding class; None for the serving baselines (no coding)
+    summary: str  #: one line for --help and docs
+
+    @property
+    def coded(self) -> bool:
+        return self.coder is not None
+
+    @property
+    def smoothing(self) -> bool:
+        """Whether the scheme has the smoothing parameters lam_enc and lam_dec."""
+        return self.coder is NeRCC
+
+
+#: Display order: the baselines, then the coded schemes, NeRCC last (tables read left to right).
+SCHEMES: Dict[str, SchemeInfo] = {
+    info.name: info
+    for info in (
+        SchemeInfo("uncoded", "uncoded", None, "input k to one worker; wait for all K answers"),
+        SchemeInfo("replication", "replication", None, "input k to N // K workers; the first copy of each wins"),
+        SchemeInfo("hedged", "hedged", None,
+                   "uncoded, plus a second copy of a late input to an idle worker (The Tail at Scale)"),
+        SchemeInfo("bacc", "BACC", BACC, "Berrut approximate coded computing (rational interpolation)"),
+        SchemeInfo("nercc", "NeRCC", NeRCC, "nested regression coded computing (smoothing splines)"),
+    )
+}
+SCHEME_ORDER: Tuple[str, ...] = tuple(SCHEMES)
+CODED_SCHEMES: Tuple[str, ...] = tuple(name for name, info in SCHEMES.items() if info.coded)
+BASELINE_SCHEMES: Tuple[str, ...] = tuple(name for name, info in SCHEMES.items() if not info.coded)
+DEFAULT_SCHEME = NeRCC.name
+
+
+def scheme_info(name: str, coded_only: bool = False) -> SchemeInfo:
+    """The registry entry for ``name`` (case-insensitive); a ValueError naming the choices otherwise."""
+    choices = CODED_SCHEMES if coded_only else SCHEME_ORDER
+    key = name.lower() if isinstance(name, str) else name
+    if key not in choices:
+        raise ValueError(f"scheme must be one of {', '.join(choices)}; got {name!r}")
+    return SCHEMES[key]
+
+
+def make_scheme(
+    name: str, n_inputs: int, n_workers: int, lam_enc: float = 0.0, lam_dec: float = 0.0, **cache
+) -> CodingScheme:
+    """The coding scheme ``name`` for K inputs and N workers; lams apply to schemes with smoothing only."""
+    info = scheme_info(name, coded_only=True)
+    if info.smoothing:
+        return info.coder(n_inputs, n_workers, lam_enc, lam_dec, **cache)
+    return info.coder(n_inputs, n_workers, **cache)
