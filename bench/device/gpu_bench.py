@@ -144,7 +144,8 @@ def shared_gpu(f: TorchF, x: np.ndarray, n_workers: int, rounds: int, m_answers:
 def bench_model(name: str, args, out: Path) -> dict:
     import torch
 
-    from bench.accuracy import default_batch_size, load_inputs, resolve_lams, run_benchmark
+    from bench.accuracy import resolve_smoothing, run_benchmark
+    from bench.experiment import default_batch_size, load_inputs
     from export import common
     from nercc.models import load_model_info
 
@@ -170,12 +171,13 @@ def bench_model(name: str, args, out: Path) -> dict:
 
     # 2. coded accuracy with f on the device (lams from the committed tuning profile, no re-tuning)
     f = TorchF(model, args.device)
-    lams = {s: resolve_lams(info, K, N, s, tune_missing=False, seed=0, threads=1, progress=False) for s in stragglers}
+    smoothing = {s: resolve_smoothing(info, K, N, s, tune_missing=False, seed=0, threads=1, progress=False)
+                 for s in stragglers}
     t = time.perf_counter()
     batch = args.batch_size or default_batch_size(info.input_dim)
-    core = run_benchmark(f, inputs, K, N, stragglers, lams, len(inputs.x) // K, 0, batch, progress=False)
+    core = run_benchmark(f, inputs, K, N, stragglers, smoothing, len(inputs.x) // K, 0, batch, progress=False)
     report["accuracy"] = {"N": N, "K": K, "trials": len(inputs.x) // K, "stragglers": stragglers,
-                          "lams": {str(s): lam.to_json() for s, lam in lams.items()},
+                          "lams": {str(s): choice.to_json() for s, choice in smoothing.items()},
                           "seconds": round(time.perf_counter() - t, 1), **core}
 
     # 3. f's cost per call: torch on the device vs ONNX Runtime on the CPU
