@@ -44,6 +44,7 @@ from bench.experiment import (
     straggler_sets,
     trial_batches,
 )
+from nercc import tables
 from nercc.coding import BACC, CodedSetting, CodingScheme, NeRCC, make_scheme, profile_entry
 from nercc.coding import SCHEMES as SCHEME_REGISTRY
 
@@ -219,21 +220,24 @@ def write_results(report: dict, out_dir: Path) -> Tuple[Path, Path]:
     return json_path, csv_path
 
 
+def _mse_cell(row: dict) -> str:
+    if row["mse_mean"] >= 1e-4:
+        return f"{row['mse_mean']:.5f}±{row['mse_std']:.5f}"
+    return f"{row['mse_mean']:.3e}±{row['mse_std']:.1e}"
+
+
 def format_table(report: dict) -> str:
     """Plain-text summary: one line per S with each scheme's MSE and RelAcc and NeRCC/BACC."""
-    lines = [f"{report['model']}  N={report['N']} K={report['K']} trials={report['trials']} "
-             f"base accuracy {report['base_accuracy']:.4f}",
-             f"{'S':>4} " + " ".join(f"{SCHEME_LABELS[s] + ' MSE':>20}" for s in SCHEMES)
-             + " " + " ".join(f"{SCHEME_LABELS[s] + ' RelAcc':>14}" for s in SCHEMES) + "  NeRCC/BACC"]
+    header = (["S"] + [f"{SCHEME_LABELS[n]} MSE" for n in SCHEMES] + [f"{SCHEME_LABELS[n]} RelAcc" for n in SCHEMES]
+              + ["NeRCC/BACC"])
+    rows = []
     for s, row in report["results"].items():
-        mse = " ".join(f"{row[n]['mse_mean']:>11.5f}±{row[n]['mse_std']:<8.5f}" if row[n]["mse_mean"] >= 1e-4
-                       else f"{row[n]['mse_mean']:>11.3e}±{row[n]['mse_std']:<8.1e}" for n in SCHEMES)
-        rel = " ".join(
-            f"{row[n]['relacc_mean']:>14.4f}" if row[n]["relacc_mean"] is not None else f"{'n/a':>14}"
-            for n in SCHEMES)
+        rel = [f"{row[n]['relacc_mean']:.4f}" if row[n]["relacc_mean"] is not None else "n/a" for n in SCHEMES]
         ratio = row[NeRCC.name]["mse_mean"] / row[BACC.name]["mse_mean"]
-        lines.append(f"{s:>4} {mse} {rel}  {ratio:.3f}")
-    return "\n".join(lines)
+        rows.append([s] + [_mse_cell(row[n]) for n in SCHEMES] + rel + [f"{ratio:.3f}"])
+    title = (f"{report['model']}  N={report['N']} K={report['K']} trials={report['trials']} "
+             f"base accuracy {report['base_accuracy']:.4f}")
+    return title + "\n" + tables.format_table(rows, header)
 
 
 # --------------------------------------------------------------------------------------------- command
@@ -495,17 +499,17 @@ def _byzantine_row(scheme: CodingScheme, trials: Trials, arrived: np.ndarray, li
 def format_byzantine_table(report: dict) -> str:
     """One line per (S, scheme, attack): clean, clean robust, straggling, Byzantine robust / plain, ratios."""
     a = report["byzantine"]["n_byzantine"]
-    lines = [f"{report['model']}  N={report['N']} K={report['K']} trials={report['trials']}  "
-             f"A={a} Byzantine worker(s), threshold {report['byzantine']['threshold']}",
-             f"{'S':>3} {'scheme':<8} {'attack':<10} {'clean':>10} {'clean+rob':>10} {'straggling':>10} "
-             f"{'byz+robust':>10} {'byz plain':>10} {'rob/strag':>9} {'clean cost':>10} {'caught':>7}"]
+    title = (f"{report['model']}  N={report['N']} K={report['K']} trials={report['trials']}  "
+             f"A={a} Byzantine worker(s), threshold {report['byzantine']['threshold']}")
+    header = ["S", "scheme", "attack", "clean", "clean+rob", "straggling", "byz+robust", "byz plain", "rob/strag",
+              "clean cost", "caught"]
+    rows = []
     for s, by_scheme in report["byzantine"]["results"].items():
         for name in SCHEMES:
             row = by_scheme[name]
             for attack, v in row["attacks"].items():
-                lines.append(
-                    f"{s:>3} {SCHEME_LABELS[name]:<8} {attack:<10} {row['clean']:>10.3e} {row['clean_robust']:>10.3e} "
-                    f"{row['straggling']:>10.3e} {v['robust']:>10.3e} {v['plain']:>10.3e} "
-                    f"{v['robust'] / row['straggling']:>9.2f} {row['clean_robust'] / row['clean'] - 1:>+10.1%} "
-                    f"{v['caught_fraction']:>7.0%}")
-    return "\n".join(lines)
+                rows.append([s, SCHEME_LABELS[name], attack, f"{row['clean']:.3e}", f"{row['clean_robust']:.3e}",
+                             f"{row['straggling']:.3e}", f"{v['robust']:.3e}", f"{v['plain']:.3e}",
+                             f"{v['robust'] / row['straggling']:.2f}", f"{row['clean_robust'] / row['clean'] - 1:+.1%}",
+                             f"{v['caught_fraction']:.0%}"])
+    return title + "\n" + tables.format_table(rows, header, align=">" + "<<" + ">" * 8)

@@ -28,6 +28,7 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
+from nercc import tables
 from nercc.coding import CODED_SCHEMES, make_scheme, random_straggler_sets
 
 DEFAULT_SIZES = "20x100,50x250,200x1000"
@@ -174,19 +175,13 @@ def run(args) -> List[dict]:
 
 
 def format_table(rows: List[dict]) -> str:
-    head = (
-        f"{'scheme':<6} {'K':>4} {'N':>5} {'|F|':>5} {'D':>7} | {'build enc':>9} {'build dec':>9} | "
-        f"{'encode':>9} {'floor':>9} {'ratio':>5} | {'decode':>9} {'floor':>9} {'ratio':>5}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['scheme']:<6} {r['K']:>4} {r['N']:>5} {r['arrived']:>5} {r['D']:>7} | "
-            f"{r['build_enc_ms']:>7.3f}ms {r['build_dec_ms']:>7.3f}ms | "
-            f"{r['encode_ms']:>7.3f}ms {r['floor_encode_ms']:>7.3f}ms {r['encode_ratio']:>5.2f} | "
-            f"{r['decode_ms']:>7.3f}ms {r['floor_decode_ms']:>7.3f}ms {r['decode_ratio']:>5.2f}"
-        )
-    return "\n".join(lines)
+    header = ["scheme", "K", "N", "|F|", "D", "build enc", "build dec", "encode", "floor", "ratio", "decode",
+              "floor", "ratio"]
+    cells = [[r["scheme"], r["K"], r["N"], r["arrived"], r["D"], f"{r['build_enc_ms']:.3f}ms",
+              f"{r['build_dec_ms']:.3f}ms", f"{r['encode_ms']:.3f}ms", f"{r['floor_encode_ms']:.3f}ms",
+              f"{r['encode_ratio']:.2f}", f"{r['decode_ms']:.3f}ms", f"{r['floor_decode_ms']:.3f}ms",
+              f"{r['decode_ratio']:.2f}"] for r in rows]
+    return tables.format_table(cells, header, align="<" + ">" * (len(header) - 1))
 
 
 def verdict(rows: List[dict]) -> List[str]:

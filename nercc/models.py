@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -49,7 +50,29 @@ class ModelInfo:
     @property
     def input_dim(self) -> int:
         """Number of scalars in one model input (the d of the paper)."""
-        return int(np.prod(self.input_shape))
+        return math.prod(self.input_shape)
+
+    @property
+    def resizes(self) -> bool:
+        """Preprocessing resizes, so raw images of any height and width are accepted."""
+        return bool((self.preprocess or {}).get("resize"))
+
+    @property
+    def input_bytes(self) -> int:
+        """Bytes of one float32 model input."""
+        return 4 * self.input_dim
+
+    @property
+    def raw_bytes(self) -> int:
+        """Bytes of one raw input of the nominal raw_shape."""
+        return RAW_DTYPE_BYTES[self.raw_dtype] * math.prod(self.raw_shape)
+
+    @property
+    def raw_dims(self) -> list:
+        """RAW dims without the batch axis: height and width free (-1) when preprocessing resizes."""
+        if self.resizes and len(self.raw_shape) >= 2:
+            return [-1, -1, *self.raw_shape[2:]]
+        return list(self.raw_shape)
 
     def to_json(self) -> Dict[str, Any]:
         """The nercc.json dict (without the location fields)."""
@@ -58,6 +81,9 @@ class ModelInfo:
         out.update(self.extra)
         return out
 
+
+#: Raw input dtypes a model may declare, and their item sizes.
+RAW_DTYPE_BYTES = {"uint8": 1, "float32": 4}
 
 _REQUIRED = ("name", "dataset", "n_classes", "input_name", "input_shape", "input_dtype", "output_name",
              "raw_shape", "raw_dtype", "preprocess")
@@ -76,11 +102,14 @@ def _build_hint(name: str) -> str:
 
 
 def load_model_info(name: str, repository: Optional[Path] = None) -> ModelInfo:
-    """Read ``<repository>/<name>/nercc.json`` into a :class:`ModelInfo`.
+    """Read ``<repository>/<name>/nercc.json`` into a :class:`ModelInfo` (``name`` may also be a model folder).
 
-    Raises KeyError-like ValueError for an unknown model (listing the known ones) and FileNotFoundError
-    when the metadata of a known model was not exported yet.
+    Raises ValueError for an unknown model (listing the known ones) and FileNotFoundError when the
+    metadata of a known model was not exported yet.
     """
+    candidate = Path(name)
+    if (candidate / "nercc.json").exists():
+        return read_model_info(candidate)
     folder = (Path(repository) / name) if repository is not None else model_dir(name)
     path = folder / "nercc.json"
     if not path.exists():
@@ -91,15 +120,27 @@ def load_model_info(name: str, repository: Optional[Path] = None) -> ModelInfo:
                 + (f" (exported here: {', '.join(available)})" if available else "")
             )
         raise FileNotFoundError(f"{path} does not exist: {_build_hint(name)}")
+    return read_model_info(folder)
+
+
+def read_model_info(folder: Union[str, Path]) -> ModelInfo:
+    """The :class:`ModelInfo` of the model folder ``folder`` (its ``nercc.json``); ``dir`` is the folder."""
+    folder = Path(folder)
+    path = folder / "nercc.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no model metadata at {path}: {_build_hint(folder.name)}")
     data = json.loads(path.read_text())
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise ValueError(f"{path}: missing fields {missing}")
+    if data["raw_dtype"] not in RAW_DTYPE_BYTES:
+        raise ValueError(f"{path}: raw_dtype {data['raw_dtype']!r} not supported ({' or '.join(RAW_DTYPE_BYTES)})")
     known = {f.name for f in dataclasses.fields(ModelInfo)} - {"extra", "dir"}
     fields = {k: v for k, v in data.items() if k in known}
     extra = {k: v for k, v in data.items() if k not in known}
     fields["input_shape"] = tuple(int(v) for v in data["input_shape"])
     fields["raw_shape"] = tuple(int(v) for v in data["raw_shape"])
+    fields["n_classes"] = int(data["n_classes"])
     return ModelInfo(**fields, extra=extra, dir=folder)
 
 
