@@ -13,6 +13,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -50,6 +51,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save", default=None, metavar="PATH",
                         help="also write the settings and the table as JSON to PATH")
     parser.add_argument("--tritonserver", default=None, help="path of a tritonserver binary (default: pytriton's)")
+    parser.add_argument("--urls-file", type=Path, default=None,
+                        help="serve a running cluster described by this urls.json (nercc serve --urls-file, or "
+                             "masters/workers on hosts of their own) instead of starting one; N = its workers")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="expose the client's Prometheus metrics on this port (127.0.0.1) while running")
+    from nercc.client.tls import add_client_tls_options
+
+    add_client_tls_options(parser)
 
 
 @dataclass
@@ -70,6 +79,22 @@ class SchemeStats:
     predictions: Dict[int, np.ndarray] = field(default_factory=dict)  # batch index -> (K, n_classes)
 
 
+class _GivenCluster:
+    """A running cluster from urls.json, shaped like LocalCluster for the demo (starts and stops nothing)."""
+
+    def __init__(self, master_url, worker_urls):
+        self.master_url, self.worker_urls = master_url, list(worker_urls)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def check(self):
+        return []
+
+
 def auto_policy(n_workers: int) -> str:
     return f"first:{max(2, math.ceil(2 * n_workers / 3))}"
 
@@ -78,7 +103,8 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
 
 
-async def run_schemes(master_url, worker_urls, args, schemes, batches, progress) -> Dict[str, SchemeStats]:
+async def run_schemes(master_url, worker_urls, args, schemes, batches, progress, tls=None,
+                      metrics=None) -> Dict[str, SchemeStats]:
     """Every batch through every scheme, interleaved; returns per-scheme stats."""
     from nercc.client import CodedClient, NotEnoughAnswersError
 
@@ -89,6 +115,7 @@ async def run_schemes(master_url, worker_urls, args, schemes, batches, progress)
             master_url, worker_urls, model=args.model, scheme=scheme, deadline_ms=args.deadline_ms,
             policy=policy if scheme in ("nercc", "bacc") else "deadline", n_inputs=args.inputs,
             hard_timeout_ms=args.hard_timeout_ms, lam_enc=args.lam_enc, lam_dec=args.lam_dec,
+            tls=tls, metrics=metrics,
         )
     stats = {s: SchemeStats(s, clients[s].policy) for s in schemes}
     try:
@@ -135,13 +162,13 @@ async def run_schemes(master_url, worker_urls, args, schemes, batches, progress)
     return stats
 
 
-async def plain_requests(worker_url: str, model: str, x: np.ndarray, n: int) -> List[float]:
+async def plain_requests(worker_url: str, model: str, x: np.ndarray, n: int, tls=None) -> List[float]:
     """Round trips of single-input requests straight to one worker (the floor a coded request builds on)."""
     import tritonclient.grpc.aio as grpcclient
     from tritonclient.grpc import InferInput, InferRequestedOutput
 
     times = []
-    async with grpcclient.InferenceServerClient(worker_url) as client:
+    async with grpcclient.InferenceServerClient(worker_url, **({} if tls is None else tls.grpc_kwargs())) as client:
         for i in range(n):
             data = x[i % len(x)][None]
             tensor = InferInput("input", list(data.shape), "FP32")
@@ -172,6 +199,32 @@ def main(args: argparse.Namespace) -> int:
     unknown = [s for s in schemes if s not in SCHEME_ORDER]
     if unknown:
         raise SystemExit(f"nercc demo: unknown scheme(s) {unknown}; use {', '.join(SCHEME_ORDER)}")
+    from nercc.client.tls import ClientTLS
+
+    try:
+        tls = ClientTLS.from_options(args.tls_ca, args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        raise SystemExit(f"nercc demo: {exc}") from None
+    given = None
+    if args.urls_file is not None:
+        from nercc.serving.urls import read_urls
+
+        try:
+            given = read_urls(args.urls_file)
+        except (ValueError, FileNotFoundError) as exc:
+            raise SystemExit(f"nercc demo: {exc}") from None
+        if given.model and given.model != args.model:
+            raise SystemExit(f"nercc demo: {args.urls_file} serves {given.model!r}, not --model {args.model!r}")
+        if not given.master_url:
+            raise SystemExit(f"nercc demo: {args.urls_file} names no master (the coded schemes need its encoder)")
+        args.workers = len(given.worker_urls)
+    metrics = None
+    if args.metrics_port is not None:
+        from nercc.client.metrics import ClientMetrics
+
+        metrics = ClientMetrics()
+        server = metrics.serve(args.metrics_port)
+        print(f"client metrics on http://127.0.0.1:{server.server_port}/metrics", flush=True)
     if args.batches < 1 or args.concurrency < 1 or args.inputs < 2 or args.workers < args.inputs:
         raise SystemExit("nercc demo: need --batches >= 1, --concurrency >= 1, 2 <= --inputs <= --workers")
 
@@ -190,19 +243,26 @@ def main(args: argparse.Namespace) -> int:
     y_all = np.concatenate(batch_labels)
     base_acc = float((ref_all.argmax(1) == y_all).mean())
 
-    print(f"starting master + {args.workers} workers ({args.model}, straggler {args.straggler}) ...", flush=True)
+    if given is None:
+        print(f"starting master + {args.workers} workers ({args.model}, straggler {args.straggler}) ...", flush=True)
+        cluster = LocalCluster(args.model, n_workers=args.workers, straggler=args.straggler, seed=args.seed,
+                               tritonserver=args.tritonserver)
+    else:
+        print(f"using the cluster in {args.urls_file}: master {given.master_url}, {args.workers} workers "
+              f"(their straggler settings are theirs: --straggler is ignored)", flush=True)
+        cluster = _GivenCluster(given.master_url, given.worker_urls)
     t_start = time.perf_counter()
-    with LocalCluster(args.model, n_workers=args.workers, straggler=args.straggler, seed=args.seed,
-                      tritonserver=args.tritonserver) as cluster:
-        print(f"cluster ready in {time.perf_counter() - t_start:.1f} s: master {cluster.master_url}, "
-              f"workers {cluster.worker_urls[0]} .. {cluster.worker_urls[-1]}", flush=True)
+    with cluster:
+        if given is None:
+            print(f"cluster ready in {time.perf_counter() - t_start:.1f} s: master {cluster.master_url}, "
+                  f"workers {cluster.worker_urls[0]} .. {cluster.worker_urls[-1]}", flush=True)
         with tqdm(total=len(schemes) * args.batches, desc="batches (all schemes)", unit="batch") as progress:
             stats = asyncio.run(run_schemes(cluster.master_url, cluster.worker_urls, args, schemes,
-                                            raw_batches, progress))
+                                            raw_batches, progress, tls=tls, metrics=metrics))
         x_plain = preprocess(info, raw_batches[0])
-        plain = asyncio.run(plain_requests(cluster.worker_urls[0], args.model, x_plain, 200))
+        plain = asyncio.run(plain_requests(cluster.worker_urls[0], args.model, x_plain, 200, tls=tls))
         crashed = cluster.check()
-    print("all servers stopped", flush=True)
+    print("all servers stopped" if given is None else "done (the given cluster keeps running)", flush=True)
     if crashed:
         print(f"WARNING: these servers died during the run: {', '.join(crashed)}")
 
@@ -244,8 +304,9 @@ def main(args: argparse.Namespace) -> int:
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         Path(args.save).write_text(json.dumps(record, indent=2) + "\n")
     print()
+    straggler = args.straggler if given is None else f"as set on the servers of {args.urls_file}"
     print(f"{args.model}: N={args.workers} workers, K={k}, {args.batches} batches per scheme, straggler "
-          f"{args.straggler}, deadline {args.deadline_ms:g} ms, concurrency {args.concurrency}; base model "
+          f"{straggler}, deadline {args.deadline_ms:g} ms, concurrency {args.concurrency}; base model "
           f"top-1 on these {len(y_all)} inputs: {base_acc:.4f}")
     print(format_table(rows, header))
     print(f"one plain request to one worker (batch 1, no coding, same straggler profile): "

@@ -306,3 +306,78 @@ def test_stopped_nodes_leave_no_process_or_shared_memory(tmp_path):
     assert running_processes([node.proc.pid]) == []
     prefixes = {line.split("shm-region-prefix-name=")[1].split()[0] for line in log.splitlines()[:1]}
     assert all(leftover_shm(p) == [] for p in prefixes)
+
+
+def test_coded_client_from_urls_file_over_mutual_tls_with_metrics(secure_cluster):
+    import asyncio
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from nercc.client import CodedClient, MasterError
+    from nercc.client.metrics import ClientMetrics
+    from nercc.client.tls import ClientTLS
+    from nercc.data import load_mnist
+
+    info, tls = secure_cluster["info"], secure_cluster["tls"]
+    path = write_urls(secure_cluster["folder"] / "client-urls.json",
+                      describe(MODEL, [info["master"]["url"]], [info["worker-0"]["url"], info["worker-1"]["url"]],
+                               tls=True))
+    raw = np.ascontiguousarray(load_mnist("test")[0][:2])
+    metrics = ClientMetrics(registry=CollectorRegistry())
+    client_tls = ClientTLS(ca=tls["ca"], cert=tls["client"], key=tls["client-key"])
+
+    async def run(**kw):
+        async with CodedClient.from_urls_file(path, scheme="nercc", n_inputs=2, deadline_ms=1000.0, policy="all",
+                                              metrics=metrics, **kw) as client:
+            return await client.infer(raw)
+
+    result = asyncio.run(run(tls=client_tls))
+    assert result.arrived == (0, 1) and result.predictions.shape == (2, 10)
+    with pytest.raises(MasterError):
+        asyncio.run(run())  # plaintext against TLS servers: the master is unreachable, said as such
+    server = metrics.serve(0)
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5).read().decode()
+    finally:
+        server.shutdown()
+    assert 'nercc_client_batches_total{outcome="ok",scheme="nercc"} 1.0' in text
+    assert 'nercc_client_batches_total{outcome="failed",scheme="nercc"} 1.0' in text
+    assert 'nercc_client_answers_used_total{scheme="nercc"} 2.0' in text
+
+
+def test_client_metrics_health_hook_and_bad_tls_options(tmp_path):
+    from prometheus_client import CollectorRegistry
+
+    from nercc.client.metrics import ClientMetrics
+    from nercc.client.tls import ClientTLS
+
+    metrics = ClientMetrics(registry=CollectorRegistry())
+    metrics.worker_marked_down(3)
+    metrics.worker_marked_down(5)
+    metrics.worker_back_up(3)
+    text = metrics.text()
+    assert 'nercc_client_workers_marked_down_total{worker="3"} 1.0' in text and "nercc_client_workers_down 1.0" in text
+    with pytest.raises(ValueError, match="needs its key"):
+        ClientTLS(cert=tmp_path / "c.pem")
+    with pytest.raises(ValueError, match="does not exist"):
+        ClientTLS(ca=tmp_path / "missing.pem")
+    assert ClientTLS.from_options(None, None, None) is None
+
+
+def test_demo_serves_a_given_cluster_over_tls_and_exposes_client_metrics(secure_cluster):
+    info, tls = secure_cluster["info"], secure_cluster["tls"]
+    path = write_urls(secure_cluster["folder"] / "demo-urls.json",
+                      describe(MODEL, [info["master"]["url"]], [info["worker-0"]["url"], info["worker-1"]["url"]],
+                               tls=True))
+    done = subprocess.run(
+        [sys.executable, "-m", "nercc", "demo", "--urls-file", str(path), "--inputs", "2", "--batches", "4",
+         "--warmup", "1", "--schemes", "nercc,uncoded", "--deadline-ms", "500", "--policy", "all",
+         "--tls-ca", str(tls["ca"]), "--tls-cert", str(tls["client"]), "--tls-key", str(tls["client-key"]),
+         "--metrics-port", "0"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "using the cluster in" in done.stdout and "client metrics on http://127.0.0.1:" in done.stdout
+    table = [line for line in done.stdout.splitlines() if line.lstrip().startswith(("nercc ", "uncoded "))]
+    assert len(table) == 2, done.stdout[-2000:]
+    # the given servers are still up afterwards
+    assert all(node.proc.poll() is None for node in secure_cluster["nodes"].values())

@@ -154,3 +154,51 @@ def test_blackholed_worker_is_silent_while_the_others_answer(lab):
     finally:
         net.restore(BLACKHOLED)
     assert _timed_infer(lab["worker_urls"][BLACKHOLED], tls, x, timeout_s=10.0)[0].shape == (1, 10)
+
+
+def test_coded_client_over_tls_survives_a_slow_link_and_a_blackholed_worker(lab):
+    """The real CodedClient (mutual TLS, metrics on) decodes from the workers it can reach, within its deadline."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from nercc.client import CodedClient
+    from nercc.client.metrics import ClientMetrics
+    from nercc.client.tls import ClientTLS
+    from nercc.data import load_mnist
+    from nercc.models import OnnxModel, load_model_info
+    from nercc.preprocessing import preprocess
+
+    net, tls = lab["net"], lab["tls"]
+    raw = np.ascontiguousarray(load_mnist("test")[0][:40])
+    info = load_model_info(MODEL)
+    expected = OnnxModel(MODEL, threads=1)(preprocess(info, raw)).argmax(axis=1)
+    metrics = ClientMetrics(registry=CollectorRegistry())
+    client_tls = ClientTLS(ca=tls["ca"], cert=tls["client"], key=tls["client-key"])
+    deadline_ms = 150.0
+
+    async def serve():
+        async with CodedClient(lab["master_url"], lab["worker_urls"], model=MODEL, scheme="nercc", n_inputs=2,
+                               deadline_ms=deadline_ms, policy="first:2", hard_timeout_ms=3000.0,
+                               tls=client_tls, metrics=metrics) as client:
+            await client.warmup()
+            net.rate_limit(RATE_LIMITED, rate="128kbit", burst="4kb")  # one coded input (3 KB) takes ~0.2 s
+            net.blackhole(BLACKHOLED)
+            try:
+                return [await client.infer(raw[i:i + 2]) for i in range(0, len(raw), 2)]
+            finally:
+                net.clear_rate_limit(RATE_LIMITED)
+                net.restore(BLACKHOLED)
+
+    results = asyncio.run(serve())
+    assert all(BLACKHOLED not in r.arrived for r in results)
+    assert all(r.deadline_met for r in results), [round(r.total_ms, 1) for r in results]
+    assert sum(RATE_LIMITED in r.arrived for r in results) <= len(results) // 4  # the slow link rarely wins
+    predicted = np.concatenate([r.predictions.argmax(axis=1) for r in results])
+    totals = [r.total_ms for r in results]
+    print(f"netns coded client: {len(results)} batches, total p50 {np.percentile(totals, 50):.1f} ms, max "
+          f"{max(totals):.1f} ms (deadline {deadline_ms:.0f}), top-1 agreement {(predicted == expected).mean():.2f}")
+    assert (predicted == expected).mean() >= 0.6, (predicted == expected).mean()
+    text = metrics.text()
+    assert f'nercc_client_batches_total{{outcome="ok",scheme="nercc"}} {float(len(results))}' in text
+    assert 'nercc_client_answers_used_total{scheme="nercc"} 40.0' in text  # first:2, 20 batches

@@ -72,6 +72,9 @@ class CodedClient(ClientBase):
     hard_timeout_ms : longest an ``infer`` call waits for the minimum number of answers.
     model_dir : folder with ``nercc.json`` / ``tuning.json`` (default ``model_repository/<model>``).
     channel_args : gRPC channel options.
+    tls : :class:`nercc.client.tls.ClientTLS` (CA, and this client's certificate and key for mutual TLS) for
+        servers started with ``--tls-cert``; None: plaintext.
+    metrics : :class:`nercc.client.metrics.ClientMetrics` that every ``infer`` call reports to (Prometheus).
     cancel_stragglers : cancel (gRPC cancel) the requests still in flight once the client has decoded. Off by
         default: Triton up to 2.52 (24.11) can crash on a cancellation that races the response (server issues
         #7368, #8034, fixed by PR #7840 in 24.12), and the tritonserver 2.51 shipped by nvidia-pytriton does,
@@ -90,9 +93,11 @@ class CodedClient(ClientBase):
     """
 
     def __init__(self, master_url: str | None, worker_urls, *args, channel_args: List[Tuple[str, Any]] | None = None,
-                 **kwargs):
+                 tls=None, metrics=None, **kwargs):
         super().__init__(master_url, worker_urls, *args, **kwargs)
         self._channel_args = channel_args
+        self.tls = tls
+        self.metrics = metrics
         self._master = None
         self._workers: List[Any] = []
         self._abandoned: set = set()  # straggler requests left to finish in the background
@@ -118,6 +123,8 @@ class CodedClient(ClientBase):
             import tritonclient.grpc.aio as grpcclient
 
             kwargs = {} if self._channel_args is None else {"channel_args": self._channel_args}
+            if self.tls is not None:
+                kwargs.update(self.tls.grpc_kwargs())
             if self.master_url:
                 self._master = grpcclient.InferenceServerClient(self.master_url, **kwargs)
             self._workers = [grpcclient.InferenceServerClient(url, **kwargs) for url in self.worker_urls]
@@ -249,7 +256,18 @@ class CodedClient(ClientBase):
     # ------------------------------------------------------------------ infer
     async def infer(self, batch: np.ndarray) -> CodedResult:
         """K predictions for a batch of K inputs: raw uint8 ``(K, *raw_shape)`` or float32 ``(K, *input_shape)``."""
-        return await self._infer(batch, self.policy_kind)
+        if self.metrics is None:
+            return await self._infer(batch, self.policy_kind)
+        t0 = time.perf_counter()
+        try:
+            result = await self._infer(batch, self.policy_kind)
+        except (ValueError, TypeError):
+            raise  # a bad batch is the caller's error, not a served batch
+        except Exception:
+            self.metrics.failed(self.scheme, time.perf_counter() - t0)
+            raise
+        self.metrics.observe(result)
+        return result
 
     async def _infer(self, batch: np.ndarray, policy_kind: str) -> CodedResult:
         self._active_infers += 1

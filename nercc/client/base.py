@@ -39,6 +39,17 @@ class ClientBase:
     """Settings and transport-free steps of a coded client; see :class:`nercc.client.aio.CodedClient` for the
     arguments."""
 
+    @classmethod
+    def from_urls_file(cls, path, **kwargs):
+        """A client for the cluster a ``urls.json`` describes (:mod:`nercc.serving.urls`): its first master, its
+        workers in order, and its model unless ``model=`` is given."""
+        from nercc.serving.urls import read_urls
+
+        cluster = read_urls(path)
+        if cluster.model and "model" not in kwargs:
+            kwargs["model"] = cluster.model
+        return cls(cluster.master_url, cluster.worker_urls, **kwargs)
+
     def __init__(
         self,
         master_url: str | None,
