@@ -26,6 +26,8 @@ COMMANDS = {
     "loadtest": ("loadtest.run", "Locust tail-latency benchmark of uncoded / replication / BACC / NeRCC"),
     "tune": ("bench.tune", "jointly tune (lam_enc, lam_dec) for a model and write its tuning profile"),
     "bench": ("bench.cli", "accuracy reproduction (MSE / RelAcc vs stragglers), coding cost, figures"),
+    "simulate": ("nercc.simulate.cli", "calibrated discrete-event simulation of N workers (any N): latency and RelAcc"),
+    "plan": ("nercc.simulate.plan", "cheapest (N, K, M, deadline) that meets a p99 SLO and a RelAcc floor"),
 }
 
 

@@ -1,0 +1,215 @@
+"""nercc simulate / nercc plan: the vectorized engine against SimPy, queueing and order statistics against
+closed forms, accuracy mapping, calibration, CLI shapes and errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+simpy = pytest.importorskip("simpy")
+
+from nercc.simulate import des, fast  # noqa: E402
+from nercc.simulate.core import simulate  # noqa: E402
+from nercc.simulate.model import (  # noqa: E402
+    DEFAULT_CALIBRATION,
+    AccuracyTable,
+    ServiceModel,
+    SimSettings,
+    make_draws,
+)
+
+
+def _service() -> ServiceModel:
+    """The committed calibration (a real 12-worker run on this machine)."""
+    return ServiceModel.load(DEFAULT_CALIBRATION)
+
+
+def _constant_service(base: float = 2.0, hold: float = 0.5, pre: float = 1.0) -> ServiceModel:
+    """Every request takes exactly ``base`` ms: closed forms become exact."""
+    one = {"coded": np.full((4, 12), base), "replication": np.full((4, 12), base), "uncoded": np.full((4, 4), base)}
+    pres = {k: np.full(4, pre) for k in one}
+    posts = {k: np.zeros(4) for k in one}
+    return ServiceModel(one, pres, posts, worker_hold_ms=hold, master_hold_ms=0.5, n_workers=12, n_inputs=4)
+
+
+# --------------------------------------------------------------------------------------- the engines
+
+
+@pytest.mark.parametrize("scheme,policy", [
+    ("uncoded", "deadline"), ("replication", "deadline"), ("hedged", "deadline"), ("bacc", "first:8"),
+    ("nercc", "first:8"), ("nercc", "deadline"), ("nercc", "all"), ("uncoded", "all"),
+])
+def test_fast_engine_equals_simpy(scheme, policy):
+    # a load where queues form behind stragglers (50 batches/s, 40 ms holds) so ordering matters
+    settings = SimSettings(scheme, 12, 4, "bimodal:p=0.15,slow_ms=40", rate=50, n_batches=600, policy=policy,
+                           deadline_ms=20, hedge_ms=8.0 if scheme == "hedged" else None, seed=3)
+    draws = make_draws(settings, _service())
+    a, b = fast.run(settings, draws), des.run(settings, draws)
+    finite = np.isfinite(b.latency_ms)
+    assert np.array_equal(np.isfinite(a.latency_ms), finite)
+    np.testing.assert_allclose(a.latency_ms[finite], b.latency_ms[finite], rtol=0, atol=1e-6)
+    assert np.array_equal(a.n_arrived, b.n_arrived)
+    assert np.array_equal(a.n_requests, b.n_requests)
+    assert np.array_equal(a.late, b.late)
+    if scheme == "hedged":
+        assert a.n_requests.max() > 4  # hedges were actually sent
+
+
+def test_fifo_start_matches_a_plain_queue():
+    rng = np.random.default_rng(0)
+    n = 3000
+    worker = rng.integers(0, 7, n)
+    send = rng.random(n) * 500
+    hold = rng.exponential(3.0, n)
+    start = fast.fifo_start(worker, send, hold)
+    expected = np.empty(n)
+    free = {}
+    for i in sorted(range(n), key=lambda i: (worker[i], send[i], i)):
+        expected[i] = max(send[i], free.get(worker[i], -np.inf))
+        free[worker[i]] = expected[i] + hold[i]
+    np.testing.assert_allclose(start, expected, atol=1e-9)
+
+
+# ------------------------------------------------------------------- closed forms at negligible load
+
+
+def test_coded_first_m_tail_is_the_binomial_order_statistic():
+    # 0.2 batches/s: no queues. A batch waits for the slow mode iff fewer than M of N workers are fast.
+    p, n, m = 0.3, 100, 60
+    settings = SimSettings("nercc", n, 20, f"bimodal:p={p},slow_ms=40", rate=0.2, n_batches=20_000,
+                           policy=f"first:{m}", deadline_ms=1000.0)
+    res = fast.run(settings, make_draws(settings, _constant_service()))
+    slow = float((res.latency_ms > 30).mean())
+    from scipy.stats import binom
+
+    expected = binom.cdf(m - 1, n, 1 - p)  # P(fast workers < M)
+    assert abs(slow - expected) < 4 * math.sqrt(expected * (1 - expected) / 20_000) + 1e-3
+
+
+def test_replication_loses_when_all_copies_of_an_input_straggle():
+    p, n, k = 0.3, 100, 20
+    settings = SimSettings("replication", n, k, f"bimodal:p={p},slow_ms=40", rate=0.2, n_batches=20_000)
+    res = fast.run(settings, make_draws(settings, _constant_service()))
+    expected = 1 - (1 - p ** (n // k)) ** k
+    slow = float((res.latency_ms > 30).mean())
+    assert abs(slow - expected) < 4 * math.sqrt(expected * (1 - expected) / 20_000)
+    # every batch: base + pre exactly when nobody straggles
+    assert np.isclose(np.min(res.latency_ms), 3.0)
+
+
+def test_a_straggler_delays_what_queues_behind_it():
+    # two batches 1 ms apart; the first straggles on every worker: the second waits for the hold to end
+    settings = SimSettings("nercc", 12, 4, "bimodal:p=1,slow_ms=40", rate=1.0, n_batches=2, policy="all")
+    draws = make_draws(settings, _constant_service(base=2.0, hold=0.5, pre=1.0))
+    draws.arrival_ms = np.array([0.0, 1.0])
+    draws.delay_ms[1] = 0.0
+    res = fast.run(settings, draws)
+    assert np.isclose(res.latency_ms[0], draws.pre_ms[0] + 2.0 + 40.0 + res.decode_ms[0])
+    # second batch fans out at 2 ms, starts when the first's hold (1 + 40.5) ends: waits 39.5 ms
+    assert np.isclose(res.fanout_ms[1], 39.5 + 2.0)
+
+
+def test_deadline_caps_the_tail_and_answers_shrink():
+    # p = 0.3: fewer than the 2 answers a decode needs by the deadline is a 1e-5 event
+    settings = SimSettings("nercc", 12, 4, "bimodal:p=0.3,slow_ms=40", rate=1.0, n_batches=3000,
+                           policy="first:11", deadline_ms=15.0)
+    res = fast.run(settings, make_draws(settings, _constant_service()))
+    assert np.percentile(res.latency_ms, 99.9) < 15.0 + 0.5  # deadline + decode
+    assert res.n_arrived.min() >= 2 and (res.n_arrived < 10).any()
+
+
+# --------------------------------------------------------------------------------------------- accuracy
+
+
+def test_accuracy_table_interpolates_the_measured_relacc():
+    table = AccuracyTable.find("lenet5", 100, 20)
+    assert table is not None and table.scaled_from is None
+    data = json.load(open(table.source))
+    rel, beyond = table.rel_acc("nercc", np.array([40]), 100)
+    assert rel[0] == pytest.approx(data["results"]["40"]["nercc"]["relacc_mean"])
+    mid, _ = table.rel_acc("nercc", np.array([45]), 100)
+    lo, hi = data["results"]["40"]["nercc"]["relacc_mean"], data["results"]["50"]["nercc"]["relacc_mean"]
+    assert mid[0] == pytest.approx((lo + hi) / 2)
+    _, beyond = table.rel_acc("nercc", np.array([70]), 100)
+    assert beyond[0]
+
+
+def test_coded_summary_carries_relacc_and_compute():
+    settings = SimSettings("nercc", 100, 20, "bimodal:p=0.3,slow_ms=40", rate=2, n_batches=2000,
+                           policy="first:60", deadline_ms=30)
+    out = simulate(settings, _service(), AccuracyTable.find("lenet5", 100, 20))
+    assert out["compute_per_input"] == 5.0 and out["measured_compute_per_input"] == 5.0
+    assert 0.9 < out["rel_acc"] <= 1.0
+    assert out["p50_ms"] <= out["p99_ms"] <= out["p99.9_ms"]
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(scheme="nope"), "unknown scheme"),
+    (dict(n_inputs=13), "K=13"),
+    (dict(policy="first:1"), "M must be"),
+    (dict(rate=0), "rate"),
+    (dict(straggler="bimodal:p=2,slow_ms=1"), "'p'"),
+])
+def test_bad_settings_name_the_problem(kwargs, needle):
+    base = dict(scheme="nercc", n_workers=12, n_inputs=4)
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=needle):
+        SimSettings(**base)
+
+
+def _nercc(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "nercc", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_simulate_writes_a_loadtest_shaped_summary(tmp_path):
+    proc = _nercc("simulate", "--workers", "100", "--inputs", "20", "--straggler", "bimodal:p=0.3,slow_ms=40",
+                  "--rate", "5", "--batches", "2000", "--policy", "first:60", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    data = json.load(open(tmp_path / "summary.json"))
+    schemes = data["profiles"]["bimodal"]["schemes"]
+    assert set(schemes) == {"uncoded", "replication", "hedged", "bacc", "nercc"}
+    for row in schemes.values():
+        for key in ("p50_ms", "p99_ms", "p99.9_ms", "rel_acc", "compute_per_input"):
+            assert key in row
+    assert schemes["replication"]["compute_per_input"] == 5.0
+    assert "nercc" in proc.stdout
+
+
+def test_cli_simulate_validates_against_a_measured_summary(tmp_path):
+    measured = DEFAULT_CALIBRATION.parent / "real_N12_K4" / "summary.json"
+    if not measured.exists():
+        pytest.skip("no committed real run")
+    proc = _nercc("simulate", "--validate", str(measured), "--calibration",
+                  str(measured.parent / "calibration.json"), "--batches", "3000", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    val = json.load(open(tmp_path / "summary.json"))["validation"]
+    for row in val["schemes"].values():
+        assert set(row["p50_ms"]) == {"simulated", "measured", "rel_error"}
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path):
+    proc = _nercc("simulate", "--workers", "4", "--inputs", "8", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "K=8" in proc.stderr
+    proc = _nercc("simulate", "--straggler", "weird:x=1", "--batches", "100", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "unknown straggler profile kind" in proc.stderr
+
+
+def test_cli_plan_prints_settings_that_meet_the_slo():
+    proc = _nercc("plan", "--slo-p99-ms", "30", "--min-relacc", "0.95", "--straggler", "bimodal:p=0.3,slow_ms=40",
+                  "--workers", "12,100", "--overheads", "3,5", "--batches", "1500")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "cheapest coded settings" in out and "replication" in out and "hedged" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("nercc ")]
+    assert rows
+    for row in rows:
+        p99, rel = float(row[6]), float(row[8])
+        assert p99 <= 30 and rel >= 0.95
