@@ -60,6 +60,21 @@ def test_fast_engine_equals_simpy(scheme, policy):
         assert a.n_requests.max() > 4  # hedges were actually sent
 
 
+def test_request_placement_is_the_clients():
+    from nercc.client.core import plan_requests
+
+    for scheme, n, k in (("uncoded", 12, 4), ("replication", 12, 4), ("hedged", 12, 4), ("hedged", 6, 4),
+                         ("nercc", 12, 4), ("uncoded", 10, 3)):
+        settings = SimSettings(scheme, n, k, "none", n_batches=7)
+        d = make_draws(settings, _constant_service())
+        for b in range(7):
+            plan = plan_requests(scheme, k, n, rotation=b)
+            assert dict(zip(d.worker[b].tolist(), d.row[b].tolist())) == plan.requests
+            if scheme == "hedged":
+                backups = {j: int(w) for j, w in enumerate(d.hedge_worker[b]) if w >= 0}
+                assert backups == plan.backups
+
+
 def test_fifo_start_matches_a_plain_queue():
     rng = np.random.default_rng(0)
     n = 3000

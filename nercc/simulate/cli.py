@@ -177,6 +177,8 @@ def main(args) -> int:
         straggler = prof.get("straggler", straggler)
         measured = prof["schemes"]
         schemes = [s for s in schemes if s in measured]
+        if args.hedge_ms is None and measured.get("hedged", {}).get("hedge_ms") is not None:
+            args.hedge_ms = float(measured["hedged"]["hedge_ms"])  # the delay the real client used
     try:
         t0 = time.perf_counter()
         results = run_simulation(n, k, straggler, rate, args.batches, schemes, policy, deadline,

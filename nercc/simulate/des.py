@@ -105,9 +105,9 @@ class _Sim:
     def _hedge(self, batch: _Batch, at: float, k: int):
         # an answer due at the same instant (to float rounding) counts as in time, as in ``fast``
         yield self.env.timeout(max(at + TIE_MS - self.env.now, 0.0))
-        if k in batch.first_by_input or batch.decided.triggered:
-            return
         d, i = self.d, batch.i
+        if k in batch.first_by_input or batch.decided.triggered or d.hedge_worker[i, k] < 0:
+            return
         batch.n_sent += 1
         self.env.process(self._request(batch, int(d.hedge_worker[i, k]), k, d.hedge_base_ms[i, k],
                                        d.hedge_delay_ms[i, k], d.hold_ms[i, k]))

@@ -86,7 +86,7 @@ def worker_answers(settings: SimSettings, draws: Draws):
         answer = first + d.base_ms + d.delay_ms
         if not hedged:
             break
-        new_flags = answer > (fanout + d.hedge_ms + TIE_MS)[:, None]
+        new_flags = (answer > (fanout + d.hedge_ms + TIE_MS)[:, None]) & (d.hedge_worker >= 0)
         if np.array_equal(new_flags, flags):
             break
         flags = new_flags

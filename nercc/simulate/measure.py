@@ -130,14 +130,27 @@ def _summary(rows, k: int, n_workers: int, labels: np.ndarray, base_pred: Option
     return out
 
 
+def _raw(rows) -> Dict:
+    """Per-batch log of one run (kept beside the summary for later analysis)."""
+    ok = [r for _, _, r, _, _ in rows if r is not None]
+    return {"total_ms": [round(r.total_ms, 4) for r in ok], "encode_ms": [round(r.encode_ms, 4) for r in ok],
+            "decode_ms": [round(r.decode_ms, 4) for r in ok], "n_arrived": [len(r.arrived) for r in ok],
+            "n_requests": [r.n_requests for r in ok], "late": [bool(r.late) for r in ok],
+            "hedge_ms": [getattr(r, "hedge_ms", None) for r in ok],
+            "worker_latency_ms": [[round(v, 4) for v in r.worker_latency_ms.values()] for r in ok],
+            "unanswered": sum(r is None for _, _, r, _, _ in rows)}
+
+
 def measure(out_dir: Path, n_workers: int = 12, n_inputs: int = 4, straggler: str = "bimodal:p=0.1,slow_ms=40",
             rate: float = 10.0, n_batches: int = 600, calibration_batches: int = 200, policy: str = "first:8",
             deadline_ms: float = 30.0, seed: int = 0, schemes: Optional[List[str]] = None) -> Dict:
+    """Both clusters up at once; per scheme, calibration (no stragglers) right before the measured run, so that
+    both see the machine in the same state (a shared 2-core box drifts over minutes)."""
     from nercc.data import load_mnist
     from nercc.serving import LocalCluster
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "raw").mkdir(parents=True, exist_ok=True)
     raw, labels = load_mnist("test")
     k = n_inputs
     available = _client_schemes()
@@ -145,61 +158,45 @@ def measure(out_dir: Path, n_workers: int = 12, n_inputs: int = 4, straggler: st
     if "uncoded" not in schemes:
         schemes.insert(0, "uncoded")  # its exact predictions are the RelAcc reference
     t_begin = time.time()
-
-    # 1. calibration: no stragglers, policy all, every round trip recorded
     worker_ms: Dict[str, list] = {}
     pre_ms: Dict[str, list] = {}
     post_ms: Dict[str, list] = {}
     holds = {}
-    with LocalCluster("lenet5", n_workers=n_workers, straggler="none", seed=seed) as cluster:
-        for scheme in schemes:
-            if scheme == "hedged":
-                continue  # its requests are uncoded's; calibrated from the uncoded run
-            before = {}
-
-            def snapshot(before=before):
-                before["w"] = _triton_compute(cluster.worker_urls)
-                before["m"] = _triton_compute([cluster.master_url])
-
-            rows = _run_scheme(cluster, scheme, "all", 2000.0, k, raw, rate, calibration_batches, seed,
-                               f"calibrate {scheme}", after_warmup=snapshot)
-            before_w, before_m = before["w"], before["m"]
-            after_w = _triton_compute(cluster.worker_urls)
-            after_m = _triton_compute([cluster.master_url])
-            kind = "coded" if scheme in ("nercc", "bacc") else scheme
-            good = [r for _, _, r, _, _ in rows if r is not None]
-            widths = {len(r.worker_latency_ms) for r in good}
-            width = max(widths)
-            worker_ms.setdefault(kind, []).extend(
-                sorted(r.worker_latency_ms.values()) for r in good if len(r.worker_latency_ms) == width)
-            pre_ms.setdefault(kind, []).extend(r.encode_ms for r in good)
-            post_ms.setdefault(kind, []).extend(r.decode_ms for r in good)
-            w_ns, w_n = after_w["ns"] - before_w["ns"], after_w["executions"] - before_w["executions"]
-            m_ns, m_n = after_m["ns"] - before_m["ns"], after_m["executions"] - before_m["executions"]
-            holds[scheme] = {"worker_hold_ms": w_ns / max(w_n, 1) / 1e6,
-                             "master_hold_ms": (m_ns / 1e6 / max(len(good), 1)) if m_n else 0.0}
-    cost = CodingCost()
-    enc, grid, dec = cost.measure("nercc", n_workers, k)
-    calibration = {
-        "model": "lenet5", "n_workers": n_workers, "n_inputs": k, "rate": rate, "seed": seed,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "worker_ms": worker_ms, "pre_ms": pre_ms, "post_ms": post_ms,
-        "worker_hold_ms": float(np.mean([h["worker_hold_ms"] for h in holds.values()])),
-        "master_hold_ms": float(np.mean([h["master_hold_ms"] for s, h in holds.items() if s in ("nercc", "bacc")]
-                                        or [0.0])),
-        "coding_encode_ms": enc, "coding_decode_ms": float(np.interp(n_workers, grid, dec)),
-        "info": {"holds_by_scheme": holds, "what": "no-straggler run, policy all, open-loop Poisson at `rate`"},
-    }
-    with open(out_dir / "calibration.json", "w") as fh:
-        json.dump(calibration, fh)
-
-    # 2. validation: the profile and policy under test
     results = {}
     base_pred: Optional[Dict[int, int]] = None
-    with LocalCluster("lenet5", n_workers=n_workers, straggler=straggler, seed=seed) as cluster:
+    with LocalCluster("lenet5", n_workers=n_workers, straggler="none", seed=seed) as calm, \
+            LocalCluster("lenet5", n_workers=n_workers, straggler=straggler, seed=seed) as cluster:
         for scheme in schemes:
+            if scheme != "hedged":  # hedged's requests are uncoded's: calibrated by the uncoded run
+                before = {}
+
+                def snapshot(before=before):
+                    before["w"] = _triton_compute(calm.worker_urls)
+                    before["m"] = _triton_compute([calm.master_url])
+
+                rows = _run_scheme(calm, scheme, "all", 2000.0, k, raw, rate, calibration_batches, seed,
+                                   f"calibrate {scheme}", after_warmup=snapshot)
+                after_w = _triton_compute(calm.worker_urls)
+                after_m = _triton_compute([calm.master_url])
+                with open(out_dir / "raw" / f"calibration_{scheme}.json", "w") as fh:
+                    json.dump(_raw(rows), fh)
+                kind = "coded" if scheme in ("nercc", "bacc") else scheme
+                good = [r for _, _, r, _, _ in rows if r is not None]
+                width = max(len(r.worker_latency_ms) for r in good)
+                worker_ms.setdefault(kind, []).extend(
+                    sorted(r.worker_latency_ms.values()) for r in good if len(r.worker_latency_ms) == width)
+                pre_ms.setdefault(kind, []).extend(r.encode_ms for r in good)
+                post_ms.setdefault(kind, []).extend(r.decode_ms for r in good)
+                w_ns = after_w["ns"] - before["w"]["ns"]
+                w_n = after_w["executions"] - before["w"]["executions"]
+                m_ns = after_m["ns"] - before["m"]["ns"]
+                m_n = after_m["executions"] - before["m"]["executions"]
+                holds[scheme] = {"worker_hold_ms": w_ns / max(w_n, 1) / 1e6,
+                                 "master_hold_ms": (m_ns / 1e6 / max(len(good), 1)) if m_n else 0.0}
             rows = _run_scheme(cluster, scheme, policy, deadline_ms, k, raw, rate, n_batches, seed + 1,
                                f"measure {scheme}")
+            with open(out_dir / "raw" / f"measured_{scheme}.json", "w") as fh:
+                json.dump(_raw(rows), fh)
             if scheme == "uncoded":  # exact f on the same inputs: the RelAcc reference
                 base_pred = {}
                 for _, idx, r, _, _ in rows:
@@ -209,6 +206,27 @@ def measure(out_dir: Path, n_workers: int = 12, n_inputs: int = 4, straggler: st
             results[scheme]["policy"] = policy if scheme in ("nercc", "bacc") else "every input"
             results[scheme]["compute_per_input"] = (n_workers / k if scheme in ("nercc", "bacc") else
                                                     float(n_workers // k) if scheme == "replication" else 1.0)
+            if scheme == "hedged":
+                used = [getattr(r, "hedge_ms", None) for _, _, r, _, _ in rows if r is not None]
+                used = [u for u in used if u is not None]
+                if used:
+                    results[scheme]["hedge_ms"] = round(float(np.median(used)), 3)
+    cost = CodingCost()
+    enc, grid, dec = cost.measure("nercc", n_workers, k)
+    coded_holds = [h["master_hold_ms"] for s, h in holds.items() if s in ("nercc", "bacc")]
+    calibration = {
+        "model": "lenet5", "n_workers": n_workers, "n_inputs": k, "rate": rate, "seed": seed,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "worker_ms": worker_ms, "pre_ms": pre_ms, "post_ms": post_ms,
+        "worker_hold_ms": float(np.mean([h["worker_hold_ms"] for h in holds.values()])),
+        "master_hold_ms": float(np.mean(coded_holds)) if coded_holds else 0.0,
+        "coding_encode_ms": enc, "coding_decode_ms": float(np.interp(n_workers, grid, dec)),
+        "info": {"holds_by_scheme": holds,
+                 "what": "no-straggler cluster, policy all, open-loop Poisson at `rate`; each scheme calibrated "
+                         "right before its measured run"},
+    }
+    with open(out_dir / "calibration.json", "w") as fh:
+        json.dump(calibration, fh)
     summary = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": None,

@@ -392,7 +392,9 @@ def make_draws(settings: SimSettings, service: ServiceModel, cost: Optional[Codi
         row = np.broadcast_to(j % k, (b, copies * k)).copy()
     draws = Draws(arrival, pre, np.full(b, service.master_hold_ms), post, worker, row, base, delay, hold)
     if s.scheme == "hedged":
-        draws.hedge_worker = (worker + k) % n if n > k else (worker + 1) % n
+        # as nercc.client.core.plan_requests: input j's backup is the idle worker (offset + K + j) mod N, and
+        # inputs j >= N - K get none (every worker already holds a first copy); -1 marks "no backup"
+        draws.hedge_worker = np.where(np.arange(k)[None, :] < n - k, (worker + k) % n, -1)
         draws.hedge_base_ms = service.draw_worker(rng, kind, b, k)
         draws.hedge_delay_ms = np.asarray(
             s.profile.sample_delay_ms(rng, compute_ms=service.worker_hold_ms, size=b * k)).reshape(b, k)
