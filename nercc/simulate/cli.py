@@ -60,6 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="do the REAL run instead: LocalCluster + CodedClient, calibration (no stragglers) "
                              "then the profile under test; writes OUT/calibration.json and OUT/summary.json. "
                              "Run it alone: /work/bin/cpu-exclusive nercc simulate --measure ...")
+    parser.add_argument("--sequential", action="store_true",
+                        help="--measure: one cluster at a time (calibration, then the profile) when two do not fit")
     parser.add_argument("--calibration-batches", type=int, default=200, help="--measure: batches per scheme")
     parser.add_argument("--out", required=True, help="output folder (summary.json)")
 
@@ -156,7 +158,8 @@ def main(args) -> int:
         from nercc.simulate.measure import measure
 
         summary = measure(out_dir, args.workers, args.inputs, args.straggler, args.rate, args.batches,
-                          args.calibration_batches, policy, args.deadline_ms, args.seed, schemes)
+                          args.calibration_batches, policy, args.deadline_ms, args.seed, schemes,
+                          args.sequential)
         summary["command"] = command
         with open(out_dir / "summary.json", "w") as fh:
             json.dump(summary, fh, indent=1)

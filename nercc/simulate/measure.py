@@ -143,9 +143,11 @@ def _raw(rows) -> Dict:
 
 def measure(out_dir: Path, n_workers: int = 12, n_inputs: int = 4, straggler: str = "bimodal:p=0.1,slow_ms=40",
             rate: float = 10.0, n_batches: int = 600, calibration_batches: int = 200, policy: str = "first:8",
-            deadline_ms: float = 30.0, seed: int = 0, schemes: Optional[List[str]] = None) -> Dict:
+            deadline_ms: float = 30.0, seed: int = 0, schemes: Optional[List[str]] = None,
+            sequential: bool = False) -> Dict:
     """Both clusters up at once; per scheme, calibration (no stragglers) right before the measured run, so that
-    both see the machine in the same state (a shared 2-core box drifts over minutes)."""
+    both see the machine in the same state (a shared 2-core box drifts over minutes). ``sequential``: the
+    calibration cluster first, then the measured one (when two clusters do not fit in memory)."""
     from nercc.data import load_mnist
     from nercc.serving import LocalCluster
 
@@ -164,53 +166,74 @@ def measure(out_dir: Path, n_workers: int = 12, n_inputs: int = 4, straggler: st
     holds = {}
     results = {}
     base_pred: Optional[Dict[int, int]] = None
-    with LocalCluster("lenet5", n_workers=n_workers, straggler="none", seed=seed) as calm, \
-            LocalCluster("lenet5", n_workers=n_workers, straggler=straggler, seed=seed) as cluster:
-        for scheme in schemes:
-            if scheme != "hedged":  # hedged's requests are uncoded's: calibrated by the uncoded run
-                before = {}
+    start_timeout = 120.0 + 3.0 * n_workers  # 100 servers on 2 cores take minutes to load
 
-                def snapshot(before=before):
-                    before["w"] = _triton_compute(calm.worker_urls)
-                    before["m"] = _triton_compute([calm.master_url])
+    def calibrate(calm, scheme):
+        if scheme == "hedged":  # hedged's requests are uncoded's: calibrated by the uncoded run
+            return
+        before = {}
 
-                rows = _run_scheme(calm, scheme, "all", 2000.0, k, raw, rate, calibration_batches, seed,
-                                   f"calibrate {scheme}", after_warmup=snapshot)
-                after_w = _triton_compute(calm.worker_urls)
-                after_m = _triton_compute([calm.master_url])
-                with open(out_dir / "raw" / f"calibration_{scheme}.json", "w") as fh:
-                    json.dump(_raw(rows), fh)
-                kind = "coded" if scheme in ("nercc", "bacc") else scheme
-                good = [r for _, _, r, _, _ in rows if r is not None]
-                width = max(len(r.worker_latency_ms) for r in good)
-                worker_ms.setdefault(kind, []).extend(
-                    sorted(r.worker_latency_ms.values()) for r in good if len(r.worker_latency_ms) == width)
-                pre_ms.setdefault(kind, []).extend(r.encode_ms for r in good)
-                post_ms.setdefault(kind, []).extend(r.decode_ms for r in good)
-                w_ns = after_w["ns"] - before["w"]["ns"]
-                w_n = after_w["executions"] - before["w"]["executions"]
-                m_ns = after_m["ns"] - before["m"]["ns"]
-                m_n = after_m["executions"] - before["m"]["executions"]
-                holds[scheme] = {"worker_hold_ms": w_ns / max(w_n, 1) / 1e6,
-                                 "master_hold_ms": (m_ns / 1e6 / max(len(good), 1)) if m_n else 0.0}
-            rows = _run_scheme(cluster, scheme, policy, deadline_ms, k, raw, rate, n_batches, seed + 1,
-                               f"measure {scheme}")
-            with open(out_dir / "raw" / f"measured_{scheme}.json", "w") as fh:
-                json.dump(_raw(rows), fh)
-            if scheme == "uncoded":  # exact f on the same inputs: the RelAcc reference
-                base_pred = {}
-                for _, idx, r, _, _ in rows:
-                    if r is not None:
-                        base_pred.update(zip(idx.tolist(), r.predictions.argmax(1).tolist()))
-            results[scheme] = _summary(rows, k, n_workers, labels, base_pred)
-            results[scheme]["policy"] = policy if scheme in ("nercc", "bacc") else "every input"
-            results[scheme]["compute_per_input"] = (n_workers / k if scheme in ("nercc", "bacc") else
-                                                    float(n_workers // k) if scheme == "replication" else 1.0)
-            if scheme == "hedged":
-                used = [getattr(r, "hedge_ms", None) for _, _, r, _, _ in rows if r is not None]
-                used = [u for u in used if u is not None]
-                if used:
-                    results[scheme]["hedge_ms"] = round(float(np.median(used)), 3)
+        def snapshot(before=before):
+            before["w"] = _triton_compute(calm.worker_urls)
+            before["m"] = _triton_compute([calm.master_url])
+
+        rows = _run_scheme(calm, scheme, "all", 2000.0, k, raw, rate, calibration_batches, seed,
+                           f"calibrate {scheme}", after_warmup=snapshot)
+        after_w = _triton_compute(calm.worker_urls)
+        after_m = _triton_compute([calm.master_url])
+        with open(out_dir / "raw" / f"calibration_{scheme}.json", "w") as fh:
+            json.dump(_raw(rows), fh)
+        kind = "coded" if scheme in ("nercc", "bacc") else scheme
+        good = [r for _, _, r, _, _ in rows if r is not None]
+        width = max(len(r.worker_latency_ms) for r in good)
+        worker_ms.setdefault(kind, []).extend(
+            sorted(r.worker_latency_ms.values()) for r in good if len(r.worker_latency_ms) == width)
+        pre_ms.setdefault(kind, []).extend(r.encode_ms for r in good)
+        post_ms.setdefault(kind, []).extend(r.decode_ms for r in good)
+        w_ns = after_w["ns"] - before["w"]["ns"]
+        w_n = after_w["executions"] - before["w"]["executions"]
+        m_ns = after_m["ns"] - before["m"]["ns"]
+        m_n = after_m["executions"] - before["m"]["executions"]
+        holds[scheme] = {"worker_hold_ms": w_ns / max(w_n, 1) / 1e6,
+                         "master_hold_ms": (m_ns / 1e6 / max(len(good), 1)) if m_n else 0.0}
+
+    def run_measured(cluster, scheme):
+        nonlocal base_pred
+        rows = _run_scheme(cluster, scheme, policy, deadline_ms, k, raw, rate, n_batches, seed + 1,
+                           f"measure {scheme}")
+        with open(out_dir / "raw" / f"measured_{scheme}.json", "w") as fh:
+            json.dump(_raw(rows), fh)
+        if scheme == "uncoded":  # exact f on the same inputs: the RelAcc reference
+            base_pred = {}
+            for _, idx, r, _, _ in rows:
+                if r is not None:
+                    base_pred.update(zip(idx.tolist(), r.predictions.argmax(1).tolist()))
+        results[scheme] = _summary(rows, k, n_workers, labels, base_pred)
+        results[scheme]["policy"] = policy if scheme in ("nercc", "bacc") else "every input"
+        results[scheme]["compute_per_input"] = (n_workers / k if scheme in ("nercc", "bacc") else
+                                                float(n_workers // k) if scheme == "replication" else 1.0)
+        if scheme == "hedged":
+            used = [getattr(r, "hedge_ms", None) for _, _, r, _, _ in rows if r is not None]
+            used = [u for u in used if u is not None]
+            if used:
+                results[scheme]["hedge_ms"] = round(float(np.median(used)), 3)
+
+    def cluster(profile):
+        return LocalCluster("lenet5", n_workers=n_workers, straggler=profile, seed=seed,
+                            start_timeout_s=start_timeout)
+
+    if sequential:  # one cluster at a time (memory: 2 x 100 workers do not fit)
+        with cluster("none") as calm:
+            for scheme in schemes:
+                calibrate(calm, scheme)
+        with cluster(straggler) as slow:
+            for scheme in schemes:
+                run_measured(slow, scheme)
+    else:
+        with cluster("none") as calm, cluster(straggler) as slow:
+            for scheme in schemes:
+                calibrate(calm, scheme)
+                run_measured(slow, scheme)
     cost = CodingCost()
     enc, grid, dec = cost.measure("nercc", n_workers, k)
     coded_holds = [h["master_hold_ms"] for s, h in holds.items() if s in ("nercc", "bacc")]

@@ -44,6 +44,8 @@ TIE_MS = 1e-6
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 SCALE_DIR = RESULTS_DIR / "scale"
 DEFAULT_CALIBRATION = SCALE_DIR / "calibration.json"
+#: accuracy tables measured for the simulator (same format as bench/results/accuracy_*.json)
+SCALE_ACCURACY_DIR = SCALE_DIR / "accuracy"
 
 
 def parse_policy(policy: str, n_workers: int) -> Tuple[str, Optional[int]]:
@@ -311,13 +313,17 @@ class AccuracyTable:
     @classmethod
     def find(cls, model: str, n_workers: int, n_inputs: int, directory: Union[str, Path, None] = None
              ) -> Optional[AccuracyTable]:
-        directory = Path(directory) if directory is not None else RESULTS_DIR
-        exact = directory / f"accuracy_{model}_N{n_workers}_K{n_inputs}.json"
-        if exact.exists():
-            return cls.from_file(exact)
+        """The table at (N, K) if measured, else the nearest N with the same N / K; None if neither exists.
+
+        Looks in ``directory`` (default: bench/results/ and bench/results/scale/accuracy/)."""
+        dirs = [Path(directory)] if directory is not None else [RESULTS_DIR, SCALE_ACCURACY_DIR]
+        for folder in dirs:
+            exact = folder / f"accuracy_{model}_N{n_workers}_K{n_inputs}.json"
+            if exact.exists():
+                return cls.from_file(exact)
         # nearest measured table with the same overhead N / K, used at the same straggler fraction
         best = None
-        for path in sorted(directory.glob(f"accuracy_{model}_N*_K*.json")):
+        for path in sorted(p for folder in dirs for p in folder.glob(f"accuracy_{model}_N*_K*.json")):
             try:
                 n, k = (int(part[1:]) for part in path.stem.rsplit("_", 2)[-2:])
             except ValueError:

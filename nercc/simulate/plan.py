@@ -56,7 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="most worker requests per input you will pay for (default: no limit)")
     parser.add_argument("--rate", type=float, default=10.0, help="offered batches per second (default 10)")
     parser.add_argument("--workers", default="12,24,50,100,200", help="N values to search")
-    parser.add_argument("--overheads", default="2,3,4,5", help="N / K values to search (K = N // overhead)")
+    parser.add_argument("--overheads", default="2,3,4,5",
+                        help="N / K values to search (K = round(N / overhead), N rounded to K * overhead)")
     parser.add_argument("--answer-fractions", default="0.5,0.6,0.7,0.8,0.9,1.0",
                         help="M / N values for first:M (1.0 = wait for all, up to the deadline)")
     parser.add_argument("--deadlines-ms", default="10,15,20,30,50", help="deadlines to search")
@@ -85,46 +86,43 @@ def search(slo_p99_ms: float, min_relacc: float, straggler: str, max_compute: Op
     baselines: List[Dict] = []
     skipped: List[str] = []
     seen_k = set()
-    for n in workers:
-        for r in overheads:
-            k = n // r
-            if k < 2:
-                continue
-            base = dict(straggler=straggler, rate=rate, n_batches=batches, seed=seed)
-            # replication on the same N workers
-            rep = SimSettings("replication", n, k, **base)
-            draws = make_draws(rep, service, cost)
-            baselines.append(_row("replication", rep, summarize(rep, fast.run(rep, draws), draws, None),
-                                  policy=f"r={n // k}", deadline_ms=None))
-            if k not in seen_k:  # hedged and uncoded depend on K only (and N >= 2K for a free second worker)
-                seen_k.add(k)
-                for name in ("uncoded", "hedged"):
-                    nb = 2 * k
-                    probe = SimSettings(name, nb, k, **base)
-                    for q in ((None,) if name == "uncoded" else (0.5, 0.75, 0.9, 0.95)):
-                        hedge = None
-                        if q is not None:
-                            hedge = service.one_request_quantile(q) if q < 0.95 else None
-                        st = dataclasses.replace(probe, hedge_ms=hedge)
-                        draws = make_draws(st, service, cost)
-                        summ = summarize(st, fast.run(st, draws), draws, None)
-                        label = "" if q is None else f"hedge {summ['hedge_ms']:.1f} ms" + (" (p95)" if q == 0.95 else "")
-                        baselines.append(_row(name, st, summ, policy=label, deadline_ms=None))
-            accuracy = AccuracyTable.find(model, n, k)
-            if accuracy is None:
-                skipped.append(f"N={n} K={k}: no {model} accuracy table with N/K={n / k:g}")
-                continue
-            st0 = SimSettings(scheme, n, k, policy="all", **base)
-            draws = make_draws(st0, service, cost)
-            fanout, answer, hedge_answer, flags = fast.worker_answers(st0, draws)
-            srt = np.sort(answer, axis=1)
-            ms = sorted({min(n, max(2, int(round(f * n)))) for f in answer_fractions})
-            for m in ms:
-                for dl in deadlines:
-                    st = dataclasses.replace(st0, policy=f"first:{m}", deadline_ms=float(dl))
-                    res = fast.client_decisions(st, draws, fanout, answer, hedge_answer, flags, sorted_answer=srt)
-                    coded.append(_row(scheme, st, summarize(st, res, draws, accuracy), policy=f"first:{m}",
-                                      deadline_ms=float(dl)))
+    grid = sorted({(max(2, int(round(n0 / r))) * r, max(2, int(round(n0 / r)))) for n0 in workers for r in overheads})
+    for n, k in grid:  # N rounded to a multiple of the overhead r: N / K = r exactly (accuracy tables per r)
+        base = dict(straggler=straggler, rate=rate, n_batches=batches, seed=seed)
+        # replication on the same N workers
+        rep = SimSettings("replication", n, k, **base)
+        draws = make_draws(rep, service, cost)
+        baselines.append(_row("replication", rep, summarize(rep, fast.run(rep, draws), draws, None),
+                              policy=f"r={n // k}", deadline_ms=None))
+        if k not in seen_k:  # hedged and uncoded depend on K only (and N >= 2K for a free second worker)
+            seen_k.add(k)
+            for name in ("uncoded", "hedged"):
+                nb = 2 * k
+                probe = SimSettings(name, nb, k, **base)
+                for q in ((None,) if name == "uncoded" else (0.5, 0.75, 0.9, 0.95)):
+                    hedge = None
+                    if q is not None:
+                        hedge = service.one_request_quantile(q) if q < 0.95 else None
+                    st = dataclasses.replace(probe, hedge_ms=hedge)
+                    draws = make_draws(st, service, cost)
+                    summ = summarize(st, fast.run(st, draws), draws, None)
+                    label = "" if q is None else f"hedge {summ['hedge_ms']:.1f} ms" + (" (p95)" if q == 0.95 else "")
+                    baselines.append(_row(name, st, summ, policy=label, deadline_ms=None))
+        accuracy = AccuracyTable.find(model, n, k)
+        if accuracy is None:
+            skipped.append(f"N={n} K={k}: no {model} accuracy table with N/K={n / k:g}")
+            continue
+        st0 = SimSettings(scheme, n, k, policy="all", **base)
+        draws = make_draws(st0, service, cost)
+        fanout, answer, hedge_answer, flags = fast.worker_answers(st0, draws)
+        srt = np.sort(answer, axis=1)
+        ms = sorted({min(n, max(2, int(round(f * n)))) for f in answer_fractions})
+        for m in ms:
+            for dl in deadlines:
+                st = dataclasses.replace(st0, policy=f"first:{m}", deadline_ms=float(dl))
+                res = fast.client_decisions(st, draws, fanout, answer, hedge_answer, flags, sorted_answer=srt)
+                coded.append(_row(scheme, st, summarize(st, res, draws, accuracy), policy=f"first:{m}",
+                                  deadline_ms=float(dl)))
 
     def meets(row, need_acc=True):
         ok = row["p99_ms"] is not None and row["p99_ms"] <= slo_p99_ms
