@@ -40,11 +40,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `locust -f loadtest/locustfile.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
+import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.testing  # noqa: E402,F401 - imported lazily by scipy, and its import runs a subprocess: not in the loop thread
 from gevent.lock import Semaphore  # noqa: E402
 
-from loadtest.gevent_asyncio import AsyncioThread  # noqa: E402
 from loadtest.workload import (  # noqa: E402
     CODED,
     Batches,
@@ -66,44 +66,123 @@ def add_arguments(parser) -> None:
     add_engine_arguments(group, defaults_from_env=True)
 
 
+def native_transport_available() -> bool:
+    """True when the client has a transport Locust drives natively (``nercc.client.gevent``)."""
+    try:
+        import nercc.client.gevent  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _NativeTransport:
+    """``GeventCodedClient`` on the servers' HTTP endpoints: its requests are greenlets, no thread, no bridge."""
+
+    name = "gevent-http"
+
+    def __init__(self, options, scheme: str):
+        from nercc.client.gevent import GeventCodedClient
+
+        kwargs = client_kwargs(options, scheme)
+        kwargs["master_url"], kwargs["worker_urls"] = http_urls(options)
+        # connections per server: batches in flight at once to one worker (stragglers still running included)
+        self.client = GeventCodedClient(**kwargs, concurrency=max(8, int(options.num_users or 8)))
+        self.client.connect()
+
+    def warm_up(self, rounds: int) -> None:
+        for _attempt in range(5):  # a cold server may miss a short hard timeout: each attempt warms it anyway
+            try:
+                self.client.warmup(rounds)
+                return
+            except Exception:  # noqa: BLE001 - the measured run reports what stays broken
+                gevent.sleep(0.2)
+
+    def infer(self, batch):
+        return self.client.infer(batch)
+
+    def drain(self, timeout_s: float) -> None:
+        self.client.drain(timeout_s)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _BridgeTransport:
+    """The asyncio ``CodedClient`` on gRPC in an OS thread, greenlets parked on a watcher (no native transport)."""
+
+    name = "asyncio-bridge-grpc"
+
+    def __init__(self, options, scheme: str):
+        from loadtest.gevent_asyncio import AsyncioThread
+        from nercc.client import CodedClient
+
+        if _Shared.loop is None:
+            _Shared.loop = AsyncioThread(name="nercc-locust-loop")
+        self.loop = _Shared.loop
+        self.client = CodedClient(**client_kwargs(options, scheme))
+        self.loop.run(self.client.connect(), timeout=60)
+
+    def warm_up(self, rounds: int) -> None:
+        from loadtest.openloop import warm_up
+
+        self.loop.run(warm_up(self.client, rounds), timeout=120)
+
+    def infer(self, batch):
+        return self.loop.run(self.client.infer(batch))
+
+    def drain(self, timeout_s: float) -> None:
+        self.loop.run(self.client.drain(timeout_s), timeout=timeout_s + 10)
+
+    def close(self) -> None:
+        self.loop.run(self.client.close(), timeout=30)
+
+
+def http_urls(options) -> tuple:
+    master = (options.master_http_url or "").strip() or None
+    workers = [u.strip() for u in str(options.worker_http_urls or "").split(",") if u.strip()]
+    return master, workers
+
+
 class NerccLoadClient:
     """Locust's custom-client pattern: one nercc client per scheme, each batch reported to ``events.request``."""
 
-    def __init__(self, environment, scheme: str, loop: AsyncioThread):
-        from nercc.client import CodedClient
-
+    def __init__(self, environment, scheme: str):
         options = environment.parsed_options
         self.environment = environment
         self.scheme = scheme
-        self.loop = loop
-        self.client = CodedClient(**client_kwargs(options, scheme))
-        self.loop.run(self.client.connect(), timeout=60)
+        native = native_transport_available() and http_urls(options)[1]
+        self.transport = _NativeTransport(options, scheme) if native else _BridgeTransport(options, scheme)
+        client = self.transport.client
         if scheme in CODED:
             # Build the scheme here, in the gevent thread: first use triggers lazy scipy imports, some of which
             # spawn subprocesses, and gevent can only watch children from its main loop.
-            n = len(self.client.worker_urls)
-            self.client.coding_scheme(int(options.n_inputs)).decode(np.zeros((n, 2)), list(range(n)))
+            n = len(client.worker_urls)
+            client.coding_scheme(int(options.n_inputs)).decode(np.zeros((n, 2)), list(range(n)))
+        self.deadline_ms = client.deadline_ms
+        self.hard_timeout_ms = client.hard_timeout_ms
         self.record_every = max(0, int(options.record_predictions))
         self._count = 0
 
     def warm_up(self, rounds: int = 3) -> None:
         """A few unreported batches: first-use costs (channels, decoding matrices) stay out of the statistics."""
-        from loadtest.openloop import warm_up
-
-        self.loop.run(warm_up(self.client, rounds), timeout=120)
+        self.transport.warm_up(rounds)
 
     def infer(self, batch_index: int, batch: np.ndarray, scheduled: float) -> None:
         started = time.time()
         keep = bool(self.record_every) and self._count % self.record_every == 0
         self._count += 1
+        _Shared.in_flight += 1
+        _Shared.max_in_flight = max(_Shared.max_in_flight, _Shared.in_flight)
         try:
-            result = self.loop.run(self.client.infer(batch))
+            result = self.transport.infer(batch)
             wall_ms = (time.time() - started) * 1e3
             record = request_record(self.scheme, batch_index, scheduled, started, result, wall_ms=wall_ms,
-                                    keep_predictions=keep, deadline_ms=self.client.deadline_ms)
+                                    keep_predictions=keep, deadline_ms=self.deadline_ms)
         except Exception as exc:  # noqa: BLE001 - every failure is reported to Locust, never raised into the user
             record = request_record(self.scheme, batch_index, scheduled, started, None, exc,
                                     wall_ms=(time.time() - started) * 1e3)
+        finally:
+            _Shared.in_flight -= 1
         _Shared.log.write(record)
         error = record.get("error")
         self.environment.events.request.fire(
@@ -111,37 +190,41 @@ class NerccLoadClient:
             exception=None if record["ok"] else RuntimeError(error), context={"batch": batch_index},
         )
 
+    def drain(self) -> None:
+        self.transport.drain(self.hard_timeout_ms / 1e3)
+
     def close(self) -> None:
-        self.loop.run(self.client.close(), timeout=30)
+        self.transport.close()
 
 
 class _Shared:
     """Per-process state: the asyncio loop thread, the batches, one client per scheme (all users share it)."""
 
-    loop: AsyncioThread | None = None
+    loop = None  # the asyncio thread of the bridge transport, when it is used
     batches: Batches | None = None
     clients: Dict[str, NerccLoadClient] = {}
     lock = Semaphore()
     log = RequestLog(None)
     meter: CpuMeter | None = None
+    in_flight = 0  # batches under way in this process (counted where the users call the client)
+    max_in_flight = 0
     user_count = 0
 
     @classmethod
     def client_for(cls, environment, scheme: str) -> NerccLoadClient:
         with cls.lock:  # the first user of a scheme builds, connects and warms its client; the others wait
             options = environment.parsed_options
-            if cls.loop is None:
-                cls.loop = AsyncioThread(name="nercc-locust-loop")
             if cls.batches is None:
                 cls.batches = Batches(options.model, options.n_inputs)
             client = cls.clients.get(scheme)
             if client is None:
-                client = NerccLoadClient(environment, scheme, cls.loop)
+                client = NerccLoadClient(environment, scheme)
                 client.warm_up()
                 cls.clients[scheme] = client
                 if cls.meter is None:  # the measured stretch starts once the first client is warm
                     cls.meter = CpuMeter(parse_pids(options.server_pids))
-                    cls.log.event("engine", engine="locust", scheme=scheme, pid=os.getpid())
+                    cls.log.event("engine", engine="locust", scheme=scheme, pid=os.getpid(),
+                                  transport=client.transport.name)
                     cls.log.event("cpu", phase="start", step=None, rate=float(options.rate), **cls.meter.snapshot())
             return client
 
@@ -231,13 +314,12 @@ def open_requests_log(environment, **_kwargs) -> None:
 def close_measurement(environment, **_kwargs) -> None:
     for client in list(_Shared.clients.values()):  # abandoned straggler requests belong to the measured stretch
         try:
-            _Shared.loop.run(client.client.drain(client.client.hard_timeout_ms / 1e3), timeout=30)
+            client.drain()
         except Exception:  # noqa: BLE001 - stopping anyway
             pass
     if _Shared.meter is not None:
-        loop = _Shared.loop
         _Shared.log.event("cpu", phase="end", step=None, rate=float(environment.parsed_options.rate),
-                          max_in_flight=loop.max_in_flight if loop else None, **_Shared.meter.snapshot())
+                          max_in_flight=_Shared.max_in_flight, **_Shared.meter.snapshot())
 
 
 @events.quitting.add_listener

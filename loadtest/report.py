@@ -241,6 +241,7 @@ def ramp_summary(log: Path) -> dict:
         })
     passed = [s for s in steps if s["passed"]]
     light = steps[0] if steps else None
+    worker_ms = [float(v) for r in requests if r.get("step") == 0 for v in r.get("worker_ms", {}).values()]
     return {
         "steps": steps,
         "knee_batches_per_s": passed[-1]["rate"] if passed else None,
@@ -249,6 +250,8 @@ def ramp_summary(log: Path) -> dict:
         "p99_ms_light": light["p99_ms"] if light else None,
         "rate_light": light["rate"] if light else None,
         "cpu_ms_per_batch_light": light["cpu_ms_per_batch"] if light else None,
+        # one worker request's round trip at the lightest load, no stragglers: what a hedge delay is set from
+        "worker_ms_p95_light": _r(np.percentile(worker_ms, 95), 3) if worker_ms else None,
     }
 
 
@@ -551,8 +554,9 @@ def write_markdown(path: Path, summary: dict) -> None:
         f"- Deadline **{st['deadline_ms']:g} ms** — {st['deadline_choice']}. Coded policy `{st['coded_policy']}` "
         f"(decode as soon as M answers are in, never wait past the deadline); uncoded waits for its K workers, "
         f"replication (r = N // K = {st['replication_copies']}) for the first copy of each input"
-        + (", hedged sends a second copy of an input once its first is later than the hedge delay"
-           if "hedged" in st["schemes"] else "") + ".",
+        + (f", hedged sends a second copy of an input to another worker once its first is later than the hedge "
+           f"delay ({_fmt(st.get('hedge_ms'))} ms — {st.get('hedge_choice')})" if "hedged" in st["schemes"] else "")
+        + (". Coded inputs encoded in the client (`encode=local`)" if st.get("encode") == "local" else "") + ".",
         "- A batch **fails** when the client raised (too few answers within the hard timeout), when it is late "
         "(an answer it needed came after the deadline) or when its predictions are not finite.",
         "",

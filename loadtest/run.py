@@ -93,6 +93,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="coded schemes' policy: first:M | deadline | all | auto (first:M, M = ceil(2N/3))")
     parser.add_argument("--hard-timeout-ms", type=float, default=2000.0,
                         help="longest a batch waits for the answers it needs")
+    parser.add_argument("--hedge-ms", type=float, default=None,
+                        help="hedged: hedge delay (default: the p95 of one worker request's round trip measured by the "
+                             "calibration, no stragglers; the client's own estimate would learn the stragglers' delay)")
+    parser.add_argument("--encode", default="server", choices=("server", "local"),
+                        help="coded schemes: encode on the master's Triton encoder (default) or in the client")
     parser.add_argument("--schemes", default=None, help="comma-separated subset (default: every scheme the client has)")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="skip the ramp (needs --rate and --deadline-ms); no knee, no no-straggler cost table")
@@ -111,7 +116,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="dead-worker: seconds into each run to kill it (default: a third of the run)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the workers' straggler delays")
     parser.add_argument("--master-url", default=None, help="use this running master instead of starting a cluster")
-    parser.add_argument("--worker-urls", default=None, help="comma-separated worker URLs of a running cluster")
+    parser.add_argument("--worker-urls", default=None, help="comma-separated worker gRPC URLs of a running cluster")
+    parser.add_argument("--master-http-url", default=None, help="HTTP URL of that master (Locust's native transport)")
+    parser.add_argument("--worker-http-urls", default=None,
+                        help="comma-separated worker HTTP URLs, same order (Locust's native transport; without "
+                             "them Locust drives the gRPC client through a thread bridge)")
     parser.add_argument("--out", default=None, help="report folder (default: reports/<model>-<profile>-<UTC time>/)")
     parser.add_argument("--record-predictions", type=int, default=1,
                         help="keep every n-th batch's predictions to measure MSE/RelAcc (0: skip accuracy)")
@@ -209,10 +218,16 @@ def engine_options(args, cluster: dict, scheme: str, deadline_ms: float, policy:
         "--hard-timeout-ms", f"{hard_timeout_ms or args.hard_timeout_ms:g}", "--rate", f"{rate:g}",
         "--arrival-seed", str(args.seed + 1), "--requests-log", str(log),
         "--record-predictions", str(args.record_predictions),
-        "--server-pids", ",".join(str(p) for p in cluster["pids"]),
+        "--server-pids", ",".join(str(p) for p in cluster["pids"]), "--encode", args.encode,
     ]
+    if scheme == "hedged" and getattr(args, "hedge_ms_chosen", None):
+        options += ["--hedge-ms", f"{args.hedge_ms_chosen:g}"]
     if cluster.get("master_url"):
         options += ["--master-url", cluster["master_url"]]
+    if cluster.get("worker_http_urls"):  # the Locust engine's native transport speaks HTTP
+        options += ["--worker-http-urls", ",".join(cluster["worker_http_urls"])]
+        if cluster.get("master_http_url"):
+            options += ["--master-http-url", cluster["master_http_url"]]
     if n_stragglers is not None:
         options += ["--n-stragglers", str(n_stragglers)]
     return options
@@ -290,17 +305,19 @@ class Clusters:
     def get(self, straggler: str, fresh: bool = False) -> dict:
         args = self.args
         if args.worker_urls:
-            return {"master_url": args.master_url, "worker_urls": _split(args.worker_urls), "pids": [], "obj": None}
+            return {"master_url": args.master_url, "worker_urls": _split(args.worker_urls), "pids": [], "obj": None,
+                    "master_http_url": args.master_http_url, "worker_http_urls": _split(args.worker_http_urls)}
         if self.current is None or fresh or straggler != self.straggler:
             self.stop()
             from nercc.serving import LocalCluster
 
             self.current = LocalCluster(args.model, n_workers=args.workers, straggler=straggler, seed=args.seed,
                                         tritonserver=args.tritonserver,
-                                        master_instances=args.master_instances).start()
+                                        master_instances=args.master_instances, http=True).start()
             self.straggler = straggler
         c = self.current
-        return {"master_url": c.master_url, "worker_urls": c.worker_urls, "pids": c.pids(), "obj": c}
+        return {"master_url": c.master_url, "worker_urls": c.worker_urls, "pids": c.pids(), "obj": c,
+                "master_http_url": c.master_http_url, "worker_http_urls": c.worker_http_urls}
 
     def check(self) -> List[str]:
         return self.current.check() if self.current is not None else []
@@ -362,6 +379,19 @@ def choose_load_and_deadline(args, plan, calibration: dict | None) -> dict:
         choice["deadline_why"] = (f"{args.deadline_factor:g} x {coded[0]}'s no-straggler p50 at the lightest ramp step "
                                   f"({p50:.1f} ms) = {deadline:g} ms: an SLO the coded path meets by itself, not the "
                                   "injected straggler delay")
+    if args.hedge_ms is not None:
+        choice["hedge_ms"], choice["hedge_why"] = float(args.hedge_ms), "given by --hedge-ms"
+    else:
+        cal = (calibration or {}).get("schemes", {})
+        source = next((s for s in ("uncoded", "hedged", "replication") if cal.get(s, {}).get("worker_ms_p95_light")),
+                      None)
+        if source:
+            choice["hedge_ms"] = round(float(cal[source]["worker_ms_p95_light"]), 1)
+            choice["hedge_why"] = (f"p95 of one worker request's round trip in {source}'s lightest ramp step, no "
+                                   f"stragglers ({choice['hedge_ms']:g} ms): with stragglers on, a p95 lands among "
+                                   "the slow requests and the hedge would come too late")
+        else:
+            choice["hedge_ms"], choice["hedge_why"] = None, "the client's own estimate (no calibration)"
     return choice
 
 
@@ -461,7 +491,7 @@ def main(args) -> int:
         "settings": {
             "model": args.model, "n_workers": args.workers, "n_inputs": args.inputs, "engines": plan["engines"],
             "schemes": plan["schemes"], "batches_per_run": plan["batches"], "locust_batches": plan["locust_batches"],
-            "frontier_batches": plan["frontier_batches"], "coded_policy": plan["policy"],
+            "frontier_batches": plan["frontier_batches"], "coded_policy": plan["policy"], "encode": args.encode,
             "hard_timeout_ms": args.hard_timeout_ms, "replication_copies": args.workers // args.inputs,
             "seed": args.seed, "cpu_count": os.cpu_count(),
             "cluster": "given URLs" if args.worker_urls else "LocalCluster on this machine",
@@ -480,9 +510,13 @@ def main(args) -> int:
             choice = choose_load_and_deadline(args, plan, calibration)
             progress.write(f"offered load: {choice['rate']:g} batches/s — {choice['rate_why']}")
             progress.write(f"deadline: {choice['deadline_ms']:g} ms — {choice['deadline_why']}")
+            if "hedged" in plan["schemes"]:
+                args.hedge_ms_chosen = choice["hedge_ms"]
+                progress.write(f"hedge delay: {choice['hedge_ms'] or 'client estimate'} — {choice['hedge_why']}")
             summary["calibration"] = calibration
             summary["settings"].update(offered_batches_per_s=choice["rate"], deadline_ms=choice["deadline_ms"],
                                        load_choice=choice["rate_why"], deadline_choice=choice["deadline_why"],
+                                       hedge_ms=choice.get("hedge_ms"), hedge_choice=choice.get("hedge_why"),
                                        locust_users=locust_users(args, choice["rate"]))
             for profile in plan["profiles"]:
                 summary["profiles"][profile] = measure_profile(args, plan, profile, clusters, choice, raw_dir,

@@ -110,6 +110,8 @@ def request_record(scheme: str, batch_index: int, scheduled: float, started: flo
     )
     if wall_ms is not None:
         record["wall_ms"] = round(float(wall_ms), 3)
+    if getattr(result, "hedge_ms", None) is not None:
+        record["hedge_ms"] = round(float(result.hedge_ms), 3)
     if result.errors:
         record["worker_errors"] = sorted(int(w) for w in result.errors)
     if keep_predictions:
@@ -228,6 +230,11 @@ def add_engine_arguments(group, defaults_from_env: bool = False) -> None:
                        help="gRPC host:port of the master (encoder); env NERCC_MASTER_URL")
     group.add_argument("--worker-urls", default=env("NERCC_WORKER_URLS", ""),
                        help="comma-separated gRPC host:port of the N workers; env NERCC_WORKER_URLS")
+    group.add_argument("--master-http-url", default=env("NERCC_MASTER_HTTP_URL", ""),
+                       help="HTTP host:port of the master: the Locust engine's native gevent transport uses HTTP")
+    group.add_argument("--worker-http-urls", default=env("NERCC_WORKER_HTTP_URLS", ""),
+                       help="comma-separated HTTP host:port of the N workers (same order as --worker-urls); without "
+                            "them Locust drives the gRPC asyncio client through a thread bridge")
     group.add_argument("--urls-file", default=env("NERCC_URLS_FILE", ""),
                        help="JSON with master_url and worker_urls, as `nercc serve --urls-file` writes it")
     group.add_argument("--model", default="lenet5", help="served model; batches come from its dataset's test split")
@@ -239,6 +246,10 @@ def add_engine_arguments(group, defaults_from_env: bool = False) -> None:
                        help="longest a batch waits for the minimum answers before it errors")
     group.add_argument("--n-stragglers", type=int, default=None,
                        help="S the encoder's lam_enc is looked up for (default: the client's, N - M for first:M)")
+    group.add_argument("--encode", default="server", choices=("server", "local"),
+                       help="coded schemes: encode on the master (Triton encoder, the default) or in the client")
+    group.add_argument("--hedge-ms", type=float, default=None,
+                       help="hedged: the hedge delay (default: the client's own, the p95 of the round trips it saw)")
     group.add_argument("--lam-enc", type=float, default=None, help="NeRCC encoder smoothing (default: tuning profile)")
     group.add_argument("--lam-dec", type=float, default=None, help="NeRCC decoder smoothing (default: tuning profile)")
     group.add_argument("--rate", type=float, default=10.0,
@@ -285,8 +296,12 @@ def client_kwargs(options, scheme: str) -> dict:
         policy=options.policy if scheme in CODED else "deadline",
         n_inputs=int(options.n_inputs), hard_timeout_ms=float(options.hard_timeout_ms),
     )
+    if scheme == "hedged" and _optional_float(getattr(options, "hedge_ms", None)) is not None:
+        kwargs["hedge_ms"] = float(options.hedge_ms)
     if scheme in CODED:
         kwargs.update(lam_enc=_optional_float(options.lam_enc), lam_dec=_optional_float(options.lam_dec))
+        if getattr(options, "encode", "server") != "server":  # passed only when asked: older clients lack it
+            kwargs["encode"] = options.encode
         if options.n_stragglers is not None:
             kwargs["n_stragglers"] = int(options.n_stragglers)
     return kwargs
