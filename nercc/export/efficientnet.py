@@ -14,8 +14,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from export import common
 from nercc.data import imagenet_class_names, load_imagenet_samples
+from nercc.export import common
 from nercc.preprocessing import preprocess
 
 NAME = "efficientnet_lite0"

@@ -22,8 +22,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from export import common
 from nercc.data import load_imagenet_samples
+from nercc.export import common
 from nercc.preprocessing import preprocess
 
 NAME = "vit_b16"

@@ -9,8 +9,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from export import common
 from nercc.data import load_mnist
+from nercc.export import common
 from nercc.preprocessing import preprocess
 
 NAME = "lenet5"
