@@ -15,11 +15,6 @@ import importlib
 import sys
 import time
 
-from nercc.paths import REPO_ROOT
-
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
 # name -> (module, help); each module has configure(parser) and main(args)
 SUBCOMMANDS = {
     "accuracy": ("bench.accuracy", "MSE and RelAcc vs stragglers for BACC, NeRCC-0 and tuned NeRCC"),
