@@ -121,6 +121,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-http-urls", default=None,
                         help="comma-separated worker HTTP URLs, same order (Locust's native transport; without "
                              "them Locust drives the gRPC client through a thread bridge)")
+    parser.add_argument("--urls-file", default=None,
+                        help="urls.json of a running cluster (nercc serve --urls-file, or servers on other hosts)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="the engines expose the client's Prometheus metrics on this port while they run (0: off)")
+    from nercc.client.tls import add_client_tls_options
+
+    add_client_tls_options(parser)
     parser.add_argument("--out", default=None, help="report folder (default: reports/<model>-<profile>-<UTC time>/)")
     parser.add_argument("--record-predictions", type=int, default=1,
                         help="keep every n-th batch's predictions to measure MSE/RelAcc (0: skip accuracy)")
@@ -172,6 +179,19 @@ def check_args(args) -> dict:
             raise ValueError(f"--rates must be positive batches/s, got {args.rates!r}")
     if args.no_calibrate and (args.rate is None or args.deadline_ms is None):
         raise ValueError("--no-calibrate needs --rate and --deadline-ms (nothing else can choose them)")
+    if args.urls_file:
+        if args.worker_urls:
+            raise ValueError("give either --urls-file or --worker-urls, not both")
+        from nercc.serving.urls import read_urls
+
+        given = read_urls(args.urls_file)
+        args.master_url, args.worker_urls = given.master_url, ",".join(given.worker_urls)
+        args.workers = len(given.worker_urls)
+        if not 2 <= args.inputs <= args.workers:
+            raise ValueError(f"--inputs K must be in 2..{args.workers} (the workers in {args.urls_file})")
+    from nercc.client.tls import ClientTLS
+
+    ClientTLS.from_options(args.tls_ca, args.tls_cert, args.tls_key)  # files exist, cert goes with key
     if args.master_url and not args.worker_urls:
         raise ValueError("--master-url needs --worker-urls")
     if args.worker_urls and "dead-worker" in profiles:
@@ -224,10 +244,17 @@ def engine_options(args, cluster: dict, scheme: str, deadline_ms: float, policy:
         options += ["--hedge-ms", f"{args.hedge_ms_chosen:g}"]
     if cluster.get("master_url"):
         options += ["--master-url", cluster["master_url"]]
-    if cluster.get("worker_http_urls"):  # the Locust engine's native transport speaks HTTP
+    # the Locust engine's native transport speaks HTTP, which Triton serves without TLS: with TLS, gRPC only
+    if cluster.get("worker_http_urls") and not args.tls_ca and not args.tls_cert:
         options += ["--worker-http-urls", ",".join(cluster["worker_http_urls"])]
         if cluster.get("master_http_url"):
             options += ["--master-http-url", cluster["master_http_url"]]
+    for flag, value in (("--client-tls-ca", args.tls_ca), ("--client-tls-cert", args.tls_cert),
+                        ("--client-tls-key", args.tls_key)):
+        if value:
+            options += [flag, str(value)]
+    if args.metrics_port:
+        options += ["--metrics-port", str(args.metrics_port)]
     if n_stragglers is not None:
         options += ["--n-stragglers", str(n_stragglers)]
     return options

@@ -261,6 +261,15 @@ def add_engine_arguments(group, defaults_from_env: bool = False) -> None:
                        help="keep the predictions of every n-th request in the log, for MSE/RelAcc (0: none)")
     group.add_argument("--server-pids", default="",
                        help="comma-separated tritonserver pids: their CPU (and their stubs') goes into the log")
+    group.add_argument("--client-tls-ca", default=env("NERCC_TLS_CA", ""),
+                       help="CA (PEM) of servers started with --tls-cert: gRPC over TLS; env NERCC_TLS_CA "
+                            "(client- prefix: Locust's own --tls-cert/--tls-key are for its web UI)")
+    group.add_argument("--client-tls-cert", default=env("NERCC_TLS_CERT", ""),
+                       help="client certificate (PEM) for mutual TLS; env NERCC_TLS_CERT")
+    group.add_argument("--client-tls-key", default=env("NERCC_TLS_KEY", ""),
+                       help="client key (PEM) for mutual TLS; env NERCC_TLS_KEY")
+    group.add_argument("--metrics-port", type=int, default=int(env("NERCC_METRICS_PORT", "0") or 0),
+                       help="expose the client's Prometheus metrics on this port (127.0.0.1; 0: off)")
 
 
 def cluster_urls(options) -> tuple:
@@ -268,12 +277,11 @@ def cluster_urls(options) -> tuple:
     master = (options.master_url or "").strip() or None
     workers = [u.strip() for u in str(options.worker_urls or "").split(",") if u.strip()]
     if not workers and getattr(options, "urls_file", ""):
-        with open(options.urls_file) as fh:
-            urls = json.load(fh)
-        if not isinstance(urls.get("worker_urls"), list) or not urls["worker_urls"]:
-            raise ValueError(f"{options.urls_file}: needs a non-empty 'worker_urls' list")
-        workers = [str(u) for u in urls["worker_urls"]]
-        master = master or urls.get("master_url")
+        from nercc.serving.urls import read_urls
+
+        cluster = read_urls(options.urls_file)  # validated: host:port strings, workers in order
+        workers = list(cluster.worker_urls)
+        master = master or cluster.master_url
     if not workers:
         raise ValueError(
             "no workers: pass --worker-urls host:port,host:port,... or --urls-file FILE (from `nercc serve "
@@ -304,4 +312,26 @@ def client_kwargs(options, scheme: str) -> dict:
             kwargs["encode"] = options.encode
         if options.n_stragglers is not None:
             kwargs["n_stragglers"] = int(options.n_stragglers)
+    from nercc.client.tls import ClientTLS
+
+    tls = ClientTLS.from_options(*(getattr(options, f"client_tls_{k}", "") or None for k in ("ca", "cert", "key")))
+    if tls is not None:
+        kwargs["tls"] = tls
+    port = int(getattr(options, "metrics_port", 0) or 0)
+    if port:
+        kwargs["metrics"] = process_metrics(port)
     return kwargs
+
+
+_METRICS = {}
+
+
+def process_metrics(port: int):
+    """This process's client metrics, served on 127.0.0.1:port from the first call on (one per process)."""
+    if port not in _METRICS:
+        from nercc.client.metrics import ClientMetrics
+
+        metrics = ClientMetrics()
+        metrics.serve(port)
+        _METRICS[port] = metrics
+    return _METRICS[port]

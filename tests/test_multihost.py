@@ -381,3 +381,26 @@ def test_demo_serves_a_given_cluster_over_tls_and_exposes_client_metrics(secure_
     assert len(table) == 2, done.stdout[-2000:]
     # the given servers are still up afterwards
     assert all(node.proc.poll() is None for node in secure_cluster["nodes"].values())
+
+
+def test_loadtest_engine_reads_urls_file_and_speaks_tls(secure_cluster):
+    """The asyncio load-test engine (same options as the Locust one) against the TLS cluster from urls.json."""
+    info, tls = secure_cluster["info"], secure_cluster["tls"]
+    folder = secure_cluster["folder"]
+    path = write_urls(folder / "load-urls.json",
+                      describe(MODEL, [info["master"]["url"]], [info["worker-0"]["url"], info["worker-1"]["url"]],
+                               tls=True))
+    log = folder / "requests.jsonl"
+    from nercc.paths import REPO_ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.openloop", "--scheme", "nercc", "--duration", "2", "--rate", "5",
+         "--urls-file", str(path), "--n-inputs", "2", "--deadline-ms", "500", "--policy", "all",
+         "--requests-log", str(log), "--client-tls-ca", str(tls["ca"]), "--client-tls-cert", str(tls["client"]),
+         "--client-tls-key", str(tls["client-key"]), "--warmup-batches", "1"],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    requests = [r for r in records if "ok" in r]
+    assert requests and all(r["ok"] for r in requests), requests[:3]
