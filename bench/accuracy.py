@@ -291,20 +291,40 @@ def settings(args) -> dict:
     return {"n_workers": n_workers, "n_inputs": n_inputs, "stragglers": stragglers, "trials": trials}
 
 
-def run(args) -> dict:
-    """Everything `nercc bench accuracy` does except printing; returns the report (also written to files)."""
+@dataclass
+class PreparedRun:
+    """What both kinds of `nercc bench accuracy` run need: settings, model, f, smoothing per S, inputs."""
+
+    cfg: dict
+    info: object
+    f: Model
+    smoothing: Dict[int, Smoothing]
+    inputs: Inputs
+    batch_size: int
+    started: float
+
+
+def _prepare(args) -> PreparedRun:
     from nercc.models import OnnxModel, load_model_info
 
     cfg = settings(args)
     K, N, T = cfg["n_inputs"], cfg["n_workers"], cfg["trials"]
     info = load_model_info(args.model)
     f = OnnxModel(info, threads=args.threads)
-    progress = not args.quiet
     started = time.perf_counter()
     smoothing = smoothing_per_count(args, info, cfg["stragglers"], K, N)
     inputs = load_inputs(info, "eval", T * K, args.seed)
-    batch_size = args.batch_size or default_batch_size(info.input_dim)
-    core = run_benchmark(f, inputs, K, N, cfg["stragglers"], smoothing, T, args.seed, batch_size, progress)
+    return PreparedRun(cfg, info, f, smoothing, inputs, args.batch_size or default_batch_size(info.input_dim),
+                       started)
+
+
+def run(args) -> dict:
+    """Everything `nercc bench accuracy` does except printing; returns the report (also written to files)."""
+    prepared = _prepare(args)
+    cfg, info, inputs, smoothing = prepared.cfg, prepared.info, prepared.inputs, prepared.smoothing
+    K, N, T = cfg["n_inputs"], cfg["n_workers"], cfg["trials"]
+    core = run_benchmark(prepared.f, inputs, K, N, cfg["stragglers"], smoothing, T, args.seed, prepared.batch_size,
+                         not args.quiet)
     report = {
         "model": info.name, "dataset": info.dataset, "trained": bool(info.trained), "weights": info.weights,
         "N": N, "K": K, "trials": T, "seed": args.seed, "stragglers": cfg["stragglers"],
@@ -319,7 +339,7 @@ def run(args) -> dict:
         "lams": {str(s): choice.to_json() for s, choice in smoothing.items()},
         **core,
         "base_accuracy_reference": (info.accuracy or {}).get("top1"),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - prepared.started, 1),
     }
     return report
 
@@ -338,20 +358,12 @@ def extra_flags(args) -> List[str]:
 
 def run_byzantine_command(args) -> dict:
     """`nercc bench accuracy --byzantine A`: the Byzantine comparison (report also written to JSON)."""
-    from nercc.models import OnnxModel, load_model_info
-
-    cfg = settings(args)
+    prepared = _prepare(args)
+    cfg, info, inputs, smoothing = prepared.cfg, prepared.info, prepared.inputs, prepared.smoothing
     K, N, T = cfg["n_inputs"], cfg["n_workers"], cfg["trials"]
-    info = load_model_info(args.model)
-    f = OnnxModel(info, threads=args.threads)
-    progress = not args.quiet
-    started = time.perf_counter()
-    smoothing = smoothing_per_count(args, info, cfg["stragglers"], K, N)
     attacks = [a.strip() for a in args.attack.split(",") if a.strip()]
-    inputs = load_inputs(info, "eval", T * K, args.seed)
-    batch_size = args.batch_size or default_batch_size(info.input_dim)
-    core = run_byzantine(f, inputs, K, N, cfg["stragglers"], smoothing, args.byzantine, attacks, T, args.seed,
-                         batch_size, threshold=args.robust_threshold, progress=progress)
+    core = run_byzantine(prepared.f, inputs, K, N, cfg["stragglers"], smoothing, args.byzantine, attacks, T,
+                         args.seed, prepared.batch_size, threshold=args.robust_threshold, progress=not args.quiet)
     extra = extra_flags(args) + ["--byzantine", str(args.byzantine), "--attack", ",".join(attacks)]
     if args.robust_threshold is not None:
         extra += ["--robust-threshold", repr(args.robust_threshold)]
@@ -368,7 +380,7 @@ def run_byzantine_command(args) -> dict:
         },
         "lams": {str(s): choice.to_json() for s, choice in smoothing.items()},
         "byzantine": core,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - prepared.started, 1),
     }
 
 

@@ -19,6 +19,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from nercc.coding.registry import DEFAULT_SCHEME
+
 
 def rss_bytes(pids: List[int]) -> Dict[str, int]:
     """Resident memory of the processes in the given process groups, split into servers and stubs."""
@@ -58,7 +60,7 @@ def measure(model: str = "lenet5", n_workers: int = 12, n_inputs: int = 4, n_req
     raw = rng.integers(0, 256, size=(n_inputs, *info.raw_shape), dtype=np.uint8)
     x = rng.normal(size=(n_inputs, *info.input_shape)).astype(np.float32)
     one = x[:1]
-    params = {"scheme": "nercc", "n_workers": n_workers}
+    params = {"scheme": DEFAULT_SCHEME, "n_workers": n_workers}
 
     def tensor(name, array, dtype):
         t = grpcclient.InferInput(name, list(array.shape), dtype)
