@@ -124,6 +124,8 @@ def main(args) -> int:
         print(f"nercc serve: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
+    from nercc.serving.cluster import ADMIN_HEADER
+
     cluster = LocalCluster(
         models[0], n_workers=args.workers, straggler=args.straggler, seed=args.seed, base_port=args.base_port,
         tritonserver=args.tritonserver, master=not args.no_master, http=args.http, ort_threads=args.ort_threads,
@@ -145,6 +147,9 @@ def main(args) -> int:
                 print(f"HTTP: master {cluster.master_http_url}, workers {', '.join(cluster.worker_http_urls)}")
             if args.metrics:
                 print(f"metrics: {', '.join(cluster.metrics_urls)}")
+            if cluster.admin_key:
+                print(f"admin endpoints (shared memory, model repository, trace, logging) need the header "
+                      f"{ADMIN_HEADER}: {cluster.admin_key}")
             if args.urls_file is not None:
                 from nercc.serving.urls import write_urls
 

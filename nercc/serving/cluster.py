@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -58,6 +59,33 @@ _PORT_RETRIES = 2
 #: Log lines every CPU-only server prints; they hide the real error in a failure report.
 _LOG_NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "Pinned memory", "CUDA memory pool",
               "unable to create stream")
+
+
+#: Triton endpoints only an operator needs: behind a key the launcher generates (``LocalCluster.admin_key``).
+#: Registering a Python stub's own /dev/shm region through the shared-memory API crashed a worker (signal 11)
+#: and could read in-flight data; inference, health, metadata, model-config and statistics stay open.
+RESTRICTED_PROTOCOLS = ("shared-memory", "model-repository", "trace", "logging")
+#: The header (gRPC metadata / HTTP header) that carries the admin key.
+ADMIN_HEADER = "nercc-admin-key"
+
+
+def admin_headers(admin_key: str, protocol: str = "grpc") -> dict:
+    """Headers that unlock the restricted endpoints: Triton's gRPC side expects the header name with the
+    prefix ``triton-grpc-protocol-``; HTTP takes it as it is."""
+    if protocol not in ("grpc", "http"):
+        raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+    return {("triton-grpc-protocol-" if protocol == "grpc" else "") + ADMIN_HEADER: admin_key}
+
+
+def restricted_protocol_args(admin_key: str, http: bool) -> List[str]:
+    """tritonserver flags that put :data:`RESTRICTED_PROTOCOLS` behind ``ADMIN_HEADER: admin_key``."""
+    if not admin_key or any(c in admin_key for c in ",:= \t\n"):
+        raise ValueError("admin_key must be a non-empty string without ',', ':', '=' or whitespace")
+    spec = f"{','.join(RESTRICTED_PROTOCOLS)}:{ADMIN_HEADER}={admin_key}"
+    args = [f"--grpc-restricted-protocol={spec}"]
+    if http:
+        args.append(f"--http-restricted-api={spec}")
+    return args
 
 
 class ClusterError(RuntimeError):
@@ -370,6 +398,9 @@ class LocalCluster:
     device : the worker's onnxruntime device: auto (CUDA when available), cpu or cuda
     workdir : where runtime repositories and logs go (default: a fresh temp dir, removed on stop
         unless ``keep_logs``)
+    restrict : put shared-memory, model-repository, trace and logging behind ``admin_key`` (default on)
+    admin_key : the key for the header ``nercc-admin-key`` (default: a fresh random one, ``.admin_key``);
+        clients never need it for inference, health or metadata
     """
 
     def __init__(
@@ -403,6 +434,8 @@ class LocalCluster:
         repository: PathLike | None = None,
         device: str = "cpu",
         start_workers: bool = True,
+        restrict: bool = True,
+        admin_key: str | None = None,
     ):
         if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
             raise ValueError(f"n_workers must be an int >= 1, got {n_workers!r}")
@@ -465,6 +498,10 @@ class LocalCluster:
         if self.repository is None and not self.meta.onnx_path.exists():
             raise FileNotFoundError(f"no ONNX model at {self.meta.onnx_path}: export it first (`nercc export {model}`)")
         self.token = f"nercc{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.restrict = bool(restrict)
+        self.admin_key = (admin_key or secrets.token_hex(16)) if self.restrict else None
+        if self.restrict:
+            restricted_protocol_args(self.admin_key, http=True)  # validates the key before anything starts
         self.servers: List[TritonServer] = []
         self.workdir: Path | None = None
         self._owns_workdir = False
@@ -673,6 +710,8 @@ class LocalCluster:
             cmd += ["--allow-metrics=false", "--allow-gpu-metrics=false"]
         if self.tls is not None:
             cmd += self.tls.server_args()
+        if self.restrict:
+            cmd += restricted_protocol_args(self.admin_key, http=server.http_port is not None)
         if server.load_models:
             cmd.append("--model-control-mode=explicit")
             cmd += [f"--load-model={m}" for m in server.load_models]
@@ -680,7 +719,8 @@ class LocalCluster:
         server.log_path.parent.mkdir(parents=True, exist_ok=True)
         in_main_thread = threading.current_thread() is threading.main_thread()
         with open(server.log_path, "wb") as log:
-            log.write((" ".join(cmd) + "\n").encode())
+            shown = " ".join(cmd) if not self.admin_key else " ".join(cmd).replace(self.admin_key, "<admin-key>")
+            log.write((shown + "\n").encode())
             log.flush()
             try:
                 server.process = subprocess.Popen(

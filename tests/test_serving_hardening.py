@@ -1,0 +1,107 @@
+"""Hardening of the servers against hostile or careless clients, on real tritonserver processes:
+restricted protocols (shared memory, model repository, trace, logging behind the launcher's key) and the
+master's size limits.
+"""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tritonclient.grpc")
+import tritonclient.grpc as grpcclient  # noqa: E402
+import tritonclient.http as httpclient  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from nercc.models import load_model_info  # noqa: E402
+from nercc.serving import ClusterError, LocalCluster  # noqa: E402
+from nercc.serving.cluster import admin_headers, find_tritonserver, leftover_shm, running_processes  # noqa: E402
+
+MODEL = "lenet5"
+
+try:
+    find_tritonserver()
+    load_model_info(MODEL).onnx_path.exists() or pytest.skip("lenet5 not exported", allow_module_level=True)
+except ClusterError as exc:  # pragma: no cover - a machine without the serve extra
+    pytest.skip(str(exc), allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(MODEL, n_workers=2, http=True) as c:
+        yield c
+    assert running_processes(c.pids()) == []
+    assert leftover_shm(c.shm_prefix) == []
+
+
+def _stub_region(cluster, index):
+    """Name (without /dev/shm/) of worker ``index``'s own Python-stub region: the attack target."""
+    regions = cluster.workers[index].shm_regions()
+    assert regions, "the worker's Python backend has a shared-memory region"
+    return regions[0].rsplit("/", 1)[1]
+
+
+def test_unkeyed_grpc_client_cannot_register_shared_memory(cluster):
+    region = _stub_region(cluster, 0)
+    client = grpcclient.InferenceServerClient(cluster.worker_urls[0])
+    try:
+        with pytest.raises(InferenceServerException, match="(?i)restricted|permission|unavailable|header"):
+            client.register_system_shared_memory("steal", "/" + region, 4096)
+        with pytest.raises(InferenceServerException):
+            client.get_system_shared_memory_status()
+        with pytest.raises(InferenceServerException):
+            client.unload_model(MODEL)
+        with pytest.raises(InferenceServerException):
+            client.update_log_settings({"log_verbose_level": 1})
+        # the operator with the key can (then cleans up)
+        admin = admin_headers(cluster.admin_key, "grpc")
+        client.register_system_shared_memory("probe", "/" + region, 4096, headers=admin)
+        client.unregister_system_shared_memory("probe", headers=admin)
+        # what a client needs stays open
+        assert client.is_server_ready() and client.is_model_ready(MODEL)
+        assert client.get_model_metadata(MODEL).name == MODEL
+    finally:
+        client.close()
+
+
+def test_unkeyed_http_client_cannot_register_shared_memory(cluster):
+    region = _stub_region(cluster, 1)
+    client = httpclient.InferenceServerClient(cluster.worker_http_urls[1])
+    try:
+        with pytest.raises(InferenceServerException):
+            client.register_system_shared_memory("steal", "/" + region, 4096)
+        with pytest.raises(InferenceServerException):
+            client.load_model(MODEL)
+        admin = admin_headers(cluster.admin_key, "http")
+        client.register_system_shared_memory("probe", "/" + region, 4096, headers=admin)
+        client.unregister_system_shared_memory("probe", headers=admin)
+        assert client.is_server_ready()
+    finally:
+        client.close()
+
+
+def test_the_coded_path_works_without_the_key(cluster):
+    """Encode on the master and infer on a worker with plain, unkeyed clients."""
+    meta = load_model_info(MODEL)
+    raw = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    master = grpcclient.InferenceServerClient(cluster.master_url)
+    worker = grpcclient.InferenceServerClient(cluster.worker_urls[0])
+    try:
+        inp = grpcclient.InferInput("RAW", list(raw.shape), "UINT8")
+        inp.set_data_from_numpy(raw)
+        coded = master.infer(f"{MODEL}_encode", [inp], parameters={"n_workers": 6}).as_numpy("CODED")
+        assert coded.shape == (6, *meta.input_shape)
+        x = grpcclient.InferInput("input", list(coded[:1].shape), "FP32")
+        x.set_data_from_numpy(coded[:1])
+        probs = worker.infer(MODEL, [x]).as_numpy("probs")
+        assert probs.shape == (1, meta.n_classes) and np.isfinite(probs).all()
+    finally:
+        master.close()
+        worker.close()
+
+
+def test_log_does_not_show_the_key(cluster):
+    assert cluster.admin_key not in cluster.workers[0].log_path.read_text()
+
+
+def test_bad_admin_key_is_refused_before_start():
+    with pytest.raises(ValueError, match="admin_key"):
+        LocalCluster(MODEL, n_workers=1, admin_key="a,b")
