@@ -101,3 +101,11 @@ def test_bad_arguments_are_named():
         robust_decode(scheme, y[:5], np.arange(12))
     with pytest.raises(ValueError, match="at least 3"):
         scheme.loo_residual_operator([0, 1])
+
+
+def test_overflowing_lam_is_a_clear_error():
+    scheme = NeRCC(4, 12, lam_enc=1e308, lam_dec=1e308)
+    with pytest.raises(ValueError, match="lam_enc = 1e.308 is too large"):
+        scheme.encode(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="lam_dec = 1e.308 is too large"):
+        scheme.decode(np.ones((12, 3)), np.arange(12))

@@ -150,9 +150,19 @@ class CodingScheme:
         return self._regression_matrix(arrived, self.alphas)
 
     # -- matrices -----------------------------------------------------------------------------------
+    def _finite(self, matrix: np.ndarray, which: str) -> np.ndarray:
+        """The built matrix, or a ValueError when it overflowed (a lam near the float64 maximum)."""
+        if not np.isfinite(matrix).all():
+            lam = getattr(self, "lam_enc" if which == "encoding" else "lam_dec", None)
+            detail = f" (lam_{'enc' if which == 'encoding' else 'dec'} = {lam!r} is too large: any lam above " \
+                     "~1e12 already gives the least-squares line)" if lam is not None else ""
+            raise ValueError(f"the {which} matrix of {self!r} is not finite{detail}")
+        return matrix
+
     def _encoding_operator(self) -> _Operator:
         if self._encoding is None:
-            op = _Operator(self._build_encoding())
+            with np.errstate(over="ignore", invalid="ignore"):
+                op = _Operator(self._finite(self._build_encoding(), "encoding"))
             with self._lock:
                 if self._encoding is None:
                     self._encoding = op
@@ -177,7 +187,8 @@ class CodingScheme:
                 self.cache_hits += 1
                 return op
             self.cache_misses += 1
-        op = _Operator(self._build_decoding(key))  # outside the lock: other threads keep decoding
+        with np.errstate(over="ignore", invalid="ignore"):  # outside the lock: other threads keep decoding
+            op = _Operator(self._finite(self._build_decoding(key), "decoding"))
         return self._cache_put(key, op)
 
     def _build_loo_residual(self, arrived: Tuple[int, ...]) -> np.ndarray:
@@ -207,7 +218,8 @@ class CodingScheme:
             if op is not None:
                 self._cache.move_to_end(cache_key)
                 return op.float64
-        op = _Operator(self._build_loo_residual(key))
+        with np.errstate(over="ignore", invalid="ignore"):
+            op = _Operator(self._finite(self._build_loo_residual(key), "decoding"))
         self._cache_put(cache_key, op)
         return op.float64
 

@@ -1,0 +1,109 @@
+"""Size limits of the master, checked before any work is done, and a byte-bounded cache.
+
+Used by the encoder backend (``python_backends/encoder``) and the client's local encoding. Every check is a
+plain function raising ``ValueError`` with a message that names the limit, so servers and clients report the
+same words. Why before preprocessing: a raw uint8 request grows 4x as float32 (more with resizing), and its
+N coded copies grow N/K times more; checking the raw size alone let a 200 MiB request (under a 256 MiB limit)
+take the master from 148 MiB to 4 GiB.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from typing import Callable, Hashable, Sequence
+
+import numpy as np
+
+#: More workers than this is a typo, not a cluster: refused before building an N x K matrix.
+MAX_WORKERS = 4096
+#: Default bound of the master's encoding-matrix cache (float32 matrices; K = N = 4096 is 64 MiB each).
+DEFAULT_MATRIX_CACHE_BYTES = 256 * 2**20
+_FLOAT32 = 4
+
+
+def check_encode_request(n_inputs: int, n_workers: int, item_shape: Sequence[int], max_request_bytes: int,
+                         raw_bytes: int | None = None) -> None:
+    """Refuse an encode request that is malformed or would outgrow ``max_request_bytes`` at any step.
+
+    ``item_shape``: the model's float32 input shape (one preprocessed input). ``raw_bytes``: size of the raw
+    request as received (None when the input is already float32). Checked: 2 <= K <= N <= MAX_WORKERS, the
+    raw size, the preprocessed float32 size K * item and the coded size N * item.
+    """
+    if n_inputs < 2:
+        raise ValueError(f"the request needs K >= 2 inputs along the first axis, got K = {n_inputs}")
+    if n_workers > MAX_WORKERS:
+        raise ValueError(f"n_workers must be <= {MAX_WORKERS}, got {n_workers}")
+    if n_workers < n_inputs:
+        raise ValueError(f"n_workers = {n_workers} is smaller than the number of inputs K = {n_inputs} "
+                         "(N >= K is needed)")
+    item = _FLOAT32 * math.prod(int(d) for d in item_shape)
+    steps = []
+    if raw_bytes is not None:
+        steps.append(("raw input", int(raw_bytes)))
+    steps += [(f"preprocessed input (K = {n_inputs} x {item} bytes float32)", n_inputs * item),
+              (f"coded output (N = {n_workers} x {item} bytes float32)", n_workers * item)]
+    for what, size in steps:
+        if size > max_request_bytes:
+            raise ValueError(f"{what} would be {size} bytes, over the limit max_request_bytes = {max_request_bytes}")
+
+
+def check_finite_output(name: str, values: np.ndarray) -> None:
+    """A clear error instead of inf/NaN coded inputs (finite inputs near the float32 maximum overflow)."""
+    if not np.isfinite(values).all():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise ValueError(f"{name} has {bad} non-finite value(s) although the input was finite: the input is too "
+                         "large in magnitude for float32 coding (values near 3e38 overflow)")
+
+
+class ByteBoundedLRU:
+    """A thread-safe LRU cache bounded by the total ``nbytes`` of its values (numpy arrays).
+
+    A value larger than the whole bound is returned but not kept. ``get_or_build(key, build)`` builds outside
+    the lock so that other keys stay served while a large matrix is made.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MATRIX_CACHE_BYTES):
+        if isinstance(max_bytes, bool) or int(max_bytes) != max_bytes or max_bytes < 0:
+            raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key, value: np.ndarray) -> np.ndarray:
+        size = int(value.nbytes)
+        if size > self.max_bytes:
+            return value
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= int(old.nbytes)
+            self._items[key] = value
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self.bytes -= int(evicted.nbytes)
+        return value
+
+    def get_or_build(self, key, build: Callable[[], np.ndarray]) -> np.ndarray:
+        value = self.get(key)
+        if value is None:
+            value = self.put(key, build())
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0
