@@ -26,7 +26,7 @@ except ClusterError as exc:  # pragma: no cover - a machine without the serve ex
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(MODEL, n_workers=2, http=True) as c:
+    with LocalCluster(MODEL, n_workers=2, http=True, n_masters=2, faults={1: "nan"}) as c:
         yield c
     assert running_processes(c.pids()) == []
     assert leftover_shm(c.shm_prefix) == []
@@ -96,6 +96,60 @@ def test_the_coded_path_works_without_the_key(cluster):
     finally:
         master.close()
         worker.close()
+
+
+def _infer(url, x, model=MODEL):
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        return client.infer(model, [inp]).as_numpy("probs")
+    finally:
+        client.close()
+
+
+def _encode(url, raw, n_workers=6):
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        inp = grpcclient.InferInput("RAW", list(raw.shape), "UINT8")
+        inp.set_data_from_numpy(raw)
+        return client.infer(f"{MODEL}_encode", [inp], parameters={"n_workers": n_workers}).as_numpy("CODED")
+    finally:
+        client.close()
+
+
+def test_fault_injection_only_on_the_named_worker(cluster):
+    x = np.random.default_rng(1).random((2, 1, 28, 28), dtype=np.float32)
+    assert np.isfinite(_infer(cluster.worker_urls[0], x)).all()
+    assert np.isnan(_infer(cluster.worker_urls[1], x)).all()
+    assert "FAULT INJECTED: nan" in cluster.workers[1].log_path.read_text()
+
+
+def test_paused_worker_does_not_answer_then_resumes(cluster):
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    cluster.pause_worker(0)
+    try:
+        client = grpcclient.InferenceServerClient(cluster.worker_urls[0])
+        inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException, match="(?i)deadline"):
+            client.infer(MODEL, [inp], client_timeout=0.3)
+        client.close()
+    finally:
+        cluster.pause_worker(0, paused=False)
+    assert np.isfinite(_infer(cluster.worker_urls[0], x)).all()
+
+
+def test_two_masters_encode_alike_and_survive_one_killed(cluster):
+    raw = np.random.default_rng(2).integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    assert len(cluster.master_urls) == 2 and cluster.description()["master_urls"] == cluster.master_urls
+    first, second = (_encode(url, raw) for url in cluster.master_urls)
+    np.testing.assert_array_equal(first, second)
+    cluster.kill_master(0)
+    with pytest.raises(InferenceServerException):
+        _encode(cluster.master_urls[0], raw)
+    np.testing.assert_array_equal(_encode(cluster.master_urls[1], raw), first)
+    assert cluster.check() == []  # killed on purpose is not a crash
 
 
 def test_log_does_not_show_the_key(cluster):

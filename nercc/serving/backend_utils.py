@@ -12,7 +12,7 @@ from typing import Sequence
 
 #: Environment variables that override a worker's config parameters (the launcher sets them per server).
 WORKER_ENV = {"worker_index": "NERCC_WORKER_INDEX", "straggler": "NERCC_STRAGGLER", "seed": "NERCC_SEED",
-              "device": "NERCC_DEVICE"}
+              "device": "NERCC_DEVICE", "fault": "NERCC_FAULT"}
 
 
 def config_param(config: dict, key: str, default=None):

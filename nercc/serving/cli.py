@@ -33,6 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tritonserver", default=None, metavar="PATH",
                         help="tritonserver binary to run; None: $NERCC_TRITONSERVER, else nvidia-pytriton's, else PATH")
     parser.add_argument("--no-master", action="store_true", help="start the workers only")
+    parser.add_argument("--masters", type=int, default=1,
+                        help="number of masters (identical encoders): clients given several fail over in order")
     parser.add_argument("--http", action="store_true", help="also open HTTP endpoints")
     parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads per worker")
     parser.add_argument("--master-instances", type=int, default=1,
@@ -123,6 +125,9 @@ def main(args) -> int:
     except ValueError as exc:
         print(f"nercc serve: {exc}", file=sys.stderr)
         return 2
+    if args.masters < 1:
+        print(f"nercc serve: --masters must be >= 1, got {args.masters}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)
     from nercc.serving.cluster import ADMIN_HEADER
 
@@ -131,16 +136,15 @@ def main(args) -> int:
         tritonserver=args.tritonserver, master=not args.no_master, http=args.http, ort_threads=args.ort_threads,
         master_instances=args.master_instances, max_request_bytes=args.max_request_bytes,
         start_timeout_s=args.start_timeout, workdir=args.log_dir,
-        keep_logs=args.log_dir is not None, metrics=args.metrics, tls=tls,
+        keep_logs=args.log_dir is not None, metrics=args.metrics, tls=tls, n_masters=args.masters,
     )
-    n_servers = args.workers + (0 if args.no_master else 1)
+    n_servers = args.workers + (0 if args.no_master else args.masters)
     print(f"starting {n_servers} tritonserver(s) for {models[0]} (straggler: {cluster.straggler}) ...", flush=True)
     try:
         with cluster:
             print(f"ready in {cluster.startup_s:.1f} s")
-            if cluster.master_url:
-                print(f"master    {cluster.master_url}   models {models[0]}_encode, {models[0]}_encoder, "
-                      f"{models[0]}_preprocess")
+            for i, url in enumerate(cluster.master_urls):
+                print(f"master {i:<2} {url}   models {models[0]}_encode, {models[0]}_encoder, {models[0]}_preprocess")
             for i, url in enumerate(cluster.worker_urls):
                 print(f"worker {i:<2} {url}   model {models[0]}")
             if args.http:

@@ -288,7 +288,7 @@ def _die_with_parent() -> None:
 class TritonServer:
     """One tritonserver process: its role, ports, repository, log and shared-memory prefix."""
 
-    role: str  # "master" or "worker-<i>"
+    role: str  # "master", "master-<i>" (further masters) or "worker-<i>"
     repository: Path
     grpc_port: int
     http_port: int | None
@@ -343,6 +343,10 @@ class TritonServer:
         return glob.glob(str(SHM_DIR / (self.shm_prefix + "*")))
 
 
+def _is_master(role: str) -> bool:
+    return role == "master" or role.startswith("master-")
+
+
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
@@ -381,6 +385,9 @@ class LocalCluster:
     tritonserver : path of a tritonserver binary (default: $NERCC_TRITONSERVER, nvidia-pytriton's, PATH)
     model_repository : where the exported models live (default ``nercc.paths.MODEL_REPOSITORY``)
     master : also start the master (encoder, preprocess, encode); False for workers only
+    faults : {worker index: fault string} wrong answers on purpose for chaos tests (``nercc.serving.faults``:
+        nan, inf, large, wrong, shape); off by default
+    n_masters : how many masters (identical encoders, ``.master_urls``): clients fail over between them
     start_workers : also start the workers; False for a master alone (``n_workers`` then only sizes its
         shared memory for N coded inputs)
     http : also open HTTP endpoints (``.master_http_url``, ``.worker_http_urls``), off by default
@@ -434,6 +441,8 @@ class LocalCluster:
         repository: PathLike | None = None,
         device: str = "cpu",
         start_workers: bool = True,
+        n_masters: int = 1,
+        faults: dict | None = None,
         restrict: bool = True,
         admin_key: str | None = None,
     ):
@@ -451,6 +460,15 @@ class LocalCluster:
         self._tritonserver_arg = tritonserver
         self.model_repository = Path(model_repository) if model_repository is not None else None
         self.with_master = master
+        if isinstance(n_masters, bool) or not isinstance(n_masters, int) or n_masters < 1:
+            raise ValueError(f"n_masters must be an int >= 1, got {n_masters!r}")
+        self.n_masters = n_masters if master else 0
+        from nercc.serving.faults import parse_fault
+
+        self.faults = {int(i): str(parse_fault(f)) for i, f in (faults or {}).items()}  # validates
+        bad = [i for i in self.faults if not 0 <= i - first_worker_index < n_workers]
+        if bad:
+            raise ValueError(f"faults name workers {bad}, outside this cluster's workers")
         self.http = http
         self.ort_threads = ort_threads
         self.worker_max_batch = worker_max_batch
@@ -469,7 +487,7 @@ class LocalCluster:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
         fixed = {"grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port}
         if any(v is not None for v in fixed.values()):
-            if (n_workers if start_workers else 0) + (1 if master else 0) != 1:
+            if (n_workers if start_workers else 0) + (n_masters if master else 0) != 1:
                 raise ValueError("grpc_port/http_port/metrics_port fix the ports of a single server "
                                  "(one worker, or the master alone); use base_port for a cluster")
             if base_port is not None:
@@ -515,6 +533,15 @@ class LocalCluster:
         return self.servers[0] if self.servers and self.servers[0].role == "master" else None
 
     @property
+    def masters(self) -> List[TritonServer]:
+        return [s for s in self.servers if _is_master(s.role)]
+
+    @property
+    def master_urls(self) -> List[str]:
+        """gRPC ``host:port`` of every master, in failover order (a killed master keeps its URL)."""
+        return [s.url for s in self.masters]
+
+    @property
     def _n_worker_servers(self) -> int:
         return self.n_workers if self.start_workers else 0
 
@@ -549,7 +576,7 @@ class LocalCluster:
         """The cluster description clients read (``urls.json``; :func:`nercc.serving.urls.read_urls`)."""
         from nercc.serving.urls import describe
 
-        return describe(self.model, [self.master_url] if self.master_url else [], self.worker_urls,
+        return describe(self.model, self.master_urls, self.worker_urls,
                         straggler=self.straggler, seed=self.seed, tls=self.tls is not None)
 
     @property
@@ -609,7 +636,7 @@ class LocalCluster:
         self.startup_s = time.perf_counter() - t0
 
     def _ports(self) -> List[int]:
-        n_servers = self._n_worker_servers + (1 if self.with_master else 0)
+        n_servers = self._n_worker_servers + self.n_masters
         n_ports = n_servers * (1 + int(self.http) + int(self.metrics))
         if any(v is not None for v in self.fixed_ports.values()):
             wanted = [self.fixed_ports["grpc_port"]]
@@ -633,27 +660,28 @@ class LocalCluster:
 
     def _plan_servers(self) -> None:
         ports = self._ports()
-        n_servers = self._n_worker_servers + (1 if self.with_master else 0)
+        n_servers = self._n_worker_servers + self.n_masters
         grpc_ports, rest = ports[:n_servers], ports[n_servers:]
         http_ports = rest[:n_servers] if self.http else [None] * n_servers
         rest = rest[n_servers:] if self.http else rest
         metrics_ports = rest[:n_servers] if self.metrics else [None] * n_servers
         first = self.first_worker_index
-        roles = (["master"] if self.with_master else []) + [f"worker-{first + i}" for i in range(self._n_worker_servers)]
+        roles = ["master"] * min(1, self.n_masters) + [f"master-{i}" for i in range(1, self.n_masters)]
+        roles += [f"worker-{first + i}" for i in range(self._n_worker_servers)]
         name = self.meta.name
         for index, role in enumerate(roles):
             folder = self.workdir / role
             env, load = {}, []
             if self.repository is not None:
                 repository = self.repository
-                load = [f"{name}_preprocess", f"{name}_encoder", f"{name}_encode"] if role == "master" else [name]
+                load = [f"{name}_preprocess", f"{name}_encoder", f"{name}_encode"] if _is_master(role) else [name]
             else:
                 repository = folder / "models"
-            if role == "master" and self.repository is None:
+            if _is_master(role) and self.repository is None:
                 repo.write_master_models(repository, self.meta, absolute_paths=True,
                                          max_request_bytes=self.max_request_bytes,
                                          master_instances=self.master_instances)
-            elif role != "master":
+            elif not _is_master(role):
                 worker_index = int(role.split("-")[1])
                 if self.repository is None:
                     repo.write_worker_model(repository, self.meta, absolute_paths=True, straggler=self.straggler,
@@ -661,7 +689,8 @@ class LocalCluster:
                                             intra_op_threads=self.ort_threads, max_batch_size=self.worker_max_batch)
                 # the environment carries the per-worker settings (the only way for a shared repository)
                 env = {WORKER_ENV["worker_index"]: str(worker_index), WORKER_ENV["straggler"]: self.straggler,
-                       WORKER_ENV["seed"]: str(self.seed), WORKER_ENV["device"]: self.device}
+                       WORKER_ENV["seed"]: str(self.seed), WORKER_ENV["device"]: self.device,
+                       WORKER_ENV["fault"]: self.faults.get(worker_index, "none")}
             self.servers.append(TritonServer(
                 role=role, repository=repository, grpc_port=grpc_ports[index], http_port=http_ports[index],
                 shm_prefix=f"{self.token}_{role.replace('-', '')}_", log_path=folder / "tritonserver.log",
@@ -670,7 +699,7 @@ class LocalCluster:
 
     def _shm_sizes(self, server: TritonServer) -> tuple:
         """(default, growth) bytes of the Python-backend shm region: room for the largest tensor of one request."""
-        if server.role == "master":
+        if _is_master(server.role):
             # the largest tensor of one request: N coded inputs, or K <= N raw images (nominal size)
             largest = self.n_workers * max(self.meta.input_bytes, self.meta.raw_bytes)
         else:
@@ -805,7 +834,22 @@ class LocalCluster:
         workers = self.workers
         if not 0 <= index < len(workers):
             raise IndexError(f"worker index must be in 0..{len(workers) - 1}, got {index}")
-        server = workers[index]
+        self._kill(workers[index])
+
+    def kill_master(self, index: int) -> None:
+        """SIGKILL master ``index`` (and its stubs): the dead-master scenario. Its URL stays in master_urls."""
+        masters = self.masters
+        if not 0 <= index < len(masters):
+            raise IndexError(f"master index must be in 0..{len(masters) - 1}, got {index}")
+        self._kill(masters[index])
+
+    def pause_worker(self, index: int, paused: bool = True) -> None:
+        """SIGSTOP (``paused``) or SIGCONT worker ``index`` and its stub: a frozen machine, not a dead one."""
+        server = self.workers[index]
+        if server.process is not None and not server.killed:
+            _signal_group(server.process.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    def _kill(self, server: TritonServer) -> None:
         if server.process is not None:
             _signal_group(server.process.pid, signal.SIGKILL)
             server.process.wait()
@@ -826,6 +870,7 @@ class LocalCluster:
             running = [s for s in self.servers if s.process is not None and s.process.poll() is None]
             for server in running:
                 _signal_group(server.process.pid, signal.SIGTERM)
+                _signal_group(server.process.pid, signal.SIGCONT)  # a paused server must run to exit
             deadline = time.monotonic() + self.stop_timeout_s
             for server in running:
                 try:

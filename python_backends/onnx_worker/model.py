@@ -11,10 +11,11 @@ Config parameters (all strings, all optional):
     straggler         straggler profile (``nercc.serving.stragglers``), default ``none``
     seed, worker_index  seed the delay stream: same cluster seed, different stream per worker
     device            onnxruntime device: auto (CUDA when this onnxruntime has it) | cpu | cuda; default auto
+    fault             wrong answers on purpose, for chaos tests (``nercc.serving.faults``), default ``none``
     nercc_repo_root   checkout to import ``nercc`` from when it is not installed in the stub's Python
 
 The server's environment overrides the per-worker ones (``NERCC_WORKER_INDEX``, ``NERCC_STRAGGLER``,
-``NERCC_SEED``, ``NERCC_DEVICE``), so one repository serves every worker (``nercc worker --index i``).
+``NERCC_SEED``, ``NERCC_DEVICE``, ``NERCC_FAULT``), so one repository serves every worker (``nercc worker --index i``).
 """
 
 import json
@@ -50,6 +51,7 @@ class TritonPythonModel:
             triton_error,
             worker_setting,
         )
+        from nercc.serving.faults import FaultInjector
         from nercc.serving.stragglers import StragglerSampler
 
         self._error = triton_error
@@ -77,11 +79,14 @@ class TritonPythonModel:
             worker_index=int(worker_setting(config, "worker_index", "0")),
         )
         self.inject = self.straggler.profile.kind != "none"
+        self.fault = FaultInjector(worker_setting(config, "fault", "none"),
+                                   worker_index=int(worker_setting(config, "worker_index", "0")))
         self.logger = pb_utils.Logger
         self.logger.log_info(
             f"onnx worker {args['model_name']}: {onnx_path.name}, {threads} intra-op thread(s), "
             f"providers={','.join(self.session.get_providers())}, "
             f"straggler={self.straggler.profile}, seed={self.straggler.seed}, worker={self.straggler.worker_index}"
+            + (f", FAULT INJECTED: {self.fault.fault}" if self.fault.active else "")
         )
 
     def execute(self, requests):
@@ -100,6 +105,8 @@ class TritonPythonModel:
                         responses.append(pb_utils.InferenceResponse(
                             output_tensors=[], error=self._error("cancelled by the client while delayed", "CANCELLED")))
                         continue
+                if self.fault.active:
+                    probs = self.fault.apply(probs)
                 out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(probs, dtype=np.float32))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
             except Exception as exc:  # one bad request must not take the worker down
