@@ -108,7 +108,7 @@ def test_too_few_by_the_deadline_waits_late_then_gives_up():
     assert d.action == GIVE_UP and d.reason == "hard timeout"
     err = hopeless.give_up_error("nercc", 100)
     assert isinstance(err, NotEnoughAnswersError) and err.n_arrived == 1 and err.n_needed == 4
-    assert "1 of 12 workers answered within the hard timeout (100 ms) but decoding needs at least 4" in str(err)
+    assert "1 of 12 requests answered; gave up at the hard timeout (100 ms); decoding needs at least 4" in str(err)
 
 
 def test_failures_end_the_wait_when_the_minimum_is_out_of_reach():

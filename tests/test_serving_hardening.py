@@ -26,7 +26,7 @@ except ClusterError as exc:  # pragma: no cover - a machine without the serve ex
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(MODEL, n_workers=2, http=True, n_masters=2, faults={1: "nan"}) as c:
+    with LocalCluster(MODEL, n_workers=6, http=True, n_masters=2, faults={1: "nan", 3: "large"}) as c:
         yield c
     assert running_processes(c.pids()) == []
     assert leftover_shm(c.shm_prefix) == []
@@ -140,6 +140,57 @@ def test_paused_worker_does_not_answer_then_resumes(cluster):
     assert np.isfinite(_infer(cluster.worker_urls[0], x)).all()
 
 
+def _mnist(n):
+    from nercc.data import load_mnist
+    from nercc.models import OnnxModel
+    from nercc.preprocessing import preprocess
+
+    raw, _ = load_mnist("test")
+    raw = np.ascontiguousarray(raw[:n])
+    return raw, OnnxModel(MODEL, threads=1)(preprocess(load_model_info(MODEL), raw))
+
+
+@pytest.mark.parametrize("scheme", ["nercc", "bacc", "uncoded", "replication", "hedged"])
+def test_bad_answers_count_as_stragglers_and_never_reach_the_predictions(cluster, scheme):
+    """Worker 1 answers NaN, worker 3 answers 1e30: coded batches decode without them; the baselines take
+    another copy or, with none, fail with the reason until the bad worker is marked down and avoided."""
+    import asyncio
+
+    from nercc.client import CodedClient, NotEnoughAnswersError
+
+    raw, ref = _mnist(16)
+
+    async def go():
+        results, failures = [], []
+        async with CodedClient(cluster.master_urls, cluster.worker_urls, model=MODEL, scheme=scheme,
+                               deadline_ms=3000, hard_timeout_ms=5000, n_inputs=2, max_failures=2) as client:
+            for i in range(8):
+                try:
+                    results.append((i, await client.infer(raw[2 * i:2 * i + 2])))
+                except NotEnoughAnswersError as exc:
+                    failures.append(str(exc))
+            return results, failures, client.health
+
+    results, failures, health = asyncio.run(go())
+    for i, r in results:
+        assert np.isfinite(r.predictions).all()
+        assert r.predictions.argmax(-1).tolist() == ref[2 * i:2 * i + 2].argmax(-1).tolist() or scheme in ("nercc", "bacc")
+        for w, text in r.errors.items():
+            assert w in (1, 3) and "bad answer" in text
+    if scheme in ("nercc", "bacc"):
+        assert len(results) == 8 and not failures
+        first = results[0][1]
+        assert "non-finite" in first.errors[1] and "outside [0, 1]" in first.errors[3]
+        assert 1 not in first.arrived and 3 not in first.arrived and first.encode == "server"
+        assert first.master == cluster.master_urls[0]
+        later = results[-1][1]
+        assert later.n_requests == 4  # workers 1 and 3 marked down: no more requests to them
+    for text in failures:
+        assert "bad answer" in text and "before the hard timeout" in text
+    assert health.is_down(1) and health.is_down(3)
+    assert len(results) >= 4  # once marked down, their inputs go to healthy workers
+
+
 def test_two_masters_encode_alike_and_survive_one_killed(cluster):
     raw = np.random.default_rng(2).integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
     assert len(cluster.master_urls) == 2 and cluster.description()["master_urls"] == cluster.master_urls
@@ -150,6 +201,22 @@ def test_two_masters_encode_alike_and_survive_one_killed(cluster):
         _encode(cluster.master_urls[0], raw)
     np.testing.assert_array_equal(_encode(cluster.master_urls[1], raw), first)
     assert cluster.check() == []  # killed on purpose is not a crash
+
+    # the client fails over to the second master, batch after batch, and says so
+    import asyncio
+
+    from nercc.client import CodedClient
+
+    mnist, _ = _mnist(4)
+
+    async def go():
+        async with CodedClient(cluster.master_urls, cluster.worker_urls, model=MODEL, scheme="nercc",
+                               deadline_ms=3000, hard_timeout_ms=5000, n_inputs=2, master_cooldown_s=60) as client:
+            return [await client.infer(mnist[:2]) for _ in range(3)]
+
+    for result in asyncio.run(go()):
+        assert result.encode == "server" and result.master == cluster.master_urls[1]
+        assert np.isfinite(result.predictions).all()
 
 
 def test_log_does_not_show_the_key(cluster):

@@ -8,6 +8,9 @@ Layout (see ``docs/client.md``):
 :mod:`nercc.client.base`
     :class:`~nercc.client.base.ClientBase`: arguments, model spec, tuning-profile lams, local preprocessing and
     encoding, result assembly, shared by every transport.
+:mod:`nercc.client.health`
+    transport-free worker health (marked down after consecutive failures, probes, in-flight caps) and the
+    master failover order (:class:`~nercc.client.health.MasterPool`).
 :mod:`nercc.client.aio`
     :class:`CodedClient` on ``tritonclient.grpc.aio`` (asyncio) and :class:`SyncCodedClient` (its blocking
     wrapper with a background event loop).
@@ -24,6 +27,7 @@ from nercc.client.core import (
     SCHEME_ORDER,
     SCHEMES,
     UNCODED_SCHEMES,
+    BadPredictionsError,
     CodedResult,
     Decision,
     HedgeDelay,
@@ -32,9 +36,11 @@ from nercc.client.core import (
     NotEnoughAnswersError,
     RequestPlan,
     WaitState,
+    check_answer,
     parse_policy,
     plan_requests,
 )
+from nercc.client.health import MasterPool, WorkerHealth
 
 __all__ = [
     "ABANDONED_REQUEST_TIMEOUT_S",
@@ -44,6 +50,7 @@ __all__ = [
     "SCHEME_ORDER",
     "SCHEMES",
     "UNCODED_SCHEMES",
+    "BadPredictionsError",
     "CodedClient",
     "CodedResult",
     "Decision",
@@ -54,6 +61,9 @@ __all__ = [
     "RequestPlan",
     "SyncCodedClient",
     "WaitState",
+    "check_answer",
+    "MasterPool",
+    "WorkerHealth",
     "parse_policy",
     "plan_requests",
 ]

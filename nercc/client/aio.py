@@ -33,6 +33,7 @@ from nercc.client.core import (
     MasterError,
     ModelSpec,
     WaitState,
+    check_answer,
     spec_from_server_metadata,
 )
 
@@ -48,6 +49,12 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def _master_fault(text: str) -> bool:
+    """A master failure another master may not share (unreachable, timed out, internal), as opposed to a
+    refusal of the request itself (INVALID_ARG: every master would refuse it the same way)."""
+    return "INVALID_ARG" not in text and "InvalidArgument" not in text and "invalid argument" not in text.lower()
+
+
 def _swallow(task: asyncio.Task) -> None:
     if not task.cancelled():
         task.exception()
@@ -58,7 +65,8 @@ class CodedClient(ClientBase):
 
     Parameters
     ----------
-    master_url, worker_urls : gRPC ``host:port`` of the master (encoder) and of the N workers.
+    master_url, worker_urls : gRPC ``host:port`` of the master (encoder), or a list of masters tried in order
+        (a failed one is skipped for ``master_cooldown_s``, then tried again), and of the N workers.
     model : served model name (``lenet5``); its ``model_repository/<model>/nercc.json`` gives the shapes,
         else the servers' metadata is queried on first use.
     scheme : ``nercc`` | ``bacc`` | ``uncoded`` | ``replication`` | ``hedged``.
@@ -85,9 +93,21 @@ class CodedClient(ClientBase):
         workers: batches decoded from 2 answers had MSE 4-14 against f; the demo's N = 12 batches with ~8.5
         answers 0.04-0.2); a higher value trades lateness (the client waits past the deadline for them, up to
         the hard timeout) for accuracy.
-    encode : coded schemes: ``"server"`` (default: the master's ``<model>_encode``/``_encoder``, for thin
-        clients) or ``"local"`` (the same float32 encoding matrix applied in this process, raw inputs
-        preprocessed with :func:`nercc.preprocessing.preprocess`; no master round trip, needs ``nercc.json``).
+    encode : coded schemes: ``"auto"`` (default: the masters encode; when none answers, this process encodes
+        with the same float32 matrix, ``result.encode == "local-fallback"``), ``"server"`` (the masters only:
+        ``MasterError`` when none answers) or ``"local"`` (always here: raw inputs preprocessed with
+        :func:`nercc.preprocessing.preprocess`; no master round trip; needs ``nercc.json``).
+    robust : coded schemes: Byzantine-robust decoding (:mod:`nercc.coding.robust`): answers the others show to
+        be wrong are left out (``result.dropped``). On by default; its cost on honest batches is one small
+        matrix product.
+    answer_range : every worker answer is checked (shape, dtype float32, finite, values within this range,
+        default (0, 1) for softmax outputs; None skips the range): a bad answer counts as a straggler, its
+        error recorded in ``result.errors``.
+    max_failures, probe_interval_s : a worker that fails ``max_failures`` requests in a row (errors or
+        timeouts) is marked down: no new requests until a health probe, every ``probe_interval_s``, finds it
+        ready.
+    max_in_flight : requests in flight per worker, abandoned stragglers included; a worker at the cap gets no
+        new request (a frozen or cut-off worker cannot pile up requests).
     hedge_ms : ``hedged``: the hedge delay. None (default) = the p95 of the last 256 worker round trips this
         client has seen (:meth:`warmup` collects them; ``deadline_ms / 2`` until 20 are in).
     """
@@ -98,8 +118,9 @@ class CodedClient(ClientBase):
         self._channel_args = channel_args
         self.tls = tls
         self.metrics = metrics
-        self._master = None
+        self._masters: List[Any] = []
         self._workers: List[Any] = []
+        self._probes: set = set()
         self._abandoned: set = set()  # straggler requests left to finish in the background
         self._active_infers = 0  # calls of infer() under way: close() lets them finish (closing cancels)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -125,12 +146,11 @@ class CodedClient(ClientBase):
             kwargs = {} if self._channel_args is None else {"channel_args": self._channel_args}
             if self.tls is not None:
                 kwargs.update(self.tls.grpc_kwargs())
-            if self.master_url:
-                self._master = grpcclient.InferenceServerClient(self.master_url, **kwargs)
+            self._masters = [grpcclient.InferenceServerClient(url, **kwargs) for url in self.master_urls]
             self._workers = [grpcclient.InferenceServerClient(url, **kwargs) for url in self.worker_urls]
             # open every connection now rather than inside the first request's deadline; a server that does
             # not answer is simply a straggler later
-            clients = ([self._master] if self._master is not None else []) + self._workers
+            clients = self._masters + self._workers
             await asyncio.gather(*(c.is_server_ready(client_timeout=2.0) for c in clients), return_exceptions=True)
         if self.spec is None:
             self.spec = await self._spec_from_servers()
@@ -160,11 +180,11 @@ class CodedClient(ClientBase):
                 + "; ".join(errors)
             )
         raw_shape = None
-        if self._master is not None:
+        for master in self._masters:
             try:
-                enc = await self._master.get_model_metadata(f"{self.model}_encode", as_json=True,
-                                                            client_timeout=5.0)
+                enc = await master.get_model_metadata(f"{self.model}_encode", as_json=True, client_timeout=5.0)
                 raw_shape = tuple(int(s) for s in enc["inputs"][0]["shape"][1:])
+                break
             except InferenceServerException:
                 raw_shape = None  # raw input is then refused with a clear error; float input still works
         return spec_from_server_metadata(self.model, meta, raw_shape)
@@ -212,8 +232,10 @@ class CodedClient(ClientBase):
             await asyncio.wait(set(self._abandoned), timeout=self.hard_timeout_ms / 1e3)
             for task in list(self._abandoned):
                 task.cancel()
-        clients = ([self._master] if self._master is not None else []) + self._workers
-        self._master, self._workers = None, []
+        for task in list(self._probes):
+            task.cancel()
+        clients = self._masters + self._workers
+        self._masters, self._workers = [], []
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
     async def __aenter__(self) -> CodedClient:
@@ -236,22 +258,47 @@ class CodedClient(ClientBase):
         )
         return response.as_numpy(out)
 
-    async def _payloads(self, batch: np.ndarray, is_raw: bool, k: int, hard_t: float) -> np.ndarray:
-        """Step 1: the rows the workers get (coded inputs, or preprocessed inputs for the baselines)."""
+    async def _payloads(self, batch: np.ndarray, is_raw: bool, k: int, hard_t: float) -> Tuple[np.ndarray, str, Any]:
+        """Step 1: (the rows the workers get, where they were made, which master) — coded inputs, or the
+        preprocessed inputs of the baselines.
+
+        Masters are tried in the pool's order, each with an equal share of the time left before the hard
+        timeout (a frozen master cannot eat all of it); a master that fails is skipped for the cool-down.
+        """
         local = self._local_payloads(batch, is_raw)
         if local is not None:
-            return local
+            return local, "local", None
         if not is_raw and not self.coded:
-            return batch
+            return batch, "local", None
         model, name, out, params = self._master_request(is_raw, k)
-        try:
-            payloads = await self._infer_one(self._master, model, name, batch, out, hard_t - time.perf_counter(),
-                                             params)
-        except Exception as exc:  # noqa: BLE001 - any failure here means nothing to send to the workers
-            if not self.coded:
-                raise
-            raise MasterError(f"encoding on the master {self.master_url} ({model}) failed: {_error_text(exc)}") from exc
-        return self._check_coded(payloads) if self.coded else payloads
+        failures = []
+        order = self.masters.order(time.perf_counter()) if self.masters is not None else []
+        for attempt, index in enumerate(order):
+            left = hard_t - time.perf_counter()
+            if left <= 0:
+                failures.append("hard timeout reached")
+                break
+            try:
+                payloads = await self._infer_one(self._masters[index], model, name, batch, out,
+                                                 left / (len(order) - attempt), params)
+                if self.coded:
+                    payloads = self._check_coded(payloads, self.master_urls[index])
+            except Exception as exc:  # noqa: BLE001 - a failed master: the next one, or the fallback
+                text = _error_text(exc)
+                if not _master_fault(text):
+                    # the master answered and refused this batch (bad request): another master would too
+                    raise MasterError(f"encoding on the master {self.master_urls[index]} ({model}) failed: {text}") \
+                        from exc
+                self.masters.failed(index, time.perf_counter(), text)
+                failures.append(f"{self.master_urls[index]}: {text}")
+                continue
+            self.masters.succeeded(index)
+            return payloads, "server", self.master_urls[index]
+        fallback = self._encode_fallback(batch, is_raw)
+        if fallback is not None:
+            return fallback, "local-fallback", "; ".join(failures) or "no master"
+        what = "encoding" if self.coded else "preprocessing"
+        raise MasterError(f"{what} failed on every master ({model}): " + "; ".join(failures))
 
     # ------------------------------------------------------------------ infer
     async def infer(self, batch: np.ndarray) -> CodedResult:
@@ -281,14 +328,32 @@ class CodedClient(ClientBase):
         await self.connect()
         batch, is_raw = self._check_batch(batch)
         k = batch.shape[0]
-        payloads = await self._payloads(batch, is_raw, k, t0 + self.hard_timeout_ms / 1e3)
+        self._start_probes()
+        payloads, encoded_on, master = await self._payloads(batch, is_raw, k, t0 + self.hard_timeout_ms / 1e3)
         plan = self._plan(k)
         t_fanout = time.perf_counter()
         state = self._wait_state(plan, policy_kind, t0, t_fanout)
         await _FanOut(self, state, payloads).run()
         if state.final.action == GIVE_UP:
-            raise state.give_up_error(self.scheme, self.hard_timeout_ms)
-        return self._result(state, k, t0, t_fanout, time.perf_counter(), time.perf_counter)
+            raise state.give_up_error(self.scheme, self.hard_timeout_ms, self.health.unavailable())
+        return self._result(state, k, t0, t_fanout, time.perf_counter(), time.perf_counter, encoded_on, master)
+
+    # ------------------------------------------------------------ health probes
+    def _start_probes(self) -> None:
+        """Probe the workers marked down whose probe is due (in the background; one at a time per worker)."""
+        for worker in self.health.probes_due(time.perf_counter()):
+            task = asyncio.ensure_future(self._probe(worker))
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+            task.add_done_callback(_swallow)
+
+    async def _probe(self, worker: int) -> None:
+        try:
+            ready = await self._workers[worker].is_server_ready(client_timeout=max(0.05, self.deadline_ms / 1e3))
+            error = "" if ready else "not ready"
+        except Exception as exc:  # noqa: BLE001 - an unreachable worker stays down
+            ready, error = False, _error_text(exc)
+        self.health.probe_result(worker, bool(ready), time.perf_counter(), error)
 
 
 class _FanOut:
@@ -307,17 +372,27 @@ class _FanOut:
     async def _request(self, worker: int, row: int) -> None:
         client, spec = self.client, self.client.spec
         t_sent = time.perf_counter()
+        client.health.sent(worker)
+        ok, error = False, None  # None: cancelled by us, neither a success nor the worker's failure
         try:
             output = await client._infer_one(client._workers[worker], client.model, spec.input_name,
                                              self.payloads[row:row + 1], spec.output_name, self.timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed worker is a straggler, recorded with its error
-            self.inbox.append((worker, time.perf_counter(), None, _error_text(exc)))
+            error = _error_text(exc)
+            self.inbox.append((worker, time.perf_counter(), None, error))
         else:
             t = time.perf_counter()  # where the answer arrives
             client.hedge_delay.observe((t - t_sent) * 1e3)
-            self.inbox.append((worker, t, output, None))
+            error = check_answer(output, 1, spec.n_classes, client.answer_range)
+            ok = error is None
+            self.inbox.append((worker, t, output if ok else None, error))
+        finally:
+            if ok or error is not None:
+                client.health.finished(worker, ok, time.perf_counter(), error or "")
+            else:
+                client.health.released(worker)
         self._wake()
 
     def _wake(self) -> None:

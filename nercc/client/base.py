@@ -29,6 +29,14 @@ from nercc.client.core import (
     RequestPlan,
     WaitState,
 )
+from nercc.client.health import (
+    DEFAULT_MASTER_COOLDOWN_S,
+    DEFAULT_MAX_FAILURES,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_PROBE_INTERVAL_S,
+    MasterPool,
+    WorkerHealth,
+)
 from nercc.paths import model_dir as default_model_dir
 
 #: Worker round trips the hedge-delay estimator keeps (its p95 is the default hedge delay).
@@ -52,7 +60,7 @@ class ClientBase:
 
     def __init__(
         self,
-        master_url: str | None,
+        master_url: str | Sequence[str] | None,
         worker_urls: Sequence[str],
         model: str = "lenet5",
         scheme: str = "nercc",
@@ -66,12 +74,21 @@ class ClientBase:
         model_dir: str | None = None,
         cancel_stragglers: bool = False,
         min_answers: int = MIN_CODED_ANSWERS,
-        encode: str = "server",
+        encode: str = "auto",
         hedge_ms: float | None = None,
+        robust: bool = True,
+        answer_range: Tuple[float, float] | None = core.DEFAULT_ANSWER_RANGE,
+        max_failures: int = DEFAULT_MAX_FAILURES,
+        probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        master_cooldown_s: float = DEFAULT_MASTER_COOLDOWN_S,
     ):
-        self._check_arguments(master_url, worker_urls, scheme, deadline_ms, hard_timeout_ms, lam_enc, lam_dec,
+        master_urls = [] if not master_url else ([master_url] if isinstance(master_url, str) else list(master_url))
+        self._check_arguments(master_urls, worker_urls, scheme, deadline_ms, hard_timeout_ms, lam_enc, lam_dec,
                               encode)
-        self.master_url = master_url
+        self.master_urls = master_urls
+        self.master_url = master_urls[0] if master_urls else None  # the first choice (older readers)
+        self.masters = MasterPool(master_urls, master_cooldown_s) if master_urls else None
         self.worker_urls = list(worker_urls)
         self.n_workers = len(self.worker_urls)
         self.model = model
@@ -95,6 +112,18 @@ class ClientBase:
         self.spec: ModelSpec | None = core.load_model_spec(model, self._model_dir)
         if encode == "local" and scheme in CODED_SCHEMES and self.spec is None:
             raise ValueError(f"encode='local' needs the model's local metadata ({self._model_dir}/nercc.json)")
+        if encode == "auto" and scheme in CODED_SCHEMES and not master_urls and self.spec is None:
+            raise ValueError(f"scheme {scheme!r} needs master_url, or the model's local metadata "
+                             f"({self._model_dir}/nercc.json) to encode here")
+        self.robust = bool(robust)
+        if answer_range is not None:
+            lo, hi = (float(v) for v in answer_range)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"answer_range must be (low, high) finite with low < high, or None; got {answer_range!r}")
+            answer_range = (lo, hi)
+        self.answer_range = answer_range
+        self.health = WorkerHealth(len(self.worker_urls), max_failures=max_failures,
+                                   probe_interval_s=probe_interval_s, max_in_flight=max_in_flight)
         self._schemes: Dict[Tuple[int, float, float], Any] = {}
         self._lams: Dict[Tuple[int, int | None], Tuple[float, float]] = {}
         self._rotation = itertools.count()
@@ -120,14 +149,21 @@ class ClientBase:
             raise ValueError("worker_urls must be a non-empty list of 'host:port' strings")
         if encode not in ENCODE_MODES:
             raise ValueError(f"encode must be one of {', '.join(ENCODE_MODES)}, got {encode!r}")
+        if not all(isinstance(u, str) and u for u in master_url):
+            raise ValueError(f"master_url must be a 'host:port' string or a list of them, got {master_url!r}")
+        if len(set(master_url)) != len(master_url):
+            raise ValueError(f"master URLs must be distinct, got {master_url}")
         if scheme in CODED_SCHEMES and not master_url and encode == "server":
             raise ValueError(f"scheme {scheme!r} needs master_url (the encoder runs on the master), "
                              "or encode='local'")
-        if not (isinstance(deadline_ms, (int, float)) and deadline_ms > 0 and math.isfinite(deadline_ms)):
-            raise ValueError(f"deadline_ms must be a positive number, got {deadline_ms!r}")
-        if not (isinstance(hard_timeout_ms, (int, float)) and hard_timeout_ms >= deadline_ms):
+        if isinstance(deadline_ms, bool) or not (
+                isinstance(deadline_ms, (int, float)) and deadline_ms > 0 and math.isfinite(deadline_ms)):
+            raise ValueError(f"deadline_ms must be a finite number > 0, got {deadline_ms!r}")
+        if isinstance(hard_timeout_ms, bool) or not (
+                isinstance(hard_timeout_ms, (int, float)) and math.isfinite(hard_timeout_ms)
+                and hard_timeout_ms >= deadline_ms):
             raise ValueError(
-                f"hard_timeout_ms must be a number >= deadline_ms={deadline_ms}, got {hard_timeout_ms!r}"
+                f"hard_timeout_ms must be a finite number >= deadline_ms={deadline_ms}, got {hard_timeout_ms!r}"
             )
         for name, lam in (("lam_enc", lam_enc), ("lam_dec", lam_dec)):
             if lam is not None and not (lam >= 0 and math.isfinite(lam)):
@@ -189,7 +225,7 @@ class ClientBase:
 
     def _local_payloads(self, batch: np.ndarray, is_raw: bool) -> np.ndarray | None:
         """The rows the workers get, when the client can make them itself; None when the master must."""
-        if self.coded and self.encode == "server":
+        if self.coded and self.encode != "local":
             return None
         if is_raw:
             if self.spec.info is None:
@@ -205,7 +241,7 @@ class ClientBase:
     def _master_request(self, is_raw: bool, k: int) -> Tuple[str, str, str, dict | None]:
         """(model, input name, output name, parameters) of the master request that makes the payloads."""
         if not self.coded:
-            if self.master_url is None:
+            if not self.master_urls:
                 raise ValueError(
                     f"raw uint8 input for {self.model!r} needs either the model's local metadata or a master_url "
                     f"serving {self.model}_preprocess; or send preprocessed float32"
@@ -217,16 +253,32 @@ class ClientBase:
         model, name = (f"{self.model}_encode", "RAW") if is_raw else (f"{self.model}_encoder", "INPUT")
         return model, name, "CODED", params
 
-    def _check_coded(self, coded: np.ndarray | None) -> np.ndarray:
+    def _check_coded(self, coded: np.ndarray | None, url: str | None = None) -> np.ndarray:
         expected = (self.n_workers, *self.spec.input_shape)
         if coded is None or tuple(coded.shape) != expected:
             got = None if coded is None else tuple(coded.shape)
-            raise RuntimeError(f"master {self.master_url} returned coded inputs of shape {got}, expected {expected}")
+            raise RuntimeError(f"master {url or self.master_url} returned coded inputs of shape {got}, "
+                               f"expected {expected}")
+        if coded.dtype != np.float32 or not np.isfinite(coded).all():
+            raise RuntimeError(f"master {url or self.master_url} returned non-finite or non-float32 coded inputs")
         return coded
+
+    def _encode_fallback(self, batch: np.ndarray, is_raw: bool) -> np.ndarray | None:
+        """Local encoding when no master answered (``encode="auto"``); None when the client cannot (no nercc.json)."""
+        if self.encode != "auto" or not self.coded or self.spec is None or (is_raw and self.spec.info is None):
+            return None
+        if is_raw:
+            from nercc.preprocessing import preprocess
+
+            batch = preprocess(self.spec.info, batch)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        return core.encode_local(self.coding_scheme(x.shape[0]), x)
 
     def _plan(self, k: int) -> RequestPlan:
         rotation = 0 if self.coded else next(self._rotation)
-        return core.plan_requests(self.scheme, k, self.n_workers, rotation)
+        plan = core.plan_requests(self.scheme, k, self.n_workers, rotation)
+        available = {w for w in range(self.n_workers) if self.health.available(w)}
+        return core.restrict_plan(plan, available)
 
     def _wait_state(self, plan: RequestPlan, policy_kind: str, t0: float, t_fanout: float) -> WaitState:
         hedge_ms = self.hedge_delay.value_ms() if plan.backups else None
@@ -249,22 +301,33 @@ class ClientBase:
         return np.zeros((k, *shape), dtype=dtype)
 
     def _result(self, state: WaitState, k: int, t0: float, t_fanout: float, t_decide: float,
-                clock) -> CodedResult:
+                clock, encoded_on: str | None = None, master: str | None = None) -> CodedResult:
         """Decode a finished batch (``clock()`` the transport's time in seconds) into its result."""
         used = state.used_workers()
         lam_enc = lam_dec = None
+        dropped: Tuple[int, ...] = ()
+        errors = dict(state.errors)
         if self.coded:
             if self.scheme == "nercc":
                 lam_enc, lam_dec = self.lams(k, len(used))
-            predictions = core.decode_coded(self.coding_scheme(k, lam_dec), state.answers, used)
+            coding = self.coding_scheme(k, lam_dec)
+            if self.robust:
+                predictions, dropped = core.decode_coded_robust(coding, state.answers, used)
+                if dropped:
+                    for w in dropped:
+                        errors[w] = "wrong answer: left out by robust decoding"
+                    used = tuple(w for w in used if w not in dropped)
+            else:
+                predictions = core.decode_coded(coding, state.answers, used)
         else:
             predictions = core.gather_uncoded(state.sent, state.answers, used, k)
+        core.ensure_finite(predictions, self.scheme, used)
         t_end = clock()
         return CodedResult(
             predictions=predictions,
             arrived=used,
             worker_latency_ms=state.latency_ms(),
-            errors=dict(state.errors),
+            errors=errors,
             encode_ms=(t_fanout - t0) * 1e3,
             fanout_ms=(t_decide - t_fanout) * 1e3,
             decode_ms=(t_end - t_decide) * 1e3,
@@ -280,5 +343,7 @@ class ClientBase:
             assignment={} if self.coded else dict(state.sent),
             n_hedges=state.n_hedges(),
             hedge_ms=None if state.hedge_t is None else (state.hedge_t - t_fanout) * 1e3,
-            encode=self.encode if self.coded else None,
+            encode=encoded_on if self.coded else None,
+            master=master,
+            dropped=dropped,
         )

@@ -45,19 +45,35 @@ UNCODED_SCHEMES = ("uncoded", "replication", "hedged")
 #: Fewest answers a coded decode accepts: an interpolant through one point is a constant.
 MIN_CODED_ANSWERS = 2
 #: ``encode=`` modes of the coded schemes: on the master (Triton ``<model>_encode``) or in the client.
-ENCODE_MODES = ("server", "local")
+#: ``auto`` (the default) encodes on the masters and falls back to local encoding when none answers.
+ENCODE_MODES = ("server", "local", "auto")
+#: Where a coded batch was encoded (``CodedResult.encode``): a master, this process by choice, or this
+#: process because no master answered.
+ENCODED_ON = ("server", "local", "local-fallback")
+#: Worker answers must lie in this range (softmax probabilities, docs/interfaces.md), with this tolerance.
+DEFAULT_ANSWER_RANGE = (0.0, 1.0)
+ANSWER_RANGE_TOLERANCE = 1e-3
 
 WAIT, DECODE, GIVE_UP = "wait", "decode", "give_up"
 
 
 class NotEnoughAnswersError(RuntimeError):
-    """Too few workers answered within the hard timeout to produce the K predictions."""
+    """Too few usable answers to produce the K predictions; ``reason`` says why the client stopped waiting
+    ("hard timeout", "too many requests failed", "no request left"), ``unavailable`` lists the workers that got
+    no request (marked down, or at their in-flight cap) with the reason."""
 
-    def __init__(self, message: str, n_arrived: int, n_needed: int, errors: Dict[int, str]):
+    def __init__(self, message: str, n_arrived: int, n_needed: int, errors: Dict[int, str], reason: str = "",
+                 unavailable: Dict[int, str] | None = None):
         super().__init__(message)
         self.n_arrived = n_arrived
         self.n_needed = n_needed
         self.errors = errors
+        self.reason = reason
+        self.unavailable = dict(unavailable or {})
+
+
+class BadPredictionsError(RuntimeError):
+    """The predictions came out non-finite although every answer used was checked: never returned."""
 
 
 class MasterError(RuntimeError):
@@ -96,7 +112,9 @@ class CodedResult:
     assignment: Dict[int, int] = field(default_factory=dict)  # worker -> input index (baselines only)
     n_hedges: int = 0  # hedged: second copies sent (included in n_requests)
     hedge_ms: float | None = None  # hedged: the hedge delay this batch used
-    encode: str | None = None  # coded: where the batch was encoded, "server" or "local"
+    encode: str | None = None  # coded: where the batch was encoded, "server", "local" or "local-fallback"
+    master: str | None = None  # the master URL that encoded it (server), or why none could (local-fallback)
+    dropped: Tuple[int, ...] = ()  # coded: answers robust decoding judged wrong and left out (also in errors)
 
 
 @dataclass(frozen=True)
@@ -207,6 +225,28 @@ def check_n_inputs(scheme: str, k: int, n_workers: int) -> None:
         raise ValueError(f"scheme {scheme!r} needs n_inputs K <= n_workers={n_workers}, got {k}")
 
 
+def check_answer(output: Any, n_rows: int, n_classes: int,
+                 value_range: Tuple[float, float] | None = DEFAULT_ANSWER_RANGE) -> str | None:
+    """Why a worker's answer is unusable (shape, dtype, non-finite, out of range), or None when it is fine.
+
+    A bad answer is treated as a straggler by the transports: recorded in ``errors``, never decoded.
+    """
+    if not isinstance(output, np.ndarray):
+        return f"bad answer: expected an array, got {type(output).__name__}"
+    if output.shape != (n_rows, n_classes):
+        return f"bad answer: shape {tuple(output.shape)}, expected {(n_rows, n_classes)}"
+    if output.dtype != np.float32:
+        return f"bad answer: dtype {output.dtype}, expected float32"
+    if not np.isfinite(output).all():
+        return f"bad answer: {int(np.count_nonzero(~np.isfinite(output)))} non-finite value(s)"
+    if value_range is not None:
+        lo, hi = value_range
+        low, high = float(output.min()), float(output.max())
+        if low < lo - ANSWER_RANGE_TOLERANCE or high > hi + ANSWER_RANGE_TOLERANCE:
+            return f"bad answer: values in [{low:.3g}, {high:.3g}], outside [{lo:g}, {hi:g}]"
+    return None
+
+
 # ------------------------------------------------------------------------------------------------ planning
 @dataclass(frozen=True)
 class RequestPlan:
@@ -246,6 +286,33 @@ def plan_requests(scheme: str, k: int, n_workers: int, rotation: int = 0) -> Req
         idle = [(offset + k + i) % n_workers for i in range(n_workers - k)]
         backups = {j: idle[j] for j in range(min(k, len(idle)))}
     return RequestPlan(scheme, k, n_workers, requests, backups)
+
+
+def restrict_plan(plan: RequestPlan, available: set) -> RequestPlan:
+    """The plan without the workers that may not get a request now (marked down, at their in-flight cap).
+
+    Coded: their requests are simply not sent (one answer fewer). The baselines move the input of such a
+    worker to an available worker the plan leaves idle (and drop it from the hedging backups); an input with
+    no available worker left keeps its original worker, so the batch fails with a clear reason rather than
+    silently.
+    """
+    blocked = [w for w in plan.requests if w not in available]
+    if not blocked:
+        return plan
+    if plan.coded:
+        kept = {w: r for w, r in plan.requests.items() if w in available}
+        return RequestPlan(plan.scheme, plan.n_inputs, plan.n_workers, kept or dict(plan.requests))
+    used = set(plan.requests) | set(plan.backups.values())
+    spare = [w for w in range(plan.n_workers) if w in available and w not in used]
+    requests = dict(plan.requests)
+    for worker in blocked:
+        row = requests.pop(worker)
+        if spare:
+            requests[spare.pop(0)] = row
+        elif not any(r == row for w, r in requests.items()):
+            requests[worker] = row  # nowhere else to send it
+    backups = {row: w for row, w in plan.backups.items() if w in available and w not in requests}
+    return RequestPlan(plan.scheme, plan.n_inputs, plan.n_workers, requests, backups)
 
 
 # ------------------------------------------------------------------------------------------------ hedging
@@ -326,6 +393,7 @@ class WaitState:
         self.arrival: Dict[int, float] = {}  # worker -> time its answer arrived
         self.errors: Dict[int, str] = {}
         self.final: Decision | None = None
+        self.decided_t: float | None = None
         # `all` waits for everyone up to the hard timeout; the others stop at the deadline once they have enough
         self.soft_t = hard_t if policy_kind == "all" else deadline_t
 
@@ -350,6 +418,7 @@ class WaitState:
         action, reason = self._decide(t)
         if action != WAIT:
             self.final = Decision(action, (), reason)
+            self.decided_t = t
             return self.final
         return Decision(WAIT, self._due_hedges(t))
 
@@ -448,17 +517,25 @@ class WaitState:
     def n_hedges(self) -> int:
         return len(self.sent) - len(self.plan.requests)
 
-    def give_up_error(self, scheme: str, hard_timeout_ms: float) -> NotEnoughAnswersError:
+    def give_up_error(self, scheme: str, hard_timeout_ms: float,
+                      unavailable: Dict[int, str] | None = None) -> NotEnoughAnswersError:
         k, n_sent = self.plan.n_inputs, len(self.sent)
+        reason = self.final.reason if self.final is not None else ""
         if self.plan.coded:
             need = f"decoding needs at least {self.min_answers}"
         else:
             need = f"all {k} inputs need an answer (covered {len(self._covered(self.answers))})"
-        return NotEnoughAnswersError(
-            f"{scheme}: {len(self.answers)} of {n_sent} workers answered within the hard timeout "
-            f"({hard_timeout_ms:g} ms) but " + need + (f"; errors: {self.errors}" if self.errors else ""),
-            n_arrived=len(self.answers), n_needed=self.n_needed, errors=dict(self.errors),
-        )
+        if reason == "hard timeout":
+            why = f"gave up at the hard timeout ({hard_timeout_ms:g} ms)"
+        else:
+            elapsed = "" if self.decided_t is None else f" after {(self.decided_t - self.t_fanout) * 1e3:.0f} ms"
+            why = f"gave up{elapsed}, before the hard timeout: {len(self.errors)} request(s) failed"
+        message = (f"{scheme}: {len(self.answers)} of {n_sent} requests answered; {why}; " + need
+                   + (f"; errors: {self.errors}" if self.errors else ""))
+        if unavailable:
+            message += f"; workers given no request: {unavailable}"
+        return NotEnoughAnswersError(message, n_arrived=len(self.answers), n_needed=self.n_needed,
+                                     errors=dict(self.errors), reason=reason, unavailable=unavailable)
 
 
 # ------------------------------------------------------------------------------------------------ decoding
@@ -466,6 +543,27 @@ def decode_coded(coding, answers: Dict[int, np.ndarray], used: Sequence[int]) ->
     """K predictions from the answers of the coded workers ``used`` (ascending) through ``coding``."""
     y = np.concatenate([answers[w] for w in used], axis=0)
     return np.asarray(coding.decode(y, list(used)), dtype=np.float32)
+
+
+def decode_coded_robust(coding, answers: Dict[int, np.ndarray], used: Sequence[int],
+                        threshold: float | None = None) -> Tuple[np.ndarray, Tuple[int, ...]]:
+    """(K predictions, workers dropped) with Byzantine-robust decoding (:mod:`nercc.coding.robust`): answers
+    that the others show to be wrong are left out. Needs 3 answers or more; fewer decode plainly."""
+    from nercc.coding.robust import DEFAULT_THRESHOLD, robust_decode
+
+    if len(used) < 3 or len(used) <= coding.n_inputs:
+        return decode_coded(coding, answers, used), ()
+    y = np.concatenate([answers[w] for w in used], axis=0)
+    result = robust_decode(coding, y, list(used), threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    return np.asarray(result.predictions, dtype=np.float32), tuple(result.dropped)
+
+
+def ensure_finite(predictions: np.ndarray, scheme: str, used: Sequence[int]) -> np.ndarray:
+    """The last guard: non-finite predictions are an error, never a result."""
+    if not np.isfinite(predictions).all():
+        raise BadPredictionsError(f"{scheme}: the predictions from workers {list(used)} are not finite "
+                                  "(an answer overflowed in decoding); refusing to return them")
+    return predictions
 
 
 def gather_uncoded(plan_rows: Dict[int, int], answers: Dict[int, np.ndarray], used: Sequence[int],

@@ -22,16 +22,12 @@ Every invalid request gets its own TritonError naming the problem; the model kee
 import json
 import sys
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 _SCHEMES = ("nercc", "bacc")
-#: More workers than this is a typo, not a cluster: refuse before building an N x K matrix.
-MAX_WORKERS = 4096
-_MATRIX_CACHE_SIZE = 256
 
 
 def _import_nercc(config):
@@ -67,9 +63,10 @@ class TritonPythonModel:
         _import_nercc(config)
         from nercc.coding import make_scheme
         from nercc.profiles import lookup
+        from nercc.serving import limits
         from nercc.serving.backend_utils import config_param, nercc_model_dir, triton_error
 
-        self._make_scheme, self._lookup, self._error = make_scheme, lookup, triton_error
+        self._make_scheme, self._lookup, self._error, self._limits = make_scheme, lookup, triton_error, limits
         self.model_dir = nercc_model_dir(config, args)
         self.max_request_bytes = int(config_param(config, "max_request_bytes", str(256 * 2**20)))
         self.input_name = config["input"][0]["name"]
@@ -82,13 +79,16 @@ class TritonPythonModel:
 
             self._raw_info = load_model_info(self.model_dir.name, self.model_dir.parent)
             self._preprocess = preprocess
-        self._matrices = OrderedDict()  # (scheme, K, N, lam_enc) -> float32 (N, K), LRU
+        # (scheme, K, N, lam_enc) -> float32 (N, K), LRU bounded in bytes: a new lam_enc per request at
+        # K = N = 4096 is 64 MiB each (an entry count let the master grow ~67 MiB per request)
+        cache_bytes = int(config_param(config, "matrix_cache_bytes", str(limits.DEFAULT_MATRIX_CACHE_BYTES)))
+        self._matrices = limits.ByteBoundedLRU(cache_bytes)
         self._lock = threading.Lock()
         self._profile_lams = {}  # (K, N, S) -> lam_enc, valid for one tuning.json version
         self._profile_stamp = None
         pb_utils.Logger.log_info(
             f"encoder {args['model_name']}: item shape {self.item_shape}, profile dir {self.model_dir}, "
-            f"max_request_bytes={self.max_request_bytes}"
+            f"max_request_bytes={self.max_request_bytes}, matrix cache {cache_bytes} bytes"
         )
 
     # -- one request -------------------------------------------------------------------------------
@@ -104,8 +104,8 @@ class TritonPythonModel:
             raise RequestError(f"request parameter 'scheme' must be one of {list(_SCHEMES)}, got {scheme!r}")
         scheme = scheme.lower()
         n_workers = _int_param(params, "n_workers", minimum=2, required=True)
-        if n_workers > MAX_WORKERS:
-            raise RequestError(f"request parameter 'n_workers' must be <= {MAX_WORKERS}, got {n_workers}")
+        if n_workers > self._limits.MAX_WORKERS:
+            raise RequestError(f"request parameter 'n_workers' must be <= {self._limits.MAX_WORKERS}, got {n_workers}")
         if n_workers < n_inputs:
             raise RequestError(f"n_workers = {n_workers} is smaller than the number of inputs K = {n_inputs} "
                                "(N >= K is needed)")
@@ -146,27 +146,26 @@ class TritonPythonModel:
         return lam
 
     def _encoding_matrix(self, scheme, n_inputs, n_workers, lam_enc):
-        key = (scheme, n_inputs, n_workers, lam_enc)
-        with self._lock:
-            matrix = self._matrices.get(key)
-            if matrix is not None:
-                self._matrices.move_to_end(key)
-                return matrix
-        coding = self._make_scheme(scheme, n_inputs, n_workers, lam_enc=lam_enc)
-        matrix = np.ascontiguousarray(coding.encoding_matrix(), dtype=np.float32)
-        with self._lock:
-            self._matrices[key] = matrix
-            while len(self._matrices) > _MATRIX_CACHE_SIZE:
-                self._matrices.popitem(last=False)
-        return matrix
+        def build():
+            coding = self._make_scheme(scheme, n_inputs, n_workers, lam_enc=lam_enc, cache_size=0)
+            return np.ascontiguousarray(coding.encoding_matrix(), dtype=np.float32)
 
-    def _preprocessed(self, raw):
-        """RAW uint8 [K, *raw_shape] -> float32 [K, *input_shape] (``<name>_encode`` only)."""
+        return self._matrices.get_or_build((scheme, n_inputs, n_workers, lam_enc), build)
+
+    def _preprocessed(self, request, raw):
+        """RAW uint8 [K, *raw_shape] -> float32 [K, *input_shape] (``<name>_encode`` only).
+
+        Every limit is checked first, counting the float32 growth: K <= N and the preprocessed and coded
+        sizes (a 200 MiB raw request once took the master from 148 MiB to 4 GiB before being refused).
+        """
+        if raw.ndim == 0 or raw.shape[0] < 1:
+            raise RequestError(f"input {self.input_name!r} is empty: shape {list(raw.shape)}")
         if raw.nbytes > self.max_request_bytes:
             raise RequestError(f"input {self.input_name!r} is {raw.nbytes} bytes, over the limit "
                                f"max_request_bytes = {self.max_request_bytes}")
-        if raw.ndim == 0 or raw.shape[0] < 1:
-            raise RequestError(f"input {self.input_name!r} is empty: shape {list(raw.shape)}")
+        _, n_workers, _ = self._parameters(request, raw.shape[0])
+        self._limits.check_encode_request(raw.shape[0], n_workers, self.item_shape, self.max_request_bytes,
+                                          raw_bytes=raw.nbytes)
         return self._preprocess(self._raw_info, raw)
 
     def _encode(self, request):
@@ -175,7 +174,7 @@ class TritonPythonModel:
             raise RequestError(f"input {self.input_name!r} is missing")
         x = tensor.as_numpy()
         if self._raw_info is not None:
-            x = self._preprocessed(x)
+            x = self._preprocessed(request, x)
         if x.dtype != np.float32:
             raise RequestError(f"input {self.input_name!r} must be FP32, got {x.dtype}")
         if x.ndim != 1 + len(self.item_shape) or tuple(x.shape[1:]) != self.item_shape:
@@ -197,6 +196,8 @@ class TritonPythonModel:
                                f"max_request_bytes = {self.max_request_bytes}")
         matrix = self._encoding_matrix(scheme, n_inputs, n_workers, lam_enc)
         coded = (matrix @ x.reshape(n_inputs, -1)).reshape((n_workers,) + x.shape[1:])
+        # finite inputs near the float32 maximum overflow: an error, never inf/NaN with status OK
+        self._limits.check_finite_output(self.output_name, coded)
         return pb_utils.Tensor(self.output_name, np.ascontiguousarray(coded, dtype=np.float32))
 
     def execute(self, requests):

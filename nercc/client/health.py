@@ -1,0 +1,165 @@
+"""Worker health and master failover for the client: transport-free bookkeeping fed with outcomes and a clock.
+
+:class:`WorkerHealth` marks a worker *down* after ``max_failures`` consecutive failures or timeouts (a SIGKILLed
+machine refuses connections at once; a partitioned or frozen one times out): a down worker gets no new batch
+requests (a coded batch simply has one answer fewer; a baseline sends that input elsewhere) until a probe
+finds it healthy again. Probes are due every ``probe_interval_s`` per down worker; the transport sends a cheap
+request (``is_server_ready``) and reports the outcome. It also caps the requests in flight per worker: a
+request the client stopped waiting for (abandoned after its batch decoded) still holds a slot until it
+completes or is cancelled, and a worker at the cap gets nothing new, so a cut-off worker cannot pile up
+hundreds of abandoned requests.
+
+:class:`MasterPool` orders several masters: the first healthy one encodes; a master that failed (unreachable,
+internal error) is skipped for ``cooldown_s`` and then tried again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+#: Consecutive failures (errors or timeouts) that mark a worker down.
+DEFAULT_MAX_FAILURES = 3
+#: Seconds between health probes of a worker marked down.
+DEFAULT_PROBE_INTERVAL_S = 1.0
+#: Requests in flight per worker (answered-or-abandoned ones count until they complete).
+DEFAULT_MAX_IN_FLIGHT = 8
+#: Seconds a failed master is skipped before it is tried again.
+DEFAULT_MASTER_COOLDOWN_S = 5.0
+
+
+def _positive(name: str, value, integer: bool = False):
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
+    if not bad and integer and int(value) != value:
+        bad = True
+    if bad:
+        kind = "an integer >= 1" if integer else "a finite number > 0"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+@dataclass
+class WorkerState:
+    consecutive_failures: int = 0
+    down_since: float | None = None
+    next_probe_t: float | None = None
+    in_flight: int = 0
+    last_error: str = ""
+    total_failures: int = 0
+    marked_down: int = 0  # how many times
+
+
+class WorkerHealth:
+    """Health of N workers: consecutive failures, down/up, probes due, in-flight caps."""
+
+    def __init__(self, n_workers: int, max_failures: int = DEFAULT_MAX_FAILURES,
+                 probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
+        self.n_workers = _positive("n_workers", n_workers, integer=True)
+        self.max_failures = _positive("max_failures", max_failures, integer=True)
+        self.probe_interval_s = _positive("probe_interval_s", probe_interval_s)
+        self.max_in_flight = _positive("max_in_flight", max_in_flight, integer=True)
+        self.workers: List[WorkerState] = [WorkerState() for _ in range(self.n_workers)]
+
+    # -- what may be sent -----------------------------------------------------------------------------
+    def is_down(self, worker: int) -> bool:
+        return self.workers[worker].down_since is not None
+
+    def available(self, worker: int) -> bool:
+        """Up and below the in-flight cap: may get a new request."""
+        state = self.workers[worker]
+        return state.down_since is None and state.in_flight < self.max_in_flight
+
+    def unavailable(self) -> Dict[int, str]:
+        """Workers that get no new request now, with the reason (for results and error messages)."""
+        out = {}
+        for i, state in enumerate(self.workers):
+            if state.down_since is not None:
+                out[i] = f"marked down after {state.consecutive_failures} consecutive failures ({state.last_error})"
+            elif state.in_flight >= self.max_in_flight:
+                out[i] = f"{state.in_flight} requests in flight (cap {self.max_in_flight})"
+        return out
+
+    # -- outcomes -------------------------------------------------------------------------------------
+    def sent(self, worker: int) -> None:
+        self.workers[worker].in_flight += 1
+
+    def released(self, worker: int) -> None:
+        """A request ended without an outcome (cancelled by the client): frees its in-flight slot only."""
+        state = self.workers[worker]
+        state.in_flight = max(0, state.in_flight - 1)
+
+    def finished(self, worker: int, ok: bool, t: float, error: str = "") -> None:
+        """A request to ``worker`` completed (``ok``), failed or timed out (``error``) at time ``t``."""
+        state = self.workers[worker]
+        state.in_flight = max(0, state.in_flight - 1)
+        if ok:
+            state.consecutive_failures = 0
+            state.down_since = state.next_probe_t = None
+            return
+        self.failed(worker, t, error)
+
+    def failed(self, worker: int, t: float, error: str) -> None:
+        """A failure that was not a request completion (a batch stopped waiting for this worker)."""
+        state = self.workers[worker]
+        state.consecutive_failures += 1
+        state.total_failures += 1
+        state.last_error = error[:200]
+        if state.down_since is None and state.consecutive_failures >= self.max_failures:
+            state.down_since = t
+            state.next_probe_t = t + self.probe_interval_s
+            state.marked_down += 1
+
+    # -- probes ---------------------------------------------------------------------------------------
+    def probes_due(self, t: float) -> List[int]:
+        """Down workers whose probe is due at ``t``; each is rescheduled (one probe per interval)."""
+        due = []
+        for i, state in enumerate(self.workers):
+            if state.down_since is not None and state.next_probe_t is not None and t >= state.next_probe_t:
+                state.next_probe_t = t + self.probe_interval_s
+                due.append(i)
+        return due
+
+    def probe_result(self, worker: int, healthy: bool, t: float, error: str = "") -> None:
+        state = self.workers[worker]
+        if healthy:
+            state.consecutive_failures = 0
+            state.down_since = state.next_probe_t = None
+        else:
+            state.last_error = error[:200] or state.last_error
+
+    def next_probe_t(self) -> float | None:
+        times = [s.next_probe_t for s in self.workers if s.down_since is not None and s.next_probe_t is not None]
+        return min(times) if times else None
+
+
+class MasterPool:
+    """Several master URLs in failover order; a failed one is skipped for ``cooldown_s``."""
+
+    def __init__(self, urls: Sequence[str], cooldown_s: float = DEFAULT_MASTER_COOLDOWN_S):
+        if isinstance(urls, str):
+            urls = [urls]
+        urls = [str(u) for u in urls]
+        if not urls:
+            raise ValueError("master_url must name at least one master")
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"master URLs must be distinct, got {urls}")
+        self.urls = urls
+        self.cooldown_s = _positive("master_cooldown_s", cooldown_s)
+        self._failed_until: Dict[int, float] = {}
+        self.last_error: Dict[int, str] = {}
+
+    def order(self, t: float) -> List[int]:
+        """Master indices to try now, in order: those not cooling down first, then the cooling ones (a last
+        resort, oldest failure first) so that a batch never gives up while some master might answer."""
+        ready = [i for i in range(len(self.urls)) if self._failed_until.get(i, -math.inf) <= t]
+        cooling = sorted((i for i in range(len(self.urls)) if i not in ready), key=self._failed_until.get)
+        return ready + cooling
+
+    def failed(self, index: int, t: float, error: str) -> None:
+        self._failed_until[index] = t + self.cooldown_s
+        self.last_error[index] = error[:300]
+
+    def succeeded(self, index: int) -> None:
+        self._failed_until.pop(index, None)
+        self.last_error.pop(index, None)
