@@ -16,6 +16,7 @@ from nercc.serving import ClusterError, LocalCluster  # noqa: E402
 from nercc.serving.cluster import admin_headers, find_tritonserver, leftover_shm, running_processes  # noqa: E402
 
 MODEL = "lenet5"
+LIMIT = 2**20  # the master's max_request_bytes here: small, so the float32-growth check is cheap to reach
 
 try:
     find_tritonserver()
@@ -26,7 +27,8 @@ except ClusterError as exc:  # pragma: no cover - a machine without the serve ex
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(MODEL, n_workers=6, http=True, n_masters=2, faults={1: "nan", 3: "large"}) as c:
+    with LocalCluster(MODEL, n_workers=6, http=True, n_masters=2, faults={1: "nan", 3: "large"},
+                      max_request_bytes=LIMIT) as c:
         yield c
     assert running_processes(c.pids()) == []
     assert leftover_shm(c.shm_prefix) == []
@@ -116,6 +118,28 @@ def _encode(url, raw, n_workers=6):
         return client.infer(f"{MODEL}_encode", [inp], parameters={"n_workers": n_workers}).as_numpy("CODED")
     finally:
         client.close()
+
+
+def test_master_limits_hold_before_preprocessing(cluster):
+    """K > N and the float32 growth are refused before any preprocessing; an overflow is an error, not inf."""
+    url = cluster.master_urls[0]
+    with pytest.raises(InferenceServerException, match="smaller than the number of inputs K = 20"):
+        _encode(url, np.zeros((20, 28, 28), np.uint8), n_workers=12)
+    # 400 images: 313,600 bytes raw (under the 1 MiB limit) but 1,254,400 as float32: refused up front
+    with pytest.raises(InferenceServerException, match=r"preprocessed input .* 1254400 bytes, over the limit"):
+        _encode(url, np.zeros((400, 28, 28), np.uint8), n_workers=400)
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        x = np.full((4, 1, 28, 28), 3e38, np.float32)  # finite, but its coded mixtures overflow float32
+        inp = grpcclient.InferInput("INPUT", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException, match="non-finite value"):
+            client.infer(f"{MODEL}_encoder", [inp], parameters={"n_workers": 12, "lam_enc": 0.0})
+        with pytest.raises(InferenceServerException, match="lam_enc = 1e.308 is too large"):
+            client.infer(f"{MODEL}_encoder", [inp], parameters={"n_workers": 12, "lam_enc": 1e308})
+    finally:
+        client.close()
+    assert np.isfinite(_encode(url, np.zeros((4, 28, 28), np.uint8))).all()  # and it keeps serving
 
 
 def test_fault_injection_only_on_the_named_worker(cluster):
