@@ -56,6 +56,8 @@ def test_restrict_plan_baselines_move_inputs_to_idle_workers():
 
 def test_worker_health_marks_down_probes_and_caps_in_flight():
     health = WorkerHealth(4, max_failures=3, probe_interval_s=1.0, max_in_flight=2)
+    events = []
+    health.on_down, health.on_up = (lambda w: events.append(("down", w))), (lambda w: events.append(("up", w)))
     for t in range(3):
         health.sent(1)
         health.finished(1, False, float(t), "UNAVAILABLE: connection refused")
@@ -66,6 +68,7 @@ def test_worker_health_marks_down_probes_and_caps_in_flight():
     assert health.is_down(1)
     health.probe_result(1, True, 4.0)
     assert not health.is_down(1) and health.available(1)
+    assert events == [("down", 1), ("up", 1)]
     # a success resets the count
     health.finished(2, False, 0.0, "x")
     health.finished(2, False, 0.0, "x")

@@ -335,7 +335,7 @@ def test_coded_client_from_urls_file_over_mutual_tls_with_metrics(secure_cluster
     result = asyncio.run(run(tls=client_tls))
     assert result.arrived == (0, 1) and result.predictions.shape == (2, 10)
     with pytest.raises(MasterError):
-        asyncio.run(run())  # plaintext against TLS servers: the master is unreachable, said as such
+        asyncio.run(run(encode="server"))  # plaintext against TLS servers: the master is unreachable
     server = metrics.serve(0)
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5).read().decode()

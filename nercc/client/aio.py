@@ -118,6 +118,8 @@ class CodedClient(ClientBase):
         self._channel_args = channel_args
         self.tls = tls
         self.metrics = metrics
+        if metrics is not None:  # the health hook: workers marked down / back up show in Prometheus
+            self.health.on_down, self.health.on_up = metrics.worker_marked_down, metrics.worker_back_up
         self._masters: List[Any] = []
         self._workers: List[Any] = []
         self._probes: set = set()

@@ -60,6 +60,17 @@ class WorkerHealth:
         self.probe_interval_s = _positive("probe_interval_s", probe_interval_s)
         self.max_in_flight = _positive("max_in_flight", max_in_flight, integer=True)
         self.workers: List[WorkerState] = [WorkerState() for _ in range(self.n_workers)]
+        #: called with the worker index when it is marked down / back up (e.g. ClientMetrics' health hook)
+        self.on_down = None
+        self.on_up = None
+
+    def _back_up(self, worker: int) -> None:
+        state = self.workers[worker]
+        was_down = state.down_since is not None
+        state.consecutive_failures = 0
+        state.down_since = state.next_probe_t = None
+        if was_down and self.on_up is not None:
+            self.on_up(worker)
 
     # -- what may be sent -----------------------------------------------------------------------------
     def is_down(self, worker: int) -> bool:
@@ -94,8 +105,7 @@ class WorkerHealth:
         state = self.workers[worker]
         state.in_flight = max(0, state.in_flight - 1)
         if ok:
-            state.consecutive_failures = 0
-            state.down_since = state.next_probe_t = None
+            self._back_up(worker)
             return
         self.failed(worker, t, error)
 
@@ -109,6 +119,8 @@ class WorkerHealth:
             state.down_since = t
             state.next_probe_t = t + self.probe_interval_s
             state.marked_down += 1
+            if self.on_down is not None:
+                self.on_down(worker)
 
     # -- probes ---------------------------------------------------------------------------------------
     def probes_due(self, t: float) -> List[int]:
@@ -123,8 +135,7 @@ class WorkerHealth:
     def probe_result(self, worker: int, healthy: bool, t: float, error: str = "") -> None:
         state = self.workers[worker]
         if healthy:
-            state.consecutive_failures = 0
-            state.down_since = state.next_probe_t = None
+            self._back_up(worker)
         else:
             state.last_error = error[:200] or state.last_error
 
