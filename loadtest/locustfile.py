@@ -253,11 +253,13 @@ class CodedBatchUser(User):
         if not rate > 0:
             raise StopUser(f"--rate must be > 0 batches/s, got {rate}")
         runner = self.environment.runner
-        users = max(1, int(getattr(runner, "target_user_count", 0) or getattr(options, "num_users", 0) or 1))
+        # -u is the total over every process (distributed mode): each user's share of the load is rate / total
+        users = max(1, int(getattr(options, "num_users", 0) or getattr(runner, "target_user_count", 0) or 1))
         _Shared.user_count += 1
         if _Shared.user_count == 1:
             _Shared.log.event("users", users=users, rate=rate)
-        self._rng = np.random.default_rng([int(options.arrival_seed), _Shared.user_count])
+        worker = int(getattr(runner, "worker_index", 0) or 0) if _is_worker(runner) else 0
+        self._rng = np.random.default_rng([int(options.arrival_seed), worker, _Shared.user_count])
         self._mean_gap_s = users / rate
         self._next = time.time() + self._rng.exponential(self._mean_gap_s)
 
@@ -303,9 +305,21 @@ class NerccUser(CodedBatchUser):
 
 
 # ---------------------------------------------------------------------------- per-request log (exact latencies)
+def _is_worker(runner) -> bool:
+    from locust.runners import WorkerRunner
+
+    return isinstance(runner, WorkerRunner)
+
+
 @events.test_start.add_listener
 def open_requests_log(environment, **_kwargs) -> None:
     path = getattr(environment.parsed_options, "requests_log", "") if environment.parsed_options else ""
+    from locust.runners import MasterRunner
+
+    if isinstance(environment.runner, MasterRunner):
+        return  # distributed mode: the master runs no users; each worker writes <log>.worker<pid>
+    if path and _is_worker(environment.runner):
+        path = f"{path}.worker{os.getpid()}"
     if path and _Shared.log.path is None:
         _Shared.log = RequestLog(path)
 

@@ -121,6 +121,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-http-urls", default=None,
                         help="comma-separated worker HTTP URLs, same order (Locust's native transport; without "
                              "them Locust drives the gRPC client through a thread bridge)")
+    parser.add_argument("--locust-workers", type=int, default=0, metavar="W",
+                        help="Locust engine in distributed mode: a master and W worker processes (locust --processes W) "
+                             "share the users and the offered load; 0: one process")
     parser.add_argument("--urls-file", default=None,
                         help="urls.json of a running cluster (nercc serve --urls-file, or servers on other hosts)")
     parser.add_argument("--metrics-port", type=int, default=0,
@@ -198,6 +201,8 @@ def check_args(args) -> dict:
         raise ValueError("--profile dead-worker kills a worker of a local cluster; it cannot run on given URLs")
     if not 0 <= args.kill_worker < args.workers:
         raise ValueError(f"--kill-worker must be in 0..{args.workers - 1}, got {args.kill_worker}")
+    if args.locust_workers < 0:
+        raise ValueError(f"--locust-workers must be >= 0, got {args.locust_workers}")
     if args.users is not None and args.users < 1:
         raise ValueError(f"--users must be >= 1, got {args.users}")
     from loadtest.openloop import ramp_rates
@@ -277,7 +282,12 @@ def locust_command(args, cluster, scheme, deadline_ms, policy, log, rate, durati
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
         "-u", str(users), "-r", str(users), "-t", f"{math.ceil(duration + 2)}s", "--stop-timeout", "10",
         "--csv", str(csv_prefix), "--loglevel", "WARNING",
+        "--html", str(csv_prefix) + ".html",  # Locust's own report, beside ours
     ]
+    if args.locust_workers:
+        # distributed mode: every worker process runs its share of the users and writes its own requests log
+        # (<log>.worker<pid>), merged into <log> when the run ends
+        command += ["--processes", str(args.locust_workers)]
     return command + engine_options(args, cluster, scheme, deadline_ms, policy, log, rate) + [USER_CLASSES[scheme]]
 
 
@@ -297,6 +307,12 @@ def run_engine(command: List[str], log: Path, console: Path, timeout_s: float, o
             process.kill()
             process.wait()
             raise
+    parts = sorted(log.parent.glob(log.name + ".worker*"))  # Locust's distributed mode: one log per worker process
+    if parts:
+        with open(log, "a") as merged:
+            for part in parts:
+                merged.write(part.read_text())
+                part.unlink()
     # Locust exits 1 when any request failed; that is a result, not a crash. No log at all is a crash.
     if not log.exists() or log.stat().st_size == 0:
         raise RuntimeError(f"{command[2]} produced no log (exit {process.returncode}); {console}:\n"
@@ -485,6 +501,8 @@ def _one_run(args, plan, profile, scheme, engine, n_batches, rate, deadline, str
         csv_prefix = raw_dir / f"locust_{tag}"
         command = locust_command(args, cluster, scheme, deadline, policy, log, rate, duration, csv_prefix)
         run["locust_csv"] = csv_prefix.name + "_stats.csv"
+        run["locust_html"] = csv_prefix.name + ".html"
+        run["locust_processes"] = args.locust_workers or 1
     hook = None
     if dead:
         kill_after = args.kill_after if args.kill_after is not None else duration / 3

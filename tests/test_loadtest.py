@@ -388,3 +388,23 @@ def test_dead_worker_quick_profile(tmp_path):
 
 def test_module_paths():
     assert Path(run.LOCUSTFILE).exists() and Path(openloop.__file__).parent == Path(run.LOCUSTFILE).parent
+
+
+def test_locust_distributed_mode_writes_one_merged_log_and_locust_html(cluster, tmp_path):
+    """--locust-workers 2: Locust's master + 2 worker processes share the load; one log, our report, Locust's HTML."""
+    args = parse("--profile", "none", "--engine", "locust", "--locust-workers", "2", "--workers", str(N_WORKERS),
+                 "--inputs", str(K), "--schemes", "uncoded", "--no-calibrate", "--rate", "10", "--deadline-ms", "2000",
+                 "--batches", "30", "--no-frontier", "--record-predictions", "0", "--out", str(tmp_path),
+                 *_urls(cluster))
+    assert run.main(args) == 0
+    raw = tmp_path / "raw"
+    logs = list(raw.glob("requests_none_uncoded_locust.jsonl"))
+    assert logs and not list(raw.glob("*.worker*")), "per-process logs are merged and removed"
+    records = [json.loads(line) for line in logs[0].read_text().splitlines() if line.strip()]
+    engines = [r for r in records if r.get("event") == "engine"]
+    assert len({e["pid"] for e in engines}) == 2, engines  # two worker processes ran users
+    requests = [r for r in records if "event" not in r]
+    assert 20 <= len(requests) <= 45, len(requests)  # the offered load was shared, not multiplied
+    assert (raw / "locust_none_uncoded_locust.html").stat().st_size > 10_000
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["profiles"]["none"]["schemes"]["uncoded"]["requests"] == len(requests)
