@@ -36,7 +36,12 @@ def installed(tmp_path_factory):
     """(venv bin folder, environment, a working folder outside the checkout) with the wheel installed."""
     tmp = tmp_path_factory.mktemp("wheel")
     dist = tmp / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", dist, REPO_ROOT],
+    # build from a clean copy: setuptools reuses ./build, where files of removed modules would linger
+    source = tmp / "source"
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "reports",
+        "runs", "results", "checkpoints"))
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", dist, source],
          cwd=tmp, env=os.environ.copy())
     (wheel,) = dist.glob("nercc-*.whl")
     env_dir = tmp / "venv"
