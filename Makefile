@@ -41,7 +41,7 @@ models: $(STAMP)  ## (re)build every model's ONNX into model_repository/
 bench: $(STAMP)  ## regenerate bench/results (accuracy tables and figures)
 	$(VENV)/bin/nercc bench all
 
-loadtest: $(STAMP)  ## Locust tail-latency benchmark, bimodal stragglers
+loadtest: $(STAMP)  ## tail-latency benchmark, bimodal stragglers: calibration, Locust + asyncio engines, frontier
 	$(VENV)/bin/nercc loadtest --profile bimodal
 
 clean:  ## remove the virtual environment and caches
