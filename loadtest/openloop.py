@@ -36,14 +36,17 @@ from loadtest.workload import (  # noqa: E402
 RAMP_THROUGHPUT_SHARE = 0.95
 #: ... and its p50 stays within this factor of the first (lightest) step's p50.
 RAMP_P50_GROWTH = 2.0
+#: A ramp step lasts STEP_S or this many batches' worth of arrivals, whichever is longer (p50 needs a few).
+RAMP_MIN_BATCHES = 40
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheme", required=True, help="uncoded | replication | hedged | bacc | nercc")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals")
     parser.add_argument("--ramp", default="",
-                        help="START,FACTOR,MAX,STEP_S: offered load START, START*FACTOR, ... up to MAX batches/s, "
-                             "STEP_S seconds each (at least 40 batches), stopping after the first step past the knee "
+                        help="START,FACTOR,MAX,STEP_S[,MIN_BATCHES]: offered load START, START*FACTOR, ... up to MAX "
+                             "batches/s, STEP_S seconds each (at least MIN_BATCHES, default 40, batches' worth), "
+                             "stopping after the first step past the knee "
                              f"(throughput < {RAMP_THROUGHPUT_SHARE:g} x offered or p50 > {RAMP_P50_GROWTH:g} x the "
                              "first step's)")
     parser.add_argument("--warmup-batches", type=int, default=3, help="unlogged batches first (policy all)")
@@ -124,18 +127,22 @@ def step_stats(records: list, rate: float, duration_s: float) -> dict:
 
 
 def ramp_rates(spec: str) -> tuple:
-    """'START,FACTOR,MAX,STEP_S' -> (rates, step_s)."""
+    """'START,FACTOR,MAX,STEP_S[,MIN_BATCHES]' -> (rates, step_s, min_batches)."""
     try:
-        start, factor, top, step_s = (float(v) for v in spec.split(","))
+        values = [float(v) for v in spec.split(",")]
     except ValueError:
-        raise ValueError(f"--ramp wants START,FACTOR,MAX,STEP_S (4 numbers), got {spec!r}") from None
-    if not (start > 0 and factor > 1 and top >= start and step_s > 0):
-        raise ValueError(f"--ramp {spec!r}: need START > 0, FACTOR > 1, MAX >= START, STEP_S > 0")
+        values = []
+    if len(values) not in (4, 5):
+        raise ValueError(f"--ramp wants START,FACTOR,MAX,STEP_S[,MIN_BATCHES] (4 or 5 numbers), got {spec!r}")
+    start, factor, top, step_s = values[:4]
+    min_batches = int(values[4]) if len(values) == 5 else RAMP_MIN_BATCHES
+    if not (start > 0 and factor > 1 and top >= start and step_s > 0 and min_batches >= 5):
+        raise ValueError(f"--ramp {spec!r}: need START > 0, FACTOR > 1, MAX >= START, STEP_S > 0, MIN_BATCHES >= 5")
     rates, rate = [], start
     while rate <= top * (1 + 1e-9):
         rates.append(round(rate, 3))
         rate *= factor
-    return rates, step_s
+    return rates, step_s, min_batches
 
 
 async def main_async(options) -> int:
@@ -151,10 +158,10 @@ async def main_async(options) -> int:
         engine = OpenLoop(options, client, batches, log, meter)
         log.event("engine", engine="asyncio", scheme=options.scheme, pid=_pid())
         if options.ramp:
-            rates, step_s = ramp_rates(options.ramp)
+            rates, step_s, min_batches = ramp_rates(options.ramp)
             base_p50 = None
             for step, rate in enumerate(rates):
-                duration = max(step_s, 40.0 / rate)
+                duration = max(step_s, min_batches / rate)
                 stats = step_stats(await engine.run(rate, duration, options.arrival_seed + step, step), rate, duration)
                 base_p50 = base_p50 if base_p50 is not None else stats["p50_ms"]
                 passed = (stats["throughput"] >= RAMP_THROUGHPUT_SHARE * stats["arrivals"] and stats["p50_ms"] is not None

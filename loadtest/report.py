@@ -19,6 +19,7 @@ Definitions (also written into report.md):
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -49,7 +50,11 @@ def label(scheme: str) -> str:
 def read_log(path: Path) -> tuple:
     """(request records, event records) of one engine log; unreadable lines are an error, not skipped."""
     requests, events = [], []
-    with open(path) as fh:
+    path = Path(path)
+    if not path.exists() and Path(str(path) + ".gz").exists():
+        path = Path(str(path) + ".gz")  # committed logs are gzipped
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
         for number, line in enumerate(fh, 1):
             line = line.strip()
             if not line:

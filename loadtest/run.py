@@ -52,9 +52,9 @@ ALL_PROFILES = ("bimodal", "bimodal-0.2", "bimodal-0.3", "slow-workers", "dead-w
 
 #: Per model: the calibration ramp (START,FACTOR,MAX,STEP_S) and batches per run; heavier models get less load.
 MODEL_DEFAULTS = {
-    "lenet5": {"ramp": "8,1.5,300,2.5", "batches": 1200},
+    "lenet5": {"ramp": "8,1.5,300,2", "batches": 1000},
     "repvgg_cifar10": {"ramp": "4,1.5,150,3", "batches": 600},
-    "efficientnet_lite0": {"ramp": "0.5,1.5,20,6", "batches": 60},
+    "efficientnet_lite0": {"ramp": "0.5,1.5,12,8,10", "batches": 40},
 }
 FALLBACK_DEFAULTS = {"ramp": "2,1.5,200,3", "batches": 400}
 
@@ -81,9 +81,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated offered loads to sweep (batches/s, asyncio engine, first profile): "
                              "p50/p99/p99.9 vs load per scheme")
     parser.add_argument("--batches", type=int, default=None,
-                        help="batches per scheme and engine run (default per model: lenet5 1200); p99.9 needs 1000+")
+                        help="batches per scheme and engine run (default per model: lenet5 1000); p99.9 needs 1000+")
     parser.add_argument("--locust-batches", type=int, default=None,
-                        help="batches per Locust run with --engine both (default: --batches); its p50/p99 are "
+                        help="batches per Locust run with --engine both (default: --batches / 2); its p50/p99 are "
                              "compared with the asyncio engine's")
     parser.add_argument("--deadline-ms", type=float, default=None,
                         help="end-to-end deadline (SLO) per batch (default: --deadline-factor x the coded path's "
@@ -213,7 +213,8 @@ def check_args(args) -> dict:
     engines.sort(key=lambda e: 0 if e == "asyncio" else 1)  # asyncio first: the yardstick, the headline
     return {
         "schemes": schemes, "profiles": profiles, "engines": engines, "batches": batches,
-        "locust_batches": args.locust_batches or batches, "rates": rates, "ramp": ramp,
+        "locust_batches": args.locust_batches or (max(10, batches // 2) if args.engine == "both" else batches),
+        "rates": rates, "ramp": ramp,
         "frontier_batches": args.frontier_batches or (QUICK["frontier_batches"] if args.quick else max(50, batches // 2)),
         "policy": resolve_policy(args.policy, args.workers),
     }

@@ -248,7 +248,8 @@ def test_poisson_schedule_is_seeded_and_at_the_rate():
 
 
 def test_ramp_rates_and_step_stats():
-    assert openloop.ramp_rates("10,2,80,1.5") == ([10, 20, 40, 80], 1.5)
+    assert openloop.ramp_rates("10,2,80,1.5") == ([10, 20, 40, 80], 1.5, openloop.RAMP_MIN_BATCHES)
+    assert openloop.ramp_rates("0.5,2,1,4,8") == ([0.5, 1.0], 4.0, 8)
     records = [{"t_sched": 100 + i / 10, "t": 100 + i / 10 + 0.005, "ms": 5.0, "n_arrived": 2} for i in range(20)]
     stats = openloop.step_stats(records, 10.0, 2.0)
     assert stats["p50_ms"] == 5.0 and stats["arrivals"] == 10.0 and stats["throughput"] == pytest.approx(10.0)
