@@ -282,11 +282,13 @@ class ClientBase:
 
     def _wait_state(self, plan: RequestPlan, policy_kind: str, t0: float, t_fanout: float) -> WaitState:
         hedge_ms = self.hedge_delay.value_ms() if plan.backups else None
-        return WaitState(
+        state = WaitState(
             plan, policy_kind=policy_kind, policy_m=self.policy_m, min_answers=self.min_answers,
             t_fanout=t_fanout, deadline_t=t0 + self.deadline_ms / 1e3, hard_t=t0 + self.hard_timeout_ms / 1e3,
             hedge_t=None if hedge_ms is None else t_fanout + hedge_ms / 1e3,
         )
+        state.hedge_ms = hedge_ms  # reported as given (hedge_t - t_fanout would round)
+        return state
 
     def _warmup_batches(self, n_batches: int) -> int:
         """Warm-up batches: rotating schemes need ceil(N / K) to reach every worker."""
@@ -342,7 +344,7 @@ class ClientBase:
             lam_dec=lam_dec,
             assignment={} if self.coded else dict(state.sent),
             n_hedges=state.n_hedges(),
-            hedge_ms=None if state.hedge_t is None else (state.hedge_t - t_fanout) * 1e3,
+            hedge_ms=state.hedge_ms,
             encode=encoded_on if self.coded else None,
             master=master,
             dropped=dropped,

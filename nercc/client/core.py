@@ -386,6 +386,7 @@ class WaitState:
         self.min_answers = min_answers
         self.t_fanout, self.deadline_t, self.hard_t = t_fanout, deadline_t, hard_t
         self.hedge_t = hedge_t if plan.backups else None
+        self.hedge_ms: float | None = None  # the hedge delay, for the record (set by the client)
         self.sent: Dict[int, int] = dict(plan.requests)  # worker -> row of every request sent so far
         self.pending = set(plan.requests)
         self.unsent_backups: Dict[int, int] = dict(plan.backups)  # row -> backup worker

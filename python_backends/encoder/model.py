@@ -6,7 +6,7 @@ Model ``<name>_encode`` (the same file, configured with a UINT8 input): input ``
 -> ``CODED``: preprocessing (``nercc.preprocessing.preprocess``, the model's ``nercc.json``) and encoding in
 one Python-stub hop, where an ensemble of two Python models would pay two.
 
-Request parameters (tritonclient ``parameters={...}``; the ``<name>_encode`` ensemble forwards them):
+Request parameters (tritonclient ``parameters={...}``, the same for ``<name>_encode`` and ``<name>_encoder``):
     scheme        "nercc" (default) or "bacc"
     n_workers     N, int, required
     lam_enc       float >= 0, NeRCC only; default from the model's tuning profile (nercc.profiles.lookup)

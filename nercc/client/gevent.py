@@ -1,0 +1,270 @@
+"""The gevent transport of the coded client: :class:`GeventCodedClient` on ``tritonclient.http``.
+
+Same constructor, same :class:`~nercc.client.core.CodedResult`, same core as :class:`nercc.client.CodedClient`,
+but a synchronous ``infer(batch)`` that cooperates with gevent: every worker request is a greenlet on
+``tritonclient.http`` (geventhttpclient, the HTTP stack Locust's FastHttpUser uses), so a Locust user calls it
+directly, without an asyncio thread bridge. Outside Locust it works as a plain blocking client (no monkey
+patching needed: geventhttpclient's sockets are gevent's own).
+
+Why HTTP and not gRPC under gevent: for a 12-request fan-out, one batch at a time, issue 9 measured p50
+9.3 ms for ``tritonclient.grpc.aio``, 9.5 ms for ``tritonclient.http`` under gevent and 12.3 ms for
+``tritonclient.grpc`` under ``grpc.experimental.gevent.init_gevent()``; ``bench/client_cost.py`` measures
+this transport beside the asyncio one (docs/client.md).
+
+URLs are the servers' HTTP ``host:port`` (``LocalCluster.master_http_url`` / ``worker_http_urls``).
+Each request greenlet takes the time its answer arrived and puts it in the batch's inbox; the calling greenlet
+feeds them to the :class:`~nercc.client.core.WaitState` and sleeps on the inbox until the next answer or the
+state's next wake-up. Requests still in flight at the decode are left to finish in the background (their
+greenlets are kept, :meth:`drain` waits for them).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, List
+
+import gevent
+import numpy as np
+from gevent.queue import Empty, Queue
+
+from nercc.client.base import ClientBase
+from nercc.client.core import (
+    DECODE,
+    GIVE_UP,
+    CodedResult,
+    Decision,
+    MasterError,
+    ModelSpec,
+    WaitState,
+    spec_from_server_metadata,
+)
+
+#: Network timeout added to the hard timeout: frees a greenlet from a hung server, never races an answer.
+NETWORK_TIMEOUT_SLACK_S = 60.0
+#: Most extra warm-up batches ``hedged`` sends to measure its hedge delay.
+WARMUP_HEDGE_BATCHES_MAX = 50
+
+
+def _error_text(exc: BaseException) -> str:
+    message = getattr(exc, "message", None)
+    text = message() if callable(message) else str(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+class GeventCodedClient(ClientBase):
+    """Coded prediction serving over Triton HTTP with gevent greenlets; arguments as
+    :class:`nercc.client.aio.CodedClient` (HTTP URLs), plus ``concurrency``: connections per server (requests
+    one client keeps in flight to one server; a Locust user with one batch in flight needs 2: a straggler
+    still running and the next batch)."""
+
+    def __init__(self, master_url: str | None, worker_urls, *args, concurrency: int = 4, **kwargs):
+        super().__init__(master_url, worker_urls, *args, **kwargs)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        self.concurrency = concurrency
+        self._master = None
+        self._workers: List[Any] = []
+        self._abandoned: set = set()  # straggler greenlets left to finish
+
+    # ------------------------------------------------------------------ set-up
+    def connect(self) -> GeventCodedClient:
+        """Open the HTTP connection pools (one per server) and resolve the model spec."""
+        if self._closed:
+            raise RuntimeError("this GeventCodedClient is closed")
+        if not self._workers:
+            import tritonclient.http as httpclient
+
+            def make(url):
+                return httpclient.InferenceServerClient(
+                    url, concurrency=self.concurrency, connection_timeout=10.0,
+                    network_timeout=self.hard_timeout_ms / 1e3 + NETWORK_TIMEOUT_SLACK_S)
+
+            self._master = make(self.master_url) if self.master_url else None
+            self._workers = [make(url) for url in self.worker_urls]
+            clients = ([self._master] if self._master is not None else []) + self._workers
+            # open every connection now; a server that does not answer is simply a straggler later
+            gevent.joinall([gevent.spawn(_ready, c) for c in clients], timeout=2.0)
+        if self.spec is None:
+            self.spec = self._spec_from_servers()
+        return self
+
+    def _spec_from_servers(self) -> ModelSpec:
+        """Shapes from the servers when the model has no local ``nercc.json`` (a remote deployment)."""
+        errors = []
+        for url, worker in zip(self.worker_urls, self._workers):
+            try:
+                meta = worker.get_model_metadata(self.model)
+            except Exception as exc:  # noqa: BLE001 - try the next worker, report them all
+                text = _error_text(exc)
+                if "unknown model" in text or "not found" in text:
+                    raise ValueError(f"unknown model {self.model!r}: no local metadata and worker {url} does "
+                                     f"not serve it ({text})") from exc
+                errors.append(f"{url}: {text}")
+                continue
+            raw_shape = None
+            if self._master is not None:
+                try:
+                    enc = self._master.get_model_metadata(f"{self.model}_encode")
+                    raw_shape = tuple(int(s) for s in enc["inputs"][0]["shape"][1:])
+                except Exception:  # noqa: BLE001 - raw input is then refused with a clear error
+                    raw_shape = None
+            return spec_from_server_metadata(self.model, meta, raw_shape)
+        raise ConnectionError(f"model {self.model!r} has no local metadata and no worker answered a metadata "
+                              "request: " + "; ".join(errors))
+
+    def warmup(self, n_batches: int = 2) -> None:
+        """All-zero batches, untimed, as :meth:`nercc.client.aio.CodedClient.warmup`."""
+        self.connect()
+        batch = self._warmup_batch()
+        for _ in range(self._warmup_batches(n_batches)):
+            self._infer(batch, "all")
+        self.drain()
+        if self.scheme == "hedged" and self.hedge_delay.fixed_ms is None:
+            self.hedge_delay.clear()  # cold first runs are no sample of a worker round trip
+            for _ in range(WARMUP_HEDGE_BATCHES_MAX):
+                if self.hedge_delay.n_samples >= self.hedge_delay.min_samples:
+                    break
+                self._infer(batch, "all")
+                self.drain()
+
+    def drain(self, timeout_s: float | None = None) -> int:
+        """Wait for the straggler requests left in flight; returns how many remain."""
+        if self._abandoned:
+            gevent.joinall(list(self._abandoned), timeout=timeout_s)
+        self._abandoned = {g for g in self._abandoned if not g.dead}
+        return len(self._abandoned)
+
+    def close(self) -> None:
+        """Let straggler requests finish (up to the hard timeout), then close every connection pool."""
+        if self._closed:
+            return
+        self._closed = True
+        self.drain(self.hard_timeout_ms / 1e3)
+        for greenlet in self._abandoned:
+            greenlet.kill(block=False)
+        clients = ([self._master] if self._master is not None else []) + self._workers
+        self._master, self._workers = None, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    def __enter__(self) -> GeventCodedClient:
+        return self.connect()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --------------------------------------------------------------- requests
+    @staticmethod
+    def _infer_one(client, model: str, name: str, data: np.ndarray, out: str,
+                   parameters: dict | None = None) -> np.ndarray:
+        import tritonclient.http as httpclient
+        from tritonclient.utils import np_to_triton_dtype
+
+        tensor = httpclient.InferInput(name, list(data.shape), np_to_triton_dtype(data.dtype))
+        tensor.set_data_from_numpy(data, binary_data=True)
+        response = client.infer(model, [tensor], outputs=[httpclient.InferRequestedOutput(out, binary_data=True)],
+                                parameters=parameters)
+        return response.as_numpy(out)
+
+    def _payloads(self, batch: np.ndarray, is_raw: bool, k: int) -> np.ndarray:
+        local = self._local_payloads(batch, is_raw)
+        if local is not None:
+            return local
+        if not is_raw and not self.coded:
+            return batch
+        model, name, out, params = self._master_request(is_raw, k)
+        try:
+            payloads = self._infer_one(self._master, model, name, batch, out, params)
+        except Exception as exc:  # noqa: BLE001 - nothing to send to the workers
+            if not self.coded:
+                raise
+            raise MasterError(f"encoding on the master {self.master_url} ({model}) failed: {_error_text(exc)}") from exc
+        return self._check_coded(payloads) if self.coded else payloads
+
+    # ------------------------------------------------------------------ infer
+    def infer(self, batch: np.ndarray) -> CodedResult:
+        """K predictions for a batch of K inputs (blocks this greenlet; others keep running)."""
+        return self._infer(batch, self.policy_kind)
+
+    def _infer(self, batch: np.ndarray, policy_kind: str) -> CodedResult:
+        t0 = time.perf_counter()
+        self.connect()
+        batch, is_raw = self._check_batch(batch)
+        k = batch.shape[0]
+        payloads = self._payloads(batch, is_raw, k)
+        plan = self._plan(k)
+        t_fanout = time.perf_counter()
+        state = self._wait_state(plan, policy_kind, t0, t_fanout)
+        _GeventFanOut(self, state, payloads).run()
+        if state.final.action == GIVE_UP:
+            raise state.give_up_error(self.scheme, self.hard_timeout_ms)
+        return self._result(state, k, t0, t_fanout, time.perf_counter(), time.perf_counter)
+
+
+def _ready(client) -> None:
+    try:
+        client.is_server_ready()
+    except Exception:  # noqa: BLE001 - an unreachable server is a straggler later, not an error now
+        pass
+
+
+class _GeventFanOut:
+    """One batch's worker requests as greenlets, driving its :class:`WaitState`."""
+
+    def __init__(self, client: GeventCodedClient, state: WaitState, payloads: np.ndarray):
+        self.client, self.state, self.payloads = client, state, payloads
+        self.greenlets: list = []
+        self.inbox: Queue = Queue()  # (worker, arrival time, output or None, error text or None)
+
+    def _request(self, worker: int, row: int) -> None:
+        client, spec = self.client, self.client.spec
+        t_sent = time.perf_counter()
+        try:
+            output = client._infer_one(client._workers[worker], client.model, spec.input_name,
+                                       self.payloads[row:row + 1], spec.output_name)
+        except Exception as exc:  # noqa: BLE001 - a failed worker is a straggler, recorded with its error
+            self.inbox.put((worker, time.perf_counter(), None, _error_text(exc)))
+            return
+        t = time.perf_counter()  # where the answer arrives
+        client.hedge_delay.observe((t - t_sent) * 1e3)
+        self.inbox.put((worker, t, output, None))
+
+    def _send(self, worker: int, row: int) -> None:
+        self.greenlets.append(gevent.spawn(self._request, worker, row))
+
+    def _feed(self, items) -> Decision:
+        sends: list = []
+        for worker, t, output, error in items:
+            decision = (self.state.on_answer(worker, t, output) if error is None
+                        else self.state.on_failure(worker, t, error))
+            sends += decision.send
+        decision = self.state.on_tick(time.perf_counter())
+        return Decision(decision.action, tuple(sends) + decision.send, decision.reason)
+
+    def _next_items(self) -> list:
+        """The answers in the inbox, waiting for one until the state's next wake-up when it is empty."""
+        wakeup = self.state.next_wakeup(time.perf_counter())
+        try:
+            items = [self.inbox.get(timeout=max(wakeup - time.perf_counter(), 0.0))]
+        except Empty:
+            return []
+        while not self.inbox.empty():
+            items.append(self.inbox.get_nowait())
+        return items
+
+    def run(self) -> None:
+        for worker, row in self.state.plan.requests.items():
+            self._send(worker, row)
+        decision = self._feed([])
+        while True:
+            for worker, row in decision.send:
+                self._send(worker, row)
+            if decision.action in (DECODE, GIVE_UP):
+                break
+            decision = self._feed(self._next_items())
+        for greenlet in self.greenlets:
+            if not greenlet.dead:
+                self.client._abandoned.add(greenlet)
