@@ -5,6 +5,9 @@ Sub-commands:
   sweep     MSE over a (lam_enc, lam_dec) grid at one setting: the smoothness-effect data (bench/tune.py)
   figures   PNG figures from the results in bench/results/ (bench/figures.py)
   cost      encode/decode cost next to a plain matmul (bench/coding_cost.py)
+  client-cost  per serving scheme, concurrency 1: latency and CPU per batch, ratios to replication
+            (bench/client_cost.py)
+  transport-fanout  N plain worker requests at once: grpc.aio vs http+gevent vs grpc+gevent (bench/transport_fanout.py)
   all       regenerate bench/results/: tune, accuracy for every exported model, sweep, tables, figures
 """
 
@@ -21,6 +24,8 @@ SUBCOMMANDS = {
     "sweep": ("bench.tune", "MSE over a (lam_enc, lam_dec) grid at one (model, N, K, S): smoothness data"),
     "figures": ("bench.figures", "PNG figures from bench/results/"),
     "cost": ("bench.coding_cost", "time to build matrices, encode and decode, next to a plain matmul"),
+    "client-cost": ("bench.client_cost", "per scheme at concurrency 1: p50/p99 and CPU ms per batch vs replication"),
+    "transport-fanout": ("bench.transport_fanout", "fan-out of N worker requests: grpc.aio, http+gevent, grpc+gevent"),
     "all": (None, "regenerate bench/results/ with the default settings (one command)"),
 }
 

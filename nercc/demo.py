@@ -20,7 +20,16 @@ import numpy as np
 
 from nercc.coding import mean_squared_error
 
-SCHEME_ORDER = ("uncoded", "replication", "bacc", "nercc")
+#: Table rows: the client's schemes, plus ``nercc-local`` = NeRCC encoded in the client (``encode="local"``).
+SCHEME_ORDER = ("uncoded", "replication", "hedged", "bacc", "nercc", "nercc-local")
+LOCAL_ENCODE_SUFFIX = "-local"
+
+
+def client_settings(row: str) -> tuple:
+    """(scheme, encode mode) of a table row: ``nercc-local`` is scheme nercc with ``encode="local"``."""
+    if row.endswith(LOCAL_ENCODE_SUFFIX):
+        return row[: -len(LOCAL_ENCODE_SUFFIX)], "local"
+    return row, "server"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="NeRCC lam_enc (default: the model's tuning profile for this K, N and M)")
     parser.add_argument("--lam-dec", type=float, default=None,
                         help="NeRCC lam_dec (default: the model's tuning profile, per number of answers)")
+    parser.add_argument("--hedge-ms", type=float, default=None,
+                        help="hedged: delay before an input's second copy (default: p95 of the worker round trips "
+                             "measured at warm-up and while running)")
     parser.add_argument("--concurrency", type=int, default=1,
                         help="batches in flight at once per scheme (1 = one after another: clean latency)")
     parser.add_argument("--schemes", default=",".join(SCHEME_ORDER), help="comma-separated subset to run")
@@ -76,7 +88,12 @@ class SchemeStats:
     failed: List[str] = field(default_factory=list)
     errors: int = 0
     lams: set = field(default_factory=set)  # (lam_enc, lam_dec) pairs NeRCC used
+    hedge_ms: List[float] = field(default_factory=list)  # hedged: the hedge delay per batch
     predictions: Dict[int, np.ndarray] = field(default_factory=dict)  # batch index -> (K, n_classes)
+
+
+def auto_policy(n_workers: int) -> str:
+    return f"first:{max(2, math.ceil(2 * n_workers / 3))}"
 
 
 class _GivenCluster:
@@ -95,10 +112,6 @@ class _GivenCluster:
         return []
 
 
-def auto_policy(n_workers: int) -> str:
-    return f"first:{max(2, math.ceil(2 * n_workers / 3))}"
-
-
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
 
@@ -106,16 +119,17 @@ def percentile(values: Sequence[float], q: float) -> float:
 async def run_schemes(master_url, worker_urls, args, schemes, batches, progress, tls=None,
                       metrics=None) -> Dict[str, SchemeStats]:
     """Every batch through every scheme, interleaved; returns per-scheme stats."""
-    from nercc.client import CodedClient, NotEnoughAnswersError
+    from nercc.client import CODED_SCHEMES, CodedClient, NotEnoughAnswersError
 
     policy = auto_policy(len(worker_urls)) if args.policy == "auto" else args.policy
     clients = {}
-    for scheme in schemes:
-        clients[scheme] = CodedClient(
+    for row in schemes:
+        scheme, encode = client_settings(row)
+        clients[row] = CodedClient(
             master_url, worker_urls, model=args.model, scheme=scheme, deadline_ms=args.deadline_ms,
-            policy=policy if scheme in ("nercc", "bacc") else "deadline", n_inputs=args.inputs,
-            hard_timeout_ms=args.hard_timeout_ms, lam_enc=args.lam_enc, lam_dec=args.lam_dec,
-            tls=tls, metrics=metrics,
+            policy=policy if scheme in CODED_SCHEMES else "deadline", n_inputs=args.inputs,
+            hard_timeout_ms=args.hard_timeout_ms, lam_enc=args.lam_enc, lam_dec=args.lam_dec, encode=encode,
+            hedge_ms=args.hedge_ms, tls=tls, metrics=metrics,
         )
     stats = {s: SchemeStats(s, clients[s].policy) for s in schemes}
     try:
@@ -142,6 +156,8 @@ async def run_schemes(master_url, worker_urls, args, schemes, batches, progress,
                 st.deadline_met += result.deadline_met
                 st.errors += len(result.errors)
                 st.predictions[index] = result.predictions
+                if result.hedge_ms is not None:
+                    st.hedge_ms.append(result.hedge_ms)
                 if result.lam_enc is not None:
                     st.lams.add((result.lam_enc, result.lam_dec))
                 progress.update(1)
@@ -187,18 +203,87 @@ def format_table(rows: List[List[str]], header: List[str]) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
+def table_rows(stats, schemes, reference, batch_labels, k) -> List[list]:
+    """One table row per scheme: latency percentiles, accuracy against the local model, cost, lateness."""
+    rows = []
+    for scheme in schemes:
+        st = stats[scheme]
+        done = sorted(st.predictions)
+        if done:
+            pred = np.concatenate([st.predictions[i] for i in done])
+            ref = np.concatenate([reference[i] for i in done])
+            y = np.concatenate([batch_labels[i] for i in done])
+            mse = mean_squared_error(pred, ref)
+            base = float((ref.argmax(1) == y).mean())
+            rel_acc = float((pred.argmax(1) == y).mean()) / base if base > 0 else float("nan")
+        else:
+            mse = rel_acc = float("nan")
+        rows.append([
+            scheme, st.policy,
+            f"{percentile(st.total_ms, 50):.1f}", f"{percentile(st.total_ms, 95):.1f}",
+            f"{percentile(st.total_ms, 99):.1f}", f"{max(st.total_ms, default=float('nan')):.1f}",
+            f"{mse:.2e}", f"{rel_acc:.3f}",
+            f"{np.mean(st.n_requests) / k:.2f}" if st.n_requests else "-",
+            f"{np.mean(st.n_arrived):.1f}" if st.n_arrived else "-",
+            str(st.late), str(len(st.failed)),
+            f"{percentile(st.encode_ms, 50):.2f}", f"{percentile(st.fanout_ms, 50):.2f}",
+            f"{percentile(st.decode_ms, 50):.2f}",
+        ])
+    return rows
+
+
+TABLE_HEADER = ["scheme", "policy", "p50 ms", "p95 ms", "p99 ms", "max ms", "MSE", "RelAcc", "compute/input",
+                "answers used", "late", "failed", "encode p50", "fan-out p50", "decode p50"]
+
+
+def print_notes(args, stats, schemes, plain, k) -> None:
+    """The lines under the table: the plain request for scale, column meanings, lams, hedge delay, failures."""
+    print(f"one plain request to one worker (batch 1, no coding, same straggler profile): "
+          f"p50 {percentile(plain, 50):.2f} ms, p99 {percentile(plain, 99):.2f} ms over {len(plain)}")
+    print("MSE: mean over inputs of ||f(x) - prediction||^2 against the model run locally (onnxruntime); "
+          "RelAcc: top-1 of the predictions / top-1 of the local model on the same inputs; compute/input: worker "
+          "requests per input (uncoded 1, replication N//K, coded N/K, hedged 1 + second copies); answers used: per "
+          "batch (mean); nercc-local: NeRCC encoded in the client (encode='local'), no master round trip; "
+          "late: batches that waited past the deadline for their minimum; latency: call to predictions.")
+    if "nercc" in stats and stats["nercc"].lams:
+        pairs = sorted(stats["nercc"].lams)
+        enc = sorted({p[0] for p in pairs})
+        dec = sorted({p[1] for p in pairs})
+        source = "--lam-enc/--lam-dec" if args.lam_enc is not None or args.lam_dec is not None else "tuning profile"
+        print(f"NeRCC lams ({source}): lam_enc {', '.join(f'{v:g}' for v in enc)}; "
+              f"lam_dec {', '.join(f'{v:g}' for v in dec)}")
+    if "hedged" in stats and stats["hedged"].hedge_ms:
+        st = stats["hedged"]
+        print(f"hedged: hedge delay p50 {percentile(st.hedge_ms, 50):.2f} ms "
+              f"({'--hedge-ms' if args.hedge_ms is not None else 'p95 of the measured worker round trips'}); "
+              f"second copies per batch {np.mean(st.n_requests) - k:.2f}")
+    for scheme in schemes:
+        if stats[scheme].failed:
+            print(f"{scheme}: {len(stats[scheme].failed)} batches failed, e.g. {stats[scheme].failed[0]}")
+
+
+def pick_batches(args, k):
+    """(raw batches, their labels, the local model's outputs on them): the same batches for every scheme."""
     from tqdm import tqdm
 
     from nercc.data import load_dataset
     from nercc.models import OnnxModel, load_model_info
     from nercc.preprocessing import preprocess
-    from nercc.serving import LocalCluster
 
-    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
-    unknown = [s for s in schemes if s not in SCHEME_ORDER]
-    if unknown:
-        raise SystemExit(f"nercc demo: unknown scheme(s) {unknown}; use {', '.join(SCHEME_ORDER)}")
+    info = load_model_info(args.model)
+    raw, labels = load_dataset(info.dataset, split="test")
+    rng = np.random.default_rng(args.seed)
+    pick = rng.choice(len(raw), size=args.batches * k, replace=len(raw) < args.batches * k)
+    raw_batches = [np.ascontiguousarray(raw[pick[i * k:(i + 1) * k]]) for i in range(args.batches)]
+    batch_labels = [labels[pick[i * k:(i + 1) * k]] for i in range(args.batches)]
+    # the reference: the same model on the same inputs, locally with onnxruntime
+    f = OnnxModel(args.model, threads=1)
+    reference = [f(preprocess(info, b)) for b in tqdm(raw_batches, desc="local reference", unit="batch")]
+    return raw_batches, batch_labels, reference
+
+
+def client_options(args):
+    """(tls, the running cluster of --urls-file or None, client metrics or None) from the command line."""
     from nercc.client.tls import ClientTLS
 
     try:
@@ -225,23 +310,27 @@ def main(args: argparse.Namespace) -> int:
         metrics = ClientMetrics()
         server = metrics.serve(args.metrics_port)
         print(f"client metrics on http://127.0.0.1:{server.server_port}/metrics", flush=True)
+    return tls, given, metrics
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from nercc.models import load_model_info
+    from nercc.preprocessing import preprocess
+    from nercc.serving import LocalCluster
+
+    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
+    unknown = [s for s in schemes if s not in SCHEME_ORDER]
+    if unknown:
+        raise SystemExit(f"nercc demo: unknown scheme(s) {unknown}; use {', '.join(SCHEME_ORDER)}")
+    tls, given, metrics = client_options(args)
     if args.batches < 1 or args.concurrency < 1 or args.inputs < 2 or args.workers < args.inputs:
         raise SystemExit("nercc demo: need --batches >= 1, --concurrency >= 1, 2 <= --inputs <= --workers")
-
-    info = load_model_info(args.model)
-    raw, labels = load_dataset(info.dataset, split="test")
-    rng = np.random.default_rng(args.seed)
     k = args.inputs
-    pick = rng.choice(len(raw), size=args.batches * k, replace=len(raw) < args.batches * k)
-    raw_batches = [np.ascontiguousarray(raw[pick[i * k:(i + 1) * k]]) for i in range(args.batches)]
-    batch_labels = [labels[pick[i * k:(i + 1) * k]] for i in range(args.batches)]
-
-    # the reference: the same model on the same inputs, locally with onnxruntime
-    f = OnnxModel(args.model, threads=1)
-    reference = [f(preprocess(info, b)) for b in tqdm(raw_batches, desc="local reference", unit="batch")]
-    ref_all = np.concatenate(reference)
+    raw_batches, batch_labels, reference = pick_batches(args, k)
     y_all = np.concatenate(batch_labels)
-    base_acc = float((ref_all.argmax(1) == y_all).mean())
+    base_acc = float((np.concatenate(reference).argmax(1) == y_all).mean())
 
     if given is None:
         print(f"starting master + {args.workers} workers ({args.model}, straggler {args.straggler}) ...", flush=True)
@@ -259,48 +348,22 @@ def main(args: argparse.Namespace) -> int:
         with tqdm(total=len(schemes) * args.batches, desc="batches (all schemes)", unit="batch") as progress:
             stats = asyncio.run(run_schemes(cluster.master_url, cluster.worker_urls, args, schemes,
                                             raw_batches, progress, tls=tls, metrics=metrics))
-        x_plain = preprocess(info, raw_batches[0])
+        x_plain = preprocess(load_model_info(args.model), raw_batches[0])
         plain = asyncio.run(plain_requests(cluster.worker_urls[0], args.model, x_plain, 200, tls=tls))
         crashed = cluster.check()
     print("all servers stopped" if given is None else "done (the given cluster keeps running)", flush=True)
     if crashed:
         print(f"WARNING: these servers died during the run: {', '.join(crashed)}")
-
-    header = ["scheme", "policy", "p50 ms", "p95 ms", "p99 ms", "max ms", "MSE", "RelAcc", "compute/input",
-              "answers used", "late", "failed", "encode p50", "fan-out p50", "decode p50"]
-    rows = []
-    for scheme in schemes:
-        st = stats[scheme]
-        done = sorted(st.predictions)
-        if done:
-            pred = np.concatenate([st.predictions[i] for i in done])
-            ref = np.concatenate([reference[i] for i in done])
-            y = np.concatenate([batch_labels[i] for i in done])
-            mse = mean_squared_error(pred, ref)
-            base = float((ref.argmax(1) == y).mean())
-            rel_acc = float((pred.argmax(1) == y).mean()) / base if base > 0 else float("nan")
-        else:
-            mse = rel_acc = float("nan")
-        rows.append([
-            scheme, st.policy,
-            f"{percentile(st.total_ms, 50):.1f}", f"{percentile(st.total_ms, 95):.1f}",
-            f"{percentile(st.total_ms, 99):.1f}", f"{max(st.total_ms, default=float('nan')):.1f}",
-            f"{mse:.2e}", f"{rel_acc:.3f}",
-            f"{np.mean(st.n_requests) / k:.2f}" if st.n_requests else "-",
-            f"{np.mean(st.n_arrived):.1f}" if st.n_arrived else "-",
-            str(st.late), str(len(st.failed)),
-            f"{percentile(st.encode_ms, 50):.2f}", f"{percentile(st.fanout_ms, 50):.2f}",
-            f"{percentile(st.decode_ms, 50):.2f}",
-        ])
+    rows = table_rows(stats, schemes, reference, batch_labels, k)
     if args.save:
         import json
-        from pathlib import Path
 
-        record = {"settings": {k: v for k, v in vars(args).items() if k not in ("func",)},
+        record = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                               if k not in ("func",)},
                   "base_top1": base_acc, "n_inputs_total": int(len(y_all)),
                   "plain_request_ms": {"p50": percentile(plain, 50), "p99": percentile(plain, 99)},
                   "crashed_servers": crashed,
-                  "table": [dict(zip(header, row)) for row in rows]}
+                  "table": [dict(zip(TABLE_HEADER, row)) for row in rows]}
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         Path(args.save).write_text(json.dumps(record, indent=2) + "\n")
     print()
@@ -308,21 +371,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"{args.model}: N={args.workers} workers, K={k}, {args.batches} batches per scheme, straggler "
           f"{straggler}, deadline {args.deadline_ms:g} ms, concurrency {args.concurrency}; base model "
           f"top-1 on these {len(y_all)} inputs: {base_acc:.4f}")
-    print(format_table(rows, header))
-    print(f"one plain request to one worker (batch 1, no coding, same straggler profile): "
-          f"p50 {percentile(plain, 50):.2f} ms, p99 {percentile(plain, 99):.2f} ms over {len(plain)}")
-    print("MSE: mean over inputs of ||f(x) - prediction||^2 against the model run locally (onnxruntime); "
-          "RelAcc: top-1 of the predictions / top-1 of the local model on the same inputs; compute/input: worker "
-          "requests per input (uncoded 1, replication N//K, coded N/K); answers used: per batch (mean); "
-          "late: batches that waited past the deadline for their minimum; latency: call to predictions.")
-    if "nercc" in stats and stats["nercc"].lams:
-        pairs = sorted(stats["nercc"].lams)
-        enc = sorted({p[0] for p in pairs})
-        dec = sorted({p[1] for p in pairs})
-        source = "--lam-enc/--lam-dec" if args.lam_enc is not None or args.lam_dec is not None else "tuning profile"
-        print(f"NeRCC lams ({source}): lam_enc {', '.join(f'{v:g}' for v in enc)}; "
-              f"lam_dec {', '.join(f'{v:g}' for v in dec)}")
-    for scheme in schemes:
-        if stats[scheme].failed:
-            print(f"{scheme}: {len(stats[scheme].failed)} batches failed, e.g. {stats[scheme].failed[0]}")
+    print(format_table(rows, TABLE_HEADER))
+    print_notes(args, stats, schemes, plain, k)
     return 0

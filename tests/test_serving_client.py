@@ -192,6 +192,80 @@ def test_replication_first_copy_wins_over_a_straggler(cluster, mnist, slow_clust
     np.testing.assert_allclose(r.predictions, ref[:K], rtol=1e-5, atol=1e-6)
 
 
+def test_hedged_sends_a_second_copy_around_a_straggler(cluster, mnist, slow_cluster):
+    raw, _, ref = mnist
+    urls = [slow_cluster.worker_urls[0]] + cluster.worker_urls[1:]  # worker 0 always slow
+    client = CodedClient(None, urls, model=MODEL, scheme="hedged", deadline_ms=1000, n_inputs=K, hedge_ms=30)
+    (r,) = run(infer_all(client, [raw[:K]]))  # rotation 0: inputs on workers 0 and 1, backups on 2 and 3
+    assert r.scheme == "hedged" and r.hedge_ms == 30
+    assert 0 not in r.arrived and 2 in r.arrived  # input 0's second copy, on worker 2, answered first
+    assert r.n_hedges >= 1 and r.n_requests == K + r.n_hedges and r.assignment[2] == 0
+    assert r.worker_latency_ms[2] >= 30 and r.total_ms < SLOW_MS and not r.late
+    np.testing.assert_allclose(r.predictions, ref[:K], rtol=1e-5, atol=1e-6)
+
+
+def test_hedged_measures_its_hedge_delay_at_warmup(cluster, mnist):
+    raw, _, ref = mnist
+
+    async def scenario():
+        async with CodedClient(None, cluster.worker_urls, model=MODEL, scheme="hedged", deadline_ms=1000,
+                               n_inputs=K) as client:
+            assert client.hedge_delay.value_ms() == 500.0  # deadline / 2 before any round trip was measured
+            await client.warmup(1)
+            measured = client.hedge_delay.value_ms()
+            return client.hedge_delay.n_samples, measured, await client.infer(raw[:K])
+
+    n_samples, measured, r = run(scenario())
+    # the p95 of >= 20 warm round trips (a few ms here; far below the 250 ms cold first runs it leaves out)
+    assert n_samples >= 20 and 0 < measured < 200
+    assert r.hedge_ms is not None and r.hedge_ms > 0
+    np.testing.assert_allclose(r.predictions, ref[:K], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["raw", "float"])
+@pytest.mark.parametrize("scheme", ["nercc", "bacc"])
+def test_local_encoding_equals_the_masters(cluster, mnist, scheme, kind):
+    """encode='local' applies the master's float32 encoding matrix in the client: same coded inputs (raw uint8
+    preprocessed locally, or float32 as given), same predictions, no master round trip."""
+    import tritonclient.grpc as grpcclient
+
+    raw, x, _ = mnist
+    k = 4
+    batch = raw[:k] if kind == "raw" else x[:k]
+    local = CodedClient(None, cluster.worker_urls, model=MODEL, scheme=scheme, deadline_ms=2000, policy="all",
+                        n_inputs=k, encode="local")
+    coded_here = local._local_payloads(batch, kind == "raw")
+    master = grpcclient.InferenceServerClient(cluster.master_url)
+    try:
+        name, dtype = ("RAW", "UINT8") if kind == "raw" else ("INPUT", "FP32")
+        tensor = grpcclient.InferInput(name, list(batch.shape), dtype)
+        tensor.set_data_from_numpy(batch)
+        params = {"scheme": scheme, "n_workers": N_WORKERS, "n_stragglers": 0}
+        if scheme == "nercc":
+            params["lam_enc"] = local.lams(k)[0]
+        model = f"{MODEL}_encode" if kind == "raw" else f"{MODEL}_encoder"
+        coded_there = master.infer(model, [tensor], parameters=params).as_numpy("CODED")
+    finally:
+        master.close()
+    assert coded_here.dtype == np.float32 and coded_here.shape == coded_there.shape == (N_WORKERS, 1, 28, 28)
+    scale = float(np.abs(coded_there).max())
+    np.testing.assert_allclose(coded_here, coded_there, rtol=1e-6, atol=2e-7 * scale)  # float32 precision
+
+    server = CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme=scheme, deadline_ms=2000,
+                         policy="all", n_inputs=k)
+    (r_local,) = run(infer_all(local, [batch]))
+    (r_server,) = run(infer_all(server, [batch]))
+    assert r_local.encode == "local" and r_server.encode == "server" and r_local.lam_enc == r_server.lam_enc
+    np.testing.assert_allclose(r_local.predictions, r_server.predictions, atol=1e-5)
+
+
+def test_encode_argument_errors(cluster):
+    with pytest.raises(ValueError, match="encode must be one of server, local"):
+        CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, encode="client")
+    with pytest.raises(ValueError, match="needs master_url .* or encode='local'"):
+        CodedClient(None, cluster.worker_urls, model=MODEL, scheme="nercc")
+
+
 def test_too_few_answers_by_the_deadline_is_late_then_an_error(cluster, mnist, slow_cluster):
     raw, x, _ = mnist
     slow = slow_cluster.worker_urls[0]
@@ -402,13 +476,16 @@ def test_demo_runs_every_scheme_and_stops_its_cluster(tmp_path, capsys):
 
     out = tmp_path / "demo.json"
     code = nercc_main(["demo", "--workers", "4", "--inputs", "2", "--batches", "6", "--warmup", "1",
-                       "--straggler", "none", "--deadline-ms", "500", "--save", str(out)])
+                       "--straggler", "none", "--deadline-ms", "500", "--policy", "all", "--save", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "all servers stopped" in printed and "p99 ms" in printed
     record = json.loads(out.read_text())
     rows = {row["scheme"]: row for row in record["table"]}
-    assert list(rows) == ["uncoded", "replication", "bacc", "nercc"]
-    assert float(rows["uncoded"]["MSE"]) == 0.0 and float(rows["replication"]["MSE"]) == 0.0
+    assert list(rows) == ["uncoded", "replication", "hedged", "bacc", "nercc", "nercc-local"]
+    assert all(float(rows[s]["MSE"]) == 0.0 for s in ("uncoded", "replication", "hedged"))
     assert rows["replication"]["compute/input"] == "2.00" and rows["nercc"]["compute/input"] == "2.00"
+    assert rows["nercc-local"]["compute/input"] == "2.00" and 1.0 <= float(rows["hedged"]["compute/input"]) <= 2.0
+    # the same coded inputs (local encoding = the master's) and, under `all`, the same answers: the same accuracy
+    assert abs(float(rows["nercc-local"]["MSE"]) - float(rows["nercc"]["MSE"])) < 1e-6
     assert all(row["failed"] == "0" for row in rows.values()) and record["crashed_servers"] == []
