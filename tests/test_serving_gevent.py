@@ -75,11 +75,8 @@ def gevent_client(cluster, urls=None, **kw) -> GeventCodedClient:
     return GeventCodedClient(cluster.master_http_url, urls or cluster.worker_http_urls, **kw)
 
 
-@pytest.mark.parametrize("encode", ["server", "local"])
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme,encode", [(s, "server") for s in SCHEMES] + [("bacc", "local"), ("nercc", "local")])
 def test_same_predictions_as_the_asyncio_client(cluster, mnist, scheme, encode):
-    if encode == "local" and scheme not in ("nercc", "bacc"):
-        pytest.skip("encode applies to the coded schemes")
     raw, _, ref = mnist
     batches = [raw[i:i + K] for i in range(0, 4 * K, K)]
     kw = dict(model=MODEL, scheme=scheme, deadline_ms=2000, n_inputs=K, encode=encode,
@@ -109,13 +106,22 @@ def test_same_predictions_as_the_asyncio_client(cluster, mnist, scheme, encode):
                                    atol=1e-6)
 
 
-def test_float_input_and_any_k(cluster, mnist):
+def test_float_input_any_k_and_metrics(cluster, mnist):
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from nercc.client.metrics import ClientMetrics
+
     raw, x, _ = mnist
-    with gevent_client(cluster, scheme="nercc", policy="all", n_inputs=None) as client:
+    registry = CollectorRegistry()
+    with gevent_client(cluster, scheme="nercc", policy="all", n_inputs=None, deadline_ms=2000,
+                       metrics=ClientMetrics(registry=registry)) as client:
         r_raw = client.infer(raw[:3])
         r_float = client.infer(x[:3])
     np.testing.assert_allclose(r_raw.predictions, r_float.predictions, atol=1e-5)
     assert r_raw.predictions.shape == (3, 10)
+    text = generate_latest(registry).decode()
+    assert 'nercc_client_batches_total{outcome="ok",scheme="nercc"} 2.0' in text
 
 
 @pytest.mark.parametrize("scheme", ["nercc", "bacc"])

@@ -53,15 +53,17 @@ def _error_text(exc: BaseException) -> str:
 
 class GeventCodedClient(ClientBase):
     """Coded prediction serving over Triton HTTP with gevent greenlets; arguments as
-    :class:`nercc.client.aio.CodedClient` (HTTP URLs), plus ``concurrency``: connections per server (requests
-    one client keeps in flight to one server; a Locust user with one batch in flight needs 2: a straggler
-    still running and the next batch)."""
+    :class:`nercc.client.aio.CodedClient` (HTTP URLs; ``metrics`` too, not ``tls``, ``channel_args`` or
+    ``cancel_stragglers``), plus ``concurrency``: connections per server (requests one client keeps in flight
+    to one server; a Locust user with one batch in flight needs 2: a straggler still running and the next
+    batch)."""
 
-    def __init__(self, master_url: str | None, worker_urls, *args, concurrency: int = 4, **kwargs):
+    def __init__(self, master_url: str | None, worker_urls, *args, concurrency: int = 4, metrics=None, **kwargs):
         super().__init__(master_url, worker_urls, *args, **kwargs)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         self.concurrency = concurrency
+        self.metrics = metrics  # nercc.client.metrics.ClientMetrics, as CodedClient's
         self._master = None
         self._workers: List[Any] = []
         self._abandoned: set = set()  # straggler greenlets left to finish
@@ -187,7 +189,18 @@ class GeventCodedClient(ClientBase):
     # ------------------------------------------------------------------ infer
     def infer(self, batch: np.ndarray) -> CodedResult:
         """K predictions for a batch of K inputs (blocks this greenlet; others keep running)."""
-        return self._infer(batch, self.policy_kind)
+        if self.metrics is None:
+            return self._infer(batch, self.policy_kind)
+        t0 = time.perf_counter()
+        try:
+            result = self._infer(batch, self.policy_kind)
+        except (ValueError, TypeError):
+            raise  # a bad batch is the caller's error, not a served batch
+        except Exception:
+            self.metrics.failed(self.scheme, time.perf_counter() - t0)
+            raise
+        self.metrics.observe(result)
+        return result
 
     def _infer(self, batch: np.ndarray, policy_kind: str) -> CodedResult:
         t0 = time.perf_counter()
