@@ -263,7 +263,7 @@ def test_encode_argument_errors(cluster):
     with pytest.raises(ValueError, match="encode must be one of server, local"):
         CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, encode="client")
     with pytest.raises(ValueError, match="needs master_url .* or encode='local'"):
-        CodedClient(None, cluster.worker_urls, model=MODEL, scheme="nercc")
+        CodedClient(None, cluster.worker_urls, model=MODEL, scheme="nercc", encode="server")
 
 
 def test_too_few_answers_by_the_deadline_is_late_then_an_error(cluster, mnist, slow_cluster):

@@ -21,7 +21,7 @@ greenlets are kept, :meth:`drain` waits for them).
 from __future__ import annotations
 
 import time
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import gevent
 import numpy as np
@@ -36,6 +36,7 @@ from nercc.client.core import (
     MasterError,
     ModelSpec,
     WaitState,
+    check_answer,
     spec_from_server_metadata,
 )
 
@@ -48,7 +49,16 @@ WARMUP_HEDGE_BATCHES_MAX = 50
 def _error_text(exc: BaseException) -> str:
     message = getattr(exc, "message", None)
     text = message() if callable(message) else str(exc)
-    return f"{type(exc).__name__}: {text}"
+    status = getattr(exc, "status", None)
+    status = status() if callable(status) else None
+    return f"{type(exc).__name__}: {f'[{status}] ' if status else ''}{text or type(exc).__name__}"
+
+
+def _master_refused(exc: BaseException) -> bool:
+    """The master answered and refused this request (HTTP 400: a bad request every master would refuse), as
+    opposed to a failure another master may not share (unreachable, timed out, internal error)."""
+    status = getattr(exc, "status", None)
+    return callable(status) and str(status()) == "400"
 
 
 class GeventCodedClient(ClientBase):
@@ -64,8 +74,11 @@ class GeventCodedClient(ClientBase):
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         self.concurrency = concurrency
         self.metrics = metrics  # nercc.client.metrics.ClientMetrics, as CodedClient's
-        self._master = None
+        if metrics is not None:  # the health hook: workers marked down / back up show in Prometheus
+            self.health.on_down, self.health.on_up = metrics.worker_marked_down, metrics.worker_back_up
+        self._masters: List[Any] = []
         self._workers: List[Any] = []
+        self._probes: set = set()
         self._abandoned: set = set()  # straggler greenlets left to finish
 
     # ------------------------------------------------------------------ set-up
@@ -81,9 +94,9 @@ class GeventCodedClient(ClientBase):
                     url, concurrency=self.concurrency, connection_timeout=10.0,
                     network_timeout=self.hard_timeout_ms / 1e3 + NETWORK_TIMEOUT_SLACK_S)
 
-            self._master = make(self.master_url) if self.master_url else None
+            self._masters = [make(url) for url in self.master_urls]
             self._workers = [make(url) for url in self.worker_urls]
-            clients = ([self._master] if self._master is not None else []) + self._workers
+            clients = self._masters + self._workers
             # open every connection now; a server that does not answer is simply a straggler later
             gevent.joinall([gevent.spawn(_ready, c) for c in clients], timeout=2.0)
         if self.spec is None:
@@ -104,10 +117,11 @@ class GeventCodedClient(ClientBase):
                 errors.append(f"{url}: {text}")
                 continue
             raw_shape = None
-            if self._master is not None:
+            for master in self._masters:
                 try:
-                    enc = self._master.get_model_metadata(f"{self.model}_encode")
+                    enc = master.get_model_metadata(f"{self.model}_encode")
                     raw_shape = tuple(int(s) for s in enc["inputs"][0]["shape"][1:])
+                    break
                 except Exception:  # noqa: BLE001 - raw input is then refused with a clear error
                     raw_shape = None
             return spec_from_server_metadata(self.model, meta, raw_shape)
@@ -142,10 +156,10 @@ class GeventCodedClient(ClientBase):
             return
         self._closed = True
         self.drain(self.hard_timeout_ms / 1e3)
-        for greenlet in self._abandoned:
+        for greenlet in list(self._abandoned) + list(self._probes):
             greenlet.kill(block=False)
-        clients = ([self._master] if self._master is not None else []) + self._workers
-        self._master, self._workers = None, []
+        clients = self._masters + self._workers
+        self._masters, self._workers = [], []
         for client in clients:
             try:
                 client.close()
@@ -171,20 +185,43 @@ class GeventCodedClient(ClientBase):
                                 parameters=parameters)
         return response.as_numpy(out)
 
-    def _payloads(self, batch: np.ndarray, is_raw: bool, k: int) -> np.ndarray:
+    def _payloads(self, batch: np.ndarray, is_raw: bool, k: int, hard_t: float) -> Tuple[np.ndarray, str, Any]:
+        """(the rows the workers get, where they were made, which master), as
+        :meth:`nercc.client.aio.CodedClient._payloads`: masters in the pool's order, each with an equal share
+        of the time left, then the local fallback of ``encode="auto"``."""
         local = self._local_payloads(batch, is_raw)
         if local is not None:
-            return local
+            return local, "local", None
         if not is_raw and not self.coded:
-            return batch
+            return batch, "local", None
         model, name, out, params = self._master_request(is_raw, k)
-        try:
-            payloads = self._infer_one(self._master, model, name, batch, out, params)
-        except Exception as exc:  # noqa: BLE001 - nothing to send to the workers
-            if not self.coded:
-                raise
-            raise MasterError(f"encoding on the master {self.master_url} ({model}) failed: {_error_text(exc)}") from exc
-        return self._check_coded(payloads) if self.coded else payloads
+        failures = []
+        order = self.masters.order(time.perf_counter()) if self.masters is not None else []
+        for attempt, index in enumerate(order):
+            left = hard_t - time.perf_counter()
+            if left <= 0:
+                failures.append("hard timeout reached")
+                break
+            url = self.master_urls[index]
+            try:
+                with gevent.Timeout(left / (len(order) - attempt), TimeoutError(f"no answer within {left:.3f} s")):
+                    payloads = self._infer_one(self._masters[index], model, name, batch, out, params)
+                if self.coded:
+                    payloads = self._check_coded(payloads, url)
+            except Exception as exc:  # noqa: BLE001 - a failed master: the next one, or the fallback
+                text = _error_text(exc)
+                if _master_refused(exc):
+                    raise MasterError(f"encoding on the master {url} ({model}) failed: {text}") from exc
+                self.masters.failed(index, time.perf_counter(), text)
+                failures.append(f"{url}: {text}")
+                continue
+            self.masters.succeeded(index)
+            return payloads, "server", url
+        fallback = self._encode_fallback(batch, is_raw)
+        if fallback is not None:
+            return fallback, "local-fallback", "; ".join(failures) or "no master"
+        what = "encoding" if self.coded else "preprocessing"
+        raise MasterError(f"{what} failed on every master ({model}): " + "; ".join(failures))
 
     # ------------------------------------------------------------------ infer
     def infer(self, batch: np.ndarray) -> CodedResult:
@@ -207,14 +244,32 @@ class GeventCodedClient(ClientBase):
         self.connect()
         batch, is_raw = self._check_batch(batch)
         k = batch.shape[0]
-        payloads = self._payloads(batch, is_raw, k)
+        self._start_probes()
+        payloads, encoded_on, master = self._payloads(batch, is_raw, k, t0 + self.hard_timeout_ms / 1e3)
         plan = self._plan(k)
         t_fanout = time.perf_counter()
         state = self._wait_state(plan, policy_kind, t0, t_fanout)
         _GeventFanOut(self, state, payloads).run()
         if state.final.action == GIVE_UP:
-            raise state.give_up_error(self.scheme, self.hard_timeout_ms)
-        return self._result(state, k, t0, t_fanout, time.perf_counter(), time.perf_counter)
+            raise state.give_up_error(self.scheme, self.hard_timeout_ms, self.health.unavailable())
+        return self._result(state, k, t0, t_fanout, time.perf_counter(), time.perf_counter, encoded_on, master)
+
+    # ------------------------------------------------------------ health probes
+    def _start_probes(self) -> None:
+        """Probe the workers marked down whose probe is due (greenlets; one at a time per worker)."""
+        for worker in self.health.probes_due(time.perf_counter()):
+            greenlet = gevent.spawn(self._probe, worker)
+            self._probes.add(greenlet)
+            greenlet.link(self._probes.discard)
+
+    def _probe(self, worker: int) -> None:
+        try:
+            with gevent.Timeout(max(0.05, self.deadline_ms / 1e3), TimeoutError("no answer to the probe")):
+                ready = self._workers[worker].is_server_ready()
+            error = "" if ready else "not ready"
+        except Exception as exc:  # noqa: BLE001 - an unreachable worker stays down
+            ready, error = False, _error_text(exc)
+        self.health.probe_result(worker, bool(ready), time.perf_counter(), error)
 
 
 def _ready(client) -> None:
@@ -235,15 +290,25 @@ class _GeventFanOut:
     def _request(self, worker: int, row: int) -> None:
         client, spec = self.client, self.client.spec
         t_sent = time.perf_counter()
+        client.health.sent(worker)
+        ok, error = False, None  # None: killed (client closing), neither a success nor the worker's failure
         try:
             output = client._infer_one(client._workers[worker], client.model, spec.input_name,
                                        self.payloads[row:row + 1], spec.output_name)
         except Exception as exc:  # noqa: BLE001 - a failed worker is a straggler, recorded with its error
-            self.inbox.put((worker, time.perf_counter(), None, _error_text(exc)))
-            return
-        t = time.perf_counter()  # where the answer arrives
-        client.hedge_delay.observe((t - t_sent) * 1e3)
-        self.inbox.put((worker, t, output, None))
+            error = _error_text(exc)
+            self.inbox.put((worker, time.perf_counter(), None, error))
+        else:
+            t = time.perf_counter()  # where the answer arrives
+            client.hedge_delay.observe((t - t_sent) * 1e3)
+            error = check_answer(output, 1, spec.n_classes, client.answer_range)
+            ok = error is None
+            self.inbox.put((worker, t, output if ok else None, error))
+        finally:
+            if ok or error is not None:
+                client.health.finished(worker, ok, time.perf_counter(), error or "")
+            else:
+                client.health.released(worker)
 
     def _send(self, worker: int, row: int) -> None:
         self.greenlets.append(gevent.spawn(self._request, worker, row))
