@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow lint models bench loadtest clean help
+.PHONY: venv demo test test-slow test-chaos lint models bench loadtest clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*##/\t/'
@@ -31,6 +31,9 @@ test: $(STAMP) $(EFFNET)  ## the test suite (starts real tritonserver processes)
 
 test-slow: $(STAMP) $(EFFNET)  ## only the slow benchmarks and reproductions
 	$(VENV)/bin/pytest -q -m slow
+
+test-chaos: $(STAMP)  ## the chaos suite: kill/stop workers and a master, bad answers, under load; prints the table
+	$(VENV)/bin/pytest -q -m chaos tests/chaos
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .

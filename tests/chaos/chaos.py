@@ -1,0 +1,243 @@
+"""The chaos harness: one cluster per scenario, every scheme under load at once, faults on a timeline.
+
+For a scenario (``SCENARIOS``) it starts a ``LocalCluster`` (two masters, the scenario's injected faults),
+opens one ``CodedClient`` per scheme and sends batches of real MNIST images from each at a steady pace for
+``duration_s`` seconds, all schemes interleaved on the same servers, while the scenario's events fire (SIGKILL
+workers or a master, SIGSTOP a worker for 5 s...). Every batch ends in exactly one bucket:
+
+    answered    predictions returned, every one finite, the deadline met
+    late        predictions returned, finite, after the deadline (the client waited for the minimum)
+    failed      the call raised (NotEnoughAnswersError, MasterError...); the reason is tallied
+    non-finite  predictions returned with a NaN or inf in them: must never happen
+
+plus the call's longest duration (must stay under the hard timeout plus a little), and the top-1 agreement of
+the returned predictions with the model run locally on the same images (wrong answers show up there). After
+the cluster stops: no process of it and no shared-memory region with its prefix may be left.
+
+Run: ``make test-chaos`` (the full suite), or ``python -m tests.chaos.chaos`` to print the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+SCHEMES = ("uncoded", "replication", "hedged", "bacc", "nercc")
+CODED = ("bacc", "nercc")
+
+
+@dataclass
+class Tally:
+    answered: int = 0
+    late: int = 0
+    failed: int = 0
+    nonfinite: int = 0
+    max_ms: float = 0.0
+    agree: List[float] = field(default_factory=list)
+    reasons: Counter = field(default_factory=Counter)
+    dropped: int = 0  # answers the client set aside (bad answers, robust decoding)
+
+    @property
+    def batches(self) -> int:
+        return self.answered + self.late + self.failed + self.nonfinite
+
+    def row(self) -> Dict:
+        return {"answered": self.answered, "late": self.late, "failed": self.failed, "nonfinite": self.nonfinite,
+                "max_ms": round(self.max_ms, 1),
+                "agree": round(float(np.mean(self.agree)), 3) if self.agree else None,
+                "reasons": dict(self.reasons.most_common(3))}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A fault timeline: ``events`` are (seconds after the load starts, description, action(cluster))."""
+
+    name: str
+    events: Tuple[Tuple[float, str, Callable], ...] = ()
+    faults: Dict[int, str] = field(default_factory=dict)
+    coded_must_not_fail: bool = True
+
+
+def _kill(*workers):
+    return lambda cluster: [cluster.kill_worker(w) for w in workers]
+
+
+def scenarios(n_workers: int) -> List[Scenario]:
+    third = max(1, n_workers // 3)
+    spread = [round(i * n_workers / third) for i in range(third)]  # N/3 workers across the range
+    return [
+        Scenario("baseline"),
+        Scenario("kill 1 worker", ((1.0, "SIGKILL worker 1", _kill(1)),)),
+        Scenario(f"kill N/3 = {third} workers", ((1.0, f"SIGKILL workers {spread}", _kill(*spread)),)),
+        Scenario("SIGSTOP worker 5 s", ((1.0, "SIGSTOP worker 2", lambda c: c.pause_worker(2)),
+                                        (6.0, "SIGCONT worker 2", lambda c: c.pause_worker(2, paused=False)))),
+        Scenario("kill 1 of 2 masters", ((1.0, "SIGKILL master 0", lambda c: c.kill_master(0)),)),
+        Scenario("worker answers NaN", faults={3: "nan"}),
+        Scenario("worker answers 1e30", faults={3: "large"}),
+        Scenario("worker answers wrong (finite)", faults={3: "wrong"}),
+    ]
+
+
+def _batches(n_inputs: int, count: int, seed: int = 0):
+    from nercc.data import load_mnist
+    from nercc.models import OnnxModel, load_model_info
+    from nercc.preprocessing import preprocess
+
+    raw, _ = load_mnist("test")
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(raw), size=n_inputs * count, replace=False)
+    raw = np.ascontiguousarray(raw[idx]).reshape(count, n_inputs, *raw.shape[1:])
+    f = OnnxModel("lenet5", threads=1)
+    top1 = f(preprocess(load_model_info("lenet5"), raw.reshape(-1, *raw.shape[2:]))).argmax(-1)
+    return raw, top1.reshape(count, n_inputs)
+
+
+async def _drive(client, raw, top1, tally: Tally, stop_t: float, period_s: float, hard_ms: float):
+    i = 0
+    while time.perf_counter() < stop_t:
+        started = time.perf_counter()
+        j = i % len(raw)
+        try:
+            result = await asyncio.wait_for(client.infer(raw[j]), timeout=hard_ms / 1e3 + 30.0)
+        except Exception as exc:  # noqa: BLE001 - every failure is tallied by kind
+            tally.failed += 1
+            text = str(exc)
+            tally.reasons[f"{type(exc).__name__}: {text[:70]}"] += 1
+        else:
+            predictions = np.asarray(result.predictions)
+            if not np.isfinite(predictions).all():
+                tally.nonfinite += 1
+            elif result.late or not result.deadline_met:
+                tally.late += 1
+            else:
+                tally.answered += 1
+            if np.isfinite(predictions).all():
+                tally.agree.append(float(np.mean(predictions.argmax(-1) == top1[j])))
+            tally.dropped += len(getattr(result, "dropped", ()) or ())
+        elapsed = time.perf_counter() - started
+        tally.max_ms = max(tally.max_ms, elapsed * 1e3)
+        i += 1
+        await asyncio.sleep(max(0.0, period_s - elapsed))
+
+
+async def _run_load(cluster, scenario: Scenario, schemes: Sequence[str], n_inputs: int, duration_s: float,
+                    rate_hz: float, deadline_ms: float, hard_timeout_ms: float, log) -> Dict[str, Tally]:
+    from nercc.client import CodedClient
+
+    raw, top1 = _batches(n_inputs, 64)
+    clients = {s: CodedClient(cluster.master_urls, cluster.worker_urls, model="lenet5", scheme=s,
+                              deadline_ms=deadline_ms, policy="deadline", n_inputs=n_inputs,
+                              hard_timeout_ms=hard_timeout_ms) for s in schemes}
+    tallies = {s: Tally() for s in schemes}
+    for client in clients.values():
+        await client.connect()
+        for _ in range(3):  # a faulty worker can fail a warm-up batch (uncoded has no other copy): retry
+            try:
+                await client.warmup()
+                break
+            except Exception:  # noqa: BLE001 - warming up is best effort
+                pass
+    t0 = time.perf_counter()
+    stop_t = t0 + duration_s
+
+    async def timeline():
+        for at, what, action in scenario.events:
+            await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+            log(f"  t={time.perf_counter() - t0:4.1f}s {what}")
+            await asyncio.get_running_loop().run_in_executor(None, action, cluster)
+
+    try:
+        await asyncio.gather(timeline(), *(
+            _drive(clients[s], raw, top1, tallies[s], stop_t, 1.0 / rate_hz, hard_timeout_ms) for s in schemes))
+    finally:
+        for client in clients.values():
+            await client.close()
+    return tallies
+
+
+def run_scenario(scenario: Scenario, n_workers: int = 12, n_inputs: int = 4, duration_s: float = 8.0,
+                 rate_hz: float = 4.0, deadline_ms: float = 80.0, hard_timeout_ms: float = 1500.0,
+                 schemes: Sequence[str] = SCHEMES, log=print) -> Dict:
+    """Start a cluster, run the load with the scenario's faults, stop it; returns the tallies and leftovers."""
+    from nercc.serving import LocalCluster
+    from nercc.serving.cluster import leftover_shm, running_processes
+
+    log(f"scenario: {scenario.name}")
+    cluster = LocalCluster("lenet5", n_workers=n_workers, n_masters=2, faults=dict(scenario.faults))
+    with cluster:
+        tallies = asyncio.run(_run_load(cluster, scenario, schemes, n_inputs, duration_s, rate_hz, deadline_ms,
+                                        hard_timeout_ms, log))
+        crashed = cluster.check()
+    return {"scenario": scenario.name, "tallies": tallies, "crashed": crashed,
+            "left_processes": running_processes(cluster.pids()), "left_shm": leftover_shm(cluster.shm_prefix),
+            "hard_timeout_ms": hard_timeout_ms}
+
+
+def format_table(outcomes: Sequence[Dict], schemes: Sequence[str] = SCHEMES) -> str:
+    """scenario x scheme: answered / late / failed / non-finite (and the longest call, agreement with f)."""
+    head = f"{'scenario':<30}" + "".join(f"{s:>22}" for s in schemes)
+    lines = ["cells: answered/late/failed/non-finite  max call ms  top-1 agreement with f", head, "-" * len(head)]
+    for outcome in outcomes:
+        cells, extra = [], []
+        for s in schemes:
+            t = outcome["tallies"][s]
+            cells.append(f"{t.answered}/{t.late}/{t.failed}/{t.nonfinite}".rjust(22))
+            agree = f"{np.mean(t.agree):.2f}" if t.agree else "-"
+            extra.append(f"{t.max_ms:.0f}ms {agree}".rjust(22))
+        lines.append(f"{outcome['scenario']:<30}" + "".join(cells))
+        lines.append(f"{'':<30}" + "".join(extra))
+    return "\n".join(lines)
+
+
+def check(outcome: Dict, slack_ms: float = 1500.0) -> List[str]:
+    """The chaos assertions for one scenario; returns the violations (empty when all hold)."""
+    problems = []
+    for scheme, t in outcome["tallies"].items():
+        if t.nonfinite:
+            problems.append(f"{scheme}: {t.nonfinite} batches with non-finite predictions")
+        if t.max_ms > outcome["hard_timeout_ms"] + slack_ms:
+            problems.append(f"{scheme}: a call took {t.max_ms:.0f} ms, past the hard timeout")
+        if scheme in CODED and t.failed:
+            problems.append(f"{scheme}: {t.failed} coded batches lost: {dict(t.reasons)}")
+        if t.batches == 0:
+            problems.append(f"{scheme}: no batch ran")
+    if outcome["crashed"]:
+        problems.append(f"servers crashed: {outcome['crashed']}")
+    if outcome["left_processes"]:
+        problems.append(f"processes left: {outcome['left_processes']}")
+    if outcome["left_shm"]:
+        problems.append(f"shared memory left: {outcome['left_shm']}")
+    return problems
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="run the chaos scenarios and print the table")
+    parser.add_argument("--workers", type=int, default=12)
+    parser.add_argument("--inputs", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--rate", type=float, default=4.0, help="batches per second per scheme")
+    parser.add_argument("--only", default=None, help="run only scenarios whose name contains this")
+    args = parser.parse_args(argv)
+    outcomes, failures = [], []
+    for scenario in scenarios(args.workers):
+        if args.only and args.only not in scenario.name:
+            continue
+        outcome = run_scenario(scenario, args.workers, args.inputs, args.duration, args.rate)
+        outcomes.append(outcome)
+        failures += [f"{scenario.name}: {p}" for p in check(outcome)]
+    print(format_table(outcomes))
+    for line in failures:
+        print("VIOLATION", line, file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
