@@ -210,3 +210,14 @@ def test_gpu_bench_runs_its_whole_path_on_a_cpu(tmp_path):
     assert set(report["accuracy"]["results"]) == {"0", "2"}
     assert [s["n_workers"] for s in report["sharing"]] == [1, 6]
     assert "| S | BACC MSE" in (tmp_path / "summary.md").read_text()
+
+
+def test_gpu_extra_is_onnxruntime_gpu_and_kept_out_of_all():
+    """onnxruntime-gpu and onnxruntime install the same module: the gpu extra must never come with `all`."""
+    text = (REPO_ROOT / "pyproject.toml").read_text()
+    gpu = re.search(r"^gpu = \[(.*?)\]", text, re.S | re.M)
+    assert gpu and "onnxruntime-gpu" in gpu.group(1)
+    everything = re.search(r'^all = \["nercc\[(.*?)\]"\]', text, re.M)
+    assert everything and "gpu" not in everything.group(1).split(",")
+    deploy = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    assert "pip uninstall -y onnxruntime && pip install -e '.[serve,gpu]'" in deploy
