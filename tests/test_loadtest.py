@@ -405,7 +405,8 @@ def test_locust_distributed_mode_writes_one_merged_log_and_locust_html(cluster, 
     engines = [r for r in records if r.get("event") == "engine"]
     assert len({e["pid"] for e in engines}) == 2, engines  # two worker processes ran users
     requests = [r for r in records if "event" not in r]
-    assert 20 <= len(requests) <= 45, len(requests)  # the offered load was shared, not multiplied
+    # 10 batches/s for Locust's ~5 s run time is ~50 in all; two processes each offering the full rate would be ~100
+    assert 25 <= len(requests) <= 75, len(requests)
     assert (raw / "locust_none_uncoded_locust.html").stat().st_size > 10_000
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["profiles"]["none"]["schemes"]["uncoded"]["requests"] == len(requests)
