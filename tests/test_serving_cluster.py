@@ -345,6 +345,9 @@ def test_nercc_serve_prints_urls_and_stops_cleanly_on_ctrl_c(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "nercc", "serve", "--model", MODEL, "--workers", "2", "--urls-file", str(urls_file)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # a test suite started as a background job inherits SIGINT ignored (POSIX shells do that), and Python
+        # then never turns Ctrl-C into KeyboardInterrupt: give the child the default a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
