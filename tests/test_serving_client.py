@@ -9,6 +9,7 @@ worker; the last test runs the main job (`nercc demo`) small, on its own cluster
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import time
 
@@ -489,3 +490,26 @@ def test_demo_runs_every_scheme_and_stops_its_cluster(tmp_path, capsys):
     # the same coded inputs (local encoding = the master's) and, under `all`, the same answers: the same accuracy
     assert abs(float(rows["nercc-local"]["MSE"]) - float(rows["nercc"]["MSE"])) < 1e-6
     assert all(row["failed"] == "0" for row in rows.values()) and record["crashed_servers"] == []
+
+
+def test_warmup_prebuilds_the_decoders_of_first_m(cluster, mnist):
+    """first:M meets C(N, M) arrived sets: warm-up builds their decoding matrices and leave-one-out operators,
+    so no batch pays for spline fits on its critical path."""
+    raw, _, ref = mnist
+    m = N_WORKERS - 2
+
+    async def scenario():
+        async with CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme="nercc",
+                               deadline_ms=1000, policy=f"first:{m}", n_inputs=K) as client:
+            await client.warmup(1)
+            coding = client.coding_scheme(K, client.lams(K, m)[1])
+            built = coding.cache_info()["entries"]
+            misses = coding.cache_misses
+            result = await client.infer(raw[:K])
+            return built, misses, coding.cache_misses, result
+
+    built, misses_before, misses_after, r = run(scenario())
+    assert built >= 2 * math.comb(N_WORKERS, m)  # a decoding matrix and an L per set
+    if len(r.arrived) == m:  # a set of exactly M answers was built at warm-up: no miss now
+        assert misses_after == misses_before
+    assert mse(r.predictions, ref[:K]) < CODED_MSE_BOUND

@@ -197,9 +197,11 @@ class CodedClient(ClientBase):
         The first requests after a server starts are slow (Python-backend and onnxruntime first runs: ~0.1-0.3 s
         measured here), far past any deadline; benchmarks and latency-sensitive scripts call this first. The
         rotating schemes send at least ceil(N / K) batches so that every worker runs once; ``hedged`` then
-        sends enough batches more to measure its hedge delay on warm workers.
+        sends enough batches more to measure its hedge delay on warm workers. Coded ``first:M`` first builds
+        the decoders of every M-of-N arrived set (at most 1,000 sets; :meth:`ClientBase._prebuild_decoders`).
         """
         await self.connect()
+        self._prebuild_decoders()
         batch = self._warmup_batch()
         for _ in range(self._warmup_batches(n_batches)):  # policy `all`: every worker sees the warm-up
             await self._infer(batch, "all")

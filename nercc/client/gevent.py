@@ -131,6 +131,7 @@ class GeventCodedClient(ClientBase):
     def warmup(self, n_batches: int = 2) -> None:
         """All-zero batches, untimed, as :meth:`nercc.client.aio.CodedClient.warmup`."""
         self.connect()
+        self._prebuild_decoders()
         batch = self._warmup_batch()
         for _ in range(self._warmup_batches(n_batches)):
             self._infer(batch, "all")
