@@ -19,10 +19,12 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from nercc.coding import mean_squared_error
+from nercc.coding.registry import HEDGED, NERCC_NAME
+from nercc.coding.registry import SCHEME_ORDER as REGISTRY_ORDER
 
-#: Table rows: the client's schemes, plus ``nercc-local`` = NeRCC encoded in the client (``encode="local"``).
-SCHEME_ORDER = ("uncoded", "replication", "hedged", "bacc", "nercc", "nercc-local")
 LOCAL_ENCODE_SUFFIX = "-local"
+#: Table rows: the registry's schemes, plus ``nercc-local`` = NeRCC encoded in the client (``encode="local"``).
+SCHEME_ORDER = (*REGISTRY_ORDER, NERCC_NAME + LOCAL_ENCODE_SUFFIX)
 
 
 def client_settings(row: str) -> tuple:
@@ -87,7 +89,7 @@ class SchemeStats:
     deadline_met: int = 0
     failed: List[str] = field(default_factory=list)
     errors: int = 0
-    lams: set = field(default_factory=set)  # (lam_enc, lam_dec) pairs NeRCC used
+    lam_pairs: set = field(default_factory=set)  # (lam_enc, lam_dec) pairs NeRCC used
     hedge_ms: List[float] = field(default_factory=list)  # hedged: the hedge delay per batch
     predictions: Dict[int, np.ndarray] = field(default_factory=dict)  # batch index -> (K, n_classes)
 
@@ -159,7 +161,7 @@ async def run_schemes(master_url, worker_urls, args, schemes, batches, progress,
                 if result.hedge_ms is not None:
                     st.hedge_ms.append(result.hedge_ms)
                 if result.lam_enc is not None:
-                    st.lams.add((result.lam_enc, result.lam_dec))
+                    st.lam_pairs.add((result.lam_enc, result.lam_dec))
                 progress.update(1)
 
         if args.concurrency == 1:
@@ -245,15 +247,15 @@ def print_notes(args, stats, schemes, plain, k) -> None:
           "requests per input (uncoded 1, replication N//K, coded N/K, hedged 1 + second copies); answers used: per "
           "batch (mean); nercc-local: NeRCC encoded in the client (encode='local'), no master round trip; "
           "late: batches that waited past the deadline for their minimum; latency: call to predictions.")
-    if "nercc" in stats and stats["nercc"].lams:
-        pairs = sorted(stats["nercc"].lams)
+    if NERCC_NAME in stats and stats[NERCC_NAME].lam_pairs:
+        pairs = sorted(stats[NERCC_NAME].lam_pairs)
         enc = sorted({p[0] for p in pairs})
         dec = sorted({p[1] for p in pairs})
         source = "--lam-enc/--lam-dec" if args.lam_enc is not None or args.lam_dec is not None else "tuning profile"
         print(f"NeRCC lams ({source}): lam_enc {', '.join(f'{v:g}' for v in enc)}; "
               f"lam_dec {', '.join(f'{v:g}' for v in dec)}")
-    if "hedged" in stats and stats["hedged"].hedge_ms:
-        st = stats["hedged"]
+    if HEDGED in stats and stats[HEDGED].hedge_ms:
+        st = stats[HEDGED]
         print(f"hedged: hedge delay p50 {percentile(st.hedge_ms, 50):.2f} ms "
               f"({'--hedge-ms' if args.hedge_ms is not None else 'p95 of the measured worker round trips'}); "
               f"second copies per batch {np.mean(st.n_requests) - k:.2f}")

@@ -243,7 +243,7 @@ def test_local_encoding_equals_the_masters(cluster, mnist, scheme, kind):
         tensor.set_data_from_numpy(batch)
         params = {"scheme": scheme, "n_workers": N_WORKERS, "n_stragglers": 0}
         if scheme == "nercc":
-            params["lam_enc"] = local.lams(k)[0]
+            params["lam_enc"] = local.smoothing_params(k)[0]
         model = f"{MODEL}_encode" if kind == "raw" else f"{MODEL}_encoder"
         coded_there = master.infer(model, [tensor], parameters=params).as_numpy("CODED")
     finally:

@@ -36,6 +36,7 @@ from nercc.client.core import (
     check_answer,
     spec_from_server_metadata,
 )
+from nercc.coding.registry import HEDGED
 
 #: gRPC deadline added to the hard timeout for worker requests when stragglers are abandoned, not cancelled.
 ABANDONED_REQUEST_TIMEOUT_S = 60.0
@@ -206,7 +207,7 @@ class CodedClient(ClientBase):
         for _ in range(self._warmup_batches(n_batches)):  # policy `all`: every worker sees the warm-up
             await self._infer(batch, "all")
         await self.drain()
-        if self.scheme == "hedged" and self.hedge_delay.fixed_ms is None:
+        if self.scheme == HEDGED and self.hedge_delay.fixed_ms is None:
             self.hedge_delay.clear()  # cold first runs are no sample of a worker round trip
             for _ in range(WARMUP_HEDGE_BATCHES_MAX):
                 if self.hedge_delay.n_samples >= self.hedge_delay.min_samples:

@@ -37,6 +37,7 @@ from nercc.client.health import (
     MasterPool,
     WorkerHealth,
 )
+from nercc.coding.registry import DEFAULT_SCHEME, NERCC_NAME, REPLICATION
 from nercc.paths import model_dir as default_model_dir
 
 #: Decoding matrices and leave-one-out operators a client keeps per coding scheme (~1 KB each at N = 12).
@@ -67,7 +68,7 @@ class ClientBase:
         master_url: str | Sequence[str] | None,
         worker_urls: Sequence[str],
         model: str = "lenet5",
-        scheme: str = "nercc",
+        scheme: str = DEFAULT_SCHEME,
         deadline_ms: float = 50.0,
         policy: str = "deadline",
         n_inputs: int | None = None,
@@ -128,8 +129,7 @@ class ClientBase:
         self.answer_range = answer_range
         self.health = WorkerHealth(len(self.worker_urls), max_failures=max_failures,
                                    probe_interval_s=probe_interval_s, max_in_flight=max_in_flight)
-        self._schemes: Dict[Tuple[int, float, float], Any] = {}
-        self._lams: Dict[Tuple[int, int | None], Tuple[float, float]] = {}
+        self._settings: Dict[int, Any] = {}  # K -> CodedSetting
         self._rotation = itertools.count()
         self._closed = False
         self.cancel_stragglers = bool(cancel_stragglers)
@@ -181,44 +181,33 @@ class ClientBase:
         return self.scheme in CODED_SCHEMES
 
     # ------------------------------------------------------------ coding state
-    def lams(self, k: int, n_arrived: int | None = None) -> Tuple[float, float]:
-        """(lam_enc, lam_dec) for K inputs, cached: the pair sent to the master and used to decode.
+    def setting(self, k: int):
+        """The :class:`nercc.coding.CodedSetting` for K inputs: read from the tuning profile once (given lams win).
 
-        lam_enc comes from the profile entry for the expected stragglers S (``n_stragglers``). lam_dec, with
-        ``n_arrived`` = |F| known, from the entry for S = N - |F| (and its per-|F| table): the decoding matrix
+        lam_enc comes from the profile entry for the expected stragglers S (``n_stragglers``); lam_dec, once
+        |F| answers are known, from the entry for S = N - |F| (and its per-|F| table): the decoding matrix
         depends on lam_dec alone, so it can follow the answers that actually came.
         """
-        key = (k, n_arrived)
-        if key not in self._lams:
-            from nercc.profiles import lookup
+        if k not in self._settings:
+            from nercc.coding import CodedSetting
+            from nercc.profiles import load_profile
 
-            prof_enc, prof_dec = lookup(self._model_dir, k, self.n_workers, n_stragglers=self.n_stragglers)
-            if n_arrived is not None:
-                lam_enc_now, _ = self.lams(k)
-                prof_enc = lam_enc_now
-                _, prof_dec = lookup(self._model_dir, k, self.n_workers, n_arrived=n_arrived)
-            self._lams[key] = (
-                float(prof_enc if self.lam_enc is None else self.lam_enc),
-                float(prof_dec if self.lam_dec is None else self.lam_dec),
-            )
-        return self._lams[key]
+            self._settings[k] = CodedSetting.from_profile(
+                load_profile(self._model_dir), self.scheme, k, self.n_workers, n_stragglers=self.n_stragglers,
+                lam_enc=self.lam_enc, lam_dec=self.lam_dec,
+                # every arrived set F has a decoding matrix and (robust decoding) a leave-one-out operator;
+                # first:M meets up to C(N, M) sets (495 for 8 of 12): room for them all
+                cache_size=DECODE_CACHE_ENTRIES)
+        return self._settings[k]
+
+    def smoothing_params(self, k: int, n_arrived: int | None = None) -> Tuple[float, float]:
+        """(lam_enc, lam_dec) for K inputs: the pair sent to the master, and lam_dec for ``n_arrived`` answers."""
+        setting = self.setting(k)
+        return setting.lam_enc, setting.lam_dec_for(n_arrived)
 
     def coding_scheme(self, k: int, lam_dec: float | None = None):
         """The NeRCC/BACC object for K inputs and N workers (decoding matrices are cached inside it)."""
-        from nercc.coding import make_scheme
-
-        if self.scheme == "bacc":  # no parameters besides K and N
-            lam_enc = lam_dec = 0.0
-        else:
-            lam_enc, default_dec = self.lams(k)
-            lam_dec = default_dec if lam_dec is None else lam_dec
-        key = (k, lam_enc, lam_dec)
-        if key not in self._schemes:
-            # every arrived set F has a decoding matrix and (robust decoding) a leave-one-out operator; first:M
-            # meets up to C(N, M) sets (495 for 8 of 12): room for them all, instead of rebuilding splines
-            self._schemes[key] = make_scheme(self.scheme, k, self.n_workers, lam_enc, lam_dec,
-                                             cache_size=DECODE_CACHE_ENTRIES)
-        return self._schemes[key]
+        return self.setting(k).coder(lam_dec)
 
     # -------------------------------------------------------------- one batch
     def _check_batch(self, batch: Any) -> Tuple[np.ndarray, bool]:
@@ -255,8 +244,8 @@ class ClientBase:
                 )
             return f"{self.model}_preprocess", "RAW", "INPUT", None
         params = {"scheme": self.scheme, "n_workers": self.n_workers, "n_stragglers": self.n_stragglers}
-        if self.scheme == "nercc":
-            params["lam_enc"] = self.lams(k)[0]
+        if self.scheme == NERCC_NAME:
+            params["lam_enc"] = self.setting(k).lam_enc
         model, name = (f"{self.model}_encode", "RAW") if is_raw else (f"{self.model}_encoder", "INPUT")
         return model, name, "CODED", params
 
@@ -306,7 +295,7 @@ class ClientBase:
         n, m = self.n_workers, self.policy_m
         if math.comb(n, m) > max_sets:
             return 0
-        lam_dec = self.lams(self.n_inputs, m)[1] if self.scheme == "nercc" else None
+        lam_dec = self.smoothing_params(self.n_inputs, m)[1] if self.setting(self.n_inputs).smoothing else None
         coding = self.coding_scheme(self.n_inputs, lam_dec)
         count = 0
         for arrived in itertools.combinations(range(n), m):
@@ -318,7 +307,7 @@ class ClientBase:
 
     def _warmup_batches(self, n_batches: int) -> int:
         """Warm-up batches: rotating schemes need ceil(N / K) to reach every worker."""
-        if self.coded or self.scheme == "replication":
+        if self.coded or self.scheme == REPLICATION:
             return n_batches
         return max(n_batches, math.ceil(self.n_workers / (self.n_inputs or min(4, self.n_workers))))
 
@@ -336,8 +325,8 @@ class ClientBase:
         dropped: Tuple[int, ...] = ()
         errors = dict(state.errors)
         if self.coded:
-            if self.scheme == "nercc":
-                lam_enc, lam_dec = self.lams(k, len(used))
+            if self.setting(k).smoothing:
+                lam_enc, lam_dec = self.smoothing_params(k, len(used))
             coding = self.coding_scheme(k, lam_dec)
             if self.robust:
                 predictions, dropped = core.decode_coded_robust(coding, state.answers, used)

@@ -27,7 +27,6 @@ waiting up to the hard timeout and the result is ``late``; if the minimum never 
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,12 +35,19 @@ from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
-SCHEMES = ("nercc", "bacc", "uncoded", "replication", "hedged")
-#: The order tables and plots list the schemes in: baselines first, then the coded schemes.
-SCHEME_ORDER = ("uncoded", "replication", "hedged", "bacc", "nercc")
-CODED_SCHEMES = ("nercc", "bacc")
+from nercc.coding.registry import (  # noqa: F401  (public here)
+    BASELINE_SCHEMES,
+    CODED_SCHEMES,
+    HEDGED,
+    REPLICATION,
+    SCHEME_ORDER,
+)
+
+#: Every scheme the client serves, in the order tables and plots list them (baselines first, then the coded
+#: schemes): the coding core's registry is the one list (nercc.coding.registry).
+SCHEMES = SCHEME_ORDER
 #: Schemes whose answer for input k is simply f(x_k) from some worker (first answer per input wins).
-UNCODED_SCHEMES = ("uncoded", "replication", "hedged")
+UNCODED_SCHEMES = BASELINE_SCHEMES
 #: Fewest answers a coded decode accepts: an interpolant through one point is a constant.
 MIN_CODED_ANSWERS = 2
 #: ``encode=`` modes of the coded schemes: on the master (Triton ``<model>_encode``) or in the client.
@@ -151,18 +157,17 @@ def parse_policy(policy: str, n_workers: int) -> Tuple[str, int | None]:
     raise ValueError(f"unknown policy {policy!r}; use 'deadline', 'first:M' or 'all'")
 
 
-def spec_from_metadata(model: str, meta: dict, directory: Path | None = None) -> ModelSpec:
-    """A :class:`ModelSpec` from the fields of a ``nercc.json`` dict."""
-    raw_shape = meta.get("raw_shape")
+def spec_from_info(model: str, info) -> ModelSpec:
+    """A :class:`ModelSpec` from the model's :class:`nercc.models.ModelInfo` (its nercc.json)."""
     return ModelSpec(
         name=model,
-        input_shape=tuple(int(s) for s in meta["input_shape"]),
-        n_classes=int(meta["n_classes"]),
-        raw_shape=tuple(int(s) for s in raw_shape) if raw_shape else None,
-        input_name=meta.get("input_name", "input"),
-        output_name=meta.get("output_name", "probs"),
-        directory=directory,
-        info=meta if "preprocess" in meta else None,
+        input_shape=tuple(info.input_shape),
+        n_classes=int(info.n_classes),
+        raw_shape=tuple(info.raw_shape) if info.raw_shape else None,
+        input_name=info.input_name,
+        output_name=info.output_name,
+        directory=info.dir,
+        info=info if info.preprocess is not None else None,
     )
 
 
@@ -181,12 +186,13 @@ def spec_from_server_metadata(model: str, meta: dict, raw_shape: tuple | None) -
 
 
 def load_model_spec(model: str, directory: Path) -> ModelSpec | None:
-    """The model's spec from ``directory/nercc.json``; None when the model has no local metadata."""
-    meta_path = Path(directory) / "nercc.json"
-    if not meta_path.exists():
+    """The model's spec from ``directory/nercc.json`` (read by nercc.models, the one reader of it); None when
+    the model has no local metadata."""
+    from nercc.models import read_model_info
+
+    if not (Path(directory) / "nercc.json").exists():
         return None
-    with open(meta_path) as fh:
-        return spec_from_metadata(model, json.load(fh), Path(directory))
+    return spec_from_info(model, read_model_info(directory))
 
 
 def check_batch(spec: ModelSpec, model: str, batch: Any) -> Tuple[np.ndarray, bool]:
@@ -278,11 +284,11 @@ def plan_requests(scheme: str, k: int, n_workers: int, rotation: int = 0) -> Req
     check_n_inputs(scheme, k, n_workers)
     if scheme in CODED_SCHEMES:
         return RequestPlan(scheme, k, n_workers, {i: i for i in range(n_workers)})
-    copies = n_workers // k if scheme == "replication" else 1
+    copies = n_workers // k if scheme == REPLICATION else 1
     offset = (rotation * k) % n_workers if copies * k < n_workers else 0
     requests = {(offset + j) % n_workers: j % k for j in range(copies * k)}
     backups = {}
-    if scheme == "hedged":
+    if scheme == HEDGED:
         idle = [(offset + k + i) % n_workers for i in range(n_workers - k)]
         backups = {j: idle[j] for j in range(min(k, len(idle)))}
     return RequestPlan(scheme, k, n_workers, requests, backups)

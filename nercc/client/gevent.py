@@ -39,6 +39,7 @@ from nercc.client.core import (
     check_answer,
     spec_from_server_metadata,
 )
+from nercc.coding.registry import HEDGED
 
 #: Network timeout added to the hard timeout: frees a greenlet from a hung server, never races an answer.
 NETWORK_TIMEOUT_SLACK_S = 60.0
@@ -136,7 +137,7 @@ class GeventCodedClient(ClientBase):
         for _ in range(self._warmup_batches(n_batches)):
             self._infer(batch, "all")
         self.drain()
-        if self.scheme == "hedged" and self.hedge_delay.fixed_ms is None:
+        if self.scheme == HEDGED and self.hedge_delay.fixed_ms is None:
             self.hedge_delay.clear()  # cold first runs are no sample of a worker round trip
             for _ in range(WARMUP_HEDGE_BATCHES_MAX):
                 if self.hedge_delay.n_samples >= self.hedge_delay.min_samples:

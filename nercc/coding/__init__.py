@@ -9,6 +9,7 @@ Pure numpy + scipy, no I/O; serving, the client and the benchmarks import it, ne
 """
 
 from nercc.coding.berrut import berrut_matrix
+from nercc.coding.cache import ByteBoundedLRU
 from nercc.coding.points import chebyshev_first, chebyshev_second
 from nercc.coding.registry import (
     BASELINE_SCHEMES,
@@ -36,6 +37,7 @@ from nercc.coding.tuning import (
 )
 
 __all__ = [
+    "ByteBoundedLRU",
     "NeRCC",
     "BACC",
     "CodingScheme",

@@ -19,6 +19,11 @@ __all__ = [
     "CODED_SCHEMES",
     "BASELINE_SCHEMES",
     "DEFAULT_SCHEME",
+    "UNCODED",
+    "REPLICATION",
+    "HEDGED",
+    "BACC_NAME",
+    "NERCC_NAME",
     "scheme_info",
     "make_scheme",
 ]
@@ -54,6 +59,8 @@ SCHEMES: Dict[str, SchemeInfo] = {
     )
 }
 SCHEME_ORDER: Tuple[str, ...] = tuple(SCHEMES)
+#: The names, for code that treats one scheme specially (placement, hedging, smoothing)
+UNCODED, REPLICATION, HEDGED, BACC_NAME, NERCC_NAME = SCHEME_ORDER
 CODED_SCHEMES: Tuple[str, ...] = tuple(name for name, info in SCHEMES.items() if info.coded)
 BASELINE_SCHEMES: Tuple[str, ...] = tuple(name for name, info in SCHEMES.items() if not info.coded)
 DEFAULT_SCHEME = NeRCC.name

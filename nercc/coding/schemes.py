@@ -249,6 +249,13 @@ class CodingScheme:
         """
         return self._decoding_operator(arrived).float64
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by this scheme's matrices: the encoding operator (once built) and the decoding cache."""
+        with self._lock:
+            encoding = self._encoding.nbytes if self._encoding is not None else 0
+            return encoding + self._cache_used
+
     def cache_info(self) -> dict:
         with self._lock:
             return {

@@ -10,11 +10,11 @@ take the master from 148 MiB to 4 GiB.
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
-from typing import Callable, Hashable, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from nercc.coding.cache import ByteBoundedLRU  # noqa: F401  (the coding core's cache; used through here too)
 
 #: More workers than this is a typo, not a cluster: refused before building an N x K matrix.
 MAX_WORKERS = 4096
@@ -55,55 +55,3 @@ def check_finite_output(name: str, values: np.ndarray) -> None:
         bad = int(np.count_nonzero(~np.isfinite(values)))
         raise ValueError(f"{name} has {bad} non-finite value(s) although the input was finite: the input is too "
                          "large in magnitude for float32 coding (values near 3e38 overflow)")
-
-
-class ByteBoundedLRU:
-    """A thread-safe LRU cache bounded by the total ``nbytes`` of its values (numpy arrays).
-
-    A value larger than the whole bound is returned but not kept. ``get_or_build(key, build)`` builds outside
-    the lock so that other keys stay served while a large matrix is made.
-    """
-
-    def __init__(self, max_bytes: int = DEFAULT_MATRIX_CACHE_BYTES):
-        if isinstance(max_bytes, bool) or int(max_bytes) != max_bytes or max_bytes < 0:
-            raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-        self.bytes = 0
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key):
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key, value: np.ndarray) -> np.ndarray:
-        size = int(value.nbytes)
-        if size > self.max_bytes:
-            return value
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.bytes -= int(old.nbytes)
-            self._items[key] = value
-            self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self.bytes -= int(evicted.nbytes)
-        return value
-
-    def get_or_build(self, key, build: Callable[[], np.ndarray]) -> np.ndarray:
-        value = self.get(key)
-        if value is None:
-            value = self.put(key, build())
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.bytes = 0

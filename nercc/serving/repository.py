@@ -159,7 +159,6 @@ def master_configs(
     *,
     nercc_model_dir: str,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-    repo_root: str | None = None,
     master_instances: int = 1,
 ) -> dict:
     """{model name: config.pbtxt} of ``<name>_preprocess``, ``<name>_encoder`` and ``<name>_encode``.
@@ -172,10 +171,8 @@ def master_configs(
     if isinstance(master_instances, bool) or not isinstance(master_instances, int) or master_instances < 1:
         raise ValueError(f"master_instances must be an int >= 1, got {master_instances!r}")
     name = meta.name
-    params = {"nercc_model_dir": nercc_model_dir}
-    if repo_root is not None:
-        params["nercc_repo_root"] = repo_root
-    params["max_request_bytes"] = max_request_bytes
+    # no checkout path: the Python models import nercc as installed in the stub's environment
+    params = {"nercc_model_dir": nercc_model_dir, "max_request_bytes": max_request_bytes}
     raw = ("RAW", _TRITON_TYPES[meta.raw_dtype], [-1, *meta.raw_dims])
     batch_input = [-1, *meta.input_shape]
     inputs, coded = ("INPUT", "TYPE_FP32", batch_input), ("CODED", "TYPE_FP32", batch_input)
@@ -274,15 +271,15 @@ def write_master_models(
     """Write ``dest/<name>_preprocess``, ``dest/<name>_encoder`` and ``dest/<name>_encode``."""
     dest = Path(dest)
     if relative == "copy":
-        model_dir_param, repo_root = ".", None  # metadata copied into each model folder; nercc is installed
+        model_dir_param = "."  # metadata copied into each model folder
     elif absolute_paths:
-        model_dir_param, repo_root = str(meta.dir), str(REPO_ROOT)
+        model_dir_param = str(meta.dir)
     else:
         # relative to each model folder; the Python models resolve it against args["model_repository"]
-        model_dir_param, repo_root = os.path.relpath(meta.dir, dest / f"{meta.name}_encoder"), None
+        model_dir_param = os.path.relpath(meta.dir, dest / f"{meta.name}_encoder")
     folders = []
     configs = master_configs(meta, nercc_model_dir=model_dir_param, max_request_bytes=max_request_bytes,
-                             repo_root=repo_root, master_instances=master_instances)
+                             master_instances=master_instances)
     backend_of = {f"{meta.name}_preprocess": "preprocess", f"{meta.name}_encoder": "encoder",
                   f"{meta.name}_encode": "encoder"}
     for model_name, text in configs.items():

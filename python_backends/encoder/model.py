@@ -7,36 +7,33 @@ Model ``<name>_encode`` (the same file, configured with a UINT8 input): input ``
 one Python-stub hop, where an ensemble of two Python models would pay two.
 
 Request parameters (tritonclient ``parameters={...}``, the same for ``<name>_encode`` and ``<name>_encoder``):
-    scheme        "nercc" (default) or "bacc"
+    scheme        a coded scheme of ``nercc.coding.CODED_SCHEMES``: "nercc" (default) or "bacc"
     n_workers     N, int, required
-    lam_enc       float >= 0, NeRCC only; default from the model's tuning profile (nercc.profiles.lookup)
+    lam_enc       float >= 0, NeRCC only; default from the model's tuning profile (nercc.coding.profile_lams)
     n_stragglers  int >= 0, optional: picks the profile entry for the expected straggler count
 
 Config parameters: ``nercc_model_dir`` (the model's folder with tuning.json, relative to this model's
 folder or absolute), ``max_request_bytes`` (limit on the input and on the coded output of one request),
-``nercc_repo_root`` (checkout to import nercc from when it is not installed).
+``matrix_cache_bytes`` (bound of the cache of coding schemes and their matrices). ``nercc`` is imported as
+installed in the stub's Python environment (no sys.path edits); the encoding is the core's
+(``CodingScheme.encode``: float32 matrices with negligible entries flushed).
 
 Every invalid request gets its own TritonError naming the problem; the model keeps serving the others.
 """
 
+import importlib.util
 import json
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-_SCHEMES = ("nercc", "bacc")
 
-
-def _import_nercc(config):
-    """``nercc`` from the stub's Python, else from ``nercc_repo_root`` or the checkout this file is linked from."""
-    try:
-        import nercc  # noqa: F401
-    except ImportError:
-        root = config.get("parameters", {}).get("nercc_repo_root", {}).get("string_value")
-        sys.path.insert(0, root or str(Path(__file__).resolve().parents[2]))
+def _require_nercc():
+    """nercc as installed in this stub's Python: the launcher's environment, or EXECUTION_ENV_PATH (containers)."""
+    if importlib.util.find_spec("nercc") is None:
+        raise ImportError("nercc is not installed in the Python environment of this Triton stub: install it there "
+                          "(pip install nercc) or point the model's EXECUTION_ENV_PATH at an environment that has it")
 
 
 class RequestError(ValueError):
@@ -60,13 +57,13 @@ def _int_param(params, key, minimum, required=False):
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        _import_nercc(config)
-        from nercc.coding import make_scheme
-        from nercc.profiles import lookup
+        _require_nercc()
+        from nercc import coding
+        from nercc.profiles import load_profile
         from nercc.serving import limits
         from nercc.serving.backend_utils import config_param, nercc_model_dir, triton_error
 
-        self._make_scheme, self._lookup, self._error, self._limits = make_scheme, lookup, triton_error, limits
+        self._coding, self._load_profile, self._error, self._limits = coding, load_profile, triton_error, limits
         self.model_dir = nercc_model_dir(config, args)
         self.max_request_bytes = int(config_param(config, "max_request_bytes", str(256 * 2**20)))
         self.input_name = config["input"][0]["name"]
@@ -79,12 +76,13 @@ class TritonPythonModel:
 
             self._raw_info = load_model_info(self.model_dir.name, self.model_dir.parent)
             self._preprocess = preprocess
-        # (scheme, K, N, lam_enc) -> float32 (N, K), LRU bounded in bytes: a new lam_enc per request at
-        # K = N = 4096 is 64 MiB each (an entry count let the master grow ~67 MiB per request)
+        # (scheme, K, N, lam_enc) -> coding scheme with its encoding matrix, LRU bounded in bytes (the coding
+        # core's cache): a new lam_enc per request at K = N = 4096 is 64 MiB each (an entry count let the master
+        # grow ~67 MiB per request)
         cache_bytes = int(config_param(config, "matrix_cache_bytes", str(limits.DEFAULT_MATRIX_CACHE_BYTES)))
-        self._matrices = limits.ByteBoundedLRU(cache_bytes)
+        self._coders = coding.ByteBoundedLRU(cache_bytes)
         self._lock = threading.Lock()
-        self._profile_lams = {}  # (K, N, S) -> lam_enc, valid for one tuning.json version
+        self._profile = None  # the model's tuning profile, read again only when tuning.json changes
         self._profile_stamp = None
         pb_utils.Logger.log_info(
             f"encoder {args['model_name']}: item shape {self.item_shape}, profile dir {self.model_dir}, "
@@ -99,10 +97,11 @@ class TritonPythonModel:
         if unknown:
             raise RequestError(f"unknown request parameter(s) {unknown}; allowed: scheme, n_workers, lam_enc, "
                                "n_stragglers")
-        scheme = params.get("scheme", "nercc")
-        if not isinstance(scheme, str) or scheme.lower() not in _SCHEMES:
-            raise RequestError(f"request parameter 'scheme' must be one of {list(_SCHEMES)}, got {scheme!r}")
-        scheme = scheme.lower()
+        scheme = params.get("scheme", self._coding.DEFAULT_SCHEME)
+        coded = self._coding.CODED_SCHEMES
+        if not isinstance(scheme, str) or scheme.lower() not in coded:
+            raise RequestError(f"request parameter 'scheme' must be one of {list(coded)}, got {scheme!r}")
+        info = self._coding.scheme_info(scheme, coded_only=True)
         n_workers = _int_param(params, "n_workers", minimum=2, required=True)
         if n_workers > self._limits.MAX_WORKERS:
             raise RequestError(f"request parameter 'n_workers' must be <= {self._limits.MAX_WORKERS}, got {n_workers}")
@@ -121,36 +120,31 @@ class TritonPythonModel:
             lam_enc = float(lam_enc)
             if not np.isfinite(lam_enc) or lam_enc < 0:
                 raise RequestError(f"request parameter 'lam_enc' must be finite and >= 0, got {lam_enc}")
-        if scheme == "bacc":
+        if not info.smoothing:
             lam_enc = 0.0  # Berrut has no smoothing parameter
         elif lam_enc is None:
-            lam_enc = self._profile_lam(n_inputs, n_workers, n_stragglers)
-        return scheme, n_workers, lam_enc
+            lam_enc = self._coding.profile_lams(self._tuning_profile(), n_inputs, n_workers, n_stragglers)[0]
+        return info.name, n_workers, lam_enc
 
-    def _profile_lam(self, n_inputs, n_workers, n_stragglers):
-        """lam_enc from the tuning profile, re-read only when tuning.json changes (`nercc tune` while serving)."""
+    def _tuning_profile(self):
+        """The model's tuning profile, read again only when tuning.json changes (`nercc tune` while serving)."""
         try:
             stamp = (self.model_dir / "tuning.json").stat().st_mtime_ns
         except OSError:
             stamp = None
-        key = (n_inputs, n_workers, n_stragglers)
         with self._lock:
-            if stamp != self._profile_stamp:
-                self._profile_lams.clear()
-                self._profile_stamp = stamp
-            lam = self._profile_lams.get(key)
-        if lam is None:
-            lam = float(self._lookup(self.model_dir, n_inputs, n_workers, n_stragglers)[0])
-            with self._lock:
-                self._profile_lams[key] = lam
-        return lam
+            if self._profile is None or stamp != self._profile_stamp:
+                self._profile, self._profile_stamp = self._load_profile(self.model_dir), stamp
+            return self._profile
 
-    def _encoding_matrix(self, scheme, n_inputs, n_workers, lam_enc):
+    def _coder(self, scheme, n_inputs, n_workers, lam_enc):
+        """The coding scheme for this setting, its encoding matrix built (no decoding cache: the master encodes)."""
         def build():
-            coding = self._make_scheme(scheme, n_inputs, n_workers, lam_enc=lam_enc, cache_size=0)
-            return np.ascontiguousarray(coding.encoding_matrix(), dtype=np.float32)
+            coder = self._coding.make_scheme(scheme, n_inputs, n_workers, lam_enc=lam_enc, cache_size=0)
+            coder.encoding_matrix()
+            return coder
 
-        return self._matrices.get_or_build((scheme, n_inputs, n_workers, lam_enc), build)
+        return self._coders.get_or_build((scheme, n_inputs, n_workers, lam_enc), build)
 
     def _preprocessed(self, request, raw):
         """RAW uint8 [K, *raw_shape] -> float32 [K, *input_shape] (``<name>_encode`` only).
@@ -194,8 +188,7 @@ class TritonPythonModel:
         if coded_bytes > self.max_request_bytes:
             raise RequestError(f"coded output would be {coded_bytes} bytes (N = {n_workers}), over the limit "
                                f"max_request_bytes = {self.max_request_bytes}")
-        matrix = self._encoding_matrix(scheme, n_inputs, n_workers, lam_enc)
-        coded = (matrix @ x.reshape(n_inputs, -1)).reshape((n_workers,) + x.shape[1:])
+        coded = self._coder(scheme, n_inputs, n_workers, lam_enc).encode(x)
         # finite inputs near the float32 maximum overflow: an error, never inf/NaN with status OK
         self._limits.check_finite_output(self.output_name, coded)
         return pb_utils.Tensor(self.output_name, np.ascontiguousarray(coded, dtype=np.float32))
@@ -214,4 +207,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        self._matrices.clear()
+        self._coders.clear()

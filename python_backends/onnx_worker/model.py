@@ -12,14 +12,13 @@ Config parameters (all strings, all optional):
     seed, worker_index  seed the delay stream: same cluster seed, different stream per worker
     device            onnxruntime device: auto (CUDA when this onnxruntime has it) | cpu | cuda; default auto
     fault             wrong answers on purpose, for chaos tests (``nercc.serving.faults``), default ``none``
-    nercc_repo_root   checkout to import ``nercc`` from when it is not installed in the stub's Python
 
 The server's environment overrides the per-worker ones (``NERCC_WORKER_INDEX``, ``NERCC_STRAGGLER``,
 ``NERCC_SEED``, ``NERCC_DEVICE``, ``NERCC_FAULT``), so one repository serves every worker (``nercc worker --index i``).
 """
 
+import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -30,19 +29,17 @@ import triton_python_backend_utils as pb_utils
 CANCEL_POLL_S = 0.01
 
 
-def _import_nercc(config):
-    """``nercc`` from the stub's Python, else from ``nercc_repo_root`` or the checkout this file is linked from."""
-    try:
-        import nercc  # noqa: F401
-    except ImportError:
-        root = config.get("parameters", {}).get("nercc_repo_root", {}).get("string_value")
-        sys.path.insert(0, root or str(Path(__file__).resolve().parents[2]))
+def _require_nercc():
+    """nercc as installed in this stub's Python: the launcher's environment, or EXECUTION_ENV_PATH (containers)."""
+    if importlib.util.find_spec("nercc") is None:
+        raise ImportError("nercc is not installed in the Python environment of this Triton stub: install it there "
+                          "(pip install nercc) or point the model's EXECUTION_ENV_PATH at an environment that has it")
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        _import_nercc(config)
+        _require_nercc()
         import onnxruntime as ort
 
         from nercc.serving.backend_utils import (

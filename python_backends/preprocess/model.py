@@ -5,31 +5,29 @@ computed by ``nercc.preprocessing.preprocess`` (the same function used at export
 the model's ``nercc.json`` read at load time. First step of the ``<name>_encode`` ensemble.
 
 Config parameters: ``nercc_model_dir`` (folder with nercc.json, relative to this model's folder or absolute),
-``max_request_bytes`` (limit on the raw input of one request), ``nercc_repo_root``.
+``max_request_bytes`` (limit on the raw input of one request). ``nercc`` is imported as installed in the
+stub's Python environment (no sys.path edits).
 Every invalid request gets its own TritonError naming the problem; the model keeps serving.
 """
 
+import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-def _import_nercc(config):
-    """``nercc`` from the stub's Python, else from ``nercc_repo_root`` or the checkout this file is linked from."""
-    try:
-        import nercc  # noqa: F401
-    except ImportError:
-        root = config.get("parameters", {}).get("nercc_repo_root", {}).get("string_value")
-        sys.path.insert(0, root or str(Path(__file__).resolve().parents[2]))
+def _require_nercc():
+    """nercc as installed in this stub's Python: the launcher's environment, or EXECUTION_ENV_PATH (containers)."""
+    if importlib.util.find_spec("nercc") is None:
+        raise ImportError("nercc is not installed in the Python environment of this Triton stub: install it there "
+                          "(pip install nercc) or point the model's EXECUTION_ENV_PATH at an environment that has it")
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        _import_nercc(config)
+        _require_nercc()
         from nercc.models import load_model_info
         from nercc.preprocessing import preprocess
         from nercc.serving.backend_utils import config_param, nercc_model_dir, triton_error
