@@ -77,6 +77,17 @@ def test_installed_nercc_is_the_wheel(installed):
     assert (Path(where[3]) / "encoder" / "model.py").is_file()
 
 
+def test_every_command_loads_from_the_wheel(installed):
+    """The tools behind the commands ship in the wheel (no "not built yet", no checkout on sys.path)."""
+    bin_dir, env, elsewhere = installed
+    for command in (["tune"], ["bench", "accuracy"], ["bench", "sweep"], ["loadtest"], ["export"], ["serve"],
+                    ["demo"], ["worker"], ["master"]):
+        out = _run([bin_dir / "nercc", *command, "--help"], elsewhere, env)
+        assert out.startswith(f"usage: nercc {' '.join(command)}"), out[:200]
+        if len(command) == 1:  # (sub-commands take it too: it is read before any parsing)
+            assert "--model-repository" in out, command
+
+
 def test_model_repository_flag(installed, tmp_path):
     """--model-repository DIR points the command at another repository (here: a copy holding lenet5 only)."""
     bin_dir, env, elsewhere = installed

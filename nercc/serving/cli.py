@@ -91,6 +91,45 @@ def _write_repository(args) -> int:
     return 0
 
 
+def _print_cluster(cluster, model: str, args) -> None:
+    """What a user needs to reach the cluster: URLs, metrics, the admin header, the URL file and logs."""
+    from nercc.serving.cluster import ADMIN_HEADER
+
+    print(f"ready in {cluster.startup_s:.1f} s")
+    for i, url in enumerate(cluster.master_urls):
+        print(f"master {i:<2} {url}   models {model}_encode, {model}_encoder, {model}_preprocess")
+    for i, url in enumerate(cluster.worker_urls):
+        print(f"worker {i:<2} {url}   model {model}")
+    if args.http:
+        print(f"HTTP: master {cluster.master_http_url}, workers {', '.join(cluster.worker_http_urls)}")
+    if args.metrics:
+        print(f"metrics: {', '.join(cluster.metrics_urls)}")
+    if cluster.admin_key:
+        print(f"admin endpoints (shared memory, model repository, trace, logging) need the header "
+              f"{ADMIN_HEADER}: {cluster.admin_key}")
+    if args.urls_file is not None:
+        from nercc.serving.urls import write_urls
+
+        write_urls(args.urls_file, cluster.description())
+        print(f"URLs written to {args.urls_file}")
+    if args.log_dir is not None:
+        print(f"logs in {args.log_dir}/<role>/tritonserver.log")
+    print("serving; Ctrl-C to stop", flush=True)
+
+
+def _watch(cluster) -> None:
+    """Serve until interrupted, reporting once each server that exits (with its last log lines)."""
+    reported = set()
+    while True:
+        time.sleep(1.0)
+        for role in cluster.check():
+            if role not in reported:
+                reported.add(role)
+                server = next(s for s in cluster.servers if s.role == role)
+                print(f"warning: {role} ({server.url}) exited; last log lines:\n{server.log_tail(10)}",
+                      file=sys.stderr, flush=True)
+
+
 def main(args) -> int:
     if args.write_repository is not None:
         try:
@@ -129,8 +168,6 @@ def main(args) -> int:
         print(f"nercc serve: --masters must be >= 1, got {args.masters}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
-    from nercc.serving.cluster import ADMIN_HEADER
-
     cluster = LocalCluster(
         models[0], n_workers=args.workers, straggler=args.straggler, seed=args.seed, base_port=args.base_port,
         tritonserver=args.tritonserver, master=not args.no_master, http=args.http, ort_threads=args.ort_threads,
@@ -142,35 +179,8 @@ def main(args) -> int:
     print(f"starting {n_servers} tritonserver(s) for {models[0]} (straggler: {cluster.straggler}) ...", flush=True)
     try:
         with cluster:
-            print(f"ready in {cluster.startup_s:.1f} s")
-            for i, url in enumerate(cluster.master_urls):
-                print(f"master {i:<2} {url}   models {models[0]}_encode, {models[0]}_encoder, {models[0]}_preprocess")
-            for i, url in enumerate(cluster.worker_urls):
-                print(f"worker {i:<2} {url}   model {models[0]}")
-            if args.http:
-                print(f"HTTP: master {cluster.master_http_url}, workers {', '.join(cluster.worker_http_urls)}")
-            if args.metrics:
-                print(f"metrics: {', '.join(cluster.metrics_urls)}")
-            if cluster.admin_key:
-                print(f"admin endpoints (shared memory, model repository, trace, logging) need the header "
-                      f"{ADMIN_HEADER}: {cluster.admin_key}")
-            if args.urls_file is not None:
-                from nercc.serving.urls import write_urls
-
-                write_urls(args.urls_file, cluster.description())
-                print(f"URLs written to {args.urls_file}")
-            if args.log_dir is not None:
-                print(f"logs in {args.log_dir}/<role>/tritonserver.log")
-            print("serving; Ctrl-C to stop", flush=True)
-            reported = set()
-            while True:
-                time.sleep(1.0)
-                for role in cluster.check():
-                    if role not in reported:
-                        reported.add(role)
-                        server = next(s for s in cluster.servers if s.role == role)
-                        print(f"warning: {role} ({server.url}) exited; last log lines:\n{server.log_tail(10)}",
-                              file=sys.stderr, flush=True)
+            _print_cluster(cluster, models[0], args)
+            _watch(cluster)
     except KeyboardInterrupt:
         print("\nstopped: every server is down and its shared memory removed")
         return 0

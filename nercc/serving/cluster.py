@@ -371,6 +371,39 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
+def _check_counts(**counts) -> None:
+    """Each count is an int (not a bool) with its minimum: ort_threads and first_worker_index >= 0, others >= 1."""
+    for name, value in counts.items():
+        minimum = 0 if name in ("ort_threads", "first_worker_index") else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _parse_faults(faults: dict | None, first_worker_index: int, n_workers: int) -> dict:
+    """{worker index: fault spec} validated, every index one of this cluster's workers."""
+    from nercc.serving.faults import parse_fault
+
+    parsed = {int(i): str(parse_fault(f)) for i, f in (faults or {}).items()}
+    bad = [i for i in parsed if not 0 <= i - first_worker_index < n_workers]
+    if bad:
+        raise ValueError(f"faults name workers {bad}, outside this cluster's workers")
+    return parsed
+
+
+def _check_fixed_ports(fixed: dict, n_servers: int, base_port) -> None:
+    """Fixed ports name the ports of one server; they exclude base_port and must be valid port numbers."""
+    if all(v is None for v in fixed.values()):
+        return
+    if n_servers != 1:
+        raise ValueError("grpc_port/http_port/metrics_port fix the ports of a single server "
+                         "(one worker, or the master alone); use base_port for a cluster")
+    if base_port is not None:
+        raise ValueError("give either base_port or grpc_port/http_port/metrics_port, not both")
+    for name, value in fixed.items():
+        if value is not None and not 1 <= int(value) <= 65535:
+            raise ValueError(f"{name} must be in 1..65535, got {value}")
+
+
 class LocalCluster:
     """Start a master and ``n_workers`` worker tritonservers for ``model`` on loopback (a context manager).
 
@@ -446,55 +479,28 @@ class LocalCluster:
         restrict: bool = True,
         admin_key: str | None = None,
     ):
-        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-            raise ValueError(f"n_workers must be an int >= 1, got {n_workers!r}")
+        _check_counts(n_workers=n_workers, n_masters=n_masters, master_instances=master_instances,
+                      ort_threads=ort_threads, first_worker_index=first_worker_index)
         if base_port is not None and not (1024 <= int(base_port) <= 65535 - (n_workers + 1) * (2 if http else 1)):
             raise ValueError(f"base_port must leave room for {n_workers + 1} servers below 65536, got {base_port}")
-        if isinstance(ort_threads, bool) or not isinstance(ort_threads, int) or ort_threads < 0:
-            raise ValueError(f"ort_threads must be an int >= 0, got {ort_threads!r}")
-        self.model = model
-        self.n_workers = n_workers
+        self.model, self.n_workers = model, n_workers
         self.straggler = str(parse_straggler(straggler))  # validates before anything starts
         self.seed = int(seed)
         self.base_port = None if base_port is None else int(base_port)
         self._tritonserver_arg = tritonserver
         self.model_repository = Path(model_repository) if model_repository is not None else None
         self.with_master = master
-        if isinstance(n_masters, bool) or not isinstance(n_masters, int) or n_masters < 1:
-            raise ValueError(f"n_masters must be an int >= 1, got {n_masters!r}")
         self.n_masters = n_masters if master else 0
-        from nercc.serving.faults import parse_fault
-
-        self.faults = {int(i): str(parse_fault(f)) for i, f in (faults or {}).items()}  # validates
-        bad = [i for i in self.faults if not 0 <= i - first_worker_index < n_workers]
-        if bad:
-            raise ValueError(f"faults name workers {bad}, outside this cluster's workers")
-        self.http = http
-        self.ort_threads = ort_threads
-        self.worker_max_batch = worker_max_batch
+        self.faults = _parse_faults(faults, first_worker_index, n_workers)
+        self.ort_threads, self.worker_max_batch = ort_threads, worker_max_batch
         self.max_request_bytes = int(max_request_bytes)
-        if isinstance(master_instances, bool) or not isinstance(master_instances, int) or master_instances < 1:
-            raise ValueError(f"master_instances must be an int >= 1, got {master_instances!r}")
         self.master_instances = master_instances
-        self.start_timeout_s = float(start_timeout_s)
-        self.stop_timeout_s = float(stop_timeout_s)
-        self._workdir_arg = workdir
-        self.keep_logs = keep_logs
-        self.log_verbose = int(log_verbose)
-        if first_worker_index < 0:
-            raise ValueError(f"first_worker_index must be >= 0, got {first_worker_index}")
+        self.start_timeout_s, self.stop_timeout_s = float(start_timeout_s), float(stop_timeout_s)
+        self._workdir_arg, self.keep_logs, self.log_verbose = workdir, keep_logs, int(log_verbose)
         if device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
         fixed = {"grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port}
-        if any(v is not None for v in fixed.values()):
-            if (n_workers if start_workers else 0) + (n_masters if master else 0) != 1:
-                raise ValueError("grpc_port/http_port/metrics_port fix the ports of a single server "
-                                 "(one worker, or the master alone); use base_port for a cluster")
-            if base_port is not None:
-                raise ValueError("give either base_port or grpc_port/http_port/metrics_port, not both")
-            for name, value in fixed.items():
-                if value is not None and not 1 <= int(value) <= 65535:
-                    raise ValueError(f"{name} must be in 1..65535, got {value}")
+        _check_fixed_ports(fixed, (n_workers if start_workers else 0) + (n_masters if master else 0), base_port)
         self.fixed_ports = fixed
         if not master and not start_workers:
             raise ValueError("nothing to start: master=False and start_workers=False")
@@ -502,19 +508,10 @@ class LocalCluster:
         self.host = str(host)
         self.first_worker_index = int(first_worker_index)
         self.metrics = bool(metrics) or metrics_port is not None
-        self.http = self.http or http_port is not None
-        self.tls = tls
+        self.http = bool(http) or http_port is not None
+        self.tls, self.device = tls, device
         self.repository = None if repository is None else Path(repository).resolve()
-        self.device = device
-        if self.repository is not None:
-            self.meta = repo.repository_model_meta(self.repository, model)
-        else:
-            self.meta = repo.read_model_meta(model, self.model_repository)  # fails fast on a missing model
-        if self.repository is not None and not (self.repository / self.meta.name / "config.pbtxt").exists() \
-                and start_workers:
-            raise FileNotFoundError(f"{self.repository} has no worker model {self.meta.name}/config.pbtxt")
-        if self.repository is None and not self.meta.onnx_path.exists():
-            raise FileNotFoundError(f"no ONNX model at {self.meta.onnx_path}: export it first (`nercc export {model}`)")
+        self.meta = self._model_meta(model)  # fails fast on a missing model
         self.token = f"nercc{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self.restrict = bool(restrict)
         self.admin_key = (admin_key or secrets.token_hex(16)) if self.restrict else None
@@ -522,10 +519,21 @@ class LocalCluster:
             restricted_protocol_args(self.admin_key, http=True)  # validates the key before anything starts
         self.servers: List[TritonServer] = []
         self.workdir: Path | None = None
-        self._owns_workdir = False
+        self._owns_workdir, self._started = False, False
         self.startup_s: float | None = None
         self._lock = threading.RLock()
-        self._started = False
+
+    def _model_meta(self, model: str):
+        """The model's metadata, from the given repository or the model repository, checked servable."""
+        if self.repository is not None:
+            meta = repo.repository_model_meta(self.repository, model)
+            if self.start_workers and not (self.repository / meta.name / "config.pbtxt").exists():
+                raise FileNotFoundError(f"{self.repository} has no worker model {meta.name}/config.pbtxt")
+            return meta
+        meta = repo.read_model_meta(model, self.model_repository)
+        if not meta.onnx_path.exists():
+            raise FileNotFoundError(f"no ONNX model at {meta.onnx_path}: export it first (`nercc export {model}`)")
+        return meta
 
     # -- public view ---------------------------------------------------------------------------------
     @property
