@@ -23,6 +23,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from nercc.coding.registry import CODED_SCHEMES, HEDGED, NERCC_NAME, REPLICATION, SCHEME_ORDER, UNCODED
 from nercc.simulate.core import PERCENTILES, percentile
 from nercc.simulate.model import CodingCost
 
@@ -30,8 +31,7 @@ from nercc.simulate.model import CodingCost
 def _client_schemes() -> List[str]:
     from nercc import client
 
-    order = ("uncoded", "replication", "hedged", "bacc", "nercc")
-    return [s for s in order if s in getattr(client, "SCHEMES", ())]
+    return [s for s in SCHEME_ORDER if s in getattr(client, "SCHEMES", ())]
 
 
 def _triton_compute(urls: List[str], skip_ensembles: bool = True) -> Dict[str, float]:
@@ -141,6 +141,88 @@ def _raw(rows) -> Dict:
             "unanswered": sum(r is None for _, _, r, _, _ in rows)}
 
 
+class _Recorder:
+    """The state of one :func:`measure` run: calibration samples, instance holds, measured summaries."""
+
+    def __init__(self, out_dir: Path, raw, labels, n_workers: int, k: int, rate: float, seed: int):
+        self.out_dir, self.raw, self.labels = out_dir, raw, labels
+        self.n_workers, self.k, self.rate, self.seed = n_workers, k, rate, seed
+        self.worker_ms: Dict[str, list] = {}
+        self.pre_ms: Dict[str, list] = {}
+        self.post_ms: Dict[str, list] = {}
+        self.holds: Dict[str, dict] = {}
+        self.results: Dict[str, dict] = {}
+        self.base_pred: Optional[Dict[int, int]] = None
+
+    def _dump(self, name: str, rows) -> None:
+        with open(self.out_dir / "raw" / f"{name}.json", "w") as fh:
+            json.dump(_raw(rows), fh)
+
+    def calibrate(self, calm, scheme: str, n_batches: int) -> None:
+        """Policy ``all`` on the straggler-free cluster: worker round trips, pre/post times, instance holds."""
+        if scheme == HEDGED:  # hedged's requests are uncoded's: calibrated by the uncoded run
+            return
+        before = {}
+
+        def snapshot(before=before):
+            before["w"] = _triton_compute(calm.worker_urls)
+            before["m"] = _triton_compute([calm.master_url])
+
+        rows = _run_scheme(calm, scheme, "all", 2000.0, self.k, self.raw, self.rate, n_batches, self.seed,
+                           f"calibrate {scheme}", after_warmup=snapshot)
+        after_w, after_m = _triton_compute(calm.worker_urls), _triton_compute([calm.master_url])
+        self._dump(f"calibration_{scheme}", rows)
+        kind = "coded" if scheme in CODED_SCHEMES else scheme
+        good = [r for _, _, r, _, _ in rows if r is not None]
+        width = max(len(r.worker_latency_ms) for r in good)
+        self.worker_ms.setdefault(kind, []).extend(
+            sorted(r.worker_latency_ms.values()) for r in good if len(r.worker_latency_ms) == width)
+        self.pre_ms.setdefault(kind, []).extend(r.encode_ms for r in good)
+        self.post_ms.setdefault(kind, []).extend(r.decode_ms for r in good)
+        w_ns, w_n = after_w["ns"] - before["w"]["ns"], after_w["executions"] - before["w"]["executions"]
+        m_ns, m_n = after_m["ns"] - before["m"]["ns"], after_m["executions"] - before["m"]["executions"]
+        self.holds[scheme] = {"worker_hold_ms": w_ns / max(w_n, 1) / 1e6,
+                              "master_hold_ms": (m_ns / 1e6 / max(len(good), 1)) if m_n else 0.0}
+
+    def run_measured(self, cluster, scheme: str, policy: str, deadline_ms: float, n_batches: int) -> None:
+        """The straggling cluster under ``policy``: latency, answers used, lateness and RelAcc per scheme."""
+        rows = _run_scheme(cluster, scheme, policy, deadline_ms, self.k, self.raw, self.rate, n_batches,
+                           self.seed + 1, f"measure {scheme}")
+        self._dump(f"measured_{scheme}", rows)
+        if scheme == UNCODED:  # exact f on the same inputs: the RelAcc reference
+            self.base_pred = {}
+            for _, idx, r, _, _ in rows:
+                if r is not None:
+                    self.base_pred.update(zip(idx.tolist(), r.predictions.argmax(1).tolist()))
+        result = _summary(rows, self.k, self.n_workers, self.labels, self.base_pred)
+        coded = scheme in CODED_SCHEMES
+        result["policy"] = policy if coded else "every input"
+        result["compute_per_input"] = (self.n_workers / self.k if coded else
+                                       float(self.n_workers // self.k) if scheme == REPLICATION else 1.0)
+        if scheme == HEDGED:
+            used = [getattr(r, "hedge_ms", None) for _, _, r, _, _ in rows if r is not None]
+            used = [u for u in used if u is not None]
+            if used:
+                result["hedge_ms"] = round(float(np.median(used)), 3)
+        self.results[scheme] = result
+
+    def calibration(self) -> dict:
+        """What ``calibration.json`` holds (read by :class:`nercc.simulate.model.ServiceModel`)."""
+        enc, grid, dec = CodingCost().measure(NERCC_NAME, self.n_workers, self.k)
+        coded_holds = [h["master_hold_ms"] for s, h in self.holds.items() if s in CODED_SCHEMES]
+        return {
+            "model": "lenet5", "n_workers": self.n_workers, "n_inputs": self.k, "rate": self.rate, "seed": self.seed,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "worker_ms": self.worker_ms, "pre_ms": self.pre_ms, "post_ms": self.post_ms,
+            "worker_hold_ms": float(np.mean([h["worker_hold_ms"] for h in self.holds.values()])),
+            "master_hold_ms": float(np.mean(coded_holds)) if coded_holds else 0.0,
+            "coding_encode_ms": enc, "coding_decode_ms": float(np.interp(self.n_workers, grid, dec)),
+            "info": {"holds_by_scheme": self.holds,
+                     "what": "no-straggler cluster, policy all, open-loop Poisson at `rate`; each scheme calibrated "
+                             "right before its measured run"},
+        }
+
+
 def measure(out_dir: Path, n_workers: int = 12, n_inputs: int = 4, straggler: str = "bimodal:p=0.1,slow_ms=40",
             rate: float = 10.0, n_batches: int = 600, calibration_batches: int = 200, policy: str = "first:8",
             deadline_ms: float = 30.0, seed: int = 0, schemes: Optional[List[str]] = None,
@@ -154,69 +236,12 @@ def measure(out_dir: Path, n_workers: int = 12, n_inputs: int = 4, straggler: st
     out_dir = Path(out_dir)
     (out_dir / "raw").mkdir(parents=True, exist_ok=True)
     raw, labels = load_mnist("test")
-    k = n_inputs
-    available = _client_schemes()
-    schemes = [s for s in available if schemes is None or s in schemes]
-    if "uncoded" not in schemes:
-        schemes.insert(0, "uncoded")  # its exact predictions are the RelAcc reference
+    schemes = [s for s in _client_schemes() if schemes is None or s in schemes]
+    if UNCODED not in schemes:
+        schemes.insert(0, UNCODED)  # its exact predictions are the RelAcc reference
     t_begin = time.time()
-    worker_ms: Dict[str, list] = {}
-    pre_ms: Dict[str, list] = {}
-    post_ms: Dict[str, list] = {}
-    holds = {}
-    results = {}
-    base_pred: Optional[Dict[int, int]] = None
+    record = _Recorder(out_dir, raw, labels, n_workers, n_inputs, rate, seed)
     start_timeout = 120.0 + 3.0 * n_workers  # 100 servers on 2 cores take minutes to load
-
-    def calibrate(calm, scheme):
-        if scheme == "hedged":  # hedged's requests are uncoded's: calibrated by the uncoded run
-            return
-        before = {}
-
-        def snapshot(before=before):
-            before["w"] = _triton_compute(calm.worker_urls)
-            before["m"] = _triton_compute([calm.master_url])
-
-        rows = _run_scheme(calm, scheme, "all", 2000.0, k, raw, rate, calibration_batches, seed,
-                           f"calibrate {scheme}", after_warmup=snapshot)
-        after_w = _triton_compute(calm.worker_urls)
-        after_m = _triton_compute([calm.master_url])
-        with open(out_dir / "raw" / f"calibration_{scheme}.json", "w") as fh:
-            json.dump(_raw(rows), fh)
-        kind = "coded" if scheme in ("nercc", "bacc") else scheme
-        good = [r for _, _, r, _, _ in rows if r is not None]
-        width = max(len(r.worker_latency_ms) for r in good)
-        worker_ms.setdefault(kind, []).extend(
-            sorted(r.worker_latency_ms.values()) for r in good if len(r.worker_latency_ms) == width)
-        pre_ms.setdefault(kind, []).extend(r.encode_ms for r in good)
-        post_ms.setdefault(kind, []).extend(r.decode_ms for r in good)
-        w_ns = after_w["ns"] - before["w"]["ns"]
-        w_n = after_w["executions"] - before["w"]["executions"]
-        m_ns = after_m["ns"] - before["m"]["ns"]
-        m_n = after_m["executions"] - before["m"]["executions"]
-        holds[scheme] = {"worker_hold_ms": w_ns / max(w_n, 1) / 1e6,
-                         "master_hold_ms": (m_ns / 1e6 / max(len(good), 1)) if m_n else 0.0}
-
-    def run_measured(cluster, scheme):
-        nonlocal base_pred
-        rows = _run_scheme(cluster, scheme, policy, deadline_ms, k, raw, rate, n_batches, seed + 1,
-                           f"measure {scheme}")
-        with open(out_dir / "raw" / f"measured_{scheme}.json", "w") as fh:
-            json.dump(_raw(rows), fh)
-        if scheme == "uncoded":  # exact f on the same inputs: the RelAcc reference
-            base_pred = {}
-            for _, idx, r, _, _ in rows:
-                if r is not None:
-                    base_pred.update(zip(idx.tolist(), r.predictions.argmax(1).tolist()))
-        results[scheme] = _summary(rows, k, n_workers, labels, base_pred)
-        results[scheme]["policy"] = policy if scheme in ("nercc", "bacc") else "every input"
-        results[scheme]["compute_per_input"] = (n_workers / k if scheme in ("nercc", "bacc") else
-                                                float(n_workers // k) if scheme == "replication" else 1.0)
-        if scheme == "hedged":
-            used = [getattr(r, "hedge_ms", None) for _, _, r, _, _ in rows if r is not None]
-            used = [u for u in used if u is not None]
-            if used:
-                results[scheme]["hedge_ms"] = round(float(np.median(used)), 3)
 
     def cluster(profile):
         return LocalCluster("lenet5", n_workers=n_workers, straggler=profile, seed=seed,
@@ -225,39 +250,25 @@ def measure(out_dir: Path, n_workers: int = 12, n_inputs: int = 4, straggler: st
     if sequential:  # one cluster at a time (memory: 2 x 100 workers do not fit)
         with cluster("none") as calm:
             for scheme in schemes:
-                calibrate(calm, scheme)
+                record.calibrate(calm, scheme, calibration_batches)
         with cluster(straggler) as slow:
             for scheme in schemes:
-                run_measured(slow, scheme)
+                record.run_measured(slow, scheme, policy, deadline_ms, n_batches)
     else:
         with cluster("none") as calm, cluster(straggler) as slow:
             for scheme in schemes:
-                calibrate(calm, scheme)
-                run_measured(slow, scheme)
-    cost = CodingCost()
-    enc, grid, dec = cost.measure("nercc", n_workers, k)
-    coded_holds = [h["master_hold_ms"] for s, h in holds.items() if s in ("nercc", "bacc")]
-    calibration = {
-        "model": "lenet5", "n_workers": n_workers, "n_inputs": k, "rate": rate, "seed": seed,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "worker_ms": worker_ms, "pre_ms": pre_ms, "post_ms": post_ms,
-        "worker_hold_ms": float(np.mean([h["worker_hold_ms"] for h in holds.values()])),
-        "master_hold_ms": float(np.mean(coded_holds)) if coded_holds else 0.0,
-        "coding_encode_ms": enc, "coding_decode_ms": float(np.interp(n_workers, grid, dec)),
-        "info": {"holds_by_scheme": holds,
-                 "what": "no-straggler cluster, policy all, open-loop Poisson at `rate`; each scheme calibrated "
-                         "right before its measured run"},
-    }
+                record.calibrate(calm, scheme, calibration_batches)
+                record.run_measured(slow, scheme, policy, deadline_ms, n_batches)
     with open(out_dir / "calibration.json", "w") as fh:
-        json.dump(calibration, fh)
+        json.dump(record.calibration(), fh)
     summary = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": None,
-        "settings": {"model": "lenet5", "n_workers": n_workers, "n_inputs": k, "offered_batches_per_s": rate,
+        "settings": {"model": "lenet5", "n_workers": n_workers, "n_inputs": n_inputs, "offered_batches_per_s": rate,
                      "batches": n_batches, "deadline_ms": deadline_ms, "coded_policy": policy, "seed": seed,
                      "engine": "asyncio open loop (Poisson), CodedClient, LocalCluster on this machine",
                      "seconds": round(time.time() - t_begin, 1)},
-        "profiles": {"measured": {"straggler": straggler, "schemes": results}},
+        "profiles": {"measured": {"straggler": straggler, "schemes": record.results}},
     }
     with open(out_dir / "summary.json", "w") as fh:
         json.dump(summary, fh, indent=1)
