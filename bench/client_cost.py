@@ -30,8 +30,10 @@ from typing import Dict, List
 
 import numpy as np
 
-DEFAULT_ROWS = "uncoded,replication,hedged,bacc,nercc,nercc-local"
-ROWS = ("uncoded", "replication", "hedged", "bacc", "nercc", "bacc-local", "nercc-local")
+from nercc.coding.registry import CODED_SCHEMES, NERCC_NAME, REPLICATION, SCHEME_ORDER
+
+DEFAULT_ROWS = ",".join((*SCHEME_ORDER, f"{NERCC_NAME}-local"))
+ROWS = (*SCHEME_ORDER, *(f"{name}-local" for name in CODED_SCHEMES))
 CPU_TARGET, P50_TARGET = 1.15, 1.2
 _TICK_MS = 1e3 / os.sysconf("SC_CLK_TCK")
 
@@ -154,7 +156,7 @@ def measure(rows: List[Row], runners: Dict[str, object], batches: List[np.ndarra
 
 
 def table(rows: List[Row], n_batches: int) -> List[dict]:
-    ref = next((r for r in rows if r.name == "replication" and r.transport == "aio"), None)
+    ref = next((r for r in rows if r.name == REPLICATION and r.transport == "aio"), None)
     out = []
     for r in rows:
         p50, p99 = (float(np.percentile(r.latency_ms, q)) for q in (50, 99))

@@ -93,7 +93,7 @@ def _run_scheme(cluster, scheme: str, policy: str, deadline_ms: float, k: int, r
 
     async def go():
         client = CodedClient(cluster.master_url, cluster.worker_urls, model="lenet5", scheme=scheme,
-                             deadline_ms=deadline_ms, policy=policy if scheme in ("nercc", "bacc") else (
+                             deadline_ms=deadline_ms, policy=policy if scheme in CODED_SCHEMES else (
                                  "all" if policy == "all" else "deadline"), n_inputs=k)
         async with client:
             await client.warmup(3)
