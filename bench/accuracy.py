@@ -134,6 +134,18 @@ def variant_scheme(variant: str, n_inputs: int, n_workers: int, smoothing: Smoot
 # --------------------------------------------------------------------------------------------- benchmark
 
 
+def _variants(stragglers: Sequence[int], n_inputs: int, n_workers: int, smoothing: Dict[int, Smoothing],
+              desc: str, progress: bool):
+    """(S, variant, its coding scheme) for every straggler count and compared variant, under a progress bar."""
+    from tqdm import tqdm
+
+    bar = tqdm([(s, name) for s in stragglers for name in SCHEMES], desc=desc, unit="scheme",
+               disable=not progress, file=sys.stderr)
+    for s, name in bar:
+        bar.set_postfix_str(f"S={s} {SCHEME_LABELS[name]}")
+        yield s, name, variant_scheme(name, n_inputs, n_workers, smoothing[s])
+
+
 def _score_row(scores: Dict[str, np.ndarray], base_acc: float) -> dict:
     """Mean and standard deviation over trials of MSE, accuracy, RelAcc and agreement."""
     mse_mean, mse_std = _stats(scores["mse"])
@@ -155,7 +167,6 @@ def run_benchmark(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
 
     ``smoothing[S]`` gives tuned NeRCC's lams at S. All schemes see the same trials and arrived sets.
     """
-    from tqdm import tqdm
 
     if n_inputs < 2 or n_workers < n_inputs:
         raise ValueError(f"need 2 <= K <= N, got K = {n_inputs}, N = {n_workers}")
@@ -167,11 +178,7 @@ def run_benchmark(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
     trials = Trials(model, inputs.x[batches], labels)
     base_acc = float(np.mean(trials.base_top1 == labels))
     results: Dict[str, dict] = {}
-    jobs = [(s, name) for s in stragglers for name in SCHEMES]
-    bar = tqdm(jobs, desc="decode", unit="scheme", disable=not progress, file=sys.stderr)
-    for s, name in bar:
-        bar.set_postfix_str(f"S={s} {SCHEME_LABELS[name]}")
-        scheme = variant_scheme(name, n_inputs, n_workers, smoothing[s])
+    for s, name, scheme in _variants(stragglers, n_inputs, n_workers, smoothing, "decode", progress):
         row = _score_row(trials.score(scheme, straggler_sets(n_workers, s, n_trials, seed)), base_acc)
         if isinstance(scheme, NeRCC):
             row["lam_enc"], row["lam_dec"] = scheme.lam_enc, scheme.lam_dec
@@ -441,7 +448,6 @@ def run_byzantine(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
     answer: S + A stragglers, plain decode) and, per attack, ``robust`` and ``plain`` decodes of the answers
     with A wrong ones, plus how often robust decoding dropped exactly the wrong workers.
     """
-    from tqdm import tqdm
 
     from nercc.coding.robust import DEFAULT_THRESHOLD
 
@@ -459,11 +465,7 @@ def run_byzantine(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
     model = BatchedModel(f, batch_size, progress)
     trials = Trials(model, inputs.x[batches], inputs.labels[batches])
     results: Dict[str, dict] = {}
-    jobs = [(s, name) for s in stragglers for name in SCHEMES]
-    bar = tqdm(jobs, desc="byzantine", unit="scheme", disable=not progress, file=sys.stderr)
-    for s, name in bar:
-        bar.set_postfix_str(f"S={s} {SCHEME_LABELS[name]}")
-        scheme = variant_scheme(name, n_inputs, n_workers, smoothing[s])
+    for s, name, scheme in _variants(stragglers, n_inputs, n_workers, smoothing, "byzantine", progress):
         arrived = straggler_sets(n_workers, s, n_trials, seed)
         liars = byzantine_sets(arrived, n_byzantine, seed + s)
         results.setdefault(str(s), {})[name] = _byzantine_row(scheme, trials, arrived, liars, attacks, threshold,
