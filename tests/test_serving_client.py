@@ -502,7 +502,7 @@ def test_warmup_prebuilds_the_decoders_of_first_m(cluster, mnist):
         async with CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme="nercc",
                                deadline_ms=1000, policy=f"first:{m}", n_inputs=K) as client:
             await client.warmup(1)
-            coding = client.coding_scheme(K, client.lams(K, m)[1])
+            coding = client.coding_scheme(K, client.smoothing_params(K, m)[1])
             built = coding.cache_info()["entries"]
             misses = coding.cache_misses
             result = await client.infer(raw[:K])
