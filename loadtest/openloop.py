@@ -164,8 +164,9 @@ async def main_async(options) -> int:
                 duration = max(step_s, min_batches / rate)
                 stats = step_stats(await engine.run(rate, duration, options.arrival_seed + step, step), rate, duration)
                 base_p50 = base_p50 if base_p50 is not None else stats["p50_ms"]
-                passed = (stats["throughput"] >= RAMP_THROUGHPUT_SHARE * stats["arrivals"] and stats["p50_ms"] is not None
-                          and base_p50 is not None and stats["p50_ms"] <= RAMP_P50_GROWTH * base_p50)
+                passed = bool(stats["throughput"] >= RAMP_THROUGHPUT_SHARE * stats["arrivals"]
+                              and stats["p50_ms"] is not None and base_p50 is not None
+                              and stats["p50_ms"] <= RAMP_P50_GROWTH * base_p50)  # numpy bool_ is not JSON
                 log.event("ramp_step", step=step, passed=passed, **stats)
                 print(f"ramp {options.scheme}: {rate:g}/s -> {stats['throughput']:.1f}/s, p50 "
                       f"{stats['p50_ms'] if stats['p50_ms'] is None else round(stats['p50_ms'], 1)} ms"
