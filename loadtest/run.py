@@ -83,7 +83,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=None,
                         help="batches per scheme and engine run (default per model: lenet5 1000); p99.9 needs 1000+")
     parser.add_argument("--locust-batches", type=int, default=None,
-                        help="batches per Locust run with --engine both (default: --batches / 2); its p50/p99 are "
+                        help="batches per Locust run with --engine both (default: 0.4 x --batches); its p50/p99 are "
                              "compared with the asyncio engine's")
     parser.add_argument("--deadline-ms", type=float, default=None,
                         help="end-to-end deadline (SLO) per batch (default: --deadline-factor x the coded path's "
@@ -104,7 +104,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ramp", default=None, help="calibration ramp START,FACTOR,MAX,STEP_S (default per model)")
     parser.add_argument("--no-frontier", action="store_true", help="skip the coded schemes' first:M trace runs")
     parser.add_argument("--frontier-batches", type=int, default=None,
-                        help="batches of each coded scheme's trace run (default: --batches / 2)")
+                        help="batches of each coded scheme's trace run (default: 0.3 x --batches)")
     parser.add_argument("--users", type=int, default=None,
                         help="Locust users (default max(32, 2 x rate)): each runs a Poisson stream of rate / users")
     parser.add_argument("--quick", action="store_true",
@@ -213,9 +213,9 @@ def check_args(args) -> dict:
     engines.sort(key=lambda e: 0 if e == "asyncio" else 1)  # asyncio first: the yardstick, the headline
     return {
         "schemes": schemes, "profiles": profiles, "engines": engines, "batches": batches,
-        "locust_batches": args.locust_batches or (max(10, batches // 2) if args.engine == "both" else batches),
+        "locust_batches": args.locust_batches or (max(10, batches * 2 // 5) if args.engine == "both" else batches),
         "rates": rates, "ramp": ramp,
-        "frontier_batches": args.frontier_batches or (QUICK["frontier_batches"] if args.quick else max(50, batches // 2)),
+        "frontier_batches": args.frontier_batches or (QUICK["frontier_batches"] if args.quick else max(50, batches * 3 // 10)),
         "policy": resolve_policy(args.policy, args.workers),
     }
 
