@@ -120,9 +120,9 @@ def step_stats(records: list, rate: float, duration_s: float) -> dict:
     # schedule's length or, when the answers trail behind it, up to the last answer
     span = max(r["t"] for r in records) - min(r["t_sched"] for r in records)
     return {
-        "rate": rate, "n": len(records), "arrivals": len(records) / duration_s,
+        "rate": float(rate), "n": len(records), "arrivals": len(records) / duration_s,
         "p50_ms": float(np.percentile([r["ms"] for r in answered], 50)) if answered else None,
-        "throughput": len(answered) / max(span, duration_s, 1e-9),
+        "throughput": float(len(answered) / max(span, duration_s, 1e-9)),
     }
 
 

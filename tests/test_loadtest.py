@@ -253,6 +253,8 @@ def test_ramp_rates_and_step_stats():
     records = [{"t_sched": 100 + i / 10, "t": 100 + i / 10 + 0.005, "ms": 5.0, "n_arrived": 2} for i in range(20)]
     stats = openloop.step_stats(records, 10.0, 2.0)
     assert stats["p50_ms"] == 5.0 and stats["arrivals"] == 10.0 and stats["throughput"] == pytest.approx(10.0)
+    numpy_times = [dict(r, t=np.float64(r["t"])) for r in records]  # the client's times can be numpy floats
+    assert type(openloop.step_stats(numpy_times, 10.0, 2.0)["throughput"]) is float  # ramp_step goes to JSON
     behind = [dict(r, t=r["t"] + i * 0.05) for i, r in enumerate(records)]  # answers trail further and further
     assert openloop.step_stats(behind, 10.0, 2.0)["throughput"] < 0.95 * 10
 
