@@ -512,4 +512,5 @@ def test_warmup_prebuilds_the_decoders_of_first_m(cluster, mnist):
     assert built >= 2 * math.comb(N_WORKERS, m)  # a decoding matrix and an L per set
     if len(r.arrived) == m:  # a set of exactly M answers was built at warm-up: no miss now
         assert misses_after == misses_before
-    assert mse(r.predictions, ref[:K]) < CODED_MSE_BOUND
+    # one batch of K = 2 decoded from M = 4 of 6 answers (0.055 seen once): a loose bound, for gross breakage (~1)
+    assert r.predictions.shape == (K, 10) and mse(r.predictions, ref[:K]) < 0.2
