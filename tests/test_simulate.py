@@ -228,3 +228,25 @@ def test_cli_plan_prints_settings_that_meet_the_slo():
     for row in rows:
         p99, rel = float(row[6]), float(row[8])
         assert p99 <= 30 and rel >= 0.95
+
+
+def test_wide_fanouts_resample_one_real_batch_each():
+    service = _service()
+    rng = np.random.default_rng(0)
+    table = np.asarray(service.worker_ms["coded"])
+    draws = service.draw_worker(rng, "coded", 50, 100)
+    rows = [set(r.tolist()) for r in table]
+    for batch in draws:  # every simulated batch's 100 round trips come from one real batch's 12
+        assert any(set(batch.tolist()) <= row for row in rows)
+    service.independent = True
+    mixed = service.draw_worker(rng, "coded", 50, 100)
+    assert sum(any(set(b.tolist()) <= row for row in rows) for b in mixed) < 5
+
+
+def test_untuned_tables_use_the_lam0_column():
+    table = AccuracyTable.find("lenet5", 1000, 200)
+    if table is None:
+        pytest.skip("no N=1000 table")
+    data = json.load(open(table.source.split(" (")[0]))
+    assert "lam = 0" in table.source
+    assert table.rel["nercc"][0] == pytest.approx(data["results"]["0"]["nercc0"]["relacc_mean"])
