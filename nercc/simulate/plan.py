@@ -61,7 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-fractions", default="0.5,0.6,0.7,0.8,0.9,1.0",
                         help="M / N values for first:M (1.0 = wait for all, up to the deadline)")
     parser.add_argument("--deadlines-ms", default="10,15,20,30,50", help="deadlines to search")
-    parser.add_argument("--batches", type=int, default=4000, help="simulated batches per setting (default 4000)")
+    parser.add_argument("--batches", type=int, default=2000, help="simulated batches per setting (default 2000)")
     parser.add_argument("--scheme", choices=("nercc", "bacc"), default="nercc")
     parser.add_argument("--model", default="lenet5", help="accuracy tables of this model (default lenet5)")
     parser.add_argument("--calibration", default=None, help="calibration JSON (default: the committed one)")
@@ -78,7 +78,7 @@ def _row(kind: str, settings: SimSettings, summary: Dict, **extra) -> Dict:
 
 def search(slo_p99_ms: float, min_relacc: float, straggler: str, max_compute: Optional[float] = None,
            rate: float = 10.0, workers=(12, 24, 50, 100, 200), overheads=(2, 3, 4, 5),
-           answer_fractions=(0.5, 0.6, 0.7, 0.8, 0.9, 1.0), deadlines=(10, 15, 20, 30, 50), batches: int = 4000,
+           answer_fractions=(0.5, 0.6, 0.7, 0.8, 0.9, 1.0), deadlines=(10, 15, 20, 30, 50), batches: int = 2000,
            scheme: str = "nercc", model: str = "lenet5", calibration=None, seed: int = 0) -> Dict:
     service = calibration if isinstance(calibration, ServiceModel) else ServiceModel.load(calibration)
     cost = CodingCost()
@@ -99,7 +99,7 @@ def search(slo_p99_ms: float, min_relacc: float, straggler: str, max_compute: Op
             for name in ("uncoded", "hedged"):
                 nb = 2 * k
                 probe = SimSettings(name, nb, k, **base)
-                for q in ((None,) if name == "uncoded" else (0.5, 0.75, 0.9, 0.95)):
+                for q in ((None,) if name == "uncoded" else (0.5, 0.9, 0.95)):
                     hedge = None
                     if q is not None:
                         hedge = service.one_request_quantile(q) if q < 0.95 else None
