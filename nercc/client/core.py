@@ -42,14 +42,13 @@ from nercc.coding.registry import (  # noqa: F401  (public here)
     REPLICATION,
     SCHEME_ORDER,
 )
+from nercc.policy import MIN_CODED_ANSWERS, parse_policy  # noqa: F401  (public here)
 
 #: Every scheme the client serves, in the order tables and plots list them (baselines first, then the coded
 #: schemes): the coding core's registry is the one list (nercc.coding.registry).
 SCHEMES = SCHEME_ORDER
 #: Schemes whose answer for input k is simply f(x_k) from some worker (first answer per input wins).
 UNCODED_SCHEMES = BASELINE_SCHEMES
-#: Fewest answers a coded decode accepts: an interpolant through one point is a constant.
-MIN_CODED_ANSWERS = 2
 #: ``encode=`` modes of the coded schemes: on the master (Triton ``<model>_encode``) or in the client.
 #: ``auto`` (the default) encodes on the masters and falls back to local encoding when none answers.
 ENCODE_MODES = ("server", "local", "auto")
@@ -135,26 +134,6 @@ class ModelSpec:
     output_name: str = "probs"
     directory: Path | None = None
     info: Any = None  # the nercc.json dict when it has a 'preprocess' block (local preprocessing needs it)
-
-
-def parse_policy(policy: str, n_workers: int) -> Tuple[str, int | None]:
-    """``"deadline"`` | ``"all"`` | ``"first:M"`` → (kind, M); M must satisfy 2 <= M <= n_workers."""
-    if not isinstance(policy, str):
-        raise ValueError(f"policy must be a string, got {policy!r}")
-    text = policy.strip().lower()
-    if text in ("deadline", "all"):
-        return text, None
-    if text.startswith("first:"):
-        try:
-            m = int(text.split(":", 1)[1])
-        except ValueError:
-            raise ValueError(f"policy {policy!r}: M in 'first:M' must be an integer") from None
-        if not MIN_CODED_ANSWERS <= m <= n_workers:
-            raise ValueError(
-                f"policy {policy!r}: M must be between {MIN_CODED_ANSWERS} and n_workers={n_workers}"
-            )
-        return "first", m
-    raise ValueError(f"unknown policy {policy!r}; use 'deadline', 'first:M' or 'all'")
 
 
 def spec_from_info(model: str, info) -> ModelSpec:

@@ -33,12 +33,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from nercc.coding.registry import CODED_SCHEMES, SCHEME_ORDER  # noqa: F401  (public here)
 from nercc.paths import REPO_ROOT
+from nercc.policy import MIN_CODED_ANSWERS, parse_policy  # noqa: F401  (public here)
 from nercc.serving.stragglers import StragglerProfile, parse_straggler
 
-SCHEMES = ("uncoded", "replication", "hedged", "bacc", "nercc")
-CODED_SCHEMES = ("bacc", "nercc")
-MIN_CODED_ANSWERS = 2
+SCHEMES = SCHEME_ORDER
 #: Answers within this many ms of a hedge timer count as in time (both engines; float rounding differs).
 TIE_MS = 1e-6
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -46,22 +46,6 @@ SCALE_DIR = RESULTS_DIR / "scale"
 DEFAULT_CALIBRATION = SCALE_DIR / "calibration.json"
 #: accuracy tables measured for the simulator (same format as bench/results/accuracy_*.json)
 SCALE_ACCURACY_DIR = SCALE_DIR / "accuracy"
-
-
-def parse_policy(policy: str, n_workers: int) -> Tuple[str, Optional[int]]:
-    """``deadline`` | ``all`` | ``first:M`` -> (kind, M), with the client's rule 2 <= M <= N."""
-    text = str(policy).strip().lower()
-    if text in ("deadline", "all"):
-        return text, None
-    if text.startswith("first:"):
-        try:
-            m = int(text.split(":", 1)[1])
-        except ValueError:
-            raise ValueError(f"policy {policy!r}: M in 'first:M' must be an integer") from None
-        if not MIN_CODED_ANSWERS <= m <= n_workers:
-            raise ValueError(f"policy {policy!r}: M must be between {MIN_CODED_ANSWERS} and N={n_workers}")
-        return "first", m
-    raise ValueError(f"unknown policy {policy!r}; use 'deadline', 'first:M' or 'all'")
 
 
 @dataclass
