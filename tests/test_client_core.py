@@ -26,11 +26,12 @@ MS = 1e-3
 
 
 def state(scheme="nercc", k=4, n=12, policy="deadline", m=None, min_answers=2, deadline_ms=25.0,
-          hard_ms=200.0, hedge_ms=None, rotation=0):
+          hard_ms=200.0, hedge_ms=None, rotation=0, patience_ms=None):
     plan = plan_requests(scheme, k, n, rotation)
     return WaitState(plan, policy_kind=policy, policy_m=m, min_answers=min_answers, t_fanout=0.0,
                      deadline_t=deadline_ms * MS, hard_t=hard_ms * MS,
-                     hedge_t=None if hedge_ms is None else hedge_ms * MS)
+                     hedge_t=None if hedge_ms is None else hedge_ms * MS,
+                     patience_t=None if patience_ms is None else patience_ms * MS)
 
 
 # ------------------------------------------------------------------------------------------------ plans
@@ -80,6 +81,40 @@ def test_first_m_decodes_at_the_mth_answer():
     assert actions == [WAIT] * 7
     assert s.on_answer(10, 8 * MS).action == DECODE
     assert s.used_workers() == (0, 1, 2, 3, 5, 7, 9, 10)
+
+
+def test_patient_first_m_decodes_from_everyone_when_all_come_before_t():
+    s = state(policy="first", m=8, patience_ms=15)
+    actions = [s.on_answer(w, (1 + w) * MS).action for w in range(12)]
+    assert actions == [WAIT] * 11 + [DECODE]  # the 8th answer (8 ms) is before T: keep waiting for all
+    assert s.used_workers() == tuple(range(12))
+
+
+def test_patient_first_m_settles_at_t_for_what_came():
+    s = state(policy="first", m=8, patience_ms=15)
+    for w in range(10):  # two stragglers
+        assert s.on_answer(w, (1 + w) * MS).action == WAIT
+    assert s.next_wakeup(10 * MS) == pytest.approx(15 * MS)  # T comes before the deadline
+    d = s.on_tick(15 * MS)
+    assert d.action == DECODE and d.reason == "policy satisfied"
+    assert s.used_workers() == tuple(range(10)) and not s.late(s.used_workers())
+
+
+def test_patient_first_m_past_t_decodes_at_the_mth_answer():
+    s = state(policy="first", m=8, patience_ms=15)
+    for w in range(6):
+        s.on_answer(w, 1 * MS)
+    assert s.on_tick(15 * MS).action == WAIT  # only 6 by T
+    assert s.next_wakeup(15 * MS) == pytest.approx(25 * MS)
+    assert s.on_answer(6, 16 * MS).action == WAIT
+    assert s.on_answer(7, 17 * MS).action == DECODE  # the M-th after T ends the wait at once
+    assert s.used_workers() == tuple(range(8))
+
+
+def test_patience_is_ignored_by_baselines():
+    s = state(scheme="uncoded", patience_ms=15)
+    assert s.patience_t is None
+    assert [s.on_answer(w, 1 * MS).action for w in range(4)] == [WAIT] * 3 + [DECODE]
 
 
 def test_all_policy_waits_past_the_deadline_up_to_the_hard_timeout():

@@ -416,9 +416,15 @@ def test_remote_deployment_without_local_metadata(cluster, mnist, tmp_path):
 
 
 def test_policy_parser():
-    assert parse_policy("deadline", 12) == ("deadline", None)
-    assert parse_policy("first:8", 12) == ("first", 8)
-    assert parse_policy("ALL", 12) == ("all", None)
+    assert parse_policy("deadline", 12) == ("deadline", None, None)
+    assert parse_policy("first:8", 12) == ("first", 8, None)
+    assert parse_policy("ALL", 12) == ("all", None, None)
+    assert parse_policy("first:8@18", 12) == ("first", 8, 18.0)
+    assert parse_policy("first:8@12.5ms", 12).patience_ms == 12.5
+    for bad, match in (("first:8@", "must be a number"), ("first:8@x", "must be a number"),
+                       ("first:8@-1", ">= 0"), ("first:8@inf", "finite")):
+        with pytest.raises(ValueError, match=match):
+            parse_policy(bad, 12)
     with pytest.raises(ValueError, match="integer"):
         parse_policy("first:x", 12)
 

@@ -42,7 +42,7 @@ def _constant_service(base: float = 2.0, hold: float = 0.5, pre: float = 1.0) ->
 
 @pytest.mark.parametrize("scheme,policy", [
     ("uncoded", "deadline"), ("replication", "deadline"), ("hedged", "deadline"), ("bacc", "first:8"),
-    ("nercc", "first:8"), ("nercc", "deadline"), ("nercc", "all"), ("uncoded", "all"),
+    ("nercc", "first:8"), ("nercc", "deadline"), ("nercc", "all"), ("uncoded", "all"), ("nercc", "first:8@12"),
 ])
 def test_fast_engine_equals_simpy(scheme, policy):
     # a load where queues form behind stragglers (50 batches/s, 40 ms holds) so ordering matters
@@ -104,6 +104,27 @@ def test_coded_first_m_tail_is_the_binomial_order_statistic():
 
     expected = binom.cdf(m - 1, n, 1 - p)  # P(fast workers < M)
     assert abs(slow - expected) < 4 * math.sqrt(expected * (1 - expected) / 20_000) + 1e-3
+
+
+def test_patient_first_m_decodes_from_everyone_or_settles_at_t():
+    # negligible load, constant service: s stragglers of N decide the batch exactly (binomial counts)
+    p, n, m, patience = 0.1, 12, 8, 10.0
+    settings = SimSettings("nercc", n, 4, f"bimodal:p={p},slow_ms=40", rate=0.2, n_batches=20_000,
+                           policy=f"first:{m}@{patience:g}", deadline_ms=100.0)
+    draws = make_draws(settings, _constant_service())
+    res = fast.run(settings, draws)
+    stragglers = (draws.delay_ms > 0).sum(axis=1)
+    alone = np.diff(draws.arrival_ms, prepend=-np.inf) > 100  # the rare batch queued behind a straggler aside
+    assert alone.mean() > 0.97
+    stragglers, res_n, res_fan = stragglers[alone], res.n_arrived[alone], res.fanout_ms[alone]
+    assert np.array_equal(res_n[stragglers == 0], np.full((stragglers == 0).sum(), n))
+    settled = (stragglers > 0) & (stragglers <= n - m)
+    assert np.array_equal(res_n[settled], n - stragglers[settled])
+    assert np.allclose(res_fan[settled] + draws.pre_ms[alone][settled], patience)  # decided at T
+    assert settled.sum() > 1000 and (stragglers > n - m).sum() > 0
+    assert (res.latency_ms[alone][stragglers > n - m] > 40).all()  # too few by T: waits for the M-th (slow) answer
+    with pytest.raises(ValueError, match="below deadline_ms"):
+        SimSettings("nercc", n, 4, policy="first:8@30", deadline_ms=30.0)
 
 
 def test_replication_loses_when_all_copies_of_an_input_straggle():

@@ -102,7 +102,10 @@ class ClientBase:
         self.deadline_ms = float(deadline_ms)
         self.hard_timeout_ms = float(hard_timeout_ms)
         self.policy = policy
-        self.policy_kind, self.policy_m = core.parse_policy(policy, self.n_workers)
+        self.policy_kind, self.policy_m, self.patience_ms = core.parse_policy(policy, self.n_workers)
+        if self.patience_ms is not None and self.patience_ms >= self.deadline_ms:
+            raise ValueError(f"policy {policy!r}: T must be below deadline_ms={self.deadline_ms:g} "
+                             "(at the deadline every policy decodes with what it has)")
         if n_inputs is not None:
             self._check_k(int(n_inputs))
         self.n_inputs = None if n_inputs is None else int(n_inputs)
@@ -281,6 +284,7 @@ class ClientBase:
         state = WaitState(
             plan, policy_kind=policy_kind, policy_m=self.policy_m, min_answers=self.min_answers,
             t_fanout=t_fanout, deadline_t=t0 + self.deadline_ms / 1e3, hard_t=t0 + self.hard_timeout_ms / 1e3,
+            patience_t=None if self.patience_ms is None else t0 + self.patience_ms / 1e3,
             hedge_t=None if hedge_ms is None else t_fanout + hedge_ms / 1e3,
         )
         state.hedge_ms = hedge_ms  # reported as given (hedge_t - t_fanout would round)
@@ -289,20 +293,23 @@ class ClientBase:
     def _prebuild_decoders(self, max_sets: int = PREBUILD_MAX_SETS) -> int:
         """Coded ``first:M``: build the decoding matrix (and the robust decoder's leave-one-out operator) of
         every M-of-N arrived set now, at warm-up, when there are at most ``max_sets`` of them; returns how
-        many. A miss costs a batch a few spline fits (~2.5 ms of CPU, NeRCC N = 12) on its critical path."""
+        many. ``first:M@T`` decodes from M to N answers: every size from N down, while the sets fit.
+        A miss costs a batch a few spline fits (~2.5 ms of CPU, NeRCC N = 12) on its critical path."""
         if not self.coded or self.policy_kind != "first" or self.n_inputs is None:
             return 0
         n, m = self.n_workers, self.policy_m
-        if math.comb(n, m) > max_sets:
-            return 0
-        lam_dec = self.smoothing_params(self.n_inputs, m)[1] if self.setting(self.n_inputs).smoothing else None
-        coding = self.coding_scheme(self.n_inputs, lam_dec)
+        sizes = [m] if self.patience_ms is None else list(range(n, m - 1, -1))
         count = 0
-        for arrived in itertools.combinations(range(n), m):
-            coding.decoding_matrix(arrived)
-            if self.robust and m >= 3 and m > self.n_inputs:
-                coding.loo_residual_operator(arrived)
-            count += 1
+        for size in sizes:
+            if count + math.comb(n, size) > max_sets:
+                break
+            lam_dec = self.smoothing_params(self.n_inputs, size)[1] if self.setting(self.n_inputs).smoothing else None
+            coding = self.coding_scheme(self.n_inputs, lam_dec)
+            for arrived in itertools.combinations(range(n), size):
+                coding.decoding_matrix(arrived)
+                if self.robust and size >= 3 and size > self.n_inputs:
+                    coding.loo_residual_operator(arrived)
+                count += 1
         return count
 
     def _warmup_batches(self, n_batches: int) -> int:

@@ -20,7 +20,8 @@ Schemes (which input goes to which worker, :func:`plan_requests`):
 
 Policies (:func:`parse_policy`), the deadline counting from the call: ``deadline`` waits until every request
 answered or the deadline passed; ``first:M`` decodes as soon as M answers are in and never waits past the
-deadline; ``all`` waits for every request, up to the hard timeout. When the deadline passes before the
+deadline; ``first:M@T`` waits for every answer until T ms, then decodes as soon as M are in (see
+:mod:`nercc.policy`); ``all`` waits for every request, up to the hard timeout. When the deadline passes before the
 minimum a scheme needs (``min_answers`` for coded, one answer per input for the others), the state keeps
 waiting up to the hard timeout and the result is ``late``; if the minimum never comes it gives up.
 """
@@ -359,17 +360,19 @@ class WaitState:
     Feed it :meth:`on_answer` / :meth:`on_failure` as requests complete and :meth:`on_tick` when the clock
     reaches :meth:`next_wakeup`; each returns a :class:`Decision`. Times are seconds on the transport's clock;
     ``t_fanout`` is when the first worker request went out, ``deadline_t`` / ``hard_t`` absolute times.
-    ``hedge_t`` (hedged only) is when the unanswered inputs get their second copy.
+    ``hedge_t`` (hedged only) is when the unanswered inputs get their second copy. ``patience_t`` (coded
+    ``first:M@T`` only) is when ``first:M`` stops waiting for every answer and settles for M.
     """
 
     def __init__(self, plan: RequestPlan, *, policy_kind: str, policy_m: int | None = None,
                  min_answers: int = MIN_CODED_ANSWERS, t_fanout: float, deadline_t: float, hard_t: float,
-                 hedge_t: float | None = None):
+                 hedge_t: float | None = None, patience_t: float | None = None):
         self.plan = plan
         self.policy_kind = policy_kind
         self.policy_m = policy_m
         self.min_answers = min_answers
         self.t_fanout, self.deadline_t, self.hard_t = t_fanout, deadline_t, hard_t
+        self.patience_t = patience_t if plan.coded and policy_kind == "first" else None
         self.hedge_t = hedge_t if plan.backups else None
         self.hedge_ms: float | None = None  # the hedge delay, for the record (set by the client)
         self.sent: Dict[int, int] = dict(plan.requests)  # worker -> row of every request sent so far
@@ -415,6 +418,8 @@ class WaitState:
         times = [self.hard_t]
         if t < self.soft_t:
             times.append(self.soft_t)
+        if self.patience_t is not None and t < self.patience_t:
+            times.append(self.patience_t)
         if self.unsent_backups and self.hedge_t is not None and t < self.hedge_t:
             times.append(self.hedge_t)
         return min(times)
@@ -433,10 +438,12 @@ class WaitState:
             return len(self.answers) >= self.min_answers
         return len(self._covered(self.answers)) == self.plan.n_inputs
 
-    def _target(self) -> bool:
+    def _target(self, t: float) -> bool:
         """The policy is satisfied: stop before the deadline."""
         if self.plan.coded:
             stop_at = self.policy_m if self.policy_kind == "first" else len(self.plan.requests)
+            if self.patience_t is not None and t < self.patience_t:
+                stop_at = len(self.plan.requests)  # patient: everyone, until T
             return len(self.answers) >= stop_at
         if self.policy_kind == "all":
             return not self.pending and not self.unsent_backups
@@ -450,7 +457,7 @@ class WaitState:
         return len(rows) == self.plan.n_inputs
 
     def _decide(self, t: float) -> Tuple[str, str]:
-        if self._target():
+        if self._target(t):
             return DECODE, "policy satisfied"
         if t >= self.soft_t and self.enough():
             return DECODE, "deadline passed with enough answers"

@@ -43,6 +43,8 @@ class _Batch:
         s = self.sim.s
         if s.coded:
             if s.policy_kind == "first":
+                if s.patience_ms is not None and self.env.now < self.sim.patience_t[self.i]:
+                    return len(self.answers) >= s.n_workers  # first:M@T: everyone, until T
                 return len(self.answers) >= s.policy_m
             return len(self.answers) >= s.n_workers
         if s.policy_kind == "all":
@@ -82,6 +84,7 @@ class _Sim:
         b = draws.arrival_ms.size
         self.deadline_t = draws.arrival_ms + settings.deadline_ms
         self.hard_t = draws.arrival_ms + settings.hard_timeout_ms
+        self.patience_t = draws.arrival_ms + (settings.patience_ms or 0.0)
         self.out = {name: np.zeros(b) for name in ("latency", "n_arrived", "n_requests", "encode", "fanout",
                                                      "decode", "late", "failed")}
         self.batches = {}
@@ -131,6 +134,8 @@ class _Sim:
                 env.process(self._hedge(batch, t_fanout + d.hedge_ms, k))
         env.process(self._timer(batch, self.deadline_t[i]))
         env.process(self._timer(batch, self.hard_t[i]))
+        if s.coded and s.patience_ms is not None:
+            env.process(self._timer(batch, self.patience_t[i]))
         yield batch.decided
         self.batches[i] = (batch, t0, t_fanout)
 

@@ -113,6 +113,9 @@ def client_decisions(settings: SimSettings, draws: Draws, fanout, answer, hedge_
         else:
             m = s.policy_m if s.policy_kind == "first" else n
             decide = np.minimum(t_sorted[:, m - 1], np.maximum(deadline_t, t_enough))
+            if s.coded and s.patience_ms is not None:  # first:M@T: everyone, or M once T has passed
+                patient = np.maximum(d.arrival_ms + s.patience_ms, t_sorted[:, m - 1])
+                decide = np.minimum(np.minimum(t_sorted[:, -1], patient), np.maximum(deadline_t, t_enough))
         failed = t_enough > hard_t
         n_arrived = np.empty(b, dtype=int)
         for i0 in range(0, b, 4096):  # searchsorted per row, in blocks: no (B, N) temporaries

@@ -87,7 +87,9 @@ class SimSettings:
         if self.hedge_ms is not None and not (self.hedge_ms >= 0 and math.isfinite(self.hedge_ms)):
             raise ValueError(f"hedge_ms must be a number >= 0, got {self.hedge_ms!r}")
         self.profile = parse_straggler(self.straggler)
-        self.policy_kind, self.policy_m = parse_policy(self.policy, self.n_workers)
+        self.policy_kind, self.policy_m, self.patience_ms = parse_policy(self.policy, self.n_workers)
+        if self.patience_ms is not None and self.patience_ms >= self.deadline_ms:
+            raise ValueError(f"policy {self.policy!r}: T must be below deadline_ms={self.deadline_ms:g}")
         if not MIN_CODED_ANSWERS <= self.min_answers <= self.n_workers:
             raise ValueError(f"min_answers must be in [2, N={self.n_workers}], got {self.min_answers}")
         if self.policy_kind == "first" and self.policy_m < self.min_answers:
