@@ -297,6 +297,23 @@ def test_too_few_answers_by_the_deadline_is_late_then_an_error(cluster, mnist, s
         run(infer_all(uncoded, [raw[:N_WORKERS]]))
 
 
+def test_patient_policy_decodes_from_everyone_or_settles_at_t(cluster, mnist, slow_cluster):
+    raw, _, ref = mnist
+    m = N_WORKERS - 1
+    client = CodedClient(cluster.master_url, cluster.worker_urls, model=MODEL, scheme="nercc", deadline_ms=500,
+                         n_inputs=K, policy=f"first:{m}@300")
+    (r,) = run(infer_all(client, [raw[:K]]))
+    assert r.arrived == tuple(range(N_WORKERS)) and not r.late and r.total_ms < 300  # all in before T
+    urls = [slow_cluster.worker_urls[0]] + cluster.worker_urls[1:]  # worker 0 always slow
+    client = CodedClient(cluster.master_url, urls, model=MODEL, scheme="nercc", deadline_ms=SLOW_MS,
+                         n_inputs=K, policy=f"first:{m}@{SLOW_MS / 4:g}")
+    (r,) = run(infer_all(client, [raw[:K]]))
+    assert r.arrived == tuple(range(1, N_WORKERS)) and not r.late
+    assert SLOW_MS / 4 <= r.total_ms < SLOW_MS  # settled at T with the N - 1 that came
+    with pytest.raises(ValueError, match="T must be below deadline_ms=40"):
+        CodedClient(cluster.master_url, urls, model=MODEL, policy="first:3@40", deadline_ms=40)
+
+
 def test_min_answers_waits_past_the_deadline_for_accuracy(cluster, mnist, slow_cluster):
     raw, _, ref = mnist
     urls = [slow_cluster.worker_urls[0]] + cluster.worker_urls[1:]  # worker 0 always slow

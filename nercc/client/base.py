@@ -103,9 +103,6 @@ class ClientBase:
         self.hard_timeout_ms = float(hard_timeout_ms)
         self.policy = policy
         self.policy_kind, self.policy_m, self.patience_ms = core.parse_policy(policy, self.n_workers)
-        if self.patience_ms is not None and self.patience_ms >= self.deadline_ms:
-            raise ValueError(f"policy {policy!r}: T must be below deadline_ms={self.deadline_ms:g} "
-                             "(at the deadline every policy decodes with what it has)")
         if n_inputs is not None:
             self._check_k(int(n_inputs))
         self.n_inputs = None if n_inputs is None else int(n_inputs)
@@ -140,8 +137,7 @@ class ClientBase:
                 MIN_CODED_ANSWERS <= min_answers <= self.n_workers):
             raise ValueError(f"min_answers must be an int in [{MIN_CODED_ANSWERS}, n_workers={self.n_workers}], "
                              f"got {min_answers!r}")
-        if self.policy_kind == "first" and self.policy_m < min_answers:
-            raise ValueError(f"policy {policy!r} decodes before min_answers={min_answers} answers: use M >= it")
+        self._check_policy(min_answers)
         self.min_answers = min_answers
         # hedged: fixed hedge_ms, else the p95 of the worker round trips seen (deadline / 2 until 20 are in)
         self.hedge_delay = HedgeDelay(hedge_ms, initial_ms=self.deadline_ms / 2, window=HEDGE_WINDOW)
@@ -278,6 +274,13 @@ class ClientBase:
         plan = core.plan_requests(self.scheme, k, self.n_workers, rotation)
         available = {w for w in range(self.n_workers) if self.health.available(w)}
         return core.restrict_plan(plan, available)
+
+    def _check_policy(self, min_answers: int) -> None:
+        if self.policy_kind == "first" and self.policy_m < min_answers:
+            raise ValueError(f"policy {self.policy!r} decodes before min_answers={min_answers} answers: use M >= it")
+        if self.patience_ms is not None and self.patience_ms >= self.deadline_ms:
+            raise ValueError(f"policy {self.policy!r}: T must be below deadline_ms={self.deadline_ms:g} "
+                             "(at the deadline every policy decodes with what it has)")
 
     def _wait_state(self, plan: RequestPlan, policy_kind: str, t0: float, t_fanout: float) -> WaitState:
         hedge_ms = self.hedge_delay.value_ms() if plan.backups else None
