@@ -23,9 +23,9 @@ COMMANDS = {
     "master": ("nercc.serving.master_cli", "start one master tritonserver on this host (multi-host clusters)"),
     "deploy": ("nercc.deploy.cli", "write Kubernetes manifests and a Containerfile (StatefulSet of workers, masters)"),
     "demo": ("nercc.demo", "the main job: local cluster, LeNet5, stragglers, every scheme, latency/accuracy table"),
-    "loadtest": ("loadtest.run", "Locust tail-latency benchmark of uncoded / replication / BACC / NeRCC"),
-    "tune": ("bench.tune", "jointly tune (lam_enc, lam_dec) for a model and write its tuning profile"),
-    "bench": ("bench.cli", "accuracy reproduction (MSE / RelAcc vs stragglers), coding cost, figures"),
+    "loadtest": ("nercc.loadtest.run", "Locust tail-latency benchmark of uncoded / replication / BACC / NeRCC"),
+    "tune": ("nercc.bench.tune", "jointly tune (lam_enc, lam_dec) for a model and write its tuning profile"),
+    "bench": ("nercc.bench.cli", "accuracy reproduction (MSE / RelAcc vs stragglers), coding cost, figures"),
     "simulate": ("nercc.simulate.cli", "calibrated discrete-event simulation of N workers (any N): latency and RelAcc"),
     "plan": ("nercc.simulate.plan", "cheapest (N, K, M, deadline) that meets a p99 SLO and a RelAcc floor"),
 }

@@ -14,8 +14,8 @@ import json
 import numpy as np
 import pytest
 
-from bench import accuracy, figures, tune
-from bench import cli as bench_cli
+from nercc.bench import accuracy, figures, tune
+from nercc.bench import cli as bench_cli
 from nercc.models import load_model_info
 from nercc.profiles import load_profile, lookup, save_entry
 

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("tritonclient.grpc.aio")
 pytest.importorskip("gevent")
 
-from bench import client_cost, transport_fanout  # noqa: E402
+from nercc.bench import client_cost, transport_fanout  # noqa: E402
 
 
 def _args(module, argv):

@@ -1,11 +1,11 @@
-"""The coding-cost benchmark runs end to end on a tiny shape (the real run is `python -m bench.coding_cost`)."""
+"""The coding-cost benchmark runs end to end on a tiny shape (the real run is `python -m nercc.bench.coding_cost`)."""
 
 import argparse
 import json
 
 import pytest
 
-from bench import coding_cost
+from nercc.bench import coding_cost
 
 
 def test_cost_benchmark_runs_and_reports(tmp_path, capsys):

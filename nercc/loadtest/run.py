@@ -145,7 +145,7 @@ def _split(text) -> List[str]:
 
 def check_args(args) -> dict:
     """Validate; returns the resolved plan (schemes, profiles, engines, batches, rates)."""
-    from loadtest.workload import available_schemes
+    from nercc.loadtest.workload import available_schemes
 
     defaults = MODEL_DEFAULTS.get(args.model, FALLBACK_DEFAULTS)
     if args.workers < 2:
@@ -205,7 +205,7 @@ def check_args(args) -> dict:
         raise ValueError(f"--locust-workers must be >= 0, got {args.locust_workers}")
     if args.users is not None and args.users < 1:
         raise ValueError(f"--users must be >= 1, got {args.users}")
-    from loadtest.openloop import ramp_rates
+    from nercc.loadtest.openloop import ramp_rates
 
     ramp = args.ramp or (QUICK["ramp"] if args.quick else defaults["ramp"])
     ramp_rates(ramp)  # validates
@@ -230,14 +230,13 @@ def resolve_policy(policy: str, n_workers: int) -> str:
 # ------------------------------------------------------------------------------------------------ engine runs
 def _env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     env.setdefault("GRPC_VERBOSITY", "ERROR")  # grpc's fork/poller notices would drown the engines' output
     return env
 
 
 def engine_options(args, cluster: dict, scheme: str, deadline_ms: float, policy: str, log: Path,
                    rate: float, hard_timeout_ms: float | None = None, n_stragglers: int | None = None) -> List[str]:
-    """The options both engines share (loadtest.workload.add_engine_arguments)."""
+    """The options both engines share (nercc.loadtest.workload.add_engine_arguments)."""
     options = [
         "--worker-urls", ",".join(cluster["worker_urls"]), "--model", args.model, "--n-inputs", str(args.inputs),
         "--deadline-ms", f"{deadline_ms:g}", "--policy", policy,
@@ -268,7 +267,7 @@ def engine_options(args, cluster: dict, scheme: str, deadline_ms: float, policy:
 
 def openloop_command(args, cluster, scheme, deadline_ms, policy, log, rate=1.0, duration=None, ramp=None,
                      **extra) -> List[str]:
-    command = [sys.executable, "-m", "loadtest.openloop", "--scheme", scheme]
+    command = [sys.executable, "-m", "nercc.loadtest.openloop", "--scheme", scheme]
     command += ["--ramp", ramp] if ramp else ["--duration", f"{duration:g}"]
     return command + engine_options(args, cluster, scheme, deadline_ms, policy, log, rate, **extra)
 
@@ -375,7 +374,7 @@ class Clusters:
 # ------------------------------------------------------------------------------------------------ phases
 def calibrate(args, plan, clusters: Clusters, raw_dir: Path, progress) -> dict:
     """Straggler-free capacity ramp per scheme: knee, no-straggler p50 and CPU per batch at the lightest load."""
-    from loadtest import report
+    from nercc.loadtest import report
 
     cluster = clusters.get("none")
     out = {"ramp": plan["ramp"], "straggler": "none", "schemes": {}}
@@ -522,7 +521,7 @@ def _one_run(args, plan, profile, scheme, engine, n_batches, rate, deadline, str
 def main(args) -> int:
     from tqdm import tqdm
 
-    from loadtest import report
+    from nercc.loadtest import report
 
     if args.quick and args.batches is None:
         args.batches = QUICK["batches"]
@@ -582,6 +581,6 @@ def main(args) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nercc.loadtest.run", description=__doc__.splitlines()[0])
     configure(parser)
     sys.exit(main(parser.parse_args()))

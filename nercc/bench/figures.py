@@ -19,8 +19,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from bench.accuracy import DEFAULTS, NERCC0, SCHEME_LABELS, SCHEMES, result_stem
-from bench.experiment import RESULTS_DIR, load_inputs
+from nercc.bench.accuracy import DEFAULTS, NERCC0, SCHEME_LABELS, SCHEMES, result_stem
+from nercc.bench.experiment import RESULTS_DIR, load_inputs
 from nercc.coding import BACC, NeRCC, make_scheme
 
 COLORS = {BACC.name: "#d62728", NERCC0: "#7f7f7f", NeRCC.name: "#1f77b4"}

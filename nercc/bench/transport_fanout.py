@@ -123,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"nercc bench transport-fanout: unknown transport(s) {sorted(unknown)}; use {TRANSPORTS}")
     info = load_model_info(args.model)
-    from bench.client_cost import cpu_ms
+    from nercc.bench.client_cost import cpu_ms
     from nercc.serving.cluster import running_processes
 
     lat = {t: [] for t in transports}
@@ -139,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
                         "model": args.model, "shape": list(info.input_shape), "input": info.input_name,
                         "output": info.output_name}
                 s0 = cpu_ms(server_pids)
-                out = subprocess.run([sys.executable, "-m", "bench.transport_fanout", "--child", json.dumps(spec)],
+                out = subprocess.run([sys.executable, "-m", "nercc.bench.transport_fanout", "--child", json.dumps(spec)],
                                      capture_output=True, text=True, cwd=REPO_ROOT)
                 if out.returncode != 0:
                     raise SystemExit(f"transport {t} failed:\n{out.stderr[-3000:]}")

@@ -26,7 +26,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from bench.experiment import (
+from nercc.bench.experiment import (
     RESULTS_DIR,
     BatchedModel,
     Trials,

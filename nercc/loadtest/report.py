@@ -1,6 +1,6 @@
 """Turn the engine logs of ``nercc loadtest`` into numbers, summary.json, report.md and plots.
 
-Input: the per-request JSON-lines logs the engines write (``loadtest.workload.request_record``: exact latencies,
+Input: the per-request JSON-lines logs the engines write (``nercc.loadtest.workload.request_record``: exact latencies,
 per-worker round trips, predictions; ``event`` lines with CPU snapshots from /proc).
 
 Definitions (also written into report.md):
@@ -113,7 +113,7 @@ class Reference:
     """f and the labels on the model's test batches, computed locally once per batch index (for MSE / RelAcc)."""
 
     def __init__(self, model: str, n_inputs: int):
-        from loadtest.workload import Batches
+        from nercc.loadtest.workload import Batches
         from nercc.models import OnnxModel, load_model_info
         from nercc.preprocessing import preprocess
 

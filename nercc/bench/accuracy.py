@@ -15,7 +15,7 @@ Offline reproduction of the NeRCC paper's Table 1 / Fig. 3: the model f runs in-
 
 Mean and standard deviation over the T trials go to JSON and CSV. Tuned lams come from the model's tuning
 profile (``nercc.profiles.lookup`` for an exact (K, N, S) entry) or, where the profile has none, are tuned
-on the fly on held-out inputs (see :mod:`bench.tune`); the JSON says which for every S.
+on the fly on held-out inputs (see :mod:`nercc.bench.tune`); the JSON says which for every S.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from bench.experiment import (
+from nercc import tables
+from nercc.bench.experiment import (
     RESULTS_DIR,
     BatchedModel,
     Inputs,
@@ -44,7 +45,6 @@ from bench.experiment import (
     straggler_sets,
     trial_batches,
 )
-from nercc import tables
 from nercc.coding import BACC, CodedSetting, CodingScheme, NeRCC, make_scheme, profile_entry
 from nercc.coding import SCHEMES as SCHEME_REGISTRY
 
@@ -103,7 +103,7 @@ def resolve_smoothing(info, n_inputs: int, n_workers: int, n_stragglers: int, tu
     profile = load_profile(info.dir)
     entry = profile_entry(profile, n_inputs, n_workers, n_stragglers)
     if entry is None and tune_missing:
-        from bench.tune import tune_setting
+        from nercc.bench.tune import tune_setting
 
         tuned = tune_setting(info, n_inputs, n_workers, n_stragglers, seed=seed, threads=threads, progress=progress)
         return Smoothing(tuned["lam_enc"], tuned["lam_dec"], "tuned on the fly (held-out inputs, not saved)")

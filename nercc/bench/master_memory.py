@@ -1,6 +1,6 @@
 """Master memory under hostile requests: RSS after a 200 MiB raw request, and with a new lam_enc per request.
 
-    python -m bench.master_memory            # prints the table, writes bench/results/master_memory.json
+    python -m nercc.bench.master_memory            # prints the table, writes bench/results/master_memory.json
 
 Starts a master alone (``LocalCluster(start_workers=False)``) and reads the resident memory of its process
 group (tritonserver and its Python stubs: VmRSS, and the shared-memory part of it, RssShmem) from /proc:

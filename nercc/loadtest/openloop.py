@@ -1,12 +1,12 @@
 """The asyncio load engine: open-loop Poisson arrivals into ``CodedClient``, no Locust, nothing else in the process.
 
-    python -m loadtest.openloop --scheme nercc --rate 20 --duration 30 --worker-urls ... --requests-log log.jsonl
-    python -m loadtest.openloop --scheme nercc --ramp 10,1.6,400,2.5 ...        # capacity ramp, stops at the knee
+    python -m nercc.loadtest.openloop --scheme nercc --rate 20 --duration 30 --worker-urls ... --requests-log log.jsonl
+    python -m nercc.loadtest.openloop --scheme nercc --ramp 10,1.6,400,2.5 ...        # capacity ramp, stops at the knee
 
 Each batch starts at its scheduled arrival time whatever the earlier ones are doing (open loop: no batch waits for
 another, so a slow answer cannot hide the load behind it), as an asyncio task on one event loop with the same
 client, cluster and workload as the Locust engine. It is the yardstick ``nercc loadtest --engine both`` checks the
-Locust harness against. It writes the same JSON-lines log (``loadtest.workload.request_record``) plus CPU
+Locust harness against. It writes the same JSON-lines log (``nercc.loadtest.workload.request_record``) plus CPU
 snapshots of itself and of the given server pids at the start and end of each measured stretch.
 """
 
@@ -16,12 +16,8 @@ import argparse
 import asyncio
 import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # `python loadtest/openloop.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from loadtest.workload import (  # noqa: E402
+from nercc.loadtest.workload import (
     Batches,
     CpuMeter,
     RequestLog,
@@ -201,7 +197,7 @@ def _pid() -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.openloop", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nercc.loadtest.openloop", description=__doc__.splitlines()[0])
     configure(parser)
     options = parser.parse_args(argv)
     return asyncio.run(main_async(options))

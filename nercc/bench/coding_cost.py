@@ -10,8 +10,8 @@ For each (K, N) and input dimension D, with float32 data:
 Every time is the best of ``--repeats`` runs after one warm-up run. Targets (issue 2): encode and decode
 within 1.5x of the floor once matrices are cached; building a decoding matrix for N = 1000 under 5 ms.
 
-    .venv/bin/python -m bench.coding_cost            # the full table (needs ~3 GB of memory)
-    .venv/bin/python -m bench.coding_cost --quick    # small sizes only, a few seconds
+    .venv/bin/python -m nercc.bench.coding_cost            # the full table (needs ~3 GB of memory)
+    .venv/bin/python -m nercc.bench.coding_cost --quick    # small sizes only, a few seconds
     nercc bench cost --help
 """
 
@@ -288,7 +288,7 @@ def main(args) -> int:
 
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(
-        prog="python -m bench.coding_cost", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="python -m nercc.bench.coding_cost", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     configure(_parser)
     sys.exit(main(_parser.parse_args()))

@@ -1,13 +1,13 @@
 """Accuracy reproduction (MSE / RelAcc vs stragglers), smoothness sweeps, coding cost and figures.
 
 Sub-commands:
-  accuracy  MSE and RelAcc vs straggler count for BACC, NeRCC-0 and tuned NeRCC (bench/accuracy.py)
-  sweep     MSE over a (lam_enc, lam_dec) grid at one setting: the smoothness-effect data (bench/tune.py)
-  figures   PNG figures from the results in bench/results/ (bench/figures.py)
-  cost      encode/decode cost next to a plain matmul (bench/coding_cost.py)
+  accuracy  MSE and RelAcc vs straggler count for BACC, NeRCC-0 and tuned NeRCC (nercc/bench/accuracy.py)
+  sweep     MSE over a (lam_enc, lam_dec) grid at one setting: the smoothness-effect data (nercc/bench/tune.py)
+  figures   PNG figures from the results in bench/results/ (nercc/bench/figures.py)
+  cost      encode/decode cost next to a plain matmul (nercc/bench/coding_cost.py)
   client-cost  per serving scheme, concurrency 1: latency and CPU per batch, ratios to replication
-            (bench/client_cost.py)
-  transport-fanout  N plain worker requests at once: grpc.aio vs http+gevent vs grpc+gevent (bench/transport_fanout.py)
+            (nercc/bench/client_cost.py)
+  transport-fanout  N plain worker requests at once: grpc.aio vs http+gevent vs grpc+gevent (nercc/bench/transport_fanout.py)
   all       regenerate bench/results/: tune, accuracy for every exported model, sweep, tables, figures
 """
 
@@ -20,12 +20,12 @@ import time
 
 # name -> (module, help); each module has configure(parser) and main(args)
 SUBCOMMANDS = {
-    "accuracy": ("bench.accuracy", "MSE and RelAcc vs stragglers for BACC, NeRCC-0 and tuned NeRCC"),
-    "sweep": ("bench.tune", "MSE over a (lam_enc, lam_dec) grid at one (model, N, K, S): smoothness data"),
-    "figures": ("bench.figures", "PNG figures from bench/results/"),
-    "cost": ("bench.coding_cost", "time to build matrices, encode and decode, next to a plain matmul"),
-    "client-cost": ("bench.client_cost", "per scheme at concurrency 1: p50/p99 and CPU ms per batch vs replication"),
-    "transport-fanout": ("bench.transport_fanout", "fan-out of N worker requests: grpc.aio, http+gevent, grpc+gevent"),
+    "accuracy": ("nercc.bench.accuracy", "MSE and RelAcc vs stragglers for BACC, NeRCC-0 and tuned NeRCC"),
+    "sweep": ("nercc.bench.tune", "MSE over a (lam_enc, lam_dec) grid at one (model, N, K, S): smoothness data"),
+    "figures": ("nercc.bench.figures", "PNG figures from bench/results/"),
+    "cost": ("nercc.bench.coding_cost", "time to build matrices, encode and decode, next to a plain matmul"),
+    "client-cost": ("nercc.bench.client_cost", "per scheme at concurrency 1: p50/p99 and CPU ms per batch vs replication"),
+    "transport-fanout": ("nercc.bench.transport_fanout", "fan-out of N worker requests: grpc.aio, http+gevent, grpc+gevent"),
     "all": (None, "regenerate bench/results/ with the default settings (one command)"),
 }
 
@@ -92,14 +92,14 @@ def _dispatch(args) -> int:
     if args.bench_command == "all":
         return run_all(args)
     if args.bench_command == "sweep":
-        return importlib.import_module("bench.tune").main_sweep(args)
+        return importlib.import_module("nercc.bench.tune").main_sweep(args)
     module = importlib.import_module(SUBCOMMANDS[args.bench_command][0])
     return int(module.main(args) or 0)
 
 
 def run_all(args) -> int:
     """Tune missing profile entries, run the accuracy benchmark per model, the sweep, tables and figures."""
-    from bench import accuracy, figures, tune
+    from nercc.bench import accuracy, figures, tune
     from nercc.models import load_model_info
 
     started = time.perf_counter()
@@ -146,13 +146,13 @@ def run_all(args) -> int:
                                + (["--quiet"] if args.quiet else [])))
     if not args.skip_cost:
         try:
-            cost = importlib.import_module("bench.coding_cost")
+            cost = importlib.import_module("nercc.bench.coding_cost")
             print("== coding cost", flush=True)
             cost_parser = argparse.ArgumentParser()
             cost.configure(cost_parser)
             cost.main(cost_parser.parse_args(["--json", str(accuracy.RESULTS_DIR / "coding_cost.json")]))
         except ModuleNotFoundError:
-            skipped.append("coding cost: bench/coding_cost.py is not built yet")
+            skipped.append("coding cost: nercc/bench/coding_cost.py is not built yet")
     print("== tables and figures", flush=True)
     figures.main(_parse(figures.configure, []))
     for note in skipped:
