@@ -400,6 +400,7 @@ def test_checkout_locustfile_is_an_entry_point_to_the_package(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     users = set(done.stdout.split())
+    assert {workload.user_class_name(s) for s in workload.available_schemes()} <= users, done.stdout
     assert {"UncodedUser", "ReplicationUser", "BaccUser", "NerccUser"} <= users, done.stdout
     assert "CodedBatchUser" not in users  # the abstract base is not a user
 

@@ -41,6 +41,7 @@ import numpy as np
 import numpy.testing  # noqa: F401 - imported lazily by scipy, and its import runs a subprocess: not in the loop thread
 from gevent.lock import Semaphore
 
+from nercc.coding.registry import BACC_NAME, HEDGED, NERCC_NAME, REPLICATION, UNCODED
 from nercc.loadtest.workload import (
     CODED,
     Batches,
@@ -273,32 +274,32 @@ class CodedBatchUser(User):
 class UncodedUser(CodedBatchUser):
     """Input k -> one worker, wait for all K answers (compute 1 per input)."""
 
-    scheme = "uncoded"
+    scheme = UNCODED
 
 
 class ReplicationUser(CodedBatchUser):
     """Each input -> N // K workers, first answer wins (compute N // K per input)."""
 
-    scheme = "replication"
+    scheme = REPLICATION
 
 
-if "hedged" in available_schemes():
+if HEDGED in available_schemes():
     class HedgedUser(CodedBatchUser):
         """Uncoded, plus a second copy of an input to another worker once the first is late (hedge delay)."""
 
-        scheme = "hedged"
+        scheme = HEDGED
 
 
 class BaccUser(CodedBatchUser):
     """Berrut coded: N coded inputs, decode from the first M answers by the deadline (compute N / K per input)."""
 
-    scheme = "bacc"
+    scheme = BACC_NAME
 
 
 class NerccUser(CodedBatchUser):
     """NeRCC coded (smoothing splines): like BaccUser with NeRCC's encoder/decoder (compute N / K per input)."""
 
-    scheme = "nercc"
+    scheme = NERCC_NAME
 
 
 # ---------------------------------------------------------------------------- per-request log (exact latencies)

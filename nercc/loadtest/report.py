@@ -27,12 +27,21 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
+from nercc.coding.registry import (
+    BACC_NAME,
+    CODED_SCHEMES,
+    HEDGED,
+    NERCC_NAME,
+    REPLICATION,
+    SCHEME_ORDER,
+    SCHEMES,
+    UNCODED,
+)
+
 PERCENTILES = (50, 90, 95, 99, 99.9)
-SCHEME_ORDER = ("uncoded", "replication", "hedged", "bacc", "nercc")
-SCHEME_LABELS = {"uncoded": "uncoded", "replication": "replication", "hedged": "hedged", "bacc": "BACC",
-                 "nercc": "NeRCC"}
-SCHEME_COLORS = {"uncoded": "#7f7f7f", "replication": "#1f77b4", "hedged": "#2ca02c", "bacc": "#ff7f0e",
-                 "nercc": "#d62728"}
+SCHEME_LABELS = {name: info.label for name, info in SCHEMES.items()}
+SCHEME_COLORS = {UNCODED: "#7f7f7f", REPLICATION: "#1f77b4", HEDGED: "#2ca02c", BACC_NAME: "#ff7f0e",
+                 NERCC_NAME: "#d62728"}
 #: Engines agree when their p50 and p99 differ by at most this share.
 AGREEMENT = 0.20
 
@@ -166,11 +175,11 @@ def accuracy_of(records: Iterable[dict], reference: Reference) -> dict:
 
 def designed_compute(scheme: str, n_workers: int, n_inputs: int) -> float | None:
     """Worker requests per input by design: uncoded 1, replication N // K, coded N / K; hedged 1 to 2."""
-    if scheme == "uncoded":
+    if scheme == UNCODED:
         return 1.0
-    if scheme == "replication":
+    if scheme == REPLICATION:
         return float(n_workers // n_inputs)
-    if scheme in ("bacc", "nercc"):
+    if scheme in CODED_SCHEMES:
         return n_workers / n_inputs
     return None
 
@@ -300,11 +309,11 @@ def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_work
         from nercc.paths import model_dir
         from nercc.profiles import lookup
 
-        lam_enc = 0.0 if scheme == "bacc" else lookup(model_dir(model), n_inputs, n_workers,
+        lam_enc = 0.0 if not SCHEMES[scheme].smoothing else lookup(model_dir(model), n_inputs, n_workers,
                                                       n_stragglers=n_stragglers)[0]
 
         def decoder(n_arrived: int):
-            lam_dec = 0.0 if scheme == "bacc" else lookup(model_dir(model), n_inputs, n_workers,
+            lam_dec = 0.0 if not SCHEMES[scheme].smoothing else lookup(model_dir(model), n_inputs, n_workers,
                                                           n_arrived=n_arrived)[1]
             return make_scheme(scheme, n_inputs, n_workers, lam_enc, lam_dec)
 
@@ -425,17 +434,18 @@ def target_checks(summary: dict) -> List[str]:
     if not block:
         return out
     s = block["schemes"]
-    if {"nercc", "uncoded"} <= set(s):
-        ratio = _as_ms(s["nercc"]["p99_ms"]) / _as_ms(s["uncoded"]["p99_ms"])
-        out.append(f"- NeRCC p99 <= 0.5 x uncoded p99: {_ms(s['nercc']['p99_ms'])} vs {_ms(s['uncoded']['p99_ms'])} "
+    nercc = s.get(NERCC_NAME)
+    if nercc and UNCODED in s:
+        ratio = _as_ms(nercc["p99_ms"]) / _as_ms(s[UNCODED]["p99_ms"])
+        out.append(f"- NeRCC p99 <= 0.5 x uncoded p99: {_ms(nercc['p99_ms'])} vs {_ms(s[UNCODED]['p99_ms'])} "
                    f"ms (ratio {ratio:.2f}) — **{'met' if ratio <= 0.5 else 'not met'}**.")
-    for other in ("replication", "hedged"):
-        if {"nercc", other} <= set(s):
-            ok = _as_ms(s["nercc"]["p99.9_ms"]) <= _as_ms(s[other]["p99.9_ms"])
-            out.append(f"- NeRCC p99.9 <= {other}'s: {_ms(s['nercc']['p99.9_ms'])} vs {_ms(s[other]['p99.9_ms'])} "
+    for other in (REPLICATION, HEDGED):
+        if nercc and other in s:
+            ok = _as_ms(nercc["p99.9_ms"]) <= _as_ms(s[other]["p99.9_ms"])
+            out.append(f"- NeRCC p99.9 <= {other}'s: {_ms(nercc['p99.9_ms'])} vs {_ms(s[other]['p99.9_ms'])} "
                        f"ms — **{'met' if ok else 'not met'}**.")
-    if s.get("nercc", {}).get("rel_acc") is not None:
-        ra = s["nercc"]["rel_acc"]
+    if (nercc or {}).get("rel_acc") is not None:
+        ra = nercc["rel_acc"]
         out.append(f"- NeRCC RelAcc >= 0.97: {ra:.3f} — **{'met' if ra >= 0.97 else 'not met'}**.")
     shares = {sc: v.get("throughput_share") for sc, v in s.items()}
     if shares:
@@ -560,7 +570,7 @@ def write_markdown(path: Path, summary: dict) -> None:
         f"(decode as soon as M answers are in, never wait past the deadline); uncoded waits for its K workers, "
         f"replication (r = N // K = {st['replication_copies']}) for the first copy of each input"
         + (f", hedged sends a second copy of an input to another worker once its first is later than the hedge "
-           f"delay ({_fmt(st.get('hedge_ms'))} ms — {st.get('hedge_choice')})" if "hedged" in st["schemes"] else "")
+           f"delay ({_fmt(st.get('hedge_ms'))} ms — {st.get('hedge_choice')})" if HEDGED in st["schemes"] else "")
         + (". Coded inputs encoded in the client (`encode=local`)" if st.get("encode") == "local" else "") + ".",
         "- A batch **fails** when the client raised (too few answers within the hard timeout), when it is late "
         "(an answer it needed came after the deadline) or when its predictions are not finite.",
@@ -628,6 +638,24 @@ def _ms_ticks(axis, lo: float, hi: float, which: str = "x") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
+def _log_y_grid(ax) -> None:
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _save(fig, path: Path, title: str | None = None) -> None:
+    """Title, tight layout, PNG at 110 dpi, figure closed (every figure of the report ends so)."""
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def _setting_title(settings: dict, profile: str) -> str:
+    return f"{settings['model']}, N = {settings['n_workers']}, K = {settings['n_inputs']}, profile '{profile}'"
+
+
 def _ordered(keys) -> list:
     return [s for s in SCHEME_ORDER if s in keys] + [s for s in keys if s not in SCHEME_ORDER]
 
@@ -666,10 +694,7 @@ def plot_cdf(path: Path, latencies: Dict[str, Sequence[float]], deadline_ms: flo
         tail.axhline(level, color="k", ls="--", lw=0.8, alpha=0.6)
         tail.text(lo, level, f" {name}", va="bottom", fontsize=8)
     tail.set_title("tail (1 - CDF)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, title)
 
 
 def plot_frontier(path: Path, block: dict, settings: dict, profile: str) -> None:
@@ -692,26 +717,22 @@ def plot_frontier(path: Path, block: dict, settings: dict, profile: str) -> None
             if s.get(key) is None:
                 continue
             values.append(s[key])
-            marker = "*" if scheme in ("bacc", "nercc") else "s"
+            marker = "*" if scheme in CODED_SCHEMES else "s"
             ax.plot([s.get("rel_acc") if s.get("rel_acc") is not None else 1.0], [s[key]], marker,
                     color=SCHEME_COLORS.get(scheme), ms=11 if marker == "*" else 8, mec="k",
                     label=f"{label(scheme)}" + (f" {settings['coded_policy']} (live)" if marker == "*" else ""))
         ax.axhline(settings["deadline_ms"], color="k", ls=":", lw=1)
         ax.set_xlabel("RelAcc (accuracy of served predictions / accuracy of f)")
         ax.set_title(f"{name} latency vs accuracy")
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
+        _log_y_grid(ax)
     if values:
         lo, hi = min(values) / 1.5, max(max(values), settings["deadline_ms"]) * 1.5
         axes[0].set_ylim(lo, hi)
         _ms_ticks(axes[0], lo, hi, "y")
     axes[0].set_ylabel("latency per batch (ms, log)")
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{settings['model']}, N = {settings['n_workers']}, K = {settings['n_inputs']}, profile "
-                 f"'{profile}': {block['description']}; deadline {settings['deadline_ms']:g} ms (dotted)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, f"{_setting_title(settings, profile)}: {block['description']}; deadline "
+                     f"{settings['deadline_ms']:g} ms (dotted)")
 
 
 def plot_sweep(path: Path, summary: dict) -> None:
@@ -727,17 +748,12 @@ def plot_sweep(path: Path, summary: dict) -> None:
                 ax.plot(*zip(*pts), "-o", color=SCHEME_COLORS.get(scheme), label=label(scheme), ms=4)
         ax.set_xlabel("offered load (batches/s)")
         ax.set_title(key.replace("_ms", ""))
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
+        _log_y_grid(ax)
         ax.axhline(summary["settings"]["deadline_ms"], color="k", ls=":", lw=1)
     axes[0].set_ylabel("latency per batch (ms, log)")
     axes[0].legend(fontsize=8)
-    st = summary["settings"]
-    fig.suptitle(f"{st['model']}, N = {st['n_workers']}, K = {st['n_inputs']}, profile "
-                 f"'{summary['sweep']['profile']}', {summary['sweep']['engine']} engine", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, f"{_setting_title(summary['settings'], summary['sweep']['profile'])}, "
+                     f"{summary['sweep']['engine']} engine")
 
 
 def plot_ramp(path: Path, summary: dict) -> None:
@@ -773,6 +789,4 @@ def plot_ramp(path: Path, summary: dict) -> None:
     lat.set_ylabel("p50 latency (ms, log)")
     lat.set_title("p50 vs offered load, no stragglers")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)

@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from nercc.coding.registry import BACC_NAME, CODED_SCHEMES, HEDGED, NERCC_NAME, REPLICATION, UNCODED
+from nercc.loadtest.workload import user_class_name
 from nercc.paths import REPO_ROOT
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 ENGINES = ("asyncio", "locust")
-USER_CLASSES = {"uncoded": "UncodedUser", "replication": "ReplicationUser", "hedged": "HedgedUser",
-                "bacc": "BaccUser", "nercc": "NerccUser"}
 
 #: Worker straggler profiles (nercc.serving.stragglers strings). An idle LeNet5 worker answers in about 1-2 ms
 #: here, so +40 ms is a 20x slowdown; dead-worker runs without injected delay and SIGKILLs a worker mid-run.
@@ -245,7 +245,7 @@ def engine_options(args, cluster: dict, scheme: str, deadline_ms: float, policy:
         "--record-predictions", str(args.record_predictions),
         "--server-pids", ",".join(str(p) for p in cluster["pids"]), "--encode", args.encode,
     ]
-    if scheme == "hedged" and getattr(args, "hedge_ms_chosen", None):
+    if scheme == HEDGED and getattr(args, "hedge_ms_chosen", None):
         options += ["--hedge-ms", f"{args.hedge_ms_chosen:g}"]
     if cluster.get("master_url"):
         options += ["--master-url", cluster["master_url"]]
@@ -288,7 +288,7 @@ def locust_command(args, cluster, scheme, deadline_ms, policy, log, rate, durati
         # distributed mode: every worker process runs its share of the users and writes its own requests log
         # (<log>.worker<pid>), merged into <log> when the run ends
         command += ["--processes", str(args.locust_workers)]
-    return command + engine_options(args, cluster, scheme, deadline_ms, policy, log, rate) + [USER_CLASSES[scheme]]
+    return command + engine_options(args, cluster, scheme, deadline_ms, policy, log, rate) + [user_class_name(scheme)]
 
 
 def run_engine(command: List[str], log: Path, console: Path, timeout_s: float, on_started=None) -> Path:
@@ -412,7 +412,7 @@ def choose_load_and_deadline(args, plan, calibration: dict | None) -> dict:
         choice["deadline_ms"] = float(args.deadline_ms)
         choice["deadline_why"] = "given by --deadline-ms"
     else:
-        coded = [s for s in ("nercc", "bacc") if s in (calibration or {}).get("schemes", {})]
+        coded = [s for s in (NERCC_NAME, BACC_NAME) if s in (calibration or {}).get("schemes", {})]
         if not coded:
             raise RuntimeError("the default deadline comes from a coded scheme's no-straggler p50: include nercc or "
                                "bacc in --schemes, or give --deadline-ms")
@@ -426,7 +426,7 @@ def choose_load_and_deadline(args, plan, calibration: dict | None) -> dict:
         choice["hedge_ms"], choice["hedge_why"] = float(args.hedge_ms), "given by --hedge-ms"
     else:
         cal = (calibration or {}).get("schemes", {})
-        source = next((s for s in ("uncoded", "hedged", "replication") if cal.get(s, {}).get("worker_ms_p95_light")),
+        source = next((s for s in (UNCODED, HEDGED, REPLICATION) if cal.get(s, {}).get("worker_ms_p95_light")),
                       None)
         if source:
             choice["hedge_ms"] = round(float(cal[source]["worker_ms_p95_light"]), 1)
@@ -459,7 +459,7 @@ def measure_profile(args, plan, profile: str, clusters: Clusters, choice: dict, 
             block["runs"].append(_one_run(args, plan, profile, scheme, engine, n, rate, deadline, straggler, dead,
                                           clusters, raw_dir, progress, kind="main"))
     if not args.no_frontier:
-        for scheme in [s for s in plan["schemes"] if s in ("bacc", "nercc")]:
+        for scheme in [s for s in plan["schemes"] if s in CODED_SCHEMES]:
             block["runs"].append(_one_run(args, plan, profile, scheme, "asyncio", plan["frontier_batches"], rate,
                                           deadline, straggler, dead, clusters, raw_dir, progress, kind="trace"))
     return block
@@ -546,7 +546,7 @@ def main(args) -> int:
     }
     n_units = (0 if args.no_calibrate else len(plan["schemes"]))
     n_units += len(plan["profiles"]) * len(plan["schemes"]) * len(plan["engines"])
-    n_units += 0 if args.no_frontier else len(plan["profiles"]) * len([s for s in plan["schemes"] if s in ("bacc", "nercc")])
+    n_units += 0 if args.no_frontier else len(plan["profiles"]) * len([s for s in plan["schemes"] if s in CODED_SCHEMES])
     n_units += len(plan["rates"]) * len(plan["schemes"])
     clusters = Clusters(args)
     try:
@@ -555,7 +555,7 @@ def main(args) -> int:
             choice = choose_load_and_deadline(args, plan, calibration)
             progress.write(f"offered load: {choice['rate']:g} batches/s — {choice['rate_why']}")
             progress.write(f"deadline: {choice['deadline_ms']:g} ms — {choice['deadline_why']}")
-            if "hedged" in plan["schemes"]:
+            if HEDGED in plan["schemes"]:
                 args.hedge_ms_chosen = choice["hedge_ms"]
                 progress.write(f"hedge delay: {choice['hedge_ms'] or 'client estimate'} — {choice['hedge_why']}")
             summary["calibration"] = calibration

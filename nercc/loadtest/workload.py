@@ -18,9 +18,10 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
-#: Schemes in report order. ``hedged`` appears when the client offers it (``nercc.client.SCHEMES``).
-SCHEME_ORDER = ("uncoded", "replication", "hedged", "bacc", "nercc")
-CODED = ("bacc", "nercc")
+from nercc.coding.registry import CODED_SCHEMES, HEDGED, SCHEME_ORDER
+
+#: The coded schemes (the registry's list): they take a wait policy and lams.
+CODED = CODED_SCHEMES
 
 
 def available_schemes() -> tuple:
@@ -28,6 +29,11 @@ def available_schemes() -> tuple:
     from nercc.client import SCHEMES
 
     return tuple(s for s in SCHEME_ORDER if s in SCHEMES) + tuple(s for s in SCHEMES if s not in SCHEME_ORDER)
+
+
+def user_class_name(scheme: str) -> str:
+    """The Locust user class that sends ``scheme``'s batches (nercc.loadtest.locustfile): nercc -> NerccUser."""
+    return scheme.capitalize() + "User"
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -223,20 +229,35 @@ def parse_pids(text: str | None) -> List[int]:
 
 
 # ------------------------------------------------------------------------------------------------ engine options
+#: Options whose default may come from the environment (the Locust engine reads it): flag, variable, help.
+ENV_OPTIONS = (
+    ("--master-url", "NERCC_MASTER_URL", "gRPC host:port of the master (encoder)"),
+    ("--worker-urls", "NERCC_WORKER_URLS", "comma-separated gRPC host:port of the N workers"),
+    ("--master-http-url", "NERCC_MASTER_HTTP_URL",
+     "HTTP host:port of the master: the Locust engine's native gevent transport uses HTTP"),
+    ("--worker-http-urls", "NERCC_WORKER_HTTP_URLS",
+     "comma-separated HTTP host:port of the N workers (same order as --worker-urls); without them Locust drives "
+     "the gRPC asyncio client through a thread bridge"),
+    ("--urls-file", "NERCC_URLS_FILE", "JSON with master_url and worker_urls, as `nercc serve --urls-file` writes it"),
+)
+#: TLS options: client- prefix, as Locust's own --tls-cert/--tls-key are for its web UI.
+ENV_TLS_OPTIONS = (
+    ("--client-tls-ca", "NERCC_TLS_CA", "CA (PEM) of servers started with --tls-cert: gRPC over TLS "
+     "(client- prefix: Locust's own --tls-cert/--tls-key are for its web UI)"),
+    ("--client-tls-cert", "NERCC_TLS_CERT", "client certificate (PEM) for mutual TLS"),
+    ("--client-tls-key", "NERCC_TLS_KEY", "client key (PEM) for mutual TLS"),
+)
+
+
+def _add_env_options(group, options, env) -> None:
+    for flag, variable, text in options:
+        group.add_argument(flag, default=env(variable, ""), help=f"{text}; env {variable}")
+
+
 def add_engine_arguments(group, defaults_from_env: bool = False) -> None:
     """The options both engines take (the Locust one adds them to Locust's parser): same names, same meaning."""
     env = os.environ.get if defaults_from_env else (lambda _name, default=None: default)
-    group.add_argument("--master-url", default=env("NERCC_MASTER_URL", ""),
-                       help="gRPC host:port of the master (encoder); env NERCC_MASTER_URL")
-    group.add_argument("--worker-urls", default=env("NERCC_WORKER_URLS", ""),
-                       help="comma-separated gRPC host:port of the N workers; env NERCC_WORKER_URLS")
-    group.add_argument("--master-http-url", default=env("NERCC_MASTER_HTTP_URL", ""),
-                       help="HTTP host:port of the master: the Locust engine's native gevent transport uses HTTP")
-    group.add_argument("--worker-http-urls", default=env("NERCC_WORKER_HTTP_URLS", ""),
-                       help="comma-separated HTTP host:port of the N workers (same order as --worker-urls); without "
-                            "them Locust drives the gRPC asyncio client through a thread bridge")
-    group.add_argument("--urls-file", default=env("NERCC_URLS_FILE", ""),
-                       help="JSON with master_url and worker_urls, as `nercc serve --urls-file` writes it")
+    _add_env_options(group, ENV_OPTIONS, env)
     group.add_argument("--model", default="lenet5", help="served model; batches come from its dataset's test split")
     group.add_argument("--n-inputs", type=int, default=4, help="K: inputs per coded batch")
     group.add_argument("--deadline-ms", type=float, default=40.0,
@@ -261,13 +282,7 @@ def add_engine_arguments(group, defaults_from_env: bool = False) -> None:
                        help="keep the predictions of every n-th request in the log, for MSE/RelAcc (0: none)")
     group.add_argument("--server-pids", default="",
                        help="comma-separated tritonserver pids: their CPU (and their stubs') goes into the log")
-    group.add_argument("--client-tls-ca", default=env("NERCC_TLS_CA", ""),
-                       help="CA (PEM) of servers started with --tls-cert: gRPC over TLS; env NERCC_TLS_CA "
-                            "(client- prefix: Locust's own --tls-cert/--tls-key are for its web UI)")
-    group.add_argument("--client-tls-cert", default=env("NERCC_TLS_CERT", ""),
-                       help="client certificate (PEM) for mutual TLS; env NERCC_TLS_CERT")
-    group.add_argument("--client-tls-key", default=env("NERCC_TLS_KEY", ""),
-                       help="client key (PEM) for mutual TLS; env NERCC_TLS_KEY")
+    _add_env_options(group, ENV_TLS_OPTIONS, env)
     group.add_argument("--metrics-port", type=int, default=int(env("NERCC_METRICS_PORT", "0") or 0),
                        help="expose the client's Prometheus metrics on this port (127.0.0.1; 0: off)")
 
@@ -304,7 +319,7 @@ def client_kwargs(options, scheme: str) -> dict:
         policy=options.policy if scheme in CODED else "deadline",
         n_inputs=int(options.n_inputs), hard_timeout_ms=float(options.hard_timeout_ms),
     )
-    if scheme == "hedged" and _optional_float(getattr(options, "hedge_ms", None)) is not None:
+    if scheme == HEDGED and _optional_float(getattr(options, "hedge_ms", None)) is not None:
         kwargs["hedge_ms"] = float(options.hedge_ms)
     if scheme in CODED:
         kwargs.update(lam_enc=_optional_float(options.lam_enc), lam_dec=_optional_float(options.lam_dec))
