@@ -47,9 +47,10 @@ from nercc.bench.experiment import (
 )
 from nercc.coding import BACC, CodedSetting, CodingScheme, NeRCC, make_scheme, profile_entry
 from nercc.coding import SCHEMES as SCHEME_REGISTRY
+from nercc.coding.registry import NERCC0_NAME
 
 #: NeRCC with lam_enc = lam_dec = 0 (natural cubic interpolation), compared next to the tuned NeRCC.
-NERCC0 = "nercc0"
+NERCC0 = NERCC0_NAME
 #: Variant keys in result files, in display order, and their names in tables and plots.
 SCHEMES = (BACC.name, NERCC0, NeRCC.name)
 SCHEME_LABELS = {BACC.name: SCHEME_REGISTRY[BACC.name].label, NERCC0: "NeRCC-0",

@@ -24,6 +24,7 @@ __all__ = [
     "HEDGED",
     "BACC_NAME",
     "NERCC_NAME",
+    "NERCC0_NAME",
     "scheme_info",
     "make_scheme",
 ]
@@ -61,6 +62,9 @@ SCHEMES: Dict[str, SchemeInfo] = {
 SCHEME_ORDER: Tuple[str, ...] = tuple(SCHEMES)
 #: The names, for code that treats one scheme specially (placement, hedging, smoothing)
 UNCODED, REPLICATION, HEDGED, BACC_NAME, NERCC_NAME = SCHEME_ORDER
+#: NeRCC with lam_enc = lam_dec = 0 (the paper's model-agnostic variant): a column of the accuracy tables
+#: (``nercc bench accuracy``) and the simulator's fallback, not a scheme a client can ask for.
+NERCC0_NAME = NERCC_NAME + "0"
 CODED_SCHEMES: Tuple[str, ...] = tuple(name for name, info in SCHEMES.items() if info.coded)
 BASELINE_SCHEMES: Tuple[str, ...] = tuple(name for name, info in SCHEMES.items() if not info.coded)
 DEFAULT_SCHEME = NeRCC.name

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from nercc.coding.registry import CODED_SCHEMES, HEDGED
 from nercc.simulate.model import DEFAULT_CALIBRATION, SCHEMES
 
 VALIDATED = ("p50_ms", "p99_ms", "p99.9_ms")
@@ -100,7 +101,7 @@ def run_simulation(n_workers: int, n_inputs: int, straggler: str, rate: float, n
     accuracy = AccuracyTable.find(model, n_workers, n_inputs)
     cost = CodingCost()
     for scheme in schemes:  # time the coding first, on a quiet process (after 10^7-element runs it read 10x high)
-        if scheme in ("nercc", "bacc"):
+        if scheme in CODED_SCHEMES:
             cost.measure(scheme, n_workers, n_inputs)
     out = {}
     for scheme in tqdm(schemes, desc="simulate", disable=not progress, leave=False):
@@ -188,8 +189,8 @@ def main(args) -> int:
         straggler = prof.get("straggler", straggler)
         measured = prof["schemes"]
         schemes = [s for s in schemes if s in measured]
-        if args.hedge_ms is None and measured.get("hedged", {}).get("hedge_ms") is not None:
-            args.hedge_ms = float(measured["hedged"]["hedge_ms"])  # the delay the real client used
+        if args.hedge_ms is None and measured.get(HEDGED, {}).get("hedge_ms") is not None:
+            args.hedge_ms = float(measured[HEDGED]["hedge_ms"])  # the delay the real client used
     try:
         t0 = time.perf_counter()
         results = run_simulation(n, k, straggler, rate, args.batches, schemes, policy, deadline,

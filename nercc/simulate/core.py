@@ -67,7 +67,7 @@ def summarize(settings: SimSettings, res: BatchResults, draws: Draws, accuracy: 
     } if ok.any() else {}
     out["policy"] = s.policy if s.coded else ("all" if s.policy_kind == "all" else "every input")
     out["deadline_ms"] = s.deadline_ms
-    if s.scheme == "hedged":
+    if s.hedged:
         out["hedge_ms"] = round(draws.hedge_ms, 3)
         out["hedged_fraction"] = round(float(res.n_requests.mean() - s.n_inputs) / s.n_inputs, 4)
     if s.coded:

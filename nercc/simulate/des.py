@@ -129,7 +129,7 @@ class _Sim:
             batch.n_sent += 1
             env.process(self._request(batch, int(d.worker[i, j]), int(d.row[i, j]), d.base_ms[i, j],
                                       d.delay_ms[i, j], d.hold_ms[i, j]))
-        if s.scheme == "hedged":
+        if s.hedged:
             for k in range(s.n_inputs):
                 env.process(self._hedge(batch, t_fanout + d.hedge_ms, k))
         env.process(self._timer(batch, self.deadline_t[i]))
@@ -180,6 +180,6 @@ class _Sim:
 
 
 def run(settings: SimSettings, draws: Draws) -> BatchResults:
-    if settings.scheme == "hedged" and settings.policy_kind == "all":
+    if settings.hedged and settings.policy_kind == "all":
         raise ValueError("hedged with policy 'all' is not modelled: hedged stops at the first answer per input")
     return _Sim(settings, draws).run()

@@ -68,7 +68,7 @@ def worker_answers(settings: SimSettings, draws: Draws):
     occupancy = d.hold_ms + d.delay_ms
 
     # 2. worker queues (hedged: iterate to the causal set of second copies)
-    hedged = s.scheme == "hedged"
+    hedged = s.hedged
     flags = np.zeros((b, k), dtype=bool)
     hedge_answer = np.full((b, k), np.inf)
     while True:

@@ -19,12 +19,21 @@ from typing import Dict, List
 
 import numpy as np
 
+from nercc.coding.registry import (
+    BACC_NAME,
+    BASELINE_SCHEMES,
+    CODED_SCHEMES,
+    HEDGED,
+    NERCC_NAME,
+    REPLICATION,
+    UNCODED,
+)
 from nercc.simulate import fast
 from nercc.simulate.core import summarize
 from nercc.simulate.model import AccuracyTable, CodingCost, ServiceModel, SimSettings, make_draws
 
-COLORS = {"uncoded": "#7f7f7f", "replication": "#1f77b4", "hedged": "#9467bd", "bacc": "#ff7f0e",
-          "nercc": "#d62728"}
+#: Every scheme, in the registry's order (the sweeps run them in this order).
+COLORS = {UNCODED: "#7f7f7f", REPLICATION: "#1f77b4", HEDGED: "#9467bd", BACC_NAME: "#ff7f0e", NERCC_NAME: "#d62728"}
 
 
 def _sim(scheme: str, n: int, k: int, straggler: str, rate: float, batches: int, service, cost, accuracy,
@@ -42,8 +51,8 @@ def straggler_rate_sweep(service, cost, rates=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 
     for p in rates:
         prof = f"bimodal:p={p:g},slow_ms=40"
         for scheme in COLORS:
-            out[scheme].append(_sim(scheme, n, k, prof, load, batches, service, cost, acc if scheme in (
-                "nercc", "bacc") else None, policy=policy, deadline_ms=deadline_ms))
+            out[scheme].append(_sim(scheme, n, k, prof, load, batches, service, cost, acc if scheme in CODED_SCHEMES
+                                else None, policy=policy, deadline_ms=deadline_ms))
     return {"p": list(rates), "N": n, "K": k, "rate": load, "policy": policy, "deadline_ms": deadline_ms,
             "schemes": out}
 
@@ -60,7 +69,7 @@ def workers_sweep(service, cost, ns=(15, 25, 50, 100, 200, 500, 1000), overhead=
             m = max(k, int(round(answer_fraction * n)))
             for scheme in COLORS:
                 rows[scheme].append(_sim(scheme, n, k, prof, load, batches, service, cost,
-                                         acc if scheme in ("nercc", "bacc") else None, policy=f"first:{m}",
+                                         acc if scheme in CODED_SCHEMES else None, policy=f"first:{m}",
                                          deadline_ms=deadline_ms))
         out[f"{p:g}"] = rows
     return {"N": list(ns), "overhead": overhead, "rate": load, "answer_fraction": answer_fraction,
@@ -71,7 +80,7 @@ def frontier(service, cost, n=100, k=20, p=0.3, load=10.0, batches=20_000,
              fractions=(0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7), deadlines=(15.0, 20.0, 25.0, 30.0, 50.0)) -> Dict:
     prof = f"bimodal:p={p:g},slow_ms=40"
     acc = AccuracyTable.find("lenet5", n, k)
-    points = {"nercc": [], "bacc": []}
+    points = {NERCC_NAME: [], BACC_NAME: []}
     for scheme in points:
         st0 = SimSettings(scheme, n, k, prof, rate=load, n_batches=batches, policy="all")
         draws = make_draws(st0, service, cost)
@@ -84,9 +93,9 @@ def frontier(service, cost, n=100, k=20, p=0.3, load=10.0, batches=20_000,
                 row = summarize(st, res, draws, acc)
                 points[scheme].append({"M": int(round(f * n)), "deadline_ms": dl, **row})
     base = {}
-    for scheme in ("uncoded", "replication", "hedged"):
+    for scheme in BASELINE_SCHEMES:
         base[scheme] = _sim(scheme, n, k, prof, load, batches, service, cost, None)
-    base["hedged (hedge at p50)"] = _sim("hedged", n, k, prof, load, batches, service, cost, None,
+    base[f"{HEDGED} (hedge at p50)"] = _sim(HEDGED, n, k, prof, load, batches, service, cost, None,
                                         hedge_ms=service.one_request_quantile(0.5))
     return {"N": n, "K": k, "p": p, "rate": load, "coded": points, "baselines": base}
 
@@ -107,7 +116,7 @@ def plot(results: Dict, out_dir: Path) -> List[str]:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for scheme, rows in sw["schemes"].items():
         ax.plot(sw["p"], [_p(r) for r in rows], "o-", color=COLORS[scheme], label=scheme)
-        if scheme in ("nercc", "bacc"):
+        if scheme in CODED_SCHEMES:
             ax2.plot(sw["p"], [r["rel_acc"] for r in rows], "o-", color=COLORS[scheme], label=scheme)
     ax.set_xlabel("straggler rate p (bimodal, +40 ms)")
     ax.set_ylabel("p99.9 latency (ms)")
@@ -180,7 +189,7 @@ def main(argv=None) -> int:
     cost = CodingCost()
     t0 = time.perf_counter()
     for n in (15, 25, 50, 100, 200, 500, 1000):  # time the coding first, before the big runs (see cli.py)
-        for scheme in ("nercc", "bacc"):
+        for scheme in (NERCC_NAME, BACC_NAME):
             cost.measure(scheme, n, n // 5)
     results = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -224,68 +233,75 @@ def write_readme(out_dir: Path) -> Path:
     return path
 
 
+def _summary(out_dir: Path, folder: str):
+    """The summary.json in ``out_dir / folder``, or None when that run is not in the folder."""
+    path = out_dir / folder / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _command_block(summary: dict) -> list:
+    return ["```", summary.get("command") or "", "```"]
+
+
 def _readme_validation(out_dir: Path) -> list:
-    lines = []
-    val_path = out_dir / "validation_N12_K4" / "summary.json"
-    if val_path.exists():
-        val = json.load(open(val_path))
-        st = val["settings"]
-        meas = json.load(open(out_dir / "real_N12_K4" / "summary.json"))
-        lines += ["## Validation against the real 12-worker cluster", "",
-                  f"Real run (`real_N12_K4/`, {meas['settings']['seconds']:.0f} s under `cpu-exclusive`): "
-                  f"LocalCluster, LeNet5, N = {st['n_workers']}, K = {st['n_inputs']}, "
-                  f"`{val['profiles'][next(iter(val['profiles']))]['straggler']}`, open-loop Poisson "
-                  f"{st['offered_batches_per_s']:g} batches/s through `CodedClient`, coded `{st['coded_policy']}`, "
-                  f"deadline {st['deadline_ms']:g} ms, {meas['settings']['batches']} batches per scheme; "
-                  "calibration from the same machine with no stragglers (policy `all`), each scheme right before "
-                  "its measured run:",
-                  "```", meas.get("command") or "", "```",
-                  f"Simulation ({st['batches']} batches per scheme):", "```", val.get("command") or "", "```", "",
-                  "| scheme | p50 sim / real (err) | p99 sim / real (err) | p99.9 sim / real (err) | RelAcc sim / real |",
-                  "|---|---|---|---|---|"]
-        for scheme, row in val["validation"]["schemes"].items():
-            cells = []
-            for key in ("p50_ms", "p99_ms", "p99.9_ms"):
-                c = row[key]
-                err = "n/a" if c["rel_error"] is None else f"{c['rel_error']:+.0%}"
-                cells.append(f"{_cell(c['simulated'])} / {_cell(c['measured'])} ({err})")
-            ra = row["rel_acc"]
-            cells.append(f"{_cell(ra['simulated'], '{:.3f}')} / {_cell(ra['measured'], '{:.3f}')}")
-            lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
-        lines += ["", f"Largest error on p50 and p99: {val['validation']['max_abs_rel_error_p50_p99']:.0%} "
-                  "(target <= 20%). The real p99.9 rests on ~1 batch in 900 per scheme, so its error is "
-                  "mostly the measurement's.", ""]
+    val = _summary(out_dir, "validation_N12_K4")
+    if val is None:
+        return []
+    st = val["settings"]
+    meas = _summary(out_dir, "real_N12_K4")
+    lines = ["## Validation against the real 12-worker cluster", "",
+             f"Real run (`real_N12_K4/`, {meas['settings']['seconds']:.0f} s under `cpu-exclusive`): "
+             f"LocalCluster, LeNet5, N = {st['n_workers']}, K = {st['n_inputs']}, "
+             f"`{val['profiles'][next(iter(val['profiles']))]['straggler']}`, open-loop Poisson "
+             f"{st['offered_batches_per_s']:g} batches/s through `CodedClient`, coded `{st['coded_policy']}`, "
+             f"deadline {st['deadline_ms']:g} ms, {meas['settings']['batches']} batches per scheme; "
+             "calibration from the same machine with no stragglers (policy `all`), each scheme right before "
+             "its measured run:",
+             *_command_block(meas),
+             f"Simulation ({st['batches']} batches per scheme):", *_command_block(val), "",
+             "| scheme | p50 sim / real (err) | p99 sim / real (err) | p99.9 sim / real (err) | RelAcc sim / real |",
+             "|---|---|---|---|---|"]
+    for scheme, row in val["validation"]["schemes"].items():
+        cells = []
+        for key in ("p50_ms", "p99_ms", "p99.9_ms"):
+            c = row[key]
+            err = "n/a" if c["rel_error"] is None else f"{c['rel_error']:+.0%}"
+            cells.append(f"{_cell(c['simulated'])} / {_cell(c['measured'])} ({err})")
+        ra = row["rel_acc"]
+        cells.append(f"{_cell(ra['simulated'], '{:.3f}')} / {_cell(ra['measured'], '{:.3f}')}")
+        lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
+    lines += ["", f"Largest error on p50 and p99: {val['validation']['max_abs_rel_error_p50_p99']:.0%} "
+              "(target <= 20%). The real p99.9 rests on ~1 batch in 900 per scheme, so its error is "
+              "mostly the measurement's.", ""]
     return lines
 
 
 def _readme_headline(out_dir: Path) -> list:
-    lines = []
-    head_path = out_dir / "N100_K20_p0.3" / "summary.json"
-    if head_path.exists():
-        head = json.load(open(head_path))
-        st = head["settings"]
-        prof = next(iter(head["profiles"].values()))
-        rows = prof["schemes"]
-        lines += ["## N = 100, K = 20, bimodal p = 0.3 (+40 ms)", "",
-                  f"{st['batches']} batches per scheme at {st['offered_batches_per_s']:g} batches/s, coded "
-                  f"`{st['coded_policy']}`, deadline {st['deadline_ms']:g} ms, replication r = "
-                  f"{st['replication_copies']}, hedged at the p95 of one request (wall time of this run, five schemes: "
-                  f"{st['seconds']:.1f} s on the shared machine; the speed measured alone is in docs/simulate.md):",
-                  "```", head.get("command") or "", "```", "",
-                  "| scheme | p50 ms | p99 ms | p99.9 ms | RelAcc (mean) | RelAcc (worst 1%) | compute / input |",
-                  "|---|---|---|---|---|---|---|"]
-        for scheme, r in rows.items():
-            lines.append(f"| {scheme} | {_cell(r['p50_ms'])} | {_cell(r['p99_ms'])} | {_cell(r['p99.9_ms'])} | "
-                         f"{_cell(r.get('rel_acc'), '{:.4f}')} | "
-                         f"{'exact' if r.get('rel_acc_p1') is None else format(r['rel_acc_p1'], '.3f')} | "
-                         f"{r['measured_compute_per_input']:.2f} |")
-        n, rep, hed = rows.get("nercc"), rows.get("replication"), rows.get("hedged")
-        if n and rep and hed and None not in (n["p99.9_ms"], rep["p99.9_ms"], hed["p99.9_ms"]):
-            ratio = n["p99.9_ms"] / rep["p99.9_ms"]
-            ok = ratio <= 0.5 and n["rel_acc"] >= 0.96 and n["p99.9_ms"] < hed["p99.9_ms"]
-            lines += ["", f"NeRCC p99.9 = {ratio:.2f}x replication's at mean RelAcc {n['rel_acc']:.4f}, "
-                      f"{n['p99.9_ms'] / hed['p99.9_ms']:.2f}x hedged's (target <= 0.5x at RelAcc >= 0.96 and "
-                      f"below hedged: {'met' if ok else 'NOT met'}).", ""]
+    head = _summary(out_dir, "N100_K20_p0.3")
+    if head is None:
+        return []
+    st = head["settings"]
+    rows = next(iter(head["profiles"].values()))["schemes"]
+    lines = ["## N = 100, K = 20, bimodal p = 0.3 (+40 ms)", "",
+             f"{st['batches']} batches per scheme at {st['offered_batches_per_s']:g} batches/s, coded "
+             f"`{st['coded_policy']}`, deadline {st['deadline_ms']:g} ms, replication r = "
+             f"{st['replication_copies']}, hedged at the p95 of one request (wall time of this run, five schemes: "
+             f"{st['seconds']:.1f} s on the shared machine; the speed measured alone is in docs/simulate.md):",
+             *_command_block(head), "",
+             "| scheme | p50 ms | p99 ms | p99.9 ms | RelAcc (mean) | RelAcc (worst 1%) | compute / input |",
+             "|---|---|---|---|---|---|---|"]
+    for scheme, r in rows.items():
+        lines.append(f"| {scheme} | {_cell(r['p50_ms'])} | {_cell(r['p99_ms'])} | {_cell(r['p99.9_ms'])} | "
+                     f"{_cell(r.get('rel_acc'), '{:.4f}')} | "
+                     f"{'exact' if r.get('rel_acc_p1') is None else format(r['rel_acc_p1'], '.3f')} | "
+                     f"{r['measured_compute_per_input']:.2f} |")
+    n, rep, hed = rows.get(NERCC_NAME), rows.get(REPLICATION), rows.get(HEDGED)
+    if n and rep and hed and None not in (n["p99.9_ms"], rep["p99.9_ms"], hed["p99.9_ms"]):
+        ratio = n["p99.9_ms"] / rep["p99.9_ms"]
+        ok = ratio <= 0.5 and n["rel_acc"] >= 0.96 and n["p99.9_ms"] < hed["p99.9_ms"]
+        lines += ["", f"NeRCC p99.9 = {ratio:.2f}x replication's at mean RelAcc {n['rel_acc']:.4f}, "
+                  f"{n['p99.9_ms'] / hed['p99.9_ms']:.2f}x hedged's (target <= 0.5x at RelAcc >= 0.96 and "
+                  f"below hedged: {'met' if ok else 'NOT met'}).", ""]
     return lines
 
 

@@ -33,7 +33,19 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from nercc.coding.registry import CODED_SCHEMES, SCHEME_ORDER  # noqa: F401  (public here)
+from nercc.coding.registry import (  # noqa: F401  (CODED_SCHEMES, SCHEME_ORDER: public here)
+    BACC_NAME,
+    CODED_SCHEMES,
+    HEDGED,
+    NERCC0_NAME,
+    NERCC_NAME,
+    REPLICATION,
+    SCHEME_ORDER,
+    UNCODED,
+)
+from nercc.coding.registry import (
+    SCHEMES as REGISTRY,
+)
 from nercc.paths import REPO_ROOT
 from nercc.policy import MIN_CODED_ANSWERS, parse_policy  # noqa: F401  (public here)
 from nercc.serving.stragglers import StragglerProfile, parse_straggler
@@ -76,7 +88,7 @@ class SimSettings:
             raise ValueError(f"scheme {self.scheme!r} needs 2 <= K <= N, got K={self.n_inputs}, N={self.n_workers}")
         if self.n_inputs > self.n_workers:
             raise ValueError(f"K={self.n_inputs} inputs need at least as many workers, got N={self.n_workers}")
-        if self.scheme == "hedged" and self.n_workers < 2:
+        if self.hedged and self.n_workers < 2:
             raise ValueError("hedged needs N >= 2 workers (the second copy goes to another worker)")
         if not (self.rate > 0 and math.isfinite(self.rate)):
             raise ValueError(f"rate must be a positive number of batches per second, got {self.rate!r}")
@@ -100,8 +112,12 @@ class SimSettings:
         return self.scheme in CODED_SCHEMES
 
     @property
+    def hedged(self) -> bool:
+        return self.scheme == HEDGED
+
+    @property
     def copies(self) -> int:
-        return self.n_workers // self.n_inputs if self.scheme == "replication" else 1
+        return self.n_workers // self.n_inputs if self.scheme == REPLICATION else 1
 
     @property
     def width(self) -> int:
@@ -157,7 +173,7 @@ class ServiceModel:
     def kind_of(scheme: str) -> str:
         if scheme in CODED_SCHEMES:
             return "coded"
-        return "replication" if scheme == "replication" else "uncoded"
+        return REPLICATION if scheme == REPLICATION else UNCODED
 
     @classmethod
     def load(cls, path: Union[str, Path, None] = None) -> ServiceModel:
@@ -187,7 +203,7 @@ class ServiceModel:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"calibration file {path} is malformed ({exc!r}); re-record it with --measure") from exc
 
-    def one_request_quantile(self, q: float, kind: str = "uncoded") -> float:
+    def one_request_quantile(self, q: float, kind: str = UNCODED) -> float:
         return float(np.quantile(self.worker_ms[kind].ravel(), q))
 
     def draw_worker(self, rng: np.random.Generator, kind: str, n_batches: int, width: int) -> np.ndarray:
@@ -244,7 +260,7 @@ class CodingCost:
         from nercc.coding import make_scheme
 
         rng = np.random.default_rng(0)
-        lam = 1e-6 if scheme == "nercc" else 0.0
+        lam = 1e-6 if REGISTRY[scheme].smoothing else 0.0
         x = rng.random((n_inputs, *self.input_shape), dtype=np.float32)
         enc = []
         coder = make_scheme(scheme, n_inputs, n_workers, lam, lam)
@@ -279,7 +295,6 @@ class CodingCost:
 # accuracy from the accuracy benchmark's tables
 
 
-_TABLE_SCHEME = {"nercc": "nercc", "bacc": "bacc"}
 
 
 @dataclass
@@ -304,7 +319,7 @@ class AccuracyTable:
         s = np.asarray(n_stragglers, dtype=float)
         if self.scaled_from is not None:
             s = s * (self.n_workers / n_workers)
-        xs, ys = self.stragglers, self.rel[_TABLE_SCHEME[scheme]]
+        xs, ys = self.stragglers, self.rel[scheme]
         out = np.interp(s, xs, ys)
         beyond = s > xs[-1]
         if beyond.any() and len(xs) >= 2:
@@ -344,13 +359,13 @@ class AccuracyTable:
         with open(path) as fh:
             data = json.load(fh)
         ss = sorted(int(s) for s in data["results"])
-        rel = {"bacc": np.asarray([data["results"][str(s)]["bacc"]["relacc_mean"] for s in ss], dtype=float)}
+        rel = {BACC_NAME: np.asarray([data["results"][str(s)][BACC_NAME]["relacc_mean"] for s in ss], dtype=float)}
         # NeRCC: the tuned column where the lams were tuned for this (K, N, S); where the benchmark only had a
         # fallback (the nearest profile entry, tuned at another N) the lam = 0 column (NeRCC-0) instead:
         # lam = 0 is on every tuning grid, and fallback lams from N = 100 are far off at N = 500 .. 1000
         untuned = [str(data.get("lams", {}).get(str(s), {}).get("source", "")).startswith("profile fallback")
                    for s in ss]
-        rel["nercc"] = np.asarray([data["results"][str(s)]["nercc0" if u else "nercc"]["relacc_mean"]
+        rel[NERCC_NAME] = np.asarray([data["results"][str(s)][NERCC0_NAME if u else NERCC_NAME]["relacc_mean"]
                                    for s, u in zip(ss, untuned)], dtype=float)
         note = " (NeRCC: lam = 0 column, no tuned lams at this N)" if any(untuned) else ""
         return cls(model=data["model"], n_workers=int(data["N"]), n_inputs=int(data["K"]),
@@ -405,7 +420,7 @@ def make_draws(settings: SimSettings, service: ServiceModel, cost: Optional[Codi
         worker = (offset + j[None, :]) % n
         row = np.broadcast_to(j % k, (b, copies * k)).copy()
     draws = Draws(arrival, pre, np.full(b, service.master_hold_ms), post, worker, row, base, delay, hold)
-    if s.scheme == "hedged":
+    if s.hedged:
         # as nercc.client.core.plan_requests: input j's backup is the idle worker (offset + K + j) mod N, and
         # inputs j >= N - K get none (every worker already holds a first copy); -1 marks "no backup"
         draws.hedge_worker = np.where(np.arange(k)[None, :] < n - k, (worker + k) % n, -1)
@@ -426,7 +441,7 @@ def make_draws(settings: SimSettings, service: ServiceModel, cost: Optional[Codi
 def default_hedge_ms(settings: SimSettings, service: ServiceModel, n: int = 200_000) -> float:
     """The p95 of one worker request's latency (calibrated round trip + straggler delay), as the client does."""
     rng = np.random.default_rng([settings.seed, 99])
-    base = service.draw(service.worker_ms, rng, "uncoded", n)
+    base = service.draw(service.worker_ms, rng, UNCODED, n)
     delay = settings.profile.sample_delay_ms(rng, compute_ms=service.worker_hold_ms, size=n)
     return float(np.quantile(base + delay, 0.95))
 

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from nercc.coding.registry import CODED_SCHEMES, DEFAULT_SCHEME, HEDGED, REPLICATION, UNCODED
 from nercc.simulate import fast
 from nercc.simulate.core import summarize
 from nercc.simulate.model import AccuracyTable, CodingCost, ServiceModel, SimSettings, make_draws
@@ -62,7 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="M / N values for first:M (1.0 = wait for all, up to the deadline)")
     parser.add_argument("--deadlines-ms", default="10,15,20,30,50", help="deadlines to search")
     parser.add_argument("--batches", type=int, default=2000, help="simulated batches per setting (default 2000)")
-    parser.add_argument("--scheme", choices=("nercc", "bacc"), default="nercc")
+    parser.add_argument("--scheme", choices=CODED_SCHEMES, default=DEFAULT_SCHEME)
     parser.add_argument("--model", default="lenet5", help="accuracy tables of this model (default lenet5)")
     parser.add_argument("--calibration", default=None, help="calibration JSON (default: the committed one)")
     parser.add_argument("--top", type=int, default=5, help="coded settings to print (default 5)")
@@ -79,7 +80,7 @@ def _row(kind: str, settings: SimSettings, summary: Dict, **extra) -> Dict:
 def search(slo_p99_ms: float, min_relacc: float, straggler: str, max_compute: Optional[float] = None,
            rate: float = 10.0, workers=(12, 24, 50, 100, 200), overheads=(2, 3, 4, 5),
            answer_fractions=(0.5, 0.6, 0.7, 0.8, 0.9, 1.0), deadlines=(10, 15, 20, 30, 50), batches: int = 2000,
-           scheme: str = "nercc", model: str = "lenet5", calibration=None, seed: int = 0) -> Dict:
+           scheme: str = DEFAULT_SCHEME, model: str = "lenet5", calibration=None, seed: int = 0) -> Dict:
     service = calibration if isinstance(calibration, ServiceModel) else ServiceModel.load(calibration)
     cost = CodingCost()
     coded: List[Dict] = []
@@ -90,16 +91,16 @@ def search(slo_p99_ms: float, min_relacc: float, straggler: str, max_compute: Op
     for n, k in grid:  # N rounded to a multiple of the overhead r: N / K = r exactly (accuracy tables per r)
         base = dict(straggler=straggler, rate=rate, n_batches=batches, seed=seed)
         # replication on the same N workers
-        rep = SimSettings("replication", n, k, **base)
+        rep = SimSettings(REPLICATION, n, k, **base)
         draws = make_draws(rep, service, cost)
-        baselines.append(_row("replication", rep, summarize(rep, fast.run(rep, draws), draws, None),
+        baselines.append(_row(REPLICATION, rep, summarize(rep, fast.run(rep, draws), draws, None),
                               policy=f"r={n // k}", deadline_ms=None))
         if k not in seen_k:  # hedged and uncoded depend on K only (and N >= 2K for a free second worker)
             seen_k.add(k)
-            for name in ("uncoded", "hedged"):
+            for name in (UNCODED, HEDGED):
                 nb = 2 * k
                 probe = SimSettings(name, nb, k, **base)
-                for q in ((None,) if name == "uncoded" else (0.5, 0.9, 0.95)):
+                for q in ((None,) if name == UNCODED else (0.5, 0.9, 0.95)):
                     hedge = None
                     if q is not None:
                         hedge = service.one_request_quantile(q) if q < 0.95 else None
@@ -137,7 +138,7 @@ def search(slo_p99_ms: float, min_relacc: float, straggler: str, max_compute: Op
 
     feasible = sorted((r for r in coded if meets(r)), key=key)
     best = {}
-    for name in ("replication", "hedged", "uncoded"):
+    for name in (REPLICATION, HEDGED, UNCODED):
         rows = [r for r in baselines if r["scheme"] == name]
         ok = sorted((r for r in rows if meets(r, need_acc=False)), key=key)
         if ok:
