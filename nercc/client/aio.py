@@ -23,17 +23,15 @@ from typing import Any, List, Tuple
 
 import numpy as np
 
-from nercc.client.base import ClientBase
+from nercc.client.base import ClientBase, error_text, feed_answers
 from nercc.client.core import (
     DECODE,
     GIVE_UP,
     MIN_CODED_ANSWERS,
     CodedResult,
     Decision,
-    MasterError,
     ModelSpec,
     WaitState,
-    check_answer,
     spec_from_server_metadata,
 )
 from nercc.coding.registry import HEDGED
@@ -42,12 +40,6 @@ from nercc.coding.registry import HEDGED
 ABANDONED_REQUEST_TIMEOUT_S = 60.0
 #: Most extra warm-up batches ``hedged`` sends to measure its hedge delay.
 WARMUP_HEDGE_BATCHES_MAX = 50
-
-
-def _error_text(exc: BaseException) -> str:
-    message = getattr(exc, "message", None)
-    text = message() if callable(message) else str(exc)
-    return f"{type(exc).__name__}: {text}"
 
 
 def _master_fault(text: str) -> bool:
@@ -270,40 +262,24 @@ class CodedClient(ClientBase):
         Masters are tried in the pool's order, each with an equal share of the time left before the hard
         timeout (a frozen master cannot eat all of it); a master that fails is skipped for the cool-down.
         """
-        local = self._local_payloads(batch, is_raw)
-        if local is not None:
-            return local, "local", None
-        if not is_raw and not self.coded:
-            return batch, "local", None
+        ready = self._payloads_without_master(batch, is_raw)
+        if ready is not None:
+            return ready
         model, name, out, params = self._master_request(is_raw, k)
-        failures = []
-        order = self.masters.order(time.perf_counter()) if self.masters is not None else []
-        for attempt, index in enumerate(order):
-            left = hard_t - time.perf_counter()
-            if left <= 0:
-                failures.append("hard timeout reached")
-                break
+        failures: list = []
+        for index, url, timeout_s in self._master_attempts(hard_t, failures):
             try:
-                payloads = await self._infer_one(self._masters[index], model, name, batch, out,
-                                                 left / (len(order) - attempt), params)
+                payloads = await self._infer_one(self._masters[index], model, name, batch, out, timeout_s, params)
                 if self.coded:
-                    payloads = self._check_coded(payloads, self.master_urls[index])
+                    payloads = self._check_coded(payloads, url)
             except Exception as exc:  # noqa: BLE001 - a failed master: the next one, or the fallback
-                text = _error_text(exc)
-                if not _master_fault(text):
-                    # the master answered and refused this batch (bad request): another master would too
-                    raise MasterError(f"encoding on the master {self.master_urls[index]} ({model}) failed: {text}") \
-                        from exc
-                self.masters.failed(index, time.perf_counter(), text)
-                failures.append(f"{self.master_urls[index]}: {text}")
+                text = error_text(exc)
+                # refused: the master answered and refused this batch (bad request); another master would too
+                self._master_failed(index, text, failures, not _master_fault(text), model, exc)
                 continue
             self.masters.succeeded(index)
-            return payloads, "server", self.master_urls[index]
-        fallback = self._encode_fallback(batch, is_raw)
-        if fallback is not None:
-            return fallback, "local-fallback", "; ".join(failures) or "no master"
-        what = "encoding" if self.coded else "preprocessing"
-        raise MasterError(f"{what} failed on every master ({model}): " + "; ".join(failures))
+            return payloads, "server", url
+        return self._payloads_after_masters(batch, is_raw, model, failures)
 
     # ------------------------------------------------------------------ infer
     async def infer(self, batch: np.ndarray) -> CodedResult:
@@ -357,7 +333,7 @@ class CodedClient(ClientBase):
             ready = await self._workers[worker].is_server_ready(client_timeout=max(0.05, self.deadline_ms / 1e3))
             error = "" if ready else "not ready"
         except Exception as exc:  # noqa: BLE001 - an unreachable worker stays down
-            ready, error = False, _error_text(exc)
+            ready, error = False, error_text(exc)
         self.health.probe_result(worker, bool(ready), time.perf_counter(), error)
 
 
@@ -385,19 +361,15 @@ class _FanOut:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed worker is a straggler, recorded with its error
-            error = _error_text(exc)
+            error = error_text(exc)
             self.inbox.append((worker, time.perf_counter(), None, error))
         else:
-            t = time.perf_counter()  # where the answer arrives
-            client.hedge_delay.observe((t - t_sent) * 1e3)
-            error = check_answer(output, 1, spec.n_classes, client.answer_range)
+            record = client._answer_record(worker, t_sent, output)  # the time it arrived, taken here
+            error = record[3]
             ok = error is None
-            self.inbox.append((worker, t, output if ok else None, error))
+            self.inbox.append(record)
         finally:
-            if ok or error is not None:
-                client.health.finished(worker, ok, time.perf_counter(), error or "")
-            else:
-                client.health.released(worker)
+            client._request_done(worker, ok, error)
         self._wake()
 
     def _wake(self) -> None:
@@ -410,13 +382,7 @@ class _FanOut:
     def _feed(self) -> Decision:
         """Hand the arrived answers to the state machine, in arrival order, then tick the clock."""
         items, self.inbox = self.inbox, []
-        sends: list = []
-        for worker, t, output, error in items:
-            decision = (self.state.on_answer(worker, t, output) if error is None
-                        else self.state.on_failure(worker, t, error))
-            sends += decision.send
-        decision = self.state.on_tick(time.perf_counter())
-        return Decision(decision.action, tuple(sends) + decision.send, decision.reason)
+        return feed_answers(self.state, items, time.perf_counter())
 
     async def run(self) -> None:
         for worker, row in self.state.plan.requests.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from pathlib import Path
 from typing import Any, Dict, Sequence, Tuple
 
@@ -24,10 +25,13 @@ from nercc.client.core import (
     MIN_CODED_ANSWERS,
     SCHEMES,
     CodedResult,
+    Decision,
     HedgeDelay,
+    MasterError,
     ModelSpec,
     RequestPlan,
     WaitState,
+    check_answer,
 )
 from nercc.client.health import (
     DEFAULT_MASTER_COOLDOWN_S,
@@ -46,6 +50,30 @@ DECODE_CACHE_ENTRIES = 4096
 PREBUILD_MAX_SETS = 1000
 #: Worker round trips the hedge-delay estimator keeps (its p95 is the default hedge delay).
 HEDGE_WINDOW = 256
+
+
+def error_text(exc: BaseException, with_status: bool = False) -> str:
+    """``Type: message`` of a failed request (tritonclient's exceptions carry ``message()``); ``with_status``
+    adds the status in brackets (HTTP: 400 is a refusal, see nercc.client.gevent) and names the type when the
+    message is empty."""
+    message = getattr(exc, "message", None)
+    text = message() if callable(message) else str(exc)
+    if not with_status:
+        return f"{type(exc).__name__}: {text}"
+    status = getattr(exc, "status", None)
+    status = status() if callable(status) else None
+    return f"{type(exc).__name__}: {f'[{status}] ' if status else ''}{text or type(exc).__name__}"
+
+
+def feed_answers(state: WaitState, items, now: float) -> Decision:
+    """Hand arrived answers ``(worker, t, output, error)`` to the state machine in arrival order, then tick its
+    clock at ``now``: one decision whose ``send`` holds every request the answers and the tick asked for."""
+    sends: list = []
+    for worker, t, output, error in items:
+        decision = state.on_answer(worker, t, output) if error is None else state.on_failure(worker, t, error)
+        sends += decision.send
+    decision = state.on_tick(now)
+    return Decision(decision.action, tuple(sends) + decision.send, decision.reason)
 
 
 class ClientBase:
@@ -247,6 +275,63 @@ class ClientBase:
             params["lam_enc"] = self.setting(k).lam_enc
         model, name = (f"{self.model}_encode", "RAW") if is_raw else (f"{self.model}_encoder", "INPUT")
         return model, name, "CODED", params
+
+    # Step 1 of a batch, the payloads, around the transport's own master request: every transport runs
+    #   ready = _payloads_without_master(); for index, url, timeout_s in _master_attempts(): request,
+    #   _master_failed() on an error, return on success; then _payloads_after_masters().
+    def _payloads_without_master(self, batch: np.ndarray, is_raw: bool):
+        """(payloads, "local", None) when no master is asked (local encode, preprocessed baselines), else None."""
+        local = self._local_payloads(batch, is_raw)
+        if local is not None:
+            return local, "local", None
+        if not is_raw and not self.coded:
+            return batch, "local", None
+        return None
+
+    def _master_attempts(self, hard_t: float, failures: list):
+        """(index, url, timeout_s) per master in the pool's order, each with an equal share of the time left
+        before the hard timeout (a frozen master cannot eat all of it); stops when that time is up."""
+        order = self.masters.order(time.perf_counter()) if self.masters is not None else []
+        for attempt, index in enumerate(order):
+            left = hard_t - time.perf_counter()
+            if left <= 0:
+                failures.append("hard timeout reached")
+                return
+            yield index, self.master_urls[index], left / (len(order) - attempt)
+
+    def _master_failed(self, index: int, text: str, failures: list, refused: bool, model: str,
+                       exc: BaseException) -> None:
+        """A master's request failed: a refusal of the batch itself (every master would refuse it) raises; any
+        other failure skips the master for its cool-down and the next one is tried."""
+        url = self.master_urls[index]
+        if refused:
+            raise MasterError(f"encoding on the master {url} ({model}) failed: {text}") from exc
+        self.masters.failed(index, time.perf_counter(), text)
+        failures.append(f"{url}: {text}")
+
+    def _payloads_after_masters(self, batch: np.ndarray, is_raw: bool, model: str, failures: list):
+        """No master made the payloads: the local fallback of ``encode="auto"``, else a MasterError."""
+        fallback = self._encode_fallback(batch, is_raw)
+        if fallback is not None:
+            return fallback, "local-fallback", "; ".join(failures) or "no master"
+        what = "encoding" if self.coded else "preprocessing"
+        raise MasterError(f"{what} failed on every master ({model}): " + "; ".join(failures))
+
+    # A worker request, around the transport's own call: _answer_record() for an answer, then _request_done().
+    def _answer_record(self, worker: int, t_sent: float, output: np.ndarray) -> tuple:
+        """(worker, arrival time, output or None, error text or None) of an answer that just arrived: its round
+        trip goes into the hedge-delay estimate, the answer is checked (shape, finite, range)."""
+        t = time.perf_counter()
+        self.hedge_delay.observe((t - t_sent) * 1e3)
+        error = check_answer(output, 1, self.spec.n_classes, self.answer_range)
+        return worker, t, (output if error is None else None), error
+
+    def _request_done(self, worker: int, ok: bool, error: str | None) -> None:
+        """Tell the worker's health record: an answer or a failure, or (neither: cancelled, killed) released."""
+        if ok or error is not None:
+            self.health.finished(worker, ok, time.perf_counter(), error or "")
+        else:
+            self.health.released(worker)
 
     def _check_coded(self, coded: np.ndarray | None, url: str | None = None) -> np.ndarray:
         expected = (self.n_workers, *self.spec.input_shape)

@@ -27,16 +27,14 @@ import gevent
 import numpy as np
 from gevent.queue import Empty, Queue
 
-from nercc.client.base import ClientBase
+from nercc.client.base import ClientBase, error_text, feed_answers
 from nercc.client.core import (
     DECODE,
     GIVE_UP,
     CodedResult,
     Decision,
-    MasterError,
     ModelSpec,
     WaitState,
-    check_answer,
     spec_from_server_metadata,
 )
 from nercc.coding.registry import HEDGED
@@ -45,14 +43,6 @@ from nercc.coding.registry import HEDGED
 NETWORK_TIMEOUT_SLACK_S = 60.0
 #: Most extra warm-up batches ``hedged`` sends to measure its hedge delay.
 WARMUP_HEDGE_BATCHES_MAX = 50
-
-
-def _error_text(exc: BaseException) -> str:
-    message = getattr(exc, "message", None)
-    text = message() if callable(message) else str(exc)
-    status = getattr(exc, "status", None)
-    status = status() if callable(status) else None
-    return f"{type(exc).__name__}: {f'[{status}] ' if status else ''}{text or type(exc).__name__}"
 
 
 def _master_refused(exc: BaseException) -> bool:
@@ -111,7 +101,7 @@ class GeventCodedClient(ClientBase):
             try:
                 meta = worker.get_model_metadata(self.model)
             except Exception as exc:  # noqa: BLE001 - try the next worker, report them all
-                text = _error_text(exc)
+                text = error_text(exc, with_status=True)
                 if "unknown model" in text or "not found" in text:
                     raise ValueError(f"unknown model {self.model!r}: no local metadata and worker {url} does "
                                      f"not serve it ({text})") from exc
@@ -191,39 +181,24 @@ class GeventCodedClient(ClientBase):
         """(the rows the workers get, where they were made, which master), as
         :meth:`nercc.client.aio.CodedClient._payloads`: masters in the pool's order, each with an equal share
         of the time left, then the local fallback of ``encode="auto"``."""
-        local = self._local_payloads(batch, is_raw)
-        if local is not None:
-            return local, "local", None
-        if not is_raw and not self.coded:
-            return batch, "local", None
+        ready = self._payloads_without_master(batch, is_raw)
+        if ready is not None:
+            return ready
         model, name, out, params = self._master_request(is_raw, k)
-        failures = []
-        order = self.masters.order(time.perf_counter()) if self.masters is not None else []
-        for attempt, index in enumerate(order):
-            left = hard_t - time.perf_counter()
-            if left <= 0:
-                failures.append("hard timeout reached")
-                break
-            url = self.master_urls[index]
+        failures: list = []
+        for index, url, timeout_s in self._master_attempts(hard_t, failures):
             try:
-                with gevent.Timeout(left / (len(order) - attempt), TimeoutError(f"no answer within {left:.3f} s")):
+                with gevent.Timeout(timeout_s, TimeoutError(f"no answer within {timeout_s:.3f} s")):
                     payloads = self._infer_one(self._masters[index], model, name, batch, out, params)
                 if self.coded:
                     payloads = self._check_coded(payloads, url)
             except Exception as exc:  # noqa: BLE001 - a failed master: the next one, or the fallback
-                text = _error_text(exc)
-                if _master_refused(exc):
-                    raise MasterError(f"encoding on the master {url} ({model}) failed: {text}") from exc
-                self.masters.failed(index, time.perf_counter(), text)
-                failures.append(f"{url}: {text}")
+                self._master_failed(index, error_text(exc, with_status=True), failures, _master_refused(exc), model,
+                                    exc)
                 continue
             self.masters.succeeded(index)
             return payloads, "server", url
-        fallback = self._encode_fallback(batch, is_raw)
-        if fallback is not None:
-            return fallback, "local-fallback", "; ".join(failures) or "no master"
-        what = "encoding" if self.coded else "preprocessing"
-        raise MasterError(f"{what} failed on every master ({model}): " + "; ".join(failures))
+        return self._payloads_after_masters(batch, is_raw, model, failures)
 
     # ------------------------------------------------------------------ infer
     def infer(self, batch: np.ndarray) -> CodedResult:
@@ -270,7 +245,7 @@ class GeventCodedClient(ClientBase):
                 ready = self._workers[worker].is_server_ready()
             error = "" if ready else "not ready"
         except Exception as exc:  # noqa: BLE001 - an unreachable worker stays down
-            ready, error = False, _error_text(exc)
+            ready, error = False, error_text(exc, with_status=True)
         self.health.probe_result(worker, bool(ready), time.perf_counter(), error)
 
 
@@ -298,31 +273,21 @@ class _GeventFanOut:
             output = client._infer_one(client._workers[worker], client.model, spec.input_name,
                                        self.payloads[row:row + 1], spec.output_name)
         except Exception as exc:  # noqa: BLE001 - a failed worker is a straggler, recorded with its error
-            error = _error_text(exc)
+            error = error_text(exc, with_status=True)
             self.inbox.put((worker, time.perf_counter(), None, error))
         else:
-            t = time.perf_counter()  # where the answer arrives
-            client.hedge_delay.observe((t - t_sent) * 1e3)
-            error = check_answer(output, 1, spec.n_classes, client.answer_range)
+            record = client._answer_record(worker, t_sent, output)  # the time it arrived, taken here
+            error = record[3]
             ok = error is None
-            self.inbox.put((worker, t, output if ok else None, error))
+            self.inbox.put(record)
         finally:
-            if ok or error is not None:
-                client.health.finished(worker, ok, time.perf_counter(), error or "")
-            else:
-                client.health.released(worker)
+            client._request_done(worker, ok, error)
 
     def _send(self, worker: int, row: int) -> None:
         self.greenlets.append(gevent.spawn(self._request, worker, row))
 
     def _feed(self, items) -> Decision:
-        sends: list = []
-        for worker, t, output, error in items:
-            decision = (self.state.on_answer(worker, t, output) if error is None
-                        else self.state.on_failure(worker, t, error))
-            sends += decision.send
-        decision = self.state.on_tick(time.perf_counter())
-        return Decision(decision.action, tuple(sends) + decision.send, decision.reason)
+        return feed_answers(self.state, items, time.perf_counter())
 
     def _next_items(self) -> list:
         """The answers in the inbox, waiting for one until the state's next wake-up when it is empty."""
