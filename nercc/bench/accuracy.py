@@ -34,7 +34,6 @@ import numpy as np
 from nercc import tables
 from nercc.bench.experiment import (
     RESULTS_DIR,
-    BatchedModel,
     Inputs,
     Model,
     Trials,
@@ -43,7 +42,6 @@ from nercc.bench.experiment import (
     load_inputs,
     parse_int_list,
     straggler_sets,
-    trial_batches,
 )
 from nercc.coding import BACC, CodedSetting, CodingScheme, NeRCC, make_scheme, profile_entry
 from nercc.coding import SCHEMES as SCHEME_REGISTRY
@@ -173,11 +171,8 @@ def run_benchmark(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
         raise ValueError(f"need 2 <= K <= N, got K = {n_inputs}, N = {n_workers}")
     if n_trials < 1:
         raise ValueError(f"trials must be >= 1, got {n_trials}")
-    batches = trial_batches(len(inputs.x), n_inputs, n_trials, seed)
-    labels = inputs.labels[batches]
-    model = BatchedModel(f, batch_size, progress)
-    trials = Trials(model, inputs.x[batches], labels)
-    base_acc = float(np.mean(trials.base_top1 == labels))
+    trials = Trials.draw(f, inputs, n_inputs, n_trials, seed, batch_size, progress)
+    base_acc = float(np.mean(trials.base_top1 == trials.labels))
     results: Dict[str, dict] = {}
     for s, name, scheme in _variants(stragglers, n_inputs, n_workers, smoothing, "decode", progress):
         row = _score_row(trials.score(scheme, straggler_sets(n_workers, s, n_trials, seed)), base_acc)
@@ -187,10 +182,10 @@ def run_benchmark(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
     return {
         "base_accuracy": base_acc,
         "results": results,
-        "f_calls": model.calls,
-        "f_images": model.images,
-        "f_seconds": round(model.seconds, 2),
-        "eval_inputs_distinct": int(len(np.unique(batches))),
+        "f_calls": trials.model.calls,
+        "f_images": trials.model.images,
+        "f_seconds": round(trials.model.seconds, 2),
+        "eval_inputs_distinct": int(len(np.unique(trials.batches))),
     }
 
 
@@ -462,9 +457,7 @@ def run_byzantine(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
     if bad:
         raise ValueError(f"with {n_byzantine} Byzantine workers, stragglers must leave at least K = {n_inputs} "
                          f"honest answers: S <= {n_workers - n_inputs - n_byzantine}, got {bad}")
-    batches = trial_batches(len(inputs.x), n_inputs, n_trials, seed)
-    model = BatchedModel(f, batch_size, progress)
-    trials = Trials(model, inputs.x[batches], inputs.labels[batches])
+    trials = Trials.draw(f, inputs, n_inputs, n_trials, seed, batch_size, progress)
     results: Dict[str, dict] = {}
     for s, name, scheme in _variants(stragglers, n_inputs, n_workers, smoothing, "byzantine", progress):
         arrived = straggler_sets(n_workers, s, n_trials, seed)
@@ -472,7 +465,7 @@ def run_byzantine(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
         results.setdefault(str(s), {})[name] = _byzantine_row(scheme, trials, arrived, liars, attacks, threshold,
                                                               seed, s)
     return {"results": results, "threshold": threshold, "n_byzantine": n_byzantine, "attacks": list(attacks),
-            "f_images": model.images, "f_seconds": round(model.seconds, 2)}
+            "f_images": trials.model.images, "f_seconds": round(trials.model.seconds, 2)}
 
 
 def _byzantine_row(scheme: CodingScheme, trials: Trials, arrived: np.ndarray, liars: np.ndarray,

@@ -78,11 +78,9 @@ def configure_all(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    try:
-        return _dispatch(args)
-    except (ValueError, FileNotFoundError) as exc:  # bad settings or a model not exported: one clear line
-        print(f"nercc bench {args.bench_command}: error: {exc}", file=sys.stderr)
-        return 2
+    from nercc.bench.experiment import exit_code_of
+
+    return exit_code_of(f"nercc bench {args.bench_command}", lambda: _dispatch(args))
 
 
 def _dispatch(args) -> int:

@@ -137,10 +137,20 @@ class Trials:
         self.x_trials = np.asarray(x_trials, dtype=np.float64)
         self.n_trials, self.n_inputs = x_trials.shape[:2]
         self.labels = labels
+        self.batches: np.ndarray | None = None  # (T, K) indices into the input pool, when drawn by draw()
         flat = x_trials.reshape(self.n_trials * self.n_inputs, *x_trials.shape[2:])
         self.base = model(flat, desc="f(x)").reshape(self.n_trials, self.n_inputs, -1)
         self.base_top1 = self.base.argmax(-1)
         self._outputs: Dict[tuple, np.ndarray] = {}
+
+    @classmethod
+    def draw(cls, f, inputs: Inputs, n_inputs: int, n_trials: int, seed: int, batch_size: int,
+             progress: bool = False) -> Trials:
+        """T trials of K inputs drawn from ``inputs`` (:func:`trial_batches`), labels kept, f run in batches."""
+        batches = trial_batches(len(inputs.x), n_inputs, n_trials, seed)
+        trials = cls(BatchedModel(f, batch_size, progress), inputs.x[batches], inputs.labels[batches])
+        trials.batches = batches
+        return trials
 
     def worker_outputs(self, scheme: CodingScheme) -> np.ndarray:
         """f on every coded input of every trial, (T, N, C); computed once per encoding matrix."""
@@ -190,3 +200,11 @@ def parse_int_list(text: str) -> List[int]:
         raise ValueError(f"expected integers like '0,10,20' or '0:60:10', got {text!r}") from None
 
 
+def exit_code_of(prog: str, run: Callable[[], int]) -> int:
+    """``run()``'s exit code; bad settings or a model not exported (ValueError, FileNotFoundError) print one
+    clear line naming the problem and give 2, without a traceback."""
+    try:
+        return run()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2

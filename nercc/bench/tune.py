@@ -32,6 +32,7 @@ from nercc.bench.experiment import (
     Trials,
     command_line,
     default_batch_size,
+    exit_code_of,
     load_inputs,
     parse_int_list,
     straggler_sets,
@@ -234,11 +235,7 @@ def tune_argv(model: str, n_workers: int, n_inputs: int, n_stragglers: int, args
 
 
 def main(args) -> int:
-    try:
-        return _tune(args)
-    except (ValueError, FileNotFoundError) as exc:  # bad settings or a model not exported: one clear line
-        print(f"nercc tune: error: {exc}", file=sys.stderr)
-        return 2
+    return exit_code_of("nercc tune", lambda: _tune(args))
 
 
 def _tune(args) -> int:
@@ -297,11 +294,7 @@ def main_sweep(args) -> int:
     This is an analysis of how smoothing acts, not a selection, so it uses the evaluation inputs; the
     tuned lams in the profile come from held-out inputs.
     """
-    try:
-        return _sweep(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"nercc bench sweep: error: {exc}", file=sys.stderr)
-        return 2
+    return exit_code_of("nercc bench sweep", lambda: _sweep(args))
 
 
 def sweep_grid(trials: Trials, n_workers: int, arrived: np.ndarray, enc: Sequence[float],
@@ -329,9 +322,7 @@ def _sweep(args) -> int:
     started = time.perf_counter()
     f = OnnxModel(info, threads=args.threads)
     inputs = load_inputs(info, "eval", T * K, args.seed)
-    batches = trial_batches(len(inputs.x), K, T, args.seed)
-    model = BatchedModel(f, default_batch_size(info.input_dim), not args.quiet)
-    trials = Trials(model, inputs.x[batches], inputs.labels[batches])
+    trials = Trials.draw(f, inputs, K, T, args.seed, default_batch_size(info.input_dim), not args.quiet)
     arrived = straggler_sets(N, S, T, args.seed)
     enc, dec = parse_lam_grid(args.enc_grid), parse_lam_grid(args.dec_grid)
     grid = sweep_grid(trials, N, arrived, enc, dec)
