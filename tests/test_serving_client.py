@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import time
 
 import numpy as np
 import pytest
 
 pytest.importorskip("tritonclient.grpc.aio")
+
+from conftest import free_port, mse  # noqa: E402
 
 from nercc.client import (  # noqa: E402
     CodedClient,
@@ -71,17 +72,6 @@ def run(coro):
 async def infer_all(client: CodedClient, batches):
     async with client:
         return [await client.infer(b) for b in batches]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def mse(pred: np.ndarray, ref: np.ndarray) -> float:
-    """DESIGN.md's MSE: mean over inputs of the squared L2 distance between probability vectors."""
-    return float(((pred - ref) ** 2).sum(axis=1).mean())
 
 
 # ------------------------------------------------------------------------------------------------ accuracy

@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc")
 import tritonclient.grpc as grpcclient  # noqa: E402
+from conftest import assert_cluster_gone, require_tritonserver_and_model  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from nercc.coding import BACC, NeRCC  # noqa: E402
@@ -26,24 +27,19 @@ from nercc.models import OnnxModel, load_model_info  # noqa: E402
 from nercc.preprocessing import preprocess  # noqa: E402
 from nercc.profiles import lookup  # noqa: E402
 from nercc.serving import ClusterError, LocalCluster, PortInUseError, ServerStartError  # noqa: E402
-from nercc.serving.cluster import find_tritonserver, leftover_shm, running_processes  # noqa: E402
+from nercc.serving.cluster import leftover_shm, running_processes  # noqa: E402
 
 MODEL = "lenet5"
 LIMIT = 2**20  # max_request_bytes of the shared cluster: small, so the byte-limit check is cheap to hit
 
-try:
-    find_tritonserver()
-    load_model_info(MODEL).onnx_path.exists() or pytest.skip("lenet5 not exported", allow_module_level=True)
-except ClusterError as exc:  # pragma: no cover - a machine without the serve extra
-    pytest.skip(str(exc), allow_module_level=True)
+require_tritonserver_and_model(MODEL)
 
 
 @pytest.fixture(scope="module")
 def cluster():
     with LocalCluster(MODEL, n_workers=3, max_request_bytes=LIMIT, http=True) as c:
         yield c
-    assert running_processes(c.pids()) == [], "servers or stubs left after stop()"
-    assert leftover_shm(c.shm_prefix) == [], "shared-memory regions left after stop()"
+    assert_cluster_gone(c)
 
 
 @pytest.fixture(scope="module")

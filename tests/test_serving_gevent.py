@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,8 @@ import pytest
 
 pytest.importorskip("gevent")
 pytest.importorskip("tritonclient.http")
+
+from conftest import free_port, mse  # noqa: E402
 
 from nercc.client import CodedClient, GeventCodedClient, NotEnoughAnswersError  # noqa: E402
 from nercc.paths import REPO_ROOT  # noqa: E402
@@ -57,16 +58,6 @@ def mnist():
     raw = np.ascontiguousarray(raw[:32])
     x = preprocess(load_model_info(MODEL), raw)
     return raw, x, OnnxModel(MODEL, threads=1)(x)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def mse(pred: np.ndarray, ref: np.ndarray) -> float:
-    return float(((pred - ref) ** 2).sum(axis=1).mean())
 
 
 def gevent_client(cluster, urls=None, **kw) -> GeventCodedClient:

@@ -9,20 +9,17 @@ import pytest
 pytest.importorskip("tritonclient.grpc")
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
+from conftest import assert_cluster_gone, require_tritonserver_and_model  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from nercc.models import load_model_info  # noqa: E402
-from nercc.serving import ClusterError, LocalCluster  # noqa: E402
-from nercc.serving.cluster import admin_headers, find_tritonserver, leftover_shm, running_processes  # noqa: E402
+from nercc.serving import LocalCluster  # noqa: E402
+from nercc.serving.cluster import admin_headers  # noqa: E402
 
 MODEL = "lenet5"
 LIMIT = 2**20  # the master's max_request_bytes here: small, so the float32-growth check is cheap to reach
 
-try:
-    find_tritonserver()
-    load_model_info(MODEL).onnx_path.exists() or pytest.skip("lenet5 not exported", allow_module_level=True)
-except ClusterError as exc:  # pragma: no cover - a machine without the serve extra
-    pytest.skip(str(exc), allow_module_level=True)
+require_tritonserver_and_model(MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +27,7 @@ def cluster():
     with LocalCluster(MODEL, n_workers=6, http=True, n_masters=2, faults={1: "nan", 3: "large"},
                       max_request_bytes=LIMIT) as c:
         yield c
-    assert running_processes(c.pids()) == []
-    assert leftover_shm(c.shm_prefix) == []
+    assert_cluster_gone(c)
 
 
 def _stub_region(cluster, index):
