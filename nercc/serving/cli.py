@@ -11,7 +11,6 @@ the NGC containers) and starts nothing.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
@@ -144,7 +143,7 @@ def main(args) -> int:
     if len(models) != 1:
         print("nercc serve: a cluster serves one model; give a single --model", file=sys.stderr)
         return 2
-    from nercc.serving.cluster import ClusterError, LocalCluster
+    from nercc.serving.cluster import LocalCluster
     from nercc.serving.stragglers import parse_straggler
 
     try:
@@ -153,11 +152,7 @@ def main(args) -> int:
         print(f"nercc serve: --straggler: {exc}", file=sys.stderr)
         return 2
 
-    # SIGTERM (systemd, kill, CI) takes the same clean path as Ctrl-C
-    def _terminate(signum, frame):
-        raise KeyboardInterrupt
-
-    from nercc.serving.node import tls_from_args
+    from nercc.serving.node import serve_until_stopped, tls_from_args
 
     try:
         tls = tls_from_args(args)
@@ -167,7 +162,6 @@ def main(args) -> int:
     if args.masters < 1:
         print(f"nercc serve: --masters must be >= 1, got {args.masters}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
     cluster = LocalCluster(
         models[0], n_workers=args.workers, straggler=args.straggler, seed=args.seed, base_port=args.base_port,
         tritonserver=args.tritonserver, master=not args.no_master, http=args.http, ort_threads=args.ort_threads,
@@ -177,15 +171,11 @@ def main(args) -> int:
     )
     n_servers = args.workers + (0 if args.no_master else args.masters)
     print(f"starting {n_servers} tritonserver(s) for {models[0]} (straggler: {cluster.straggler}) ...", flush=True)
-    try:
-        with cluster:
-            _print_cluster(cluster, models[0], args)
-            _watch(cluster)
-    except KeyboardInterrupt:
-        print("\nstopped: every server is down and its shared memory removed")
+
+    def serve() -> int:
+        _print_cluster(cluster, models[0], args)
+        _watch(cluster)
         return 0
-    except (ClusterError, FileNotFoundError, ValueError) as exc:
-        print(f"nercc serve: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return serve_until_stopped("nercc serve", cluster, serve,
+                               "\nstopped: every server is down and its shared memory removed")

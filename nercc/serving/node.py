@@ -144,45 +144,55 @@ def build(role: str, args):
                         max_request_bytes=args.max_request_bytes, **common)
 
 
-def run(role: str, args) -> int:
+def serve_until_stopped(prog: str, cluster, serve, stopped: str) -> int:
+    """``serve()`` inside ``with cluster`` until it returns, Ctrl-C or SIGTERM (systemd, kill, Kubernetes: the
+    same clean path as Ctrl-C, every server stopped); a cluster error is one line on stderr and exit code 1."""
     from nercc.serving.cluster import ClusterError
-
-    prog = f"nercc {role}"
 
     def _terminate(signum, frame):
         raise KeyboardInterrupt
 
-    try:
-        cluster = build(role, args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _terminate)  # systemd, kill, Kubernetes: the same clean path as Ctrl-C
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         with cluster:
-            server = cluster.servers[0]
-            what = f"worker {args.index}" if role == "worker" else "master"
-            print(f"{what} ready in {cluster.startup_s:.1f} s: gRPC {server.url}"
-                  + (" (TLS)" if cluster.tls is not None else "")
-                  + (f", HTTP {server.http_url}" if server.http_url else "")
-                  + (f", metrics {server.metrics_url}" if server.metrics_url else ""), flush=True)
-            if args.urls_file is not None:
-                record = {"role": role, "model": cluster.meta.name, "url": server.url, "http_url": server.http_url,
-                          "metrics_url": server.metrics_url, "tls": cluster.tls is not None}
-                if role == "worker":
-                    record["index"] = args.index
-                args.urls_file.write_text(json.dumps(record, indent=2) + "\n")
-            print("serving; Ctrl-C to stop", flush=True)
-            while True:
-                time.sleep(1.0)
-                if cluster.check():
-                    print(f"{prog}: tritonserver exited; last log lines:\n{server.log_tail(10)}", file=sys.stderr)
-                    return 1
+            return serve()
     except KeyboardInterrupt:
-        print("stopped", flush=True)
+        print(stopped, flush=True)
         return 0
     except (ClusterError, FileNotFoundError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def run(role: str, args) -> int:
+    prog = f"nercc {role}"
+    try:
+        cluster = build(role, args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    return serve_until_stopped(prog, cluster, lambda: _serve_node(prog, role, args, cluster), "stopped")
+
+
+def _serve_node(prog: str, role: str, args, cluster) -> int:
+    """The started node: print where it serves, write --urls-file, then watch the server until it exits."""
+    server = cluster.servers[0]
+    what = f"worker {args.index}" if role == "worker" else "master"
+    print(f"{what} ready in {cluster.startup_s:.1f} s: gRPC {server.url}"
+          + (" (TLS)" if cluster.tls is not None else "")
+          + (f", HTTP {server.http_url}" if server.http_url else "")
+          + (f", metrics {server.metrics_url}" if server.metrics_url else ""), flush=True)
+    if args.urls_file is not None:
+        record = {"role": role, "model": cluster.meta.name, "url": server.url, "http_url": server.http_url,
+                  "metrics_url": server.metrics_url, "tls": cluster.tls is not None}
+        if role == "worker":
+            record["index"] = args.index
+        args.urls_file.write_text(json.dumps(record, indent=2) + "\n")
+    print("serving; Ctrl-C to stop", flush=True)
+    while True:
+        time.sleep(1.0)
+        if cluster.check():
+            print(f"{prog}: tritonserver exited; last log lines:\n{server.log_tail(10)}", file=sys.stderr)
+            return 1
