@@ -141,3 +141,37 @@ def test_master_instances_set_the_instance_count(meta):
     assert [g.count for g in defaults["lenet5_encoder"].instance_group] == [1]
     with pytest.raises(ValueError, match="master_instances"):
         master_configs(meta, nercc_model_dir="../lenet5", master_instances=0)
+
+
+ENV_IN_MODEL_DIR = "$$TRITON_MODEL_DIRECTORY/nercc-env.tar.gz"
+
+
+def test_execution_env_goes_into_every_python_backend_config(tmp_path):
+    """--execution-env: EXECUTION_ENV_PATH in the Python-backend configs (worker, preprocess, encoder, encode),
+    none in a native onnxruntime config; the configs still parse; without it no config names one."""
+    from nercc.cli import main
+
+    assert main(["serve", "--write-repository", str(tmp_path / "py"), "--model", "lenet5", "--copy",
+                 "--execution-env", ENV_IN_MODEL_DIR]) == 0
+    configs = {p.parent.name: _parse(p.read_text()) for p in (tmp_path / "py").glob("*/config.pbtxt")}
+    assert set(configs) == {"lenet5", "lenet5_preprocess", "lenet5_encoder", "lenet5_encode"}
+    for name, config in configs.items():
+        assert config.backend == "python", name
+        assert config.parameters["EXECUTION_ENV_PATH"].string_value == ENV_IN_MODEL_DIR, name
+    write_repository(tmp_path / "native", ["lenet5"], role="worker", native_onnxruntime=True,
+                     execution_env="/opt/nercc/env.tar.gz")
+    assert "EXECUTION_ENV_PATH" not in _parse((tmp_path / "native" / "lenet5" / "config.pbtxt").read_text()).parameters
+    write_repository(tmp_path / "default", ["lenet5"])
+    assert not [p for p in (tmp_path / "default").glob("*/config.pbtxt") if "EXECUTION_ENV_PATH" in p.read_text()]
+
+
+def test_execution_env_errors_name_the_problem(tmp_path, capsys):
+    from nercc.cli import main
+
+    assert main(["serve", "--write-repository", str(tmp_path), "--execution-env", "env.tar.gz"]) == 2
+    assert "absolute path or start with $$TRITON_MODEL_DIRECTORY/" in capsys.readouterr().err
+    # a runtime cluster runs on this host: an absolute environment must exist here (checked before any start)
+    assert main(["serve", "--workers", "1", "--execution-env", str(tmp_path / "missing.tar.gz")]) == 2
+    assert "does not exist on this host" in capsys.readouterr().err
+    assert main(["master", "--port", "auto", "--execution-env", str(tmp_path / "missing.tar.gz")]) == 2
+    assert "does not exist on this host" in capsys.readouterr().err

@@ -60,7 +60,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "dynamic batching in the worker configs")
     parser.add_argument("--metrics", action="store_true",
                         help="open each server's Prometheus endpoint (Triton metrics) on a free port")
-    from nercc.serving.node import add_tls_options
+    from nercc.serving.node import EXECUTION_ENV_HELP, add_tls_options
+
+    parser.add_argument("--execution-env", default=None, metavar="PATH", help=EXECUTION_ENV_HELP)
 
     add_tls_options(parser)
 
@@ -80,7 +82,8 @@ def _write_repository(args) -> int:
     folders = write_repository(args.write_repository, _models(args), role=args.role,
                                native_onnxruntime=args.native_onnxruntime,
                                max_request_bytes=args.max_request_bytes, intra_op_threads=args.ort_threads,
-                               master_instances=args.master_instances, copy=args.copy, gpu=args.gpu)
+                               master_instances=args.master_instances, copy=args.copy, gpu=args.gpu,
+                               execution_env=args.execution_env)
     for folder in folders:
         print(folder)
     kind = "native onnxruntime" if args.native_onnxruntime else "Python-backend onnxruntime"
@@ -162,13 +165,18 @@ def main(args) -> int:
     if args.masters < 1:
         print(f"nercc serve: --masters must be >= 1, got {args.masters}", file=sys.stderr)
         return 2
-    cluster = LocalCluster(
-        models[0], n_workers=args.workers, straggler=args.straggler, seed=args.seed, base_port=args.base_port,
-        tritonserver=args.tritonserver, master=not args.no_master, http=args.http, ort_threads=args.ort_threads,
-        master_instances=args.master_instances, max_request_bytes=args.max_request_bytes,
-        start_timeout_s=args.start_timeout, workdir=args.log_dir,
-        keep_logs=args.log_dir is not None, metrics=args.metrics, tls=tls, n_masters=args.masters,
-    )
+    try:
+        cluster = LocalCluster(
+            models[0], n_workers=args.workers, straggler=args.straggler, seed=args.seed, base_port=args.base_port,
+            tritonserver=args.tritonserver, master=not args.no_master, http=args.http, ort_threads=args.ort_threads,
+            master_instances=args.master_instances, max_request_bytes=args.max_request_bytes,
+            start_timeout_s=args.start_timeout, workdir=args.log_dir,
+            keep_logs=args.log_dir is not None, metrics=args.metrics, tls=tls, n_masters=args.masters,
+            execution_env=args.execution_env,
+        )
+    except (ValueError, FileNotFoundError) as exc:  # bad settings: one line, nothing started
+        print(f"nercc serve: {exc}", file=sys.stderr)
+        return 2
     n_servers = args.workers + (0 if args.no_master else args.masters)
     print(f"starting {n_servers} tritonserver(s) for {models[0]} (straggler: {cluster.straggler}) ...", flush=True)
 

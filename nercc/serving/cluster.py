@@ -404,6 +404,20 @@ def _check_fixed_ports(fixed: dict, n_servers: int, base_port) -> None:
             raise ValueError(f"{name} must be in 1..65535, got {value}")
 
 
+def _execution_env_here(execution_env: str | None, repository: Path | None) -> str | None:
+    """The EXECUTION_ENV_PATH for runtime repositories, checked: this host runs them, so an absolute path must
+    exist here; a written repository (``repository``) carries its own."""
+    env = repo.check_execution_env(execution_env)
+    if env is None:
+        return None
+    if repository is not None:
+        raise ValueError("execution_env applies to the repositories the launcher writes; a written repository "
+                         "carries its own (nercc serve --write-repository DIR --execution-env PATH)")
+    if not env.startswith(repo.MODEL_DIRECTORY_VARIABLE) and not Path(env).exists():
+        raise ValueError(f"execution environment {env} does not exist on this host")
+    return env
+
+
 class LocalCluster:
     """Start a master and ``n_workers`` worker tritonservers for ``model`` on loopback (a context manager).
 
@@ -436,6 +450,8 @@ class LocalCluster:
     repository : serve this written repository (``write_repository(..., copy=True)``) instead of writing
         runtime ones; each server loads only its own models, per-worker settings come from the environment
     device : the worker's onnxruntime device: auto (CUDA when available), cpu or cuda
+    execution_env : EXECUTION_ENV_PATH of the Python-backend models this cluster writes (a conda-pack archive
+        with nercc installed; ``repository.check_execution_env``); None: the launcher's own interpreter
     workdir : where runtime repositories and logs go (default: a fresh temp dir, removed on stop
         unless ``keep_logs``)
     restrict : put shared-memory, model-repository, trace and logging behind ``admin_key`` (default on)
@@ -478,6 +494,7 @@ class LocalCluster:
         faults: dict | None = None,
         restrict: bool = True,
         admin_key: str | None = None,
+        execution_env: str | None = None,
     ):
         _check_counts(n_workers=n_workers, n_masters=n_masters, master_instances=master_instances,
                       ort_threads=ort_threads, first_worker_index=first_worker_index)
@@ -509,7 +526,7 @@ class LocalCluster:
         self.first_worker_index = int(first_worker_index)
         self.metrics = bool(metrics) or metrics_port is not None
         self.http = bool(http) or http_port is not None
-        self.tls, self.device = tls, device
+        self.tls, self.device, self.execution_env = tls, device, _execution_env_here(execution_env, repository)
         self.repository = None if repository is None else Path(repository).resolve()
         self.meta = self._model_meta(model)  # fails fast on a missing model
         self.token = f"nercc{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -688,13 +705,14 @@ class LocalCluster:
             if _is_master(role) and self.repository is None:
                 repo.write_master_models(repository, self.meta, absolute_paths=True,
                                          max_request_bytes=self.max_request_bytes,
-                                         master_instances=self.master_instances)
+                                         master_instances=self.master_instances, execution_env=self.execution_env)
             elif not _is_master(role):
                 worker_index = int(role.split("-")[1])
                 if self.repository is None:
                     repo.write_worker_model(repository, self.meta, absolute_paths=True, straggler=self.straggler,
                                             seed=self.seed, worker_index=worker_index,
-                                            intra_op_threads=self.ort_threads, max_batch_size=self.worker_max_batch)
+                                            intra_op_threads=self.ort_threads, max_batch_size=self.worker_max_batch,
+                                            execution_env=self.execution_env)
                 # the environment carries the per-worker settings (the only way for a shared repository)
                 env = {WORKER_ENV["worker_index"]: str(worker_index), WORKER_ENV["straggler"]: self.straggler,
                        WORKER_ENV["seed"]: str(self.seed), WORKER_ENV["device"]: self.device,

@@ -63,6 +63,12 @@ def tls_from_args(args):
     return TLSFiles(cert=cert, key=key, ca=ca, mutual=False if args.tls_no_client_auth else None)
 
 
+#: --help of --execution-env (nercc serve, worker, master).
+EXECUTION_ENV_HELP = ("EXECUTION_ENV_PATH of the Python-backend models: a conda-pack .tar.gz (or unpacked folder) "
+                      "with nercc[serve] installed, absolute or '$$TRITON_MODEL_DIRECTORY/...' (quote the $$); "
+                      "default: the stub runs this interpreter's environment. docs/deploy.md")
+
+
 def _configure_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="lenet5", help="exported model (model_repository/<model>)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -82,6 +88,7 @@ def _configure_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for readiness")
     parser.add_argument("--urls-file", type=Path, default=None,
                         help="write this server's URLs as JSON here once ready (merge them into urls.json)")
+    parser.add_argument("--execution-env", default=None, metavar="PATH", help=EXECUTION_ENV_HELP)
     add_tls_options(parser)
 
 
@@ -130,6 +137,7 @@ def build(role: str, args):
     ports = _ports(args)
     common = dict(tritonserver=args.tritonserver, host=args.host, tls=tls_from_args(args),
                   repository=args.repository, start_timeout_s=args.start_timeout, workdir=args.log_dir,
+                  execution_env=args.execution_env,
                   keep_logs=args.log_dir is not None, **ports)
     if role == "worker":
         if args.index < 0:

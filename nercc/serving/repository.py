@@ -88,6 +88,37 @@ def _set_parameters(config, params: dict) -> None:
         config.parameters[key].string_value = str(value)
 
 
+#: Triton's Python-backend parameter naming the stub's Python environment (a conda-pack archive or folder).
+EXECUTION_ENV_PARAMETER = "EXECUTION_ENV_PATH"
+#: What Triton replaces with the model's own folder in that parameter.
+MODEL_DIRECTORY_VARIABLE = "$$TRITON_MODEL_DIRECTORY"
+
+
+def check_execution_env(path: str | None) -> str | None:
+    """The EXECUTION_ENV_PATH value for the Python-backend models, or None (the default: the stub runs the
+    interpreter Triton was started with, whose environment must have nercc installed).
+
+    Triton's python_backend unpacks a conda-pack ``.tar.gz`` there (or uses an unpacked one) and runs the stub
+    in it, so nercc and its serve extra must be installed in that environment, with the Python version the
+    stub was built for. It must be absolute or start with ``$$TRITON_MODEL_DIRECTORY/`` (resolved on the
+    server: the model's folder); a relative path would depend on tritonserver's working directory.
+    """
+    if path is None:
+        return None
+    text = str(path).strip()
+    if not text:
+        raise ValueError("execution environment: empty path")
+    if not (text.startswith(MODEL_DIRECTORY_VARIABLE + "/") or os.path.isabs(text)):
+        raise ValueError(f"execution environment must be an absolute path or start with "
+                         f"{MODEL_DIRECTORY_VARIABLE}/ (the model's folder on the server), got {text!r}")
+    return text
+
+
+def _set_execution_env(config, execution_env: str | None) -> None:
+    if execution_env is not None:
+        config.parameters[EXECUTION_ENV_PARAMETER].string_value = check_execution_env(execution_env)
+
+
 def _add_instances(config, kind: str, count: int) -> None:
     from tritonclient.grpc import model_config_pb2
 
@@ -112,8 +143,12 @@ def worker_config(
     onnx_path: str | None = None,
     gpu: bool = False,
     gpu_instances: int = 1,
+    execution_env: str | None = None,
 ) -> str:
-    """config.pbtxt of the worker model ``<name>``: input ``input`` [b, *input_shape], output ``probs``."""
+    """config.pbtxt of the worker model ``<name>``: input ``input`` [b, *input_shape], output ``probs``.
+
+    ``execution_env``: EXECUTION_ENV_PATH of the Python-backend worker (:func:`check_execution_env`); the
+    native onnxruntime config runs no Python and takes none."""
     if native_onnxruntime:
         from nercc.serving.stragglers import parse_straggler
 
@@ -136,13 +171,15 @@ def worker_config(
         if onnx_path is not None:
             params["onnx_path"] = onnx_path
         _set_parameters(config, params)
+        _set_execution_env(config, execution_env)
         _add_instances(config, "KIND_CPU", 1)
     _add_tensor(config.input, meta.input_name, "TYPE_FP32", meta.input_shape)
     _add_tensor(config.output, meta.output_name, "TYPE_FP32", [meta.n_classes])
     return _text(config)
 
 
-def _master_config(name: str, inputs: list, outputs: list, params: dict, instances: int) -> str:
+def _master_config(name: str, inputs: list, outputs: list, params: dict, instances: int,
+                   execution_env: str | None = None) -> str:
     """A master Python model (no batching axis: K and N travel in the first dimension)."""
     config = _model_config(name, 0, backend="python")
     for tensor in inputs:
@@ -151,6 +188,7 @@ def _master_config(name: str, inputs: list, outputs: list, params: dict, instanc
         _add_tensor(config.output, *tensor)
     _add_instances(config, "KIND_CPU", instances)
     _set_parameters(config, params)
+    _set_execution_env(config, execution_env)
     return _text(config)
 
 
@@ -160,6 +198,7 @@ def master_configs(
     nercc_model_dir: str,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     master_instances: int = 1,
+    execution_env: str | None = None,
 ) -> dict:
     """{model name: config.pbtxt} of ``<name>_preprocess``, ``<name>_encoder`` and ``<name>_encode``.
 
@@ -176,12 +215,13 @@ def master_configs(
     raw = ("RAW", _TRITON_TYPES[meta.raw_dtype], [-1, *meta.raw_dims])
     batch_input = [-1, *meta.input_shape]
     inputs, coded = ("INPUT", "TYPE_FP32", batch_input), ("CODED", "TYPE_FP32", batch_input)
+    env = check_execution_env(execution_env)
     return {
-        f"{name}_preprocess": _master_config(f"{name}_preprocess", [raw], [inputs], params, master_instances),
-        f"{name}_encoder": _master_config(f"{name}_encoder", [inputs], [coded], params, master_instances),
+        f"{name}_preprocess": _master_config(f"{name}_preprocess", [raw], [inputs], params, master_instances, env),
+        f"{name}_encoder": _master_config(f"{name}_encoder", [inputs], [coded], params, master_instances, env),
         # preprocess + encode in one Python model (the encoder backend with a UINT8 input): one stub hop on the
         # master, where the former preprocess -> encoder ensemble paid two (issue 9: most of the coded path's cost)
-        f"{name}_encode": _master_config(f"{name}_encode", [raw], [coded], params, master_instances),
+        f"{name}_encode": _master_config(f"{name}_encode", [raw], [coded], params, master_instances, env),
     }
 
 
@@ -267,6 +307,7 @@ def write_master_models(
     absolute_paths: bool = False,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     master_instances: int = 1,
+    execution_env: str | None = None,
 ) -> List[Path]:
     """Write ``dest/<name>_preprocess``, ``dest/<name>_encoder`` and ``dest/<name>_encode``."""
     dest = Path(dest)
@@ -279,7 +320,7 @@ def write_master_models(
         model_dir_param = os.path.relpath(meta.dir, dest / f"{meta.name}_encoder")
     folders = []
     configs = master_configs(meta, nercc_model_dir=model_dir_param, max_request_bytes=max_request_bytes,
-                             master_instances=master_instances)
+                             master_instances=master_instances, execution_env=execution_env)
     backend_of = {f"{meta.name}_preprocess": "preprocess", f"{meta.name}_encoder": "encoder",
                   f"{meta.name}_encode": "encoder"}
     for model_name, text in configs.items():
@@ -307,17 +348,20 @@ def write_repository(
     master_instances: int = 1,
     copy: bool = False,
     gpu: bool = False,
+    execution_env: str | None = None,
 ) -> List[Path]:
     """A static repository for deployment (``nercc serve --write-repository``): worker and/or master models.
 
     ``copy``: real files, no links and no host paths (portable: ship it to other hosts or into an image).
     ``gpu``: native onnxruntime workers get a KIND_GPU instance group and dynamic batching.
+    ``execution_env``: EXECUTION_ENV_PATH of every Python-backend model (:func:`check_execution_env`).
     """
     if role not in ("all", "master", "worker"):
         raise ValueError(f"role must be 'all', 'master' or 'worker', got {role!r}")
     if gpu and not native_onnxruntime:
         raise ValueError("gpu=True writes native onnxruntime configs (KIND_GPU); add native_onnxruntime=True "
                          "(the Python-backend worker picks its device from NERCC_DEVICE instead)")
+    execution_env = check_execution_env(execution_env)
     dest = Path(dest)
     # links stay relative inside the checkout (it can move as a whole), absolute from anywhere else
     relative = "copy" if copy else _inside(dest, REPO_ROOT)
@@ -326,9 +370,12 @@ def write_repository(
         meta = read_model_meta(model, model_repository)
         if role in ("all", "worker"):
             extra = {"gpu": True} if gpu else {}
+            if not native_onnxruntime:
+                extra["execution_env"] = execution_env
             written.append(write_worker_model(dest, meta, native_onnxruntime=native_onnxruntime, relative=relative,
                                               intra_op_threads=intra_op_threads, **extra))
         if role in ("all", "master"):
             written += write_master_models(dest, meta, relative=relative, absolute_paths=not relative,
-                                           max_request_bytes=max_request_bytes, master_instances=master_instances)
+                                           max_request_bytes=max_request_bytes, master_instances=master_instances,
+                                           execution_env=execution_env)
     return written
