@@ -15,6 +15,12 @@ def shipped_files():
     """(source, path under nercc/_shipped) of every file the wheel carries in place of the checkout."""
     for model_py in sorted((ROOT / "python_backends").glob("*/model.py")):
         yield model_py, model_py.relative_to(ROOT)
+    # the committed measurements the simulator reads (nercc.paths.COMMITTED_RESULTS): calibration, accuracy
+    results = ROOT / "bench" / "results"
+    for path in [*sorted(results.glob("accuracy_*.json")), results / "scale" / "calibration.json",
+                 *sorted((results / "scale" / "accuracy").glob("accuracy_*.json"))]:
+        if path.is_file():
+            yield path, path.relative_to(ROOT)
     for meta in sorted((ROOT / "model_repository").glob("*/nercc.json")):
         folder = meta.parent
         for name in ("nercc.json", "tuning.json", "1/model.onnx"):

@@ -30,6 +30,10 @@ MODEL_REPOSITORY = (
     else (_CHECKOUT if IN_CHECKOUT else SHIPPED) / "model_repository"
 )
 
+#: Committed measurements the code reads (the simulator's calibration and accuracy tables): the checkout's
+#: bench/results/, else the wheel's copy of those files. Commands write their own results under REPO_ROOT.
+COMMITTED_RESULTS = (_CHECKOUT if IN_CHECKOUT else SHIPPED) / "bench" / "results"
+
 #: Model names shipped or produced by `nercc export`.
 MODEL_NAMES = ("lenet5", "repvgg_cifar10", "vit_b16", "efficientnet_lite0")
 

@@ -9,6 +9,7 @@ installed nercc and serve the models shipped in the wheel.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import site
@@ -38,9 +39,14 @@ def installed(tmp_path_factory):
     dist = tmp / "dist"
     # build from a clean copy: setuptools reuses ./build, where files of removed modules would linger
     source = tmp / "source"
-    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "reports",
-        "runs", "results", "checkpoints"))
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+                                  ".ruff_cache", "reports", "runs", "checkpoints")
+
+    def ignore(folder, names):  # results folders stay out, but bench/results: the wheel ships some of it
+        keep_results = Path(folder) == REPO_ROOT / "bench"
+        return set(skip(folder, names)) | ({"results"} & set(names) if not keep_results else set())
+
+    shutil.copytree(REPO_ROOT, source, ignore=ignore)
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", dist, source],
          cwd=tmp, env=os.environ.copy())
     (wheel,) = dist.glob("nercc-*.whl")
@@ -100,6 +106,17 @@ def test_model_repository_flag(installed, tmp_path):
     bad = subprocess.run([bin_dir / "nercc", "--model-repository", tmp_path / "missing", "demo"], cwd=elsewhere,
                          env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "no such folder" in bad.stderr
+
+
+def test_simulator_reads_the_shipped_measurements(installed):
+    """`nercc simulate` from another folder finds the committed calibration and accuracy tables in the wheel."""
+    bin_dir, env, elsewhere = installed
+    _run([bin_dir / "nercc", "simulate", "--workers", "12", "--inputs", "4", "--batches", "300",
+          "--schemes", "uncoded,nercc", "--out", "sim"], elsewhere, env)
+    summary = json.loads((elsewhere / "sim" / "summary.json").read_text())
+    assert "_shipped" in summary["settings"]["calibration"], summary["settings"]["calibration"]
+    nercc = next(iter(summary["profiles"].values()))["schemes"]["nercc"]
+    assert nercc["rel_acc"] is not None and 0.5 < nercc["rel_acc"] <= 1.0, nercc
 
 
 def test_demo_from_the_wheel(installed):

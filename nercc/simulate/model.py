@@ -46,14 +46,15 @@ from nercc.coding.registry import (  # noqa: F401  (CODED_SCHEMES, SCHEME_ORDER:
 from nercc.coding.registry import (
     SCHEMES as REGISTRY,
 )
-from nercc.paths import REPO_ROOT
+from nercc.paths import COMMITTED_RESULTS
 from nercc.policy import MIN_CODED_ANSWERS, parse_policy  # noqa: F401  (public here)
 from nercc.serving.stragglers import StragglerProfile, parse_straggler
 
 SCHEMES = SCHEME_ORDER
 #: Answers within this many ms of a hedge timer count as in time (both engines; float rounding differs).
 TIE_MS = 1e-6
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
+#: committed calibration and accuracy tables (the checkout's bench/results, or the wheel's copy of them)
+RESULTS_DIR = COMMITTED_RESULTS
 SCALE_DIR = RESULTS_DIR / "scale"
 DEFAULT_CALIBRATION = SCALE_DIR / "calibration.json"
 #: accuracy tables measured for the simulator (same format as bench/results/accuracy_*.json)
