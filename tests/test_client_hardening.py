@@ -54,6 +54,47 @@ def test_restrict_plan_baselines_move_inputs_to_idle_workers():
     assert restrict_plan(full, {1, 2, 3}).requests == full.requests
 
 
+def test_a_worker_busy_with_an_abandoned_straggler_gets_no_new_request_while_others_are_idle():
+    health = WorkerHealth(4, avoid_stragglers=True)
+    health.sent(1)
+    health.abandoned(1)  # its batch decoded without it
+    assert health.busy_straggling(1) and health.available(1)  # soft: the planner decides
+    health.sent(1)  # a later batch's request (not abandoned) completing must not clear the flag
+    health.finished(1, True, 0.0)
+    assert health.busy_straggling(1)
+    health.finished(1, True, 0.1, abandoned=True)
+    assert not health.busy_straggling(1)
+    health.sent(2)
+    health.abandoned(2)
+    health.released(2, abandoned=True)  # cancelled: also ends it
+    assert not health.busy_straggling(2)
+    off = WorkerHealth(4)  # off by default
+    off.sent(0)
+    off.abandoned(0)
+    assert not off.busy_straggling(0)
+
+
+def test_planner_routes_around_busy_stragglers_only_while_enough_workers_are_idle():
+    from nercc.client import CodedClient
+
+    urls = [f"127.0.0.1:{port}" for port in range(2, 14)]  # never contacted: planning is local
+    coded = CodedClient("127.0.0.1:1", urls, model="lenet5", scheme="nercc", n_inputs=4, policy="first:8",
+                        deadline_ms=40, avoid_stragglers=True)
+    for w in (0, 1, 2):
+        coded.health.sent(w)
+        coded.health.abandoned(w)
+    assert sorted(coded._plan(4).requests) == list(range(3, 12))  # 9 idle >= M = 8
+    for w in range(3, 8):
+        coded.health.sent(w)
+        coded.health.abandoned(w)
+    assert sorted(coded._plan(4).requests) == list(range(12))  # only 4 idle: M could not come; send to all
+    uncoded = CodedClient("127.0.0.1:1", urls, model="lenet5", scheme="uncoded", n_inputs=4, deadline_ms=40,
+                          avoid_stragglers=True)
+    uncoded.health.sent(1)
+    uncoded.health.abandoned(1)
+    assert uncoded._plan(4).requests == {0: 0, 4: 1, 2: 2, 3: 3}  # input 1 moves to an idle worker
+
+
 def test_worker_health_marks_down_probes_and_caps_in_flight():
     health = WorkerHealth(4, max_failures=3, probe_interval_s=1.0, max_in_flight=2)
     events = []

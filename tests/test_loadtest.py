@@ -95,8 +95,10 @@ def test_both_engines_end_to_end_with_calibration_and_frontier(cluster, tmp_path
     st = summary["settings"]
     cal = summary["calibration"]["schemes"]
     knees = [c["knee_batches_per_s"] for c in cal.values()]
-    assert st["offered_batches_per_s"] == pytest.approx(run._nice(0.3 * min(knees)))
+    assert st["offered_batches_per_s"] == pytest.approx(run._nice(0.15 * min(knees)))
     assert st["deadline_ms"] == pytest.approx(np.ceil(8 * cal["nercc"]["p50_ms_light"]))
+    patience = min(np.ceil(cal["nercc"]["p50_ms_light"]), st["deadline_ms"] - 1)
+    assert st["coded_policy"] == f"first:{N_WORKERS // 2 + 1}@{patience:g}" and "auto" in st["policy_choice"]
     block = summary["profiles"]["none"]
     assert set(block["engines"]) == {"asyncio", "locust"}
     for scheme in ("uncoded", "nercc"):
@@ -233,7 +235,7 @@ def test_dead_worker_needs_a_local_cluster():
 def test_profile_all_is_the_issue_set():
     plan = run.check_args(parse("--profile", "all"))
     assert plan["profiles"] == ["bimodal", "bimodal-0.2", "bimodal-0.3", "slow-workers", "dead-worker"]
-    assert plan["engines"] == ["asyncio", "locust"] and plan["policy"] == "first:8"
+    assert plan["engines"] == ["asyncio", "locust"] and plan["policy"] == "first:7" and plan["auto_patience"]
 
 
 # ------------------------------------------------------------------------------------------------ pure parts
@@ -319,6 +321,11 @@ def test_first_m_replay():
     # fewer than 2 by the deadline: wait for the second answer (late)
     assert report.reconstruct_first_m(record, 4, 4, deadline_ms=5.5) == (2.0 + 4.0 + 0.5, (0, 1))
     assert report.reconstruct_first_m({"ms": 3.0}, 2, 4, 20.0) == (None, ())
+    # first:M@T: all in by T -> every answer; else T with those in when M came by T; else the M-th
+    everyone = dict(record, worker_ms={"0": 3.0, "1": 4.0, "2": 6.0, "3": 5.0})
+    assert report.reconstruct_first_m(everyone, 2, 4, 20.0, patience_ms=10.0) == (2.0 + 6.0 + 0.5, (0, 1, 2, 3))
+    assert report.reconstruct_first_m(record, 2, 4, 20.0, patience_ms=10.0) == (2.0 + 8.0 + 0.5, (0, 1, 3))
+    assert report.reconstruct_first_m(record, 3, 4, 20.0, patience_ms=6.0) == (2.0 + 5.0 + 0.5, (0, 1, 3))
 
 
 def test_first_m_frontier_accuracy_uses_the_right_workers():

@@ -343,6 +343,7 @@ class _FanOut:
     def __init__(self, client: CodedClient, state: WaitState, payloads: np.ndarray):
         self.client, self.state, self.payloads = client, state, payloads
         self.tasks: dict = {}
+        self.abandoned: set = set()  # workers whose request was still in flight when the batch ended
         self.inbox: list = []  # (worker, arrival time, output or None, error text or None)
         self.waiter: asyncio.Future | None = None  # set by an arrival or by the wake-up timer
         # an expiring gRPC deadline is a cancellation too: without cancel_stragglers only a generous one,
@@ -369,7 +370,7 @@ class _FanOut:
             ok = error is None
             self.inbox.append(record)
         finally:
-            client._request_done(worker, ok, error)
+            client._request_done(worker, ok, error, abandoned=worker in self.abandoned)
         self._wake()
 
     def _wake(self) -> None:
@@ -414,9 +415,11 @@ class _FanOut:
     def _abandon(self) -> None:
         """Requests still in flight: cancel them, or leave them to finish in the background (the default)."""
         client = self.client
-        for task in self.tasks.values():
+        for worker, task in self.tasks.items():
             if task.done():
                 continue
+            self.abandoned.add(worker)
+            client.health.abandoned(worker)
             if client.cancel_stragglers:
                 task.cancel()
             else:

@@ -115,6 +115,7 @@ class ClientBase:
         probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         master_cooldown_s: float = DEFAULT_MASTER_COOLDOWN_S,
+        avoid_stragglers: bool = False,
     ):
         master_urls = [] if not master_url else ([master_url] if isinstance(master_url, str) else list(master_url))
         self._check_arguments(master_urls, worker_urls, scheme, deadline_ms, hard_timeout_ms, lam_enc, lam_dec,
@@ -156,7 +157,8 @@ class ClientBase:
             answer_range = (lo, hi)
         self.answer_range = answer_range
         self.health = WorkerHealth(len(self.worker_urls), max_failures=max_failures,
-                                   probe_interval_s=probe_interval_s, max_in_flight=max_in_flight)
+                                   probe_interval_s=probe_interval_s, max_in_flight=max_in_flight,
+                                   avoid_stragglers=avoid_stragglers)
         self._settings: Dict[int, Any] = {}  # K -> CodedSetting
         self._rotation = itertools.count()
         self._closed = False
@@ -326,12 +328,13 @@ class ClientBase:
         error = check_answer(output, 1, self.spec.n_classes, self.answer_range)
         return worker, t, (output if error is None else None), error
 
-    def _request_done(self, worker: int, ok: bool, error: str | None) -> None:
-        """Tell the worker's health record: an answer or a failure, or (neither: cancelled, killed) released."""
+    def _request_done(self, worker: int, ok: bool, error: str | None, abandoned: bool = False) -> None:
+        """Tell the worker's health record: an answer or a failure, or (neither: cancelled, killed) released;
+        ``abandoned``: the batch had stopped waiting for this request."""
         if ok or error is not None:
-            self.health.finished(worker, ok, time.perf_counter(), error or "")
+            self.health.finished(worker, ok, time.perf_counter(), error or "", abandoned=abandoned)
         else:
-            self.health.released(worker)
+            self.health.released(worker, abandoned=abandoned)
 
     def _check_coded(self, coded: np.ndarray | None, url: str | None = None) -> np.ndarray:
         expected = (self.n_workers, *self.spec.input_shape)
@@ -358,6 +361,12 @@ class ClientBase:
         rotation = 0 if self.coded else next(self._rotation)
         plan = core.plan_requests(self.scheme, k, self.n_workers, rotation)
         available = {w for w in range(self.n_workers) if self.health.available(w)}
+        idle = {w for w in available if not self.health.busy_straggling(w)}
+        # a worker still busy with an abandoned straggler would queue the new request behind it: leave it out
+        # while the batch keeps enough idle workers (coded: the answers the policy waits for)
+        needed = max(self.min_answers, self.policy_m or 0) if self.coded else 0
+        if len(idle & set(plan.requests)) >= needed:
+            available = idle
         return core.restrict_plan(plan, available)
 
     def _check_policy(self, min_answers: int) -> None:

@@ -261,7 +261,8 @@ class _GeventFanOut:
 
     def __init__(self, client: GeventCodedClient, state: WaitState, payloads: np.ndarray):
         self.client, self.state, self.payloads = client, state, payloads
-        self.greenlets: list = []
+        self.greenlets: list = []  # (worker, greenlet)
+        self.abandoned: set = set()  # workers whose request was still in flight when the batch ended
         self.inbox: Queue = Queue()  # (worker, arrival time, output or None, error text or None)
 
     def _request(self, worker: int, row: int) -> None:
@@ -281,10 +282,10 @@ class _GeventFanOut:
             ok = error is None
             self.inbox.put(record)
         finally:
-            client._request_done(worker, ok, error)
+            client._request_done(worker, ok, error, abandoned=worker in self.abandoned)
 
     def _send(self, worker: int, row: int) -> None:
-        self.greenlets.append(gevent.spawn(self._request, worker, row))
+        self.greenlets.append((worker, gevent.spawn(self._request, worker, row)))
 
     def _feed(self, items) -> Decision:
         return feed_answers(self.state, items, time.perf_counter())
@@ -310,6 +311,8 @@ class _GeventFanOut:
             if decision.action in (DECODE, GIVE_UP):
                 break
             decision = self._feed(self._next_items())
-        for greenlet in self.greenlets:
+        for worker, greenlet in self.greenlets:
             if not greenlet.dead:
+                self.abandoned.add(worker)
+                self.client.health.abandoned(worker)
                 self.client._abandoned.add(greenlet)

@@ -45,6 +45,7 @@ class WorkerState:
     down_since: float | None = None
     next_probe_t: float | None = None
     in_flight: int = 0
+    abandoned: int = 0  # requests in flight that their batch stopped waiting for: this worker is straggling
     last_error: str = ""
     total_failures: int = 0
     marked_down: int = 0  # how many times
@@ -54,11 +55,13 @@ class WorkerHealth:
     """Health of N workers: consecutive failures, down/up, probes due, in-flight caps."""
 
     def __init__(self, n_workers: int, max_failures: int = DEFAULT_MAX_FAILURES,
-                 probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
+                 probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 avoid_stragglers: bool = False):
         self.n_workers = _positive("n_workers", n_workers, integer=True)
         self.max_failures = _positive("max_failures", max_failures, integer=True)
         self.probe_interval_s = _positive("probe_interval_s", probe_interval_s)
         self.max_in_flight = _positive("max_in_flight", max_in_flight, integer=True)
+        self.avoid_stragglers = bool(avoid_stragglers)
         self.workers: List[WorkerState] = [WorkerState() for _ in range(self.n_workers)]
         #: called with the worker index when it is marked down / back up (e.g. ClientMetrics' health hook)
         self.on_down = None
@@ -81,6 +84,11 @@ class WorkerHealth:
         state = self.workers[worker]
         return state.down_since is None and state.in_flight < self.max_in_flight
 
+    def busy_straggling(self, worker: int) -> bool:
+        """Still working on a request a batch gave up on (``avoid_stragglers``): a new request would queue
+        behind it, so the planner prefers other workers while enough others are idle."""
+        return self.avoid_stragglers and self.workers[worker].abandoned > 0
+
     def unavailable(self) -> Dict[int, str]:
         """Workers that get no new request now, with the reason (for results and error messages)."""
         out = {}
@@ -95,15 +103,24 @@ class WorkerHealth:
     def sent(self, worker: int) -> None:
         self.workers[worker].in_flight += 1
 
-    def released(self, worker: int) -> None:
+    def abandoned(self, worker: int) -> None:
+        """A batch decoded (or gave up) while its request to ``worker`` was still in flight."""
+        self.workers[worker].abandoned += 1
+
+    def released(self, worker: int, abandoned: bool = False) -> None:
         """A request ended without an outcome (cancelled by the client): frees its in-flight slot only."""
         state = self.workers[worker]
         state.in_flight = max(0, state.in_flight - 1)
+        if abandoned:
+            state.abandoned = max(0, state.abandoned - 1)
 
-    def finished(self, worker: int, ok: bool, t: float, error: str = "") -> None:
-        """A request to ``worker`` completed (``ok``), failed or timed out (``error``) at time ``t``."""
+    def finished(self, worker: int, ok: bool, t: float, error: str = "", abandoned: bool = False) -> None:
+        """A request to ``worker`` completed (``ok``), failed or timed out (``error``) at time ``t``;
+        ``abandoned``: its batch had stopped waiting for it (see :meth:`abandoned`)."""
         state = self.workers[worker]
         state.in_flight = max(0, state.in_flight - 1)
+        if abandoned:
+            state.abandoned = max(0, state.abandoned - 1)
         if ok:
             self._back_up(worker)
             return

@@ -37,6 +37,7 @@ from nercc.coding.registry import (
     SCHEMES,
     UNCODED,
 )
+from nercc.policy import parse_policy
 
 PERCENTILES = (50, 90, 95, 99, 99.9)
 SCHEME_LABELS = {name: info.label for name, info in SCHEMES.items()}
@@ -270,19 +271,30 @@ def ramp_summary(log: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ frontier
-def reconstruct_first_m(record: dict, m: int, n_workers: int, deadline_ms: float, min_answers: int = 2):
-    """(latency ms or None, answer set) that policy first:M would have had on this batch of an ``all`` trace.
+def reconstruct_first_m(record: dict, m: int, n_workers: int, deadline_ms: float, min_answers: int = 2,
+                        patience_ms: float | None = None):
+    """(latency ms or None, answer set) that policy first:M (first:M@T with ``patience_ms``) would have had on
+    this batch of an ``all`` trace.
 
     The workers do the same work whatever M is (stragglers are abandoned, not cancelled), so only the client's
     moment of decision changes: the M-th answer, or the deadline when fewer came by then (then the answers in by
-    the deadline, or the first ``min_answers`` if fewer: late). None when the batch never had enough answers.
+    the deadline, or the first ``min_answers`` if fewer: late). first:M@T: every answer if all N came before T,
+    else T if M came by then. None when the batch never had enough answers.
     """
     if not answered(record):
         return None, ()
     times = sorted((float(ms), int(w)) for w, ms in record.get("worker_ms", {}).items())
-    budget = deadline_ms - float(record["encode_ms"])  # time left for the fan-out once the coded inputs are back
-    if len(times) >= m and times[m - 1][0] <= budget:
-        wait, used = times[m - 1][0], times[:m]
+    encode_ms = float(record["encode_ms"])
+    budget = deadline_ms - encode_ms  # time left for the fan-out once the coded inputs are back
+    patience = None if patience_ms is None else patience_ms - encode_ms
+    if patience is not None and len(times) == n_workers and times[-1][0] <= patience:
+        wait, used = times[-1][0], times
+    elif len(times) >= m and times[m - 1][0] <= budget:
+        if patience is not None and times[m - 1][0] <= patience:
+            used = [t for t in times if t[0] <= patience]
+            wait = patience
+        else:
+            wait, used = times[m - 1][0], times[:m]
     else:
         by_deadline = [t for t in times if t[0] <= budget]
         if len(by_deadline) >= min_answers:
@@ -291,13 +303,15 @@ def reconstruct_first_m(record: dict, m: int, n_workers: int, deadline_ms: float
             wait, used = times[min_answers - 1][0], times[:min_answers]
         else:
             return None, ()
-    latency = float(record["encode_ms"]) + wait + float(record.get("decode_ms", 0.0))
+    latency = encode_ms + wait + float(record.get("decode_ms", 0.0))
     return latency, tuple(sorted(w for _, w in used))
 
 
 def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_workers: int, deadline_ms: float,
-             n_stragglers: int, reference: Reference | None, ms: Sequence[int], max_accuracy_batches: int = 400) -> list:
-    """p50/p99/p99.9 and RelAcc of first:M for each M, from one trace run of a coded scheme.
+             n_stragglers: int, reference: Reference | None, ms: Sequence[int], max_accuracy_batches: int = 400,
+             patience_ms: float | None = None) -> list:
+    """p50/p99/p99.9 and RelAcc of first:M (first:M@T with ``patience_ms``) for each M, from one trace run of a
+    coded scheme.
 
     Accuracy: decode, from exactly the workers first:M would have used, the local model's outputs on the coded
     inputs (the same encoding matrix as the master's encoder), for up to ``max_accuracy_batches`` batches.
@@ -322,7 +336,7 @@ def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_work
     for m in ms:
         latencies, hits, base_hits, sq = [], 0, 0, []
         for i, record in enumerate(records):
-            latency, used = reconstruct_first_m(record, m, n_workers, deadline_ms)
+            latency, used = reconstruct_first_m(record, m, n_workers, deadline_ms, patience_ms=patience_ms)
             latencies.append(math.inf if latency is None else latency)
             if reference is None or latency is None or i >= max_accuracy_batches:
                 continue
@@ -370,14 +384,15 @@ def analyse(summary: dict, out_dir: Path, record_predictions: bool = True) -> No
             block["engine_comparison"] = compare_engines(block["engines"])
             for scheme, row in block["engine_comparison"].items():
                 block["schemes"][scheme]["engine_agreement"] = row
-        coded_m = int(st["coded_policy"].split(":")[1]) if st["coded_policy"].startswith("first:") else None
+        coded_policy = parse_policy(st["coded_policy"], n)
+        coded_m = coded_policy.m
         block["frontier"] = {}
         for run in [r for r in block["runs"] if r["kind"] == "trace"]:
             requests, _ = read_log(raw / run["requests_log"])
             ms = list(range(max(2, k), n + 1))
             block["frontier"][run["scheme"]] = frontier(
                 requests, run["scheme"], st["model"], k, n, st["deadline_ms"],
-                n - coded_m if coded_m else 0, reference, ms)
+                n - coded_m if coded_m else 0, reference, ms, patience_ms=coded_policy.patience_ms)
         name = f"latency_cdf_{profile}.png"
         plot_cdf(out_dir / name, latencies, st["deadline_ms"],
                  f"{st['model']}, N = {n}, K = {k}, {st['offered_batches_per_s']:g} batches/s offered "
@@ -595,9 +610,10 @@ def write_markdown(path: Path, summary: dict) -> None:
         if "ramp" in plots:
             lines += [f"![capacity ramp]({plots['ramp']})", ""]
     if frontier_table(summary):
-        lines += ["### Accuracy-latency frontier over M in first:M", "",
+        family = _policy_family(summary["settings"])
+        lines += [f"### Accuracy-latency frontier over M in {family}", "",
                   "From one trace run per coded scheme at the same load with policy `all` (every worker's arrival "
-                  "time kept): first:M's decision moment and answer set are replayed per batch, and its accuracy is "
+                  f"time kept): {family}'s decision moment and answer set are replayed per batch, and its accuracy is "
                   "decoded from exactly those workers (local model on the same coded inputs). The workers' work does "
                   "not depend on M (stragglers are abandoned, not cancelled).", "", frontier_table(summary), ""]
     for profile, block in summary["profiles"].items():
@@ -697,6 +713,12 @@ def plot_cdf(path: Path, latencies: Dict[str, Sequence[float]], deadline_ms: flo
     _save(fig, path, title)
 
 
+def _policy_family(settings: dict) -> str:
+    """``first:M`` or ``first:M@T`` (with the run's T): the policies the frontier replays."""
+    patience = parse_policy(settings["coded_policy"], settings["n_workers"]).patience_ms
+    return "first:M" if patience is None else f"first:M@{patience:g}"
+
+
 def plot_frontier(path: Path, block: dict, settings: dict, profile: str) -> None:
     """p99 and p99.9 vs RelAcc: a curve over M per coded scheme, the baselines as points."""
     plt = _pyplot()
@@ -709,7 +731,8 @@ def plot_frontier(path: Path, block: dict, settings: dict, profile: str) -> None
                 continue
             xs, ys, ms = zip(*pts)
             values += ys
-            ax.plot(xs, ys, "-o", color=SCHEME_COLORS.get(scheme), label=f"{label(scheme)} first:M (trace)", ms=4)
+            ax.plot(xs, ys, "-o", color=SCHEME_COLORS.get(scheme),
+                    label=f"{label(scheme)} {_policy_family(settings)} (trace)", ms=4)
             for x, y, m in pts:
                 ax.annotate(f"M={m}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         for scheme in _ordered(block["schemes"]):

@@ -26,6 +26,7 @@ from typing import Dict, List
 from nercc.coding.registry import BACC_NAME, CODED_SCHEMES, HEDGED, NERCC_NAME, REPLICATION, UNCODED
 from nercc.loadtest.workload import user_class_name
 from nercc.paths import REPO_ROOT
+from nercc.policy import parse_policy
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 ENGINES = ("asyncio", "locust")
@@ -75,8 +76,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=None,
                         help="offered load in batches/s, the same for every scheme and engine (default: "
                              "--load-fraction x the lowest knee of the calibration ramp)")
-    parser.add_argument("--load-fraction", type=float, default=0.3,
-                        help="default load as a share of the lowest scheme's knee (well below saturation)")
+    parser.add_argument("--load-fraction", type=float, default=0.15,
+                        help="default load as a share of the lowest scheme's knee (well below saturation: the knee "
+                             "is where p50 doubles, and on 2 cores Poisson bursts already queue the coded path's "
+                             "fan-out for CPU at 0.3 x it)")
     parser.add_argument("--rates", default=None,
                         help="comma-separated offered loads to sweep (batches/s, asyncio engine, first profile): "
                              "p50/p99/p99.9 vs load per scheme")
@@ -90,7 +93,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "no-straggler p50 measured by the calibration)")
     parser.add_argument("--deadline-factor", type=float, default=2.5, help="default deadline / coded no-straggler p50")
     parser.add_argument("--policy", default="auto",
-                        help="coded schemes' policy: first:M | deadline | all | auto (first:M, M = ceil(2N/3))")
+                        help="coded schemes' policy: first:M | first:M@T | deadline | all | auto (first:M@T, M = N // 2 + 1, "
+                             "T = the coded path's no-straggler p50 from the calibration)")
     parser.add_argument("--hard-timeout-ms", type=float, default=2000.0,
                         help="longest a batch waits for the answers it needs")
     parser.add_argument("--hedge-ms", type=float, default=None,
@@ -217,13 +221,15 @@ def check_args(args) -> dict:
         "rates": rates, "ramp": ramp,
         "frontier_batches": args.frontier_batches or (QUICK["frontier_batches"] if args.quick else max(50, batches * 3 // 10)),
         "policy": resolve_policy(args.policy, args.workers),
+        "auto_patience": args.policy == "auto",
     }
 
 
 def resolve_policy(policy: str, n_workers: int) -> str:
-    """``auto`` -> ``first:M`` with M = ceil(2N/3): decode from the fastest two thirds, never past the deadline."""
+    """``auto`` -> ``first:M`` with M = N // 2 + 1 (a majority); the patience T (``first:M@T``) is added once
+    the calibration has measured the coded path (:func:`choose_load_and_deadline`)."""
     if policy == "auto":
-        return f"first:{max(2, math.ceil(2 * n_workers / 3))}"
+        return f"first:{max(2, n_workers // 2 + 1)}"
     return policy
 
 
@@ -422,6 +428,10 @@ def choose_load_and_deadline(args, plan, calibration: dict | None) -> dict:
         choice["deadline_why"] = (f"{args.deadline_factor:g} x {coded[0]}'s no-straggler p50 at the lightest ramp step "
                                   f"({p50:.1f} ms) = {deadline:g} ms: an SLO the coded path meets by itself, not the "
                                   "injected straggler delay")
+    if plan["auto_patience"]:
+        choose_patience(args, plan, calibration, choice)
+    else:
+        choice["policy_why"] = "given by --policy"
     if args.hedge_ms is not None:
         choice["hedge_ms"], choice["hedge_why"] = float(args.hedge_ms), "given by --hedge-ms"
     else:
@@ -436,6 +446,23 @@ def choose_load_and_deadline(args, plan, calibration: dict | None) -> dict:
         else:
             choice["hedge_ms"], choice["hedge_why"] = None, "the client's own estimate (no calibration)"
     return choice
+
+
+def choose_patience(args, plan, calibration: dict | None, choice: dict) -> None:
+    """``--policy auto``: T of ``first:M@T`` = the coded path's no-straggler p50 (rounded up): by then a batch
+    without stragglers has (about) every answer, so it decodes from all N; a batch with a few stragglers decodes
+    at T from the rest, and only more than N - M stragglers make it wait longer."""
+    cal = (calibration or {}).get("schemes", {})
+    coded = next((s for s in (NERCC_NAME, BACC_NAME) if s in cal), None)
+    if coded:
+        p50, source = cal[coded]["p50_ms_light"], f"{coded}'s no-straggler p50 at the lightest ramp step"
+    else:
+        p50, source = choice["deadline_ms"] / args.deadline_factor, "deadline / --deadline-factor (no calibration)"
+    patience = float(min(math.ceil(p50), math.ceil(choice["deadline_ms"]) - 1))
+    plan["policy"] = f"{plan['policy']}@{patience:g}"
+    choice["policy_why"] = (f"auto: M = N // 2 + 1, T = {source} ({p50:.1f} ms) = {patience:g} ms: every answer "
+                            "when nobody straggles, the answers in by T when a few do, the M-th only when more "
+                            "than N - M straggle")
 
 
 def _nice(value: float) -> float:
@@ -492,8 +519,9 @@ def _one_run(args, plan, profile, scheme, engine, n_batches, rate, deadline, str
     if kind == "trace":  # wait for every worker (bounded): the arrival times of all N give every first:M
         policy = "all"
         extra = {"hard_timeout_ms": 2 * deadline}
-        if plan["policy"].startswith("first:"):
-            extra["n_stragglers"] = args.workers - int(plan["policy"].split(":")[1])
+        coded_policy = parse_policy(plan["policy"], args.workers)
+        if coded_policy.kind == "first":
+            extra["n_stragglers"] = args.workers - coded_policy.m
     if engine == "asyncio":
         command = openloop_command(args, cluster, scheme, deadline, policy, log, rate, duration, **extra)
     else:
@@ -555,12 +583,14 @@ def main(args) -> int:
             choice = choose_load_and_deadline(args, plan, calibration)
             progress.write(f"offered load: {choice['rate']:g} batches/s — {choice['rate_why']}")
             progress.write(f"deadline: {choice['deadline_ms']:g} ms — {choice['deadline_why']}")
+            progress.write(f"coded policy: {plan['policy']} — {choice['policy_why']}")
             if HEDGED in plan["schemes"]:
                 args.hedge_ms_chosen = choice["hedge_ms"]
                 progress.write(f"hedge delay: {choice['hedge_ms'] or 'client estimate'} — {choice['hedge_why']}")
             summary["calibration"] = calibration
             summary["settings"].update(offered_batches_per_s=choice["rate"], deadline_ms=choice["deadline_ms"],
                                        load_choice=choice["rate_why"], deadline_choice=choice["deadline_why"],
+                                       coded_policy=plan["policy"], policy_choice=choice["policy_why"],
                                        hedge_ms=choice.get("hedge_ms"), hedge_choice=choice.get("hedge_why"),
                                        locust_users=locust_users(args, choice["rate"]))
             for profile in plan["profiles"]:
