@@ -46,8 +46,9 @@ from nercc.paths import model_dir as default_model_dir
 
 #: Decoding matrices and leave-one-out operators a client keeps per coding scheme (~1 KB each at N = 12).
 DECODE_CACHE_ENTRIES = 4096
-#: Most arrived sets warm-up builds decoders for ahead of time (C(12, 8) = 495 takes ~1 s of CPU).
-PREBUILD_MAX_SETS = 1000
+#: Most arrived sets warm-up builds decoders for ahead of time (first:7@T at N = 12: 1,586 sets, ~3 s of CPU;
+#: each set is a decoding matrix and a leave-one-out operator, well inside DECODE_CACHE_ENTRIES).
+PREBUILD_MAX_SETS = 2000
 #: Worker round trips the hedge-delay estimator keeps (its p95 is the default hedge delay).
 HEDGE_WINDOW = 256
 
