@@ -34,12 +34,9 @@ from nercc.client.core import (
     WaitState,
     spec_from_server_metadata,
 )
-from nercc.coding.registry import HEDGED
 
 #: gRPC deadline added to the hard timeout for worker requests when stragglers are abandoned, not cancelled.
 ABANDONED_REQUEST_TIMEOUT_S = 60.0
-#: Most extra warm-up batches ``hedged`` sends to measure its hedge delay.
-WARMUP_HEDGE_BATCHES_MAX = 50
 
 
 def _master_fault(text: str) -> bool:
@@ -199,13 +196,9 @@ class CodedClient(ClientBase):
         for _ in range(self._warmup_batches(n_batches)):  # policy `all`: every worker sees the warm-up
             await self._infer(batch, "all")
         await self.drain()
-        if self.scheme == HEDGED and self.hedge_delay.fixed_ms is None:
-            self.hedge_delay.clear()  # cold first runs are no sample of a worker round trip
-            for _ in range(WARMUP_HEDGE_BATCHES_MAX):
-                if self.hedge_delay.n_samples >= self.hedge_delay.min_samples:
-                    break
-                await self._infer(batch, "all")
-                await self.drain()
+        for _ in self._hedge_warmup_rounds():
+            await self._infer(batch, "all")
+            await self.drain()
 
     async def drain(self, timeout_s: float | None = None) -> int:
         """Wait until the straggler requests this client left in flight have finished; returns how many remain.

@@ -41,7 +41,7 @@ from nercc.client.health import (
     MasterPool,
     WorkerHealth,
 )
-from nercc.coding.registry import DEFAULT_SCHEME, NERCC_NAME, REPLICATION
+from nercc.coding.registry import DEFAULT_SCHEME, HEDGED, NERCC_NAME, REPLICATION
 from nercc.paths import model_dir as default_model_dir
 
 #: Decoding matrices and leave-one-out operators a client keeps per coding scheme (~1 KB each at N = 12).
@@ -51,6 +51,8 @@ DECODE_CACHE_ENTRIES = 4096
 PREBUILD_MAX_SETS = 2000
 #: Worker round trips the hedge-delay estimator keeps (its p95 is the default hedge delay).
 HEDGE_WINDOW = 256
+#: Most extra warm-up batches ``hedged`` sends to measure its hedge delay.
+WARMUP_HEDGE_BATCHES_MAX = 50
 
 
 def error_text(exc: BaseException, with_status: bool = False) -> str:
@@ -415,6 +417,18 @@ class ClientBase:
         if self.coded or self.scheme == REPLICATION:
             return n_batches
         return max(n_batches, math.ceil(self.n_workers / (self.n_inputs or min(4, self.n_workers))))
+
+    def _hedge_warmup_rounds(self):
+        """Yields once per extra warm-up batch ``hedged`` needs to measure its hedge delay on warm workers (the
+        cold first runs are dropped): until the estimator has its samples, at most WARMUP_HEDGE_BATCHES_MAX.
+        The transport sends and drains one all-zero batch per round."""
+        if self.scheme != HEDGED or self.hedge_delay.fixed_ms is not None:
+            return
+        self.hedge_delay.clear()  # cold first runs are no sample of a worker round trip
+        for _ in range(WARMUP_HEDGE_BATCHES_MAX):
+            if self.hedge_delay.n_samples >= self.hedge_delay.min_samples:
+                return
+            yield
 
     def _warmup_batch(self) -> np.ndarray:
         k = self.n_inputs or min(4, self.n_workers)

@@ -37,12 +37,9 @@ from nercc.client.core import (
     WaitState,
     spec_from_server_metadata,
 )
-from nercc.coding.registry import HEDGED
 
 #: Network timeout added to the hard timeout: frees a greenlet from a hung server, never races an answer.
 NETWORK_TIMEOUT_SLACK_S = 60.0
-#: Most extra warm-up batches ``hedged`` sends to measure its hedge delay.
-WARMUP_HEDGE_BATCHES_MAX = 50
 
 
 def _master_refused(exc: BaseException) -> bool:
@@ -127,13 +124,9 @@ class GeventCodedClient(ClientBase):
         for _ in range(self._warmup_batches(n_batches)):
             self._infer(batch, "all")
         self.drain()
-        if self.scheme == HEDGED and self.hedge_delay.fixed_ms is None:
-            self.hedge_delay.clear()  # cold first runs are no sample of a worker round trip
-            for _ in range(WARMUP_HEDGE_BATCHES_MAX):
-                if self.hedge_delay.n_samples >= self.hedge_delay.min_samples:
-                    break
-                self._infer(batch, "all")
-                self.drain()
+        for _ in self._hedge_warmup_rounds():
+            self._infer(batch, "all")
+            self.drain()
 
     def drain(self, timeout_s: float | None = None) -> int:
         """Wait for the straggler requests left in flight; returns how many remain."""
