@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from nercc.serving.limits import MAX_WORKERS, ByteBoundedLRU, check_encode_request, check_finite_output
+from nercc.serving.limits import (
+    MAX_WORKERS,
+    ByteBoundedLRU,
+    check_encode_request,
+    check_finite_output,
+    max_inputs_per_request,
+)
 
 
 def test_float32_growth_is_counted_before_preprocessing():
@@ -24,6 +30,19 @@ def test_k_and_n_bounds():
         check_encode_request(1, 12, (10,), 2**30)
     with pytest.raises(ValueError, match=f"<= {MAX_WORKERS}"):
         check_encode_request(4, MAX_WORKERS + 1, (10,), 2**40)
+
+
+def test_max_inputs_per_request_matches_the_checks():
+    """The K bound the master's configs declare (Triton's max_batch_size) refuses nothing the checks accept."""
+    item = (1, 28, 28)  # 3136 bytes float32
+    assert max_inputs_per_request(item, 256 * 2**20) == MAX_WORKERS
+    k = max_inputs_per_request(item, 3136 * 100 + 5)
+    assert k == 100
+    check_encode_request(k, k, item, 3136 * 100 + 5)  # the largest K allowed passes the stub's checks too
+    with pytest.raises(ValueError, match="preprocessed input"):
+        check_encode_request(k + 1, k + 1, item, 3136 * 100 + 5)
+    assert max_inputs_per_request((3, 224, 224), 256 * 2**20) == 445
+    assert max_inputs_per_request(item, 10) == 1  # below one item: the stub names the limit
 
 
 def test_finite_output_check_names_the_problem():

@@ -53,13 +53,18 @@ def test_master_configs(meta):
     configs = {name: _parse(text) for name, text in master_configs(meta, nercc_model_dir="../lenet5").items()}
     assert set(configs) == {"lenet5_preprocess", "lenet5_encoder", "lenet5_encode"}
     pre, enc, encode = configs["lenet5_preprocess"], configs["lenet5_encoder"], configs["lenet5_encode"]
-    assert pre.input[0].data_type == model_config_pb2.TYPE_UINT8 and list(pre.input[0].dims) == [-1, 28, 28]
-    assert list(enc.input[0].dims) == [-1, 1, 28, 28] and list(enc.output[0].dims) == [-1, 1, 28, 28]
+    # K travels in Triton's batch axis, bounded so that Triton refuses an oversize request before the stub's copy
+    assert pre.max_batch_size == enc.max_batch_size == encode.max_batch_size == 4096  # MAX_WORKERS (K <= N)
+    assert pre.input[0].data_type == model_config_pb2.TYPE_UINT8 and list(pre.input[0].dims) == [28, 28]
+    assert list(enc.input[0].dims) == [1, 28, 28] and list(enc.output[0].dims) == [1, 28, 28]
     # raw -> coded in one Python model (one stub hop), not an ensemble of two
     assert encode.backend == "python" and not encode.platform
     assert (encode.input[0].name, encode.output[0].name) == ("RAW", "CODED")
-    assert encode.input[0].data_type == model_config_pb2.TYPE_UINT8 and list(encode.input[0].dims) == [-1, 28, 28]
-    assert list(encode.output[0].dims) == [-1, 1, 28, 28]
+    assert encode.input[0].data_type == model_config_pb2.TYPE_UINT8 and list(encode.input[0].dims) == [28, 28]
+    assert list(encode.output[0].dims) == [1, 28, 28]
+    # a smaller byte limit lowers the bound: K * 3136 bytes (float32) <= max_request_bytes
+    small = _parse(master_configs(meta, nercc_model_dir="../lenet5", max_request_bytes=3136 * 100)["lenet5_encode"])
+    assert small.max_batch_size == 100
 
 
 @pytest.mark.parametrize("model", [m for m in list_models() if (MODEL_REPOSITORY / m / "config.pbtxt").exists()])

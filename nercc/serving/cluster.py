@@ -226,7 +226,10 @@ def server_environment() -> dict:
     The stub embeds libpython: it must load *this* interpreter's library (LIBDIR first on LD_LIBRARY_PATH,
     else a distro libpython of another patch level meets our stdlib), and it finds its prefix by looking
     for ``python3`` on PATH, so our environment's bin/ goes first. One thread per numerical library:
-    many servers share few cores.
+    many servers share few cores. glibc's malloc puts every block over 64 KiB in its own mapping
+    (``MALLOC_MMAP_THRESHOLD_``, unless the caller sets it), so that the buffers of a large request go back to
+    the system when it is done: with the default (a threshold that grows up to 32 MiB) a refused 200 MiB request
+    left tritonserver ~80 MiB larger for good (bench/master_memory.py, docs/hardening.md).
     """
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
@@ -234,6 +237,7 @@ def server_environment() -> dict:
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, "1")
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024))
     env.pop("PYTHONHOME", None)
     return env
 
@@ -741,6 +745,9 @@ class LocalCluster:
             f"--backend-directory={backends}",
             f"--grpc-address={server.host}", f"--grpc-port={server.grpc_port}",
             "--pinned-memory-pool-byte-size=0",
+            # no pooled request/response objects: a pooled request keeps its largest input's buffer (protobuf's
+            # Clear() keeps capacity), so one 200 MiB request left tritonserver 200 MiB larger for good
+            "--grpc-infer-allocation-pool-size=0",
             "--disable-auto-complete-config",
             "--exit-on-error=true",
             "--strict-readiness=true",

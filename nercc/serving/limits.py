@@ -49,6 +49,19 @@ def check_encode_request(n_inputs: int, n_workers: int, item_shape: Sequence[int
             raise ValueError(f"{what} would be {size} bytes, over the limit max_request_bytes = {max_request_bytes}")
 
 
+def max_inputs_per_request(item_shape: Sequence[int], max_request_bytes: int) -> int:
+    """The largest K any encode request can have: min(MAX_WORKERS, max_request_bytes // float32 item bytes).
+
+    The master's models declare it as Triton's ``max_batch_size``, so that Triton refuses a larger request
+    before our Python stub copies it into its shared-memory pool (which grows to fit and never shrinks: a
+    200 MiB request left 400 MiB behind). K <= N <= MAX_WORKERS and K * item <= max_request_bytes are checked
+    again in the stub with clearer words; this bound only moves the refusal in front of the copy. At least 1
+    (a limit below one item still reaches the stub, which names it).
+    """
+    item = _FLOAT32 * math.prod(int(d) for d in item_shape)
+    return max(1, min(MAX_WORKERS, int(max_request_bytes) // item))
+
+
 def check_finite_output(name: str, values: np.ndarray) -> None:
     """A clear error instead of inf/NaN coded inputs (finite inputs near the float32 maximum overflow)."""
     if not np.isfinite(values).all():

@@ -29,6 +29,7 @@ from typing import List, Sequence, Union
 
 from nercc.models import ModelInfo, read_model_info
 from nercc.paths import MODEL_REPOSITORY, PYTHON_BACKENDS, REPO_ROOT
+from nercc.serving.limits import max_inputs_per_request
 
 PathLike = Union[str, Path]
 
@@ -178,14 +179,19 @@ def worker_config(
     return _text(config)
 
 
-def _master_config(name: str, inputs: list, outputs: list, params: dict, instances: int,
+def _master_config(name: str, inputs: list, outputs: list, params: dict, instances: int, max_batch: int,
                    execution_env: str | None = None) -> str:
-    """A master Python model (no batching axis: K and N travel in the first dimension)."""
-    config = _model_config(name, 0, backend="python")
-    for tensor in inputs:
-        _add_tensor(config.input, *tensor)
-    for tensor in outputs:
-        _add_tensor(config.output, *tensor)
+    """A master Python model: K (inputs) and N (coded outputs) travel in the first dimension.
+
+    ``max_batch`` becomes Triton's ``max_batch_size`` (the first dimension is then implicit in ``dims``): Triton
+    refuses K > max_batch before the Python stub copies the request into its shared-memory pool. No dynamic
+    batcher: every request is one batch, and the output's first dimension (N) may differ from the input's (K).
+    """
+    config = _model_config(name, max_batch, backend="python")
+    for tensor_name, dtype, dims in inputs:
+        _add_tensor(config.input, tensor_name, dtype, dims)
+    for tensor_name, dtype, dims in outputs:
+        _add_tensor(config.output, tensor_name, dtype, dims)
     _add_instances(config, "KIND_CPU", instances)
     _set_parameters(config, params)
     _set_execution_env(config, execution_env)
@@ -212,16 +218,20 @@ def master_configs(
     name = meta.name
     # no checkout path: the Python models import nercc as installed in the stub's environment
     params = {"nercc_model_dir": nercc_model_dir, "max_request_bytes": max_request_bytes}
-    raw = ("RAW", _TRITON_TYPES[meta.raw_dtype], [-1, *meta.raw_dims])
-    batch_input = [-1, *meta.input_shape]
-    inputs, coded = ("INPUT", "TYPE_FP32", batch_input), ("CODED", "TYPE_FP32", batch_input)
+    raw = ("RAW", _TRITON_TYPES[meta.raw_dtype], list(meta.raw_dims))
+    inputs, coded = ("INPUT", "TYPE_FP32", list(meta.input_shape)), ("CODED", "TYPE_FP32", list(meta.input_shape))
     env = check_execution_env(execution_env)
+    # K beyond this is over max_request_bytes (float32) or MAX_WORKERS anyway: Triton refuses it before the stub
+    max_batch = max_inputs_per_request(meta.input_shape, max_request_bytes)
     return {
-        f"{name}_preprocess": _master_config(f"{name}_preprocess", [raw], [inputs], params, master_instances, env),
-        f"{name}_encoder": _master_config(f"{name}_encoder", [inputs], [coded], params, master_instances, env),
+        f"{name}_preprocess": _master_config(f"{name}_preprocess", [raw], [inputs], params, master_instances,
+                                             max_batch, env),
+        f"{name}_encoder": _master_config(f"{name}_encoder", [inputs], [coded], params, master_instances,
+                                          max_batch, env),
         # preprocess + encode in one Python model (the encoder backend with a UINT8 input): one stub hop on the
         # master, where the former preprocess -> encoder ensemble paid two (issue 9: most of the coded path's cost)
-        f"{name}_encode": _master_config(f"{name}_encode", [raw], [coded], params, master_instances, env),
+        f"{name}_encode": _master_config(f"{name}_encode", [raw], [coded], params, master_instances, max_batch,
+                                         env),
     }
 
 

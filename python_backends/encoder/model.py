@@ -68,7 +68,9 @@ class TritonPythonModel:
         self.max_request_bytes = int(config_param(config, "max_request_bytes", str(256 * 2**20)))
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        self.item_shape = tuple(int(d) for d in config["output"][0]["dims"][1:])
+        # with max_batch_size > 0 (Triton refuses K beyond it) the first axis is implicit in dims
+        dims = config["output"][0]["dims"]
+        self.item_shape = tuple(int(d) for d in (dims if int(config.get("max_batch_size", 0)) > 0 else dims[1:]))
         self._raw_info = None  # the model's nercc.json info when this instance preprocesses raw input first
         if config["input"][0]["data_type"] == "TYPE_UINT8":
             from nercc.models import load_model_info
