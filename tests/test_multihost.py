@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,6 +124,18 @@ def test_node_options_are_checked_before_anything_starts(tmp_path):
     assert out.returncode == 2 and "--tls-ca needs --tls-cert" in out.stderr
     out = run("master", "--workers", "0")
     assert out.returncode == 2 and "--workers must be >= 1" in out.stderr
+    (tmp_path / "bad.key").write_text("a,b\n")
+    out = run("worker", "--admin-key-file", str(tmp_path / "bad.key"))
+    assert out.returncode == 2 and "bad.key: the key must be one non-empty word" in out.stderr
+
+
+def test_admin_key_file_is_made_once_and_shared(tmp_path):
+    from nercc.serving.node import admin_key_from_file
+
+    path = tmp_path / "keys" / "admin.key"
+    key = admin_key_from_file(path)
+    assert path.stat().st_mode & 0o777 == 0o600 and len(key) == 32
+    assert admin_key_from_file(path) == key  # the next node reads the same key
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,15 +201,16 @@ def secure_cluster(tmp_path_factory):
     common = ["--repository", str(repository), "--model", MODEL, "--port", "auto", "--http-port", "auto",
               "--metrics-port", "auto", "--tls-cert", str(tls["server"]), "--tls-key", str(tls["server-key"]),
               "--tls-ca", str(tls["ca"])]
+    key_file = folder / "admin.key"  # master and worker 0 share a key file; worker 1 makes and prints its own key
     nodes = {
-        "master": Node("master", common + ["--workers", "2"], folder),
-        "worker-0": Node("worker-0", common + ["--index", "0"], folder),
+        "master": Node("master", common + ["--workers", "2", "--admin-key-file", str(key_file)], folder),
+        "worker-0": Node("worker-0", common + ["--index", "0", "--admin-key-file", str(key_file)], folder),
         # worker 1 straggles on every request: its delay comes from its own command line, not the repository
         "worker-1": Node("worker-1", common + ["--index", "1", "--straggler", "bimodal:p=1,slow_ms=60"], folder),
     }
     try:
         info = {role: node.wait_ready() for role, node in nodes.items()}
-        yield {"nodes": nodes, "info": info, "tls": tls, "folder": folder}
+        yield {"nodes": nodes, "info": info, "tls": tls, "folder": folder, "key_file": key_file}
     finally:
         codes = {role: node.stop() for role, node in nodes.items()}
     assert codes == {role: 0 for role in nodes}, f"nodes did not stop cleanly on SIGTERM: {codes}"
@@ -221,6 +235,27 @@ def test_nodes_write_what_the_clients_need(secure_cluster):
     assert all(node["tls"] for node in info.values())
     urls = describe(MODEL, [info["master"]["url"]], [info["worker-0"]["url"], info["worker-1"]["url"]], tls=True)
     assert read_urls(write_urls(secure_cluster["folder"] / "urls.json", urls)).worker_urls[1] == info["worker-1"]["url"]
+
+
+def test_nodes_print_the_admin_key_or_its_file(secure_cluster):
+    from nercc.serving.cluster import admin_headers
+
+    nodes, key_file = secure_cluster["nodes"], secure_cluster["key_file"]
+    key = key_file.read_text().strip()
+    outputs = {}
+    for role in ("master", "worker-0", "worker-1"):
+        nodes[role].log.seek(0)
+        outputs[role] = nodes[role].log.read()
+    assert f"nercc-admin-key: the key in {key_file}" in outputs["master"] and key not in outputs["master"]
+    printed = re.search(r"nercc-admin-key: ([0-9a-f]{32})", outputs["worker-1"])
+    assert printed and printed.group(1) != key
+    tls = secure_cluster["tls"]
+    for role, admin_key in (("master", key), ("worker-0", key), ("worker-1", printed.group(1))):
+        client = _client(secure_cluster["info"][role]["url"], tls)
+        with pytest.raises(InferenceServerException, match="(?i)restricted"):
+            client.get_system_shared_memory_status()
+        assert client.get_system_shared_memory_status(headers=admin_headers(admin_key, "grpc")) is not None
+        client.close()
 
 
 def test_coded_round_trip_over_mutual_tls_from_one_repository(secure_cluster):

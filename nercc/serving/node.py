@@ -11,12 +11,18 @@ metrics. ``--repository DIR`` serves a portable repository (``nercc serve --writ
 one folder for every worker, the index, straggler, seed and device come from this command line. TLS:
 ``--tls-cert/--tls-key`` (and ``--tls-ca`` to require client certificates signed by that CA).
 List the servers' URLs, in worker order, in a ``urls.json`` for the clients (docs/deploy.md).
+Triton's admin endpoints (shared memory, model repository, trace, logging) need the header
+``nercc-admin-key``: the key is printed at start (a fresh one per server), or with ``--admin-key-file PATH``
+read from PATH (created with a fresh key, mode 0600, when missing: give every node the same file) and only
+the path printed. The key never goes into the server log.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import signal
 import sys
 import time
@@ -89,7 +95,34 @@ def _configure_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--urls-file", type=Path, default=None,
                         help="write this server's URLs as JSON here once ready (merge them into urls.json)")
     parser.add_argument("--execution-env", default=None, metavar="PATH", help=EXECUTION_ENV_HELP)
+    parser.add_argument("--admin-key-file", type=Path, default=None, metavar="PATH",
+                        help="the key of the admin endpoints (header nercc-admin-key): read from PATH, or a fresh "
+                             "one written there (mode 0600) when PATH is missing; default: a fresh key, printed")
     add_tls_options(parser)
+
+
+def admin_key_from_file(path: Path) -> str:
+    """The admin key in ``path`` (one line); a missing file gets a fresh random key, readable by its owner only."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(16)
+        # O_EXCL: two nodes starting together with one missing file do not overwrite each other's key
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return admin_key_from_file(path)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+        return key
+    try:
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"--admin-key-file {path}: cannot read it: {exc}") from None
+    if not key or any(c in key for c in ",:= \t\n"):
+        raise ValueError(f"--admin-key-file {path}: the key must be one non-empty word without ',', ':' or '=' "
+                         "(delete the file to get a fresh one)")
+    return key
 
 
 def configure_worker(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +172,8 @@ def build(role: str, args):
                   repository=args.repository, start_timeout_s=args.start_timeout, workdir=args.log_dir,
                   execution_env=args.execution_env,
                   keep_logs=args.log_dir is not None, **ports)
+    if args.admin_key_file is not None:
+        common["admin_key"] = admin_key_from_file(args.admin_key_file)
     if role == "worker":
         if args.index < 0:
             raise ValueError(f"--index must be >= 0, got {args.index}")
@@ -192,6 +227,12 @@ def _serve_node(prog: str, role: str, args, cluster) -> int:
           + (" (TLS)" if cluster.tls is not None else "")
           + (f", HTTP {server.http_url}" if server.http_url else "")
           + (f", metrics {server.metrics_url}" if server.metrics_url else ""), flush=True)
+    if cluster.admin_key:  # before --urls-file: whoever waits for that file finds this line already printed
+        from nercc.serving.cluster import ADMIN_HEADER
+
+        key = f"the key in {args.admin_key_file}" if args.admin_key_file is not None else cluster.admin_key
+        print(f"admin endpoints (shared memory, model repository, trace, logging) need the header "
+              f"{ADMIN_HEADER}: {key}", flush=True)
     if args.urls_file is not None:
         record = {"role": role, "model": cluster.meta.name, "url": server.url, "http_url": server.http_url,
                   "metrics_url": server.metrics_url, "tls": cluster.tls is not None}
