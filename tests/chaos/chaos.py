@@ -14,16 +14,27 @@ plus the call's longest duration (must stay under the hard timeout plus a little
 the returned predictions with the model run locally on the same images (wrong answers show up there). After
 the cluster stops: no process of it and no shared-memory region with its prefix may be left.
 
+The network scenario puts one worker in a network namespace of its own (``tests/netlab.py``: a veth link on a
+bridge, its own address), started as ``nercc worker`` inside it, then slows its link with a token bucket
+(``tc qdisc tbf``) and later blackholes the route to it. It needs root and namespaces; elsewhere it is
+skipped with the reason.
+
 Run: ``make test-chaos`` (the full suite), or ``python -m tests.chaos.chaos`` to print the table.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -62,6 +73,7 @@ class Scenario:
     events: Tuple[Tuple[float, str, Callable], ...] = ()
     faults: Dict[int, str] = field(default_factory=dict)
     coded_must_not_fail: bool = True
+    netns_workers: int = 0  # the last workers run in network namespaces of their own (events get ``.net``)
 
 
 def _kill(*workers):
@@ -81,7 +93,115 @@ def scenarios(n_workers: int) -> List[Scenario]:
         Scenario("worker answers NaN", faults={3: "nan"}),
         Scenario("worker answers 1e30", faults={3: "large"}),
         Scenario("worker answers wrong (finite)", faults={3: "wrong"}),
+        # the last worker behind its own link: a 128 kbit/s token bucket (one 3 KB coded input takes ~0.2 s,
+        # past the deadline), then a blackholed route (silence: no reset, no answer)
+        Scenario(NETNS_SCENARIO, netns_workers=1, events=(
+            (1.0, f"tc tbf 128kbit on the link to worker {n_workers - 1}",
+             lambda c: c.net.rate_limit(0, rate="128kbit", burst="4kb")),
+            (4.0, f"blackhole the route to worker {n_workers - 1}", lambda c: c.net.blackhole(0)),
+        )),
     ]
+
+
+NETNS_SCENARIO = "netns link: tbf, then blackhole"
+
+
+def _netlab():
+    """tests/netlab.py, imported as a sibling (pytest puts tests/ on the path) or from the checkout root."""
+    try:
+        import netlab
+    except ImportError:
+        from tests import netlab
+    return netlab
+
+
+def netns_unavailable() -> str | None:
+    """Why the network-namespace scenario cannot run here (None when it can)."""
+    return _netlab().unavailable()
+
+
+class NetnsWorkers:
+    """``count`` workers (indices ``first_index``...), each ``nercc worker`` inside a network namespace of its own.
+
+    A context manager: namespaces, links and processes are removed on exit; ``problems()`` then lists what
+    was left behind or did not stop cleanly.
+    """
+
+    def __init__(self, first_index: int, count: int, model: str = "lenet5", port: int = 8001):
+        self.first_index, self.count, self.model, self.port = first_index, count, model, port
+        self.net = None
+        self.procs: List[subprocess.Popen] = []
+        self.codes: List[int] = []
+        self._folder = None
+
+    @property
+    def urls(self) -> List[str]:
+        return [f"{address}:{self.port}" for address in self.net.addresses]
+
+    def __enter__(self):
+        self._folder = tempfile.TemporaryDirectory(prefix="nercc-chaos-netns-")
+        folder = Path(self._folder.name)
+        self.net = _netlab().NetLab(self.count)
+        try:
+            for host, address in enumerate(self.net.addresses):
+                log = open(folder / f"worker{host}.out", "w")
+                self.procs.append(subprocess.Popen(
+                    self.net.exec_prefix(host) + [
+                        sys.executable, "-m", "nercc", "worker", "--model", self.model,
+                        "--index", str(self.first_index + host), "--host", address, "--port", str(self.port),
+                        "--http-port", "off", "--metrics-port", "off", "--urls-file", str(folder / f"w{host}.json")],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                log.close()
+            deadline = time.monotonic() + 120.0
+            for host, proc in enumerate(self.procs):
+                while not (folder / f"w{host}.json").exists():
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"netns worker {host} did not start (exit {proc.poll()}):\n"
+                                           + (folder / f"worker{host}.out").read_text()[-2000:])
+                    time.sleep(0.1)
+                json.loads((folder / f"w{host}.json").read_text())
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def crashed(self) -> List[str]:
+        return [f"netns worker {self.first_index + i} exited {p.returncode}" for i, p in enumerate(self.procs)
+                if p.poll() is not None]
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                self.codes.append(proc.wait(timeout=30))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                self.codes.append(proc.wait())
+        if self.net is not None:
+            self.net.close()
+        if self._folder is not None:
+            self._folder.cleanup()
+
+    def problems(self) -> List[str]:
+        out = [f"netns worker {self.first_index + i} stopped with code {c}" for i, c in enumerate(self.codes) if c]
+        if self.net is not None and self.net.leftovers():
+            out.append(f"namespaces or links left: {self.net.leftovers()}")
+        return out
+
+
+@dataclass
+class _Target:
+    """What the load and the events see: the servers' URLs, the local cluster, the namespaces' NetLab."""
+
+    cluster: object
+    master_urls: List[str]
+    worker_urls: List[str]
+    net: object = None
+
+    def __getattr__(self, name):  # kill_worker, pause_worker, kill_master... of the local cluster
+        return getattr(self.cluster, name)
 
 
 def _batches(n_inputs: int, count: int, seed: int = 0):
@@ -169,14 +289,31 @@ def run_scenario(scenario: Scenario, n_workers: int = 12, n_inputs: int = 4, dur
     from nercc.serving.cluster import leftover_shm, running_processes
 
     log(f"scenario: {scenario.name}")
-    cluster = LocalCluster("lenet5", n_workers=n_workers, n_masters=2, faults=dict(scenario.faults))
+    if scenario.netns_workers:
+        why = netns_unavailable()
+        if why:
+            log(f"  skipped: network namespaces unavailable: {why}")
+            return {"scenario": scenario.name, "skipped": f"network namespaces unavailable: {why}"}
+    local = n_workers - scenario.netns_workers
+    cluster = LocalCluster("lenet5", n_workers=local, n_masters=2, faults=dict(scenario.faults))
+    netns = NetnsWorkers(local, scenario.netns_workers) if scenario.netns_workers else None
+    pids: List[int] = []
     with cluster:
-        tallies = asyncio.run(_run_load(cluster, scenario, schemes, n_inputs, duration_s, rate_hz, deadline_ms,
-                                        hard_timeout_ms, log))
-        crashed = cluster.check()
+        if netns is not None:
+            netns.__enter__()
+        try:
+            target = _Target(cluster, cluster.master_urls, cluster.worker_urls + (netns.urls if netns else []),
+                             netns.net if netns else None)
+            pids = [p.pid for p in netns.procs] if netns else []
+            tallies = asyncio.run(_run_load(target, scenario, schemes, n_inputs, duration_s, rate_hz, deadline_ms,
+                                            hard_timeout_ms, log))
+            crashed = cluster.check() + (netns.crashed() if netns else [])
+        finally:
+            if netns is not None:
+                netns.__exit__(None, None, None)
     return {"scenario": scenario.name, "tallies": tallies, "crashed": crashed,
-            "left_processes": running_processes(cluster.pids()), "left_shm": leftover_shm(cluster.shm_prefix),
-            "hard_timeout_ms": hard_timeout_ms}
+            "left_processes": running_processes(cluster.pids() + pids), "left_shm": leftover_shm(cluster.shm_prefix),
+            "left_netns": netns.problems() if netns else [], "hard_timeout_ms": hard_timeout_ms}
 
 
 def format_table(outcomes: Sequence[Dict], schemes: Sequence[str] = SCHEMES) -> str:
@@ -184,6 +321,9 @@ def format_table(outcomes: Sequence[Dict], schemes: Sequence[str] = SCHEMES) -> 
     head = f"{'scenario':<30}" + "".join(f"{s:>22}" for s in schemes)
     lines = ["cells: answered/late/failed/non-finite  max call ms  top-1 agreement with f", head, "-" * len(head)]
     for outcome in outcomes:
+        if outcome.get("skipped"):
+            lines.append(f"{outcome['scenario']:<30}  skipped: {outcome['skipped']}")
+            continue
         cells, extra = [], []
         for s in schemes:
             t = outcome["tallies"][s]
@@ -198,6 +338,8 @@ def format_table(outcomes: Sequence[Dict], schemes: Sequence[str] = SCHEMES) -> 
 def check(outcome: Dict, slack_ms: float = 1500.0) -> List[str]:
     """The chaos assertions for one scenario; returns the violations (empty when all hold)."""
     problems = []
+    if outcome.get("skipped"):
+        return problems
     for scheme, t in outcome["tallies"].items():
         if t.nonfinite:
             problems.append(f"{scheme}: {t.nonfinite} batches with non-finite predictions")
@@ -213,6 +355,7 @@ def check(outcome: Dict, slack_ms: float = 1500.0) -> List[str]:
         problems.append(f"processes left: {outcome['left_processes']}")
     if outcome["left_shm"]:
         problems.append(f"shared memory left: {outcome['left_shm']}")
+    problems += outcome.get("left_netns", [])
     return problems
 
 

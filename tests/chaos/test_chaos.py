@@ -1,7 +1,9 @@
 """The chaos suite on real tritonservers (see tests/chaos/chaos.py for the harness and what is counted).
 
 `make test` runs a short version (N = 6, K = 2: N/3 workers SIGKILLed, a worker answering NaN, one of two
-masters SIGKILLed); `make test-chaos` runs every scenario at N = 12, K = 4, and prints the table.
+masters SIGKILLed); `make test-chaos` runs every scenario at N = 12, K = 4, and prints the table; the network
+scenario (a worker in its own namespace behind a tbf link, then blackholed) skips with the reason where
+namespaces are not allowed.
 Asserted for every scenario: no non-finite prediction ever, no call past the hard timeout (plus slack for
 this 2-core box), no coded batch lost, no server crashed, no process or shared-memory region left behind.
 """
@@ -15,7 +17,7 @@ pytest.importorskip("tritonclient.grpc.aio")
 from nercc.models import load_model_info  # noqa: E402
 from nercc.serving.cluster import ClusterError, find_tritonserver  # noqa: E402
 
-from .chaos import check, format_table, run_scenario, scenarios  # noqa: E402
+from .chaos import NETNS_SCENARIO, check, format_table, netns_unavailable, run_scenario, scenarios  # noqa: E402
 
 try:
     find_tritonserver()
@@ -45,9 +47,24 @@ def test_chaos_short(prefix, capsys):
 def test_chaos_full(capsys):
     outcomes, problems = [], []
     for scenario in scenarios(12):
+        if scenario.name == NETNS_SCENARIO:
+            continue  # test_chaos_netns_link: it needs root and namespaces
         outcome = run_scenario(scenario, n_workers=12, n_inputs=4, duration_s=8.0, rate_hz=4.0)
         outcomes.append(outcome)
         problems += [f"{scenario.name}: {p}" for p in check(outcome)]
     with capsys.disabled():
         print("\n" + format_table(outcomes))
     assert problems == []
+
+
+@pytest.mark.chaos
+def test_chaos_netns_link(capsys):
+    why = netns_unavailable()
+    if why:
+        pytest.skip(f"network namespaces unavailable: {why}")
+    outcome = run_scenario(_scenario(12, NETNS_SCENARIO), n_workers=12, n_inputs=4, duration_s=8.0, rate_hz=4.0)
+    with capsys.disabled():
+        print("\n" + format_table([outcome]))
+    assert check(outcome) == []
+    for scheme in ("bacc", "nercc"):  # the coded schemes answered every batch from the reachable workers
+        assert outcome["tallies"][scheme].batches >= 20, outcome["tallies"][scheme].row()
