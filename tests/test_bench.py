@@ -164,3 +164,7 @@ def test_byzantine_benchmark_robust_decoding(lenet, tmp_path, capsys):
         large = row["attacks"]["large"]
         assert large["caught_fraction"] == 1.0
         assert large["robust"] <= 2.0 * row["straggling"] < large["plain"]
+        # the detector's statistic: a 1e6-scale answer is always the most suspect, far above any honest batch
+        assert large["located_fraction"] == 1.0
+        assert large["score_p5_p50"][0] > 100 * row["clean_score_p50_p95_p99"][2]
+        assert 0.0 <= row["attacks"]["dirichlet"]["located_fraction"] <= 1.0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nercc.coding import BACC, NeRCC
-from nercc.coding.robust import detect_outliers, robust_decode
+from nercc.coding.robust import DEFAULT_THRESHOLD, detect_outliers, outlier_score, robust_decode
 from nercc.coding.splines import smoothing_spline_matrix
 
 
@@ -72,6 +72,23 @@ def test_honest_answers_are_kept(scheme):
         result = robust_decode(scheme, y, np.arange(scheme.n_workers))
         assert result.dropped == ()
         np.testing.assert_array_equal(result.predictions, scheme.decode(y, np.arange(scheme.n_workers)))
+
+
+@pytest.mark.parametrize("scheme", [NeRCC(4, 12), BACC(4, 12)], ids=["nercc", "bacc"])
+def test_outlier_score_is_the_statistic_the_detector_thresholds(scheme):
+    arrived = np.arange(scheme.n_workers)
+    y = _answers(scheme, seed=7)
+    worker, honest = outlier_score(scheme, y, arrived)
+    assert honest <= DEFAULT_THRESHOLD and detect_outliers(scheme, y, arrived)[0] == ()
+    bad = y.copy()
+    bad[6] += 3.0 * np.random.default_rng(5).standard_normal(bad.shape[1])
+    worker, score = outlier_score(scheme, bad, arrived)
+    assert worker == 6 and score > DEFAULT_THRESHOLD > honest
+    # the detector drops exactly when the score is over its threshold
+    assert detect_outliers(scheme, bad, arrived, threshold=score * 0.99)[0][:1] == (6,)
+    assert detect_outliers(scheme, bad, arrived, threshold=score * 1.01)[0] == ()
+    with pytest.raises(ValueError, match="at least 3 answers"):
+        outlier_score(scheme, y[:2], arrived[:2])
 
 
 def test_never_drops_below_n_inputs_and_respects_max_faulty():

@@ -3,6 +3,8 @@ restricted protocols (shared memory, model repository, trace, logging behind the
 master's size limits.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -121,9 +123,19 @@ def test_master_limits_hold_before_preprocessing(cluster):
     url = cluster.master_urls[0]
     with pytest.raises(InferenceServerException, match="smaller than the number of inputs K = 20"):
         _encode(url, np.zeros((20, 28, 28), np.uint8), n_workers=12)
-    # 400 images: 313,600 bytes raw (under the 1 MiB limit) but 1,254,400 as float32: refused up front
-    with pytest.raises(InferenceServerException, match=r"preprocessed input .* 1254400 bytes, over the limit"):
+    # 400 images: 313,600 bytes raw (under the 1 MiB limit) but 1,254,400 as float32: Triton itself refuses
+    # K > 334 (max_batch_size = 1 MiB // 3136 bytes) before the request is copied into the stub's shared memory
+    regions = cluster.masters[0].shm_regions()
+    assert regions, "the master's Python stubs have shared-memory regions"
+    sizes = {path: os.stat(path).st_blocks for path in regions}
+    with pytest.raises(InferenceServerException, match="batch-size must be <= 334"):
         _encode(url, np.zeros((400, 28, 28), np.uint8), n_workers=400)
+    with pytest.raises(InferenceServerException, match="batch-size must be <= 334"):
+        _encode(url, np.zeros((20_000, 28, 28), np.uint8), n_workers=400)  # 15 MiB
+    assert {path: os.stat(path).st_blocks for path in regions} == sizes  # the stub's pool did not grow
+    # the coded output (N x item) is checked by the stub, before encoding
+    with pytest.raises(InferenceServerException, match=r"coded output .* 1254400 bytes, over the limit"):
+        _encode(url, np.zeros((4, 28, 28), np.uint8), n_workers=400)
     client = grpcclient.InferenceServerClient(url)
     try:
         x = np.full((4, 1, 28, 28), 3e38, np.float32)  # finite, but its coded mixtures overflow float32

@@ -472,13 +472,15 @@ def _byzantine_row(scheme: CodingScheme, trials: Trials, arrived: np.ndarray, li
                    attacks: Sequence[str], threshold: float, seed: int, n_stragglers: int) -> dict:
     """One (S, scheme) row of :func:`run_byzantine`: mean MSEs over the trials and the caught fractions."""
     from nercc.coding import mean_squared_error
-    from nercc.coding.robust import robust_decode
+    from nercc.coding.robust import outlier_score, robust_decode
 
     outputs = trials.worker_outputs(scheme)
     n_trials = len(arrived)
     rows = {m: np.empty(n_trials) for m in ("clean", "clean_robust", "straggling")}
     false_drops = 0
-    per_attack = {a: {"robust": np.empty(n_trials), "plain": np.empty(n_trials), "caught": 0} for a in attacks}
+    clean_scores = np.empty(n_trials)  # the detector's statistic on honest batches: what a threshold must clear
+    per_attack = {a: {"robust": np.empty(n_trials), "plain": np.empty(n_trials), "caught": 0, "located": 0,
+                      "score": np.empty(n_trials)} for a in attacks}
     for t in range(n_trials):
         arr, base = arrived[t], trials.base[t]
         y = outputs[t, arr]
@@ -486,6 +488,7 @@ def _byzantine_row(scheme: CodingScheme, trials: Trials, arrived: np.ndarray, li
         clean_r = robust_decode(scheme, y, arr, threshold=threshold)
         rows["clean_robust"][t] = mean_squared_error(clean_r.predictions, base)
         false_drops += len(clean_r.dropped)
+        clean_scores[t] = outlier_score(scheme, y, arr)[1]
         honest = np.setdiff1d(arr, liars[t])
         rows["straggling"][t] = mean_squared_error(scheme.decode(outputs[t, honest], honest), base)
         where = np.searchsorted(arr, liars[t])
@@ -497,10 +500,16 @@ def _byzantine_row(scheme: CodingScheme, trials: Trials, arrived: np.ndarray, li
             r = robust_decode(scheme, y_bad, arr, threshold=threshold)
             per_attack[a]["robust"][t] = mean_squared_error(r.predictions, base)
             per_attack[a]["caught"] += int(set(liars[t].tolist()) <= set(r.dropped))
+            suspect, per_attack[a]["score"][t] = outlier_score(scheme, y_bad, arr)
+            per_attack[a]["located"] += int(suspect in liars[t])
     row = {m: float(v.mean()) for m, v in rows.items()}
     row["clean_false_drops_per_trial"] = false_drops / n_trials
+    row["clean_score_p50_p95_p99"] = [round(float(q), 3) for q in np.percentile(clean_scores, [50, 95, 99])]
+    # located: the most suspect answer is a wrong one; score: the detector's statistic (threshold it to drop)
     row["attacks"] = {a: {"robust": float(v["robust"].mean()), "plain": float(v["plain"].mean()),
-                          "caught_fraction": v["caught"] / n_trials} for a, v in per_attack.items()}
+                          "caught_fraction": v["caught"] / n_trials, "located_fraction": v["located"] / n_trials,
+                          "score_p5_p50": [round(float(q), 3) for q in np.percentile(v["score"], [5, 50])]}
+                      for a, v in per_attack.items()}
     return row
 
 
@@ -510,7 +519,7 @@ def format_byzantine_table(report: dict) -> str:
     title = (f"{report['model']}  N={report['N']} K={report['K']} trials={report['trials']}  "
              f"A={a} Byzantine worker(s), threshold {report['byzantine']['threshold']}")
     header = ["S", "scheme", "attack", "clean", "clean+rob", "straggling", "byz+robust", "byz plain", "rob/strag",
-              "clean cost", "caught"]
+              "clean cost", "caught", "located", "score honest p95/p99", "score attacked p5/p50"]
     rows = []
     for s, by_scheme in report["byzantine"]["results"].items():
         for name in SCHEMES:
@@ -519,5 +528,7 @@ def format_byzantine_table(report: dict) -> str:
                 rows.append([s, SCHEME_LABELS[name], attack, f"{row['clean']:.3e}", f"{row['clean_robust']:.3e}",
                              f"{row['straggling']:.3e}", f"{v['robust']:.3e}", f"{v['plain']:.3e}",
                              f"{v['robust'] / row['straggling']:.2f}", f"{row['clean_robust'] / row['clean'] - 1:+.1%}",
-                             f"{v['caught_fraction']:.0%}"])
-    return title + "\n" + tables.format_table(rows, header, align=">" + "<<" + ">" * 8)
+                             f"{v['caught_fraction']:.0%}", f"{v.get('located_fraction', float('nan')):.0%}",
+                             "/".join(f"{q:.2f}" for q in row.get("clean_score_p50_p95_p99", [np.nan] * 3)[1:]),
+                             "/".join(f"{q:.2f}" for q in v.get("score_p5_p50", [np.nan] * 2))])
+    return title + "\n" + tables.format_table(rows, header, align=">" + "<<" + ">" * 11)

@@ -43,7 +43,7 @@ import numpy as np
 
 from nercc.coding._validation import check_count, check_data, check_finite, check_lam
 
-__all__ = ["RobustDecodeResult", "robust_decode", "detect_outliers", "DEFAULT_THRESHOLD"]
+__all__ = ["RobustDecodeResult", "robust_decode", "detect_outliers", "outlier_score", "DEFAULT_THRESHOLD"]
 
 #: A located error larger than this many times the spread of the other answers is a wrong answer.
 DEFAULT_THRESHOLD = 2.0
@@ -76,6 +76,32 @@ def _trimmed_spread(answers: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum((core - core.mean(axis=0)) ** 2, axis=1))))
 
 
+def _score(L: np.ndarray, answers: np.ndarray):
+    """(index of the most suspect answer, its located error over the yardstick of the others): step 1-2."""
+    j, error = _locate(L, L @ answers)
+    rest = np.delete(answers, j, axis=0)
+    # nearly identical honest answers (a batch of one class) have a tiny spread while an honest
+    # coded answer between them may still differ by a whole output: the typical answer size is a floor
+    scale = max(_trimmed_spread(rest), float(np.median(np.linalg.norm(rest, axis=1))), 1e-300)
+    return j, float(np.linalg.norm(error)) / scale
+
+
+def outlier_score(scheme, y, arrived) -> Tuple[int, float]:
+    """(worker, score): the answer that best explains the leave-one-out residuals and the statistic that
+    :func:`detect_outliers` compares with ``threshold`` (its located error over the spread, or typical size,
+    of the other answers). For measuring the detector: how high honest batches score against attacked ones.
+    """
+    from nercc.coding._validation import check_arrived
+
+    key = check_arrived(arrived, scheme.n_workers)
+    y = check_data("y", y, len(key), "one per arrived worker, len(arrived)")
+    check_finite("y", y)
+    if len(key) < 3:
+        raise ValueError(f"an outlier score needs at least 3 answers, got {len(key)}")
+    j, score = _score(scheme.loo_residual_operator(key), np.asarray(y, dtype=np.float64).reshape(len(key), -1))
+    return key[j], score
+
+
 def detect_outliers(scheme, y, arrived, max_faulty: int | None = None, threshold: float = DEFAULT_THRESHOLD):
     """Worker indices (from ``arrived``) judged wrong, in the order found, and the indices kept.
 
@@ -100,14 +126,8 @@ def detect_outliers(scheme, y, arrived, max_faulty: int | None = None, threshold
     for _ in range(max_faulty):
         if len(kept) < 3:
             break
-        L = scheme.loo_residual_operator(tuple(key[i] for i in kept))
-        current = y_flat[kept]
-        j, error = _locate(L, L @ current)
-        rest = np.delete(current, j, axis=0)
-        # nearly identical honest answers (a batch of one class) have a tiny spread while an honest
-        # coded answer between them may still differ by a whole output: the typical answer size is a floor
-        scale = max(_trimmed_spread(rest), float(np.median(np.linalg.norm(rest, axis=1))), 1e-300)
-        if float(np.linalg.norm(error)) <= threshold * scale:
+        j, score = _score(scheme.loo_residual_operator(tuple(key[i] for i in kept)), y_flat[kept])
+        if score <= threshold:
             break
         dropped.append(key[kept[j]])
         del kept[j]
