@@ -182,14 +182,15 @@ _GOOD = {"scheme": "nercc", "n_workers": 12}
         (f"{MODEL}_encoder", "INPUT", _floats(4), {"n_workers": 12, "lam_enc": "small"}, "lam_enc"),
         (f"{MODEL}_encoder", "INPUT", _floats(4), {"n_workers": 12, "n_stragglers": 12}, "n_stragglers"),
         (f"{MODEL}_encoder", "INPUT", _floats(4), {"n_workers": 12, "lam": 0.1}, "unknown request parameter"),
-        (f"{MODEL}_encoder", "INPUT", _floats(400), {"n_workers": 400}, "max_request_bytes"),  # input over the limit
+        # input over the limit: Triton refuses K > max_batch_size = 1 MiB // 3136 before the stub
+        (f"{MODEL}_encoder", "INPUT", _floats(400), {"n_workers": 400}, "batch-size must be <= 334"),
         (f"{MODEL}_encoder", "INPUT", _floats(4), {"n_workers": 400}, "max_request_bytes"),  # coded output over it
         (f"{MODEL}_encode", "RAW", np.zeros((4, 28, 28), np.uint8), {"scheme": "bacc"}, "n_workers"),
         (f"{MODEL}_encode", "RAW", np.zeros((4, 28, 28), np.uint8), {"scheme": "x", "n_workers": 12}, "scheme"),
         (f"{MODEL}_encode", "RAW", np.zeros((4, 28, 28), np.float32), _GOOD, "FP32"),
         (f"{MODEL}_encode", "RAW", np.zeros((4, 32, 32), np.uint8), _GOOD, "shape"),
         (f"{MODEL}_encode", "RAW", np.zeros((1, 28, 28), np.uint8), _GOOD, "K >= 2"),
-        (f"{MODEL}_preprocess", "RAW", np.zeros((1400, 28, 28), np.uint8), None, "max_request_bytes"),
+        (f"{MODEL}_preprocess", "RAW", np.zeros((1400, 28, 28), np.uint8), None, "batch-size must be <= 334"),
     ],
     ids=["fp64", "shape", "nan", "inf", "k1", "n<k", "scheme", "no-n", "n-str", "n-float", "n-bool", "lam-neg",
          "lam-str", "s>=n", "unknown-param", "input-bytes", "coded-bytes", "ens-no-n", "ens-scheme", "ens-dtype",
