@@ -97,7 +97,7 @@ def test_both_engines_end_to_end_with_calibration_and_frontier(cluster, tmp_path
     knees = [c["knee_batches_per_s"] for c in cal.values()]
     assert st["offered_batches_per_s"] == pytest.approx(run._nice(0.15 * min(knees)))
     assert st["deadline_ms"] == pytest.approx(np.ceil(8 * cal["nercc"]["p50_ms_light"]))
-    patience = min(np.ceil(cal["nercc"]["p50_ms_light"]), st["deadline_ms"] - 1)
+    patience = min(np.ceil(run.PATIENCE_FACTOR * cal["nercc"]["p50_ms_light"]), st["deadline_ms"] - 1)
     assert st["coded_policy"] == f"first:{N_WORKERS // 2 + 1}@{patience:g}" and "auto" in st["policy_choice"]
     block = summary["profiles"]["none"]
     assert set(block["engines"]) == {"asyncio", "locust"}
