@@ -89,13 +89,13 @@ def test_both_engines_end_to_end_with_calibration_and_frontier(cluster, tmp_path
     the new per-scheme fields and the first:M frontier."""
     args = parse("--profile", "none", "--engine", "both", "--workers", str(N_WORKERS), "--inputs", str(K),
                  "--schemes", "uncoded,nercc", "--ramp", "10,2,20,1", "--batches", "40", "--frontier-batches", "30",
-                 "--deadline-factor", "8", "--out", str(tmp_path), *_urls(cluster))
+                 "--deadline-factor", "8", "--load-fraction", "0.3", "--out", str(tmp_path), *_urls(cluster))
     assert run.main(args) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     st = summary["settings"]
     cal = summary["calibration"]["schemes"]
     knees = [c["knee_batches_per_s"] for c in cal.values()]
-    assert st["offered_batches_per_s"] == pytest.approx(run._nice(0.15 * min(knees)))
+    assert st["offered_batches_per_s"] == pytest.approx(run._nice(0.3 * min(knees)))
     assert st["deadline_ms"] == pytest.approx(np.ceil(8 * cal["nercc"]["p50_ms_light"]))
     patience = min(np.ceil(run.PATIENCE_FACTOR * cal["nercc"]["p50_ms_light"]), st["deadline_ms"] - 1)
     assert st["coded_policy"] == f"first:{N_WORKERS // 2 + 1}@{patience:g}" and "auto" in st["policy_choice"]

@@ -582,7 +582,7 @@ def write_markdown(path: Path, summary: dict) -> None:
         + f"; engines: {', '.join(st['engines'])} (headline numbers: {st['engines'][0]}); Locust with "
         f"{st['locust_users']} users, each a Poisson stream of rate / users.",
         f"- Deadline **{st['deadline_ms']:g} ms** — {st['deadline_choice']}. Coded policy `{st['coded_policy']}` "
-        f"(decode as soon as M answers are in, never wait past the deadline); uncoded waits for its K workers, "
+        f"({_policy_words(st)}); uncoded waits for its K workers, "
         f"replication (r = N // K = {st['replication_copies']}) for the first copy of each input"
         + (f", hedged sends a second copy of an input to another worker once its first is later than the hedge "
            f"delay ({_fmt(st.get('hedge_ms'))} ms — {st.get('hedge_choice')})" if HEDGED in st["schemes"] else "")
@@ -711,6 +711,21 @@ def plot_cdf(path: Path, latencies: Dict[str, Sequence[float]], deadline_ms: flo
         tail.text(lo, level, f" {name}", va="bottom", fontsize=8)
     tail.set_title("tail (1 - CDF)")
     _save(fig, path, title)
+
+
+def _policy_words(settings: dict) -> str:
+    """What the coded policy of the run does, in words, with why it was chosen when the report knows."""
+    policy = parse_policy(settings["coded_policy"], settings["n_workers"])
+    if policy.kind != "first":
+        words = {"all": "wait for every answer", "deadline": "wait for every answer until the deadline"}[policy.kind]
+    elif policy.patience_ms is None:
+        words = "decode as soon as M answers are in, never wait past the deadline"
+    else:
+        words = (f"decode from every answer when all come within {policy.patience_ms:g} ms, else at "
+                 f"{policy.patience_ms:g} ms from those in once M = {policy.m} are, else at the M-th; never past "
+                 "the deadline")
+    why = settings.get("policy_choice")
+    return words + (f" — {why}" if why and why != "given by --policy" else "")
 
 
 def _policy_family(settings: dict) -> str:
