@@ -219,11 +219,27 @@ def test_web_ui_runs_the_users(cluster):
         (["--no-calibrate", "--rate", "5"], "--deadline-ms"),
         (["--ramp", "1,1,5,1"], "--ramp"),
         (["--load-fraction", "2"], "--load-fraction"),
+        (["--min-answers", "few"], "--min-answers"),
     ],
 )
 def test_bad_arguments_are_named(argv, message):
     with pytest.raises(ValueError, match=message):
         run.check_args(parse(*argv))
+
+
+def test_coded_batches_decode_from_at_least_m_by_default():
+    args = parse()
+    assert run.coded_min_answers(args, "first:7@19") == 7 and run.coded_min_answers(args, "all") is None
+    assert run.coded_min_answers(parse("--min-answers", "0"), "first:7") is None
+    assert run.coded_min_answers(parse("--min-answers", "3"), "first:7") == 3
+    from nercc.loadtest import workload
+
+    options = argparse.ArgumentParser()
+    workload.add_engine_arguments(options)
+    opts = options.parse_args(["--worker-urls", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--min-answers", "3",
+                               "--policy", "first:3"])
+    assert workload.client_kwargs(opts, "nercc")["min_answers"] == 3
+    assert "min_answers" not in workload.client_kwargs(opts, "uncoded")
 
 
 def test_dead_worker_needs_a_local_cluster():
@@ -326,6 +342,8 @@ def test_first_m_replay():
     assert report.reconstruct_first_m(everyone, 2, 4, 20.0, patience_ms=10.0) == (2.0 + 6.0 + 0.5, (0, 1, 2, 3))
     assert report.reconstruct_first_m(record, 2, 4, 20.0, patience_ms=10.0) == (2.0 + 8.0 + 0.5, (0, 1, 3))
     assert report.reconstruct_first_m(record, 3, 4, 20.0, patience_ms=6.0) == (2.0 + 5.0 + 0.5, (0, 1, 3))
+    # min_answers = M: fewer than M by the deadline waits for the M-th (late) instead of decoding from those in
+    assert report.reconstruct_first_m(record, 4, 4, 20.0, min_answers=4) == (2.0 + 45.0 + 0.5, (0, 1, 2, 3))
 
 
 def test_first_m_frontier_accuracy_uses_the_right_workers():

@@ -309,7 +309,7 @@ def reconstruct_first_m(record: dict, m: int, n_workers: int, deadline_ms: float
 
 def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_workers: int, deadline_ms: float,
              n_stragglers: int, reference: Reference | None, ms: Sequence[int], max_accuracy_batches: int = 400,
-             patience_ms: float | None = None) -> list:
+             patience_ms: float | None = None, min_answers_is_m: bool = False) -> list:
     """p50/p99/p99.9 and RelAcc of first:M (first:M@T with ``patience_ms``) for each M, from one trace run of a
     coded scheme.
 
@@ -336,7 +336,8 @@ def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_work
     for m in ms:
         latencies, hits, base_hits, sq = [], 0, 0, []
         for i, record in enumerate(records):
-            latency, used = reconstruct_first_m(record, m, n_workers, deadline_ms, patience_ms=patience_ms)
+            latency, used = reconstruct_first_m(record, m, n_workers, deadline_ms, patience_ms=patience_ms,
+                                                min_answers=m if min_answers_is_m else 2)
             latencies.append(math.inf if latency is None else latency)
             if reference is None or latency is None or i >= max_accuracy_batches:
                 continue
@@ -392,7 +393,8 @@ def analyse(summary: dict, out_dir: Path, record_predictions: bool = True) -> No
             ms = list(range(max(2, k), n + 1))
             block["frontier"][run["scheme"]] = frontier(
                 requests, run["scheme"], st["model"], k, n, st["deadline_ms"],
-                n - coded_m if coded_m else 0, reference, ms, patience_ms=coded_policy.patience_ms)
+                n - coded_m if coded_m else 0, reference, ms, patience_ms=coded_policy.patience_ms,
+                min_answers_is_m=st.get("min_answers") == "policy")
         name = f"latency_cdf_{profile}.png"
         plot_cdf(out_dir / name, latencies, st["deadline_ms"],
                  f"{st['model']}, N = {n}, K = {k}, {st['offered_batches_per_s']:g} batches/s offered "

@@ -263,6 +263,9 @@ def add_engine_arguments(group, defaults_from_env: bool = False) -> None:
     group.add_argument("--deadline-ms", type=float, default=40.0,
                        help="end-to-end deadline per batch; a batch that needed an answer after it is 'late' (fails)")
     group.add_argument("--policy", default="first:8", help="coded schemes' wait policy: first:M | deadline | all")
+    group.add_argument("--min-answers", type=int, default=None,
+                       help="coded schemes: fewest answers a batch decodes from; with fewer by the deadline it waits "
+                            "(late) (default: the client's, 2)")
     group.add_argument("--hard-timeout-ms", type=float, default=2000.0,
                        help="longest a batch waits for the minimum answers before it errors")
     group.add_argument("--n-stragglers", type=int, default=None,
@@ -327,6 +330,8 @@ def client_kwargs(options, scheme: str) -> dict:
             kwargs["encode"] = options.encode
         if options.n_stragglers is not None:
             kwargs["n_stragglers"] = int(options.n_stragglers)
+        if getattr(options, "min_answers", None):
+            kwargs["min_answers"] = int(options.min_answers)
     from nercc.client.tls import ClientTLS
 
     tls = ClientTLS.from_options(*(getattr(options, f"client_tls_{k}", "") or None for k in ("ca", "cert", "key")))
