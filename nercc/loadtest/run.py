@@ -62,6 +62,28 @@ FALLBACK_DEFAULTS = {"ramp": "2,1.5,200,3", "batches": 400}
 QUICK = {"batches": 150, "ramp": "8,2,64,1.5", "frontier_batches": 100}
 
 
+def _configure_batch_rules(parser: argparse.ArgumentParser) -> None:
+    """Deadline, wait policy, hedge delay and encoding: when a batch stops waiting and how it is coded."""
+    parser.add_argument("--deadline-ms", type=float, default=None,
+                        help="end-to-end deadline (SLO) per batch (default: --deadline-factor x the coded path's "
+                             "no-straggler p50 measured by the calibration)")
+    parser.add_argument("--deadline-factor", type=float, default=2.5, help="default deadline / coded no-straggler p50")
+    parser.add_argument("--policy", default="auto",
+                        help="coded schemes' policy: first:M | first:M@T | deadline | all | auto (first:M@T, M = N // 2 + 1, "
+                             "T = 1.3 x the coded path's no-straggler p50 from the calibration)")
+    parser.add_argument("--min-answers", default="policy",
+                        help="coded schemes: fewest answers a batch decodes from; 'policy' = the M of first:M (with "
+                             "fewer by the deadline the batch waits for the M-th and is late); a number; 0 = the "
+                             "client's default (2)")
+    parser.add_argument("--hard-timeout-ms", type=float, default=2000.0,
+                        help="longest a batch waits for the answers it needs")
+    parser.add_argument("--hedge-ms", type=float, default=None,
+                        help="hedged: hedge delay (default: the p95 of one worker request's round trip measured by the "
+                             "calibration, no stragglers; the client's own estimate would learn the stragglers' delay)")
+    parser.add_argument("--encode", default="server", choices=("server", "local"),
+                        help="coded schemes: encode on the master's Triton encoder (default) or in the client")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="bimodal",
                         help="straggler profile(s), comma-separated, or 'all' (" + ", ".join(ALL_PROFILES) + "); "
@@ -88,24 +110,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--locust-batches", type=int, default=None,
                         help="batches per Locust run with --engine both (default: 0.4 x --batches); its p50/p99 are "
                              "compared with the asyncio engine's")
-    parser.add_argument("--deadline-ms", type=float, default=None,
-                        help="end-to-end deadline (SLO) per batch (default: --deadline-factor x the coded path's "
-                             "no-straggler p50 measured by the calibration)")
-    parser.add_argument("--deadline-factor", type=float, default=2.5, help="default deadline / coded no-straggler p50")
-    parser.add_argument("--policy", default="auto",
-                        help="coded schemes' policy: first:M | first:M@T | deadline | all | auto (first:M@T, M = N // 2 + 1, "
-                             "T = 1.3 x the coded path's no-straggler p50 from the calibration)")
-    parser.add_argument("--min-answers", default="policy",
-                        help="coded schemes: fewest answers a batch decodes from; 'policy' = the M of first:M (with "
-                             "fewer by the deadline the batch waits for the M-th and is late); a number; 0 = the "
-                             "client's default (2)")
-    parser.add_argument("--hard-timeout-ms", type=float, default=2000.0,
-                        help="longest a batch waits for the answers it needs")
-    parser.add_argument("--hedge-ms", type=float, default=None,
-                        help="hedged: hedge delay (default: the p95 of one worker request's round trip measured by the "
-                             "calibration, no stragglers; the client's own estimate would learn the stragglers' delay)")
-    parser.add_argument("--encode", default="server", choices=("server", "local"),
-                        help="coded schemes: encode on the master's Triton encoder (default) or in the client")
+    _configure_batch_rules(parser)
     parser.add_argument("--schemes", default=None, help="comma-separated subset (default: every scheme the client has)")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="skip the ramp (needs --rate and --deadline-ms); no knee, no no-straggler cost table")
