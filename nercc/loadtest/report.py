@@ -277,34 +277,33 @@ def reconstruct_first_m(record: dict, m: int, n_workers: int, deadline_ms: float
     this batch of an ``all`` trace.
 
     The workers do the same work whatever M is (stragglers are abandoned, not cancelled), so only the client's
-    moment of decision changes: the M-th answer, or the deadline when fewer came by then (then the answers in by
-    the deadline, or the first ``min_answers`` if fewer: late). first:M@T: every answer if all N came before T,
-    else T if M came by then. None when the batch never had enough answers.
+    moment of decision changes. The trace's arrival times are replayed through the client's own wait-policy
+    state machine (:class:`nercc.client.core.WaitState`, clock in ms from the call), so the replay follows the
+    live rules exactly. None when the batch never had enough answers.
     """
     if not answered(record):
         return None, ()
-    times = sorted((float(ms), int(w)) for w, ms in record.get("worker_ms", {}).items())
+    from nercc.client.core import DECODE, WaitState, plan_requests
+
     encode_ms = float(record["encode_ms"])
-    budget = deadline_ms - encode_ms  # time left for the fan-out once the coded inputs are back
-    patience = None if patience_ms is None else patience_ms - encode_ms
-    if patience is not None and len(times) == n_workers and times[-1][0] <= patience:
-        wait, used = times[-1][0], times
-    elif len(times) >= m and times[m - 1][0] <= budget:
-        if patience is not None and times[m - 1][0] <= patience:
-            used = [t for t in times if t[0] <= patience]
-            wait = patience
-        else:
-            wait, used = times[m - 1][0], times[:m]
-    else:
-        by_deadline = [t for t in times if t[0] <= budget]
-        if len(by_deadline) >= min_answers:
-            wait, used = max(budget, by_deadline[-1][0]), by_deadline
-        elif len(times) >= min_answers:
-            wait, used = times[min_answers - 1][0], times[:min_answers]
-        else:
-            return None, ()
-    latency = encode_ms + wait + float(record.get("decode_ms", 0.0))
-    return latency, tuple(sorted(w for _, w in used))
+    state = WaitState(plan_requests(NERCC_NAME, 2, n_workers), policy_kind="first", policy_m=m,
+                      min_answers=min_answers, t_fanout=encode_ms, deadline_t=float(deadline_ms), hard_t=math.inf,
+                      patience_t=patience_ms)
+    arrivals = sorted((encode_ms + float(ms), int(w)) for w, ms in record.get("worker_ms", {}).items())
+    now = encode_ms
+    for t, worker in arrivals + [(math.inf, None)]:
+        wakeup = state.next_wakeup(now)
+        while state.final is None and wakeup is not None and wakeup < t:  # the clock's own moments first
+            now = wakeup
+            state.on_tick(now)
+            wakeup = state.next_wakeup(now)
+        if state.final is not None or worker is None:
+            break
+        now = t
+        state.on_answer(worker, t)
+    if state.final is None or state.final.action != DECODE:
+        return None, ()
+    return state.decided_t + float(record.get("decode_ms", 0.0)), state.used_workers()
 
 
 def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_workers: int, deadline_ms: float,
