@@ -364,12 +364,13 @@ class ClientBase:
         rotation = 0 if self.coded else next(self._rotation)
         plan = core.plan_requests(self.scheme, k, self.n_workers, rotation)
         available = {w for w in range(self.n_workers) if self.health.available(w)}
-        idle = {w for w in available if not self.health.busy_straggling(w)}
-        # a worker still busy with an abandoned straggler would queue the new request behind it: leave it out
-        # while the batch keeps enough idle workers (coded: the answers the policy waits for)
-        needed = max(self.min_answers, self.policy_m or 0) if self.coded else 0
-        if len(idle & set(plan.requests)) >= needed:
-            available = idle
+        if self.health.avoid_stragglers:
+            # a worker still busy with an abandoned straggler would queue the new request behind it: leave it out
+            # while the batch keeps enough idle workers (coded: the answers the policy waits for)
+            idle = {w for w in available if not self.health.busy_straggling(w)}
+            needed = max(self.min_answers, self.policy_m or 0) if self.coded else 0
+            if len(idle & set(plan.requests)) >= needed:
+                available = idle
         return core.restrict_plan(plan, available)
 
     def _check_policy(self, min_answers: int) -> None:
