@@ -18,6 +18,12 @@ Policies, times counted from the call (the same clock as the deadline):
     before T and the batch decodes from all N (the most accurate decode); with a few stragglers it decodes at
     T from the N - s that came; only when more than N - M straggle does it wait longer. T trades a little p50
     for accuracy at no cost in the tail beyond T.
+``exact:M@T`` (systematic schemes only, ``nercc.coding`` schemes with ``systematic = True``)
+    exact when on time: decode as soon as every one of the K systematic answers is in (no regression: each
+    input's own answer, exact); otherwise, once T ms have passed *and* at least M answers (any workers) are
+    in, decode, the regression fitted on every arrived answer filling in the inputs whose own worker is late;
+    never past the deadline (fewer than M by then: wait for the M-th, the batch is late). ``exact:M`` is
+    ``exact:M@0``: recover as soon as M answers are in.
 """
 
 from __future__ import annotations
@@ -30,16 +36,21 @@ MIN_CODED_ANSWERS = 2
 
 
 class WaitPolicy(NamedTuple):
-    """A parsed policy: ``kind`` is ``deadline`` | ``all`` | ``first``; ``m`` the M of ``first:M`` (else None);
-    ``patience_ms`` the T of ``first:M@T`` (None: decode at the M-th answer)."""
+    """A parsed policy: ``kind`` is ``deadline`` | ``all`` | ``first`` | ``exact``; ``m`` the M of ``first:M`` /
+    ``exact:M`` (else None); ``patience_ms`` the T of ``first:M@T`` / ``exact:M@T`` (None: decode at the M-th
+    answer)."""
 
     kind: str
     m: Optional[int] = None
     patience_ms: Optional[float] = None
 
 
+#: Policy kinds that take ``:M`` and ``@T``.
+COUNTED_KINDS = ("first", "exact")
+
+
 def parse_policy(policy: str, n_workers: int) -> WaitPolicy:
-    """``"deadline"`` | ``"all"`` | ``"first:M"`` | ``"first:M@T"`` → :class:`WaitPolicy`.
+    """``"deadline"`` | ``"all"`` | ``"first:M"`` | ``"first:M@T"`` | ``"exact:M"`` | ``"exact:M@T"`` → :class:`WaitPolicy`.
 
     M must satisfy 2 <= M <= n_workers; T (ms) must be a finite number >= 0.
     """
@@ -48,24 +59,26 @@ def parse_policy(policy: str, n_workers: int) -> WaitPolicy:
     text = policy.strip().lower()
     if text in ("deadline", "all"):
         return WaitPolicy(text)
-    if text.startswith("first:"):
-        body = text.split(":", 1)[1]
-        m_text, _, t_text = body.partition("@")
+    kind, colon, body = text.partition(":")
+    if colon and kind in COUNTED_KINDS:
+        m_text, at, t_text = body.partition("@")
         try:
             m = int(m_text)
         except ValueError:
-            raise ValueError(f"policy {policy!r}: M in 'first:M' must be an integer") from None
+            raise ValueError(f"policy {policy!r}: M in '{kind}:M' must be an integer") from None
         if not MIN_CODED_ANSWERS <= m <= n_workers:
             raise ValueError(
                 f"policy {policy!r}: M must be between {MIN_CODED_ANSWERS} and n_workers={n_workers}"
             )
-        if not _:
-            return WaitPolicy("first", m)
+        if not at:
+            return WaitPolicy(kind, m, 0.0 if kind == "exact" else None)
         try:
             patience_ms = float(t_text.removesuffix("ms"))
         except ValueError:
-            raise ValueError(f"policy {policy!r}: T in 'first:M@T' must be a number of ms") from None
+            raise ValueError(f"policy {policy!r}: T in '{kind}:M@T' must be a number of ms") from None
         if not (patience_ms >= 0 and math.isfinite(patience_ms)):
-            raise ValueError(f"policy {policy!r}: T in 'first:M@T' must be a finite number of ms >= 0")
-        return WaitPolicy("first", m, patience_ms)
-    raise ValueError(f"unknown policy {policy!r}; use 'deadline', 'first:M', 'first:M@T' or 'all'")
+            raise ValueError(f"policy {policy!r}: T in '{kind}:M@T' must be a finite number of ms >= 0")
+        return WaitPolicy(kind, m, patience_ms)
+    raise ValueError(
+        f"unknown policy {policy!r}; use 'deadline', 'first:M', 'first:M@T', 'exact:M@T' (systematic schemes) or 'all'"
+    )
