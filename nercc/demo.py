@@ -205,6 +205,16 @@ def format_table(rows: List[List[str]], header: List[str]) -> str:
     return "\n".join(lines)
 
 
+def with_interval(values: Sequence[float], q: float) -> str:
+    """'17.4 [16.9, 18.0]': the percentile and its distribution-free 95 % interval (nercc.stats); an end the
+    batches cannot bound prints 'never'."""
+    from nercc import stats as nstats
+
+    if not len(values):
+        return "-"
+    return nstats.format_with_interval(percentile(values, q), nstats.percentile_interval(values, q))
+
+
 def table_rows(stats, schemes, reference, batch_labels, k) -> List[list]:
     """One table row per scheme: latency percentiles, accuracy against the local model, cost, lateness."""
     rows = []
@@ -222,8 +232,8 @@ def table_rows(stats, schemes, reference, batch_labels, k) -> List[list]:
             mse = rel_acc = float("nan")
         rows.append([
             scheme, st.policy,
-            f"{percentile(st.total_ms, 50):.1f}", f"{percentile(st.total_ms, 95):.1f}",
-            f"{percentile(st.total_ms, 99):.1f}", f"{max(st.total_ms, default=float('nan')):.1f}",
+            with_interval(st.total_ms, 50), f"{percentile(st.total_ms, 95):.1f}",
+            with_interval(st.total_ms, 99), f"{max(st.total_ms, default=float('nan')):.1f}",
             f"{mse:.2e}", f"{rel_acc:.3f}",
             f"{np.mean(st.n_requests) / k:.2f}" if st.n_requests else "-",
             f"{np.mean(st.n_arrived):.1f}" if st.n_arrived else "-",
@@ -234,8 +244,8 @@ def table_rows(stats, schemes, reference, batch_labels, k) -> List[list]:
     return rows
 
 
-TABLE_HEADER = ["scheme", "policy", "p50 ms", "p95 ms", "p99 ms", "max ms", "MSE", "RelAcc", "compute/input",
-                "answers used", "late", "failed", "encode p50", "fan-out p50", "decode p50"]
+TABLE_HEADER = ["scheme", "policy", "p50 ms [95% CI]", "p95 ms", "p99 ms [95% CI]", "max ms", "MSE", "RelAcc",
+                "compute/input", "answers used", "late", "failed", "encode p50", "fan-out p50", "decode p50"]
 
 
 def print_notes(args, stats, schemes, plain, k) -> None:
@@ -246,7 +256,8 @@ def print_notes(args, stats, schemes, plain, k) -> None:
           "RelAcc: top-1 of the predictions / top-1 of the local model on the same inputs; compute/input: worker "
           "requests per input (uncoded 1, replication N//K, coded N/K, hedged 1 + second copies); answers used: per "
           "batch (mean); nercc-local: NeRCC encoded in the client (encode='local'), no master round trip; "
-          "late: batches that waited past the deadline for their minimum; latency: call to predictions.")
+          "late: batches that waited past the deadline for their minimum; latency: call to predictions; "
+          "[lo, hi]: 95 % interval of the percentile (order statistics; 'never': too few batches to bound it).")
     if NERCC_NAME in stats and stats[NERCC_NAME].lam_pairs:
         pairs = sorted(stats[NERCC_NAME].lam_pairs)
         enc = sorted({p[0] for p in pairs})

@@ -296,36 +296,65 @@ def test_run_stats_offered_throughput_and_cpu():
     assert s["max_in_flight"] == 2 and s["compute_per_input"] == N_WORKERS / K
 
 
-def _stats(p50, p99):
-    return {"p50_ms": p50, "p99_ms": p99, "cpu_ms_per_batch_parts": {"load_generator": 1.0}}
+def _stats(p50, p99, p50_ci=None, p99_ci=None):
+    return {"p50_ms": p50, "p99_ms": p99, "p50_ms_ci": p50_ci or [p50 * 0.9, p50 * 1.1],
+            "p99_ms_ci": p99_ci or [p99 * 0.9, p99 * 1.1], "cpu_ms_per_batch_parts": {"load_generator": 1.0}}
 
 
-def test_engine_comparison_agrees_within_20_percent_only():
-    engines = {"asyncio": {"uncoded": _stats(10, 50), "nercc": _stats(10, 20)},
-               "locust": {"uncoded": _stats(11.9, 41), "nercc": _stats(12.1, 20)}}
+def test_engine_comparison_needs_overlapping_intervals_and_medians_within_20_percent():
+    engines = {"asyncio": {"uncoded": _stats(10, 50), "nercc": _stats(10, 20), "bacc": _stats(10, 20, p99_ci=[19, 21])},
+               "locust": {"uncoded": _stats(11.9, 41), "nercc": _stats(12.1, 20),
+                          "bacc": _stats(10.5, 24, p99_ci=[23, 26])}}
     rows = report.compare_engines(engines)
     assert rows["uncoded"]["agree"] and rows["uncoded"]["p50_ms"]["ratio"] == pytest.approx(1.19)
-    assert not rows["nercc"]["agree"]  # p50 21% slower under Locust
+    assert rows["uncoded"]["p99_ms"]["overlap"]
+    assert not rows["nercc"]["agree"] and not rows["nercc"]["medians_within"]  # p50 21% slower under Locust
+    assert not rows["bacc"]["agree"] and rows["bacc"]["medians_within"]  # p99 intervals apart
+    assert not rows["bacc"]["p99_ms"]["overlap"]
     summary = {"profiles": {"bimodal": {"schemes": {}, "engine_comparison": rows}}}
     [line] = report.target_checks(summary)
-    assert "not met: NeRCC" in line
-    assert "| bimodal | NeRCC | 10.0 | 12.1 | 1.21 |" in report.engine_table(summary)
+    assert "disagree: BACC, NeRCC" in line and "**not met**" in line
+    table = report.engine_table(summary)
+    assert "| bimodal | NeRCC | 10.0 [9.0, 11.0] | 12.1 [10.9, 13.3] | 1.21 |" in table
+    assert "**no** (medians > 20% apart)" in table and "**no** (p99 intervals apart)" in table
 
 
-def test_targets_name_every_check_with_numbers():
-    def s(p99, p999, share=1.0, rel_acc=None):
-        return {"p99_ms": p99, "p99.9_ms": p999, "throughput_share": share, "rel_acc": rel_acc}
+def test_targets_verdicts_come_from_intervals():
+    rng = np.random.default_rng(0)
 
-    summary = {"profiles": {"bimodal": {"schemes": {
-        "uncoded": s(50.0, 60.0), "replication": s(12.0, 45.0), "hedged": s(20.0, 44.0),
-        "nercc": s(20.0, 30.0, 0.96, 0.98)}}}}
+    def run_of(scale, n=1000):
+        return list(rng.exponential(scale, n) + 5.0)
+
+    lat = {"uncoded": run_of(40.0), "replication": run_of(10.0), "hedged": run_of(9.7), "nercc": run_of(6.0)}
+
+    def s(values, share=1.0, rel_acc=None, rel_acc_ci=None):
+        p = report.latency_percentiles(values)
+        return {"p99_ms": p["p99"], "p99.9_ms": p["p99.9"], **report.latency_intervals(values),
+                "throughput_share": share, "rel_acc": rel_acc, "rel_acc_ci": rel_acc_ci}
+
+    schemes = {"uncoded": s(lat["uncoded"]), "replication": s(lat["replication"]), "hedged": s(lat["hedged"]),
+               "nercc": s(lat["nercc"], 0.96, 0.98, [0.965, 0.99])}
+    targets = {t["key"]: t for t in report.evaluate_targets(schemes, lat)}
+    # p99 ratio ~ 6/40 = 0.15: far below 0.5
+    assert targets["nercc_p99_vs_uncoded"]["verdict"] == "met"
+    lo, hi = targets["nercc_p99_vs_uncoded"]["interval"]
+    assert lo < targets["nercc_p99_vs_uncoded"]["value"] < hi < 0.5
+    # p99.9 of 1000 batches rests on one: replication's ~ NeRCC's x 1.6 but the interval is wide
+    assert targets["nercc_p99.9_vs_replication"]["verdict"] in ("met", "undecided")
+    # RelAcc 0.98 [0.965, 0.99] straddles 0.97: undecided, although the point is above the line
+    assert targets["nercc_rel_acc"]["verdict"] == "undecided"
+    summary = {"profiles": {"bimodal": {"schemes": schemes, "targets": list(targets.values())}}}
     text = "\n".join(report.target_checks(summary))
-    assert "20.0 vs 50.0 ms (ratio 0.40) — **met**" in text
-    assert "p99.9 <= replication's: 30.0 vs 45.0 ms — **met**" in text
-    assert "p99.9 <= hedged's: 30.0 vs 44.0 ms — **met**" in text
-    assert "RelAcc >= 0.97: 0.980 — **met**" in text and "0.95 x offered" in text
-    summary["profiles"]["bimodal"]["schemes"]["nercc"]["throughput_share"] = 0.9
-    assert "— **not met** (lowest: NeRCC)" in "\n".join(report.target_checks(summary))
+    assert "NeRCC RelAcc >= 0.97: 0.980 [0.965, 0.990] — **undecided**" in text
+    assert "NeRCC p99 <= 0.5 x uncoded's p99: " in text and "— **met**" in text
+    assert "0.95 x offered" in text and "**met** " not in text
+    schemes["nercc"]["throughput_share"] = 0.9
+    [share] = [t for t in report.evaluate_targets(schemes, lat) if t["key"] == "throughput_share"]
+    assert share["verdict"] == "not met" and "lowest: NeRCC" in share["numbers"]
+    # the same latencies for both: the ratio interval holds 1, so p99.9 <= replication's is undecided
+    same = report.evaluate_targets({"nercc": s(lat["replication"]), "replication": s(lat["replication"])},
+                                   {"nercc": lat["replication"], "replication": lat["replication"]})
+    assert [t["verdict"] for t in same if t["key"] == "nercc_p99.9_vs_replication"] == ["undecided"]
 
 
 def test_first_m_replay():

@@ -27,6 +27,7 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
+from nercc import stats as nstats
 from nercc.coding.registry import (
     BACC_NAME,
     CODED_SCHEMES,
@@ -43,8 +44,10 @@ PERCENTILES = (50, 90, 95, 99, 99.9)
 SCHEME_LABELS = {name: info.label for name, info in SCHEMES.items()}
 SCHEME_COLORS = {UNCODED: "#7f7f7f", REPLICATION: "#1f77b4", HEDGED: "#2ca02c", BACC_NAME: "#ff7f0e",
                  NERCC_NAME: "#d62728"}
-#: Engines agree when their p50 and p99 differ by at most this share.
+#: Engines agree when their p50 and p99 intervals overlap and their p50s (medians) differ by at most this share.
 AGREEMENT = 0.20
+#: Percentiles that carry a 95 % interval (``p50_ms_ci`` ... in summary.json; nercc.stats.percentile_interval).
+CI_PERCENTILES = (50, 99, 99.9)
 
 
 def pkey(p: float) -> str:
@@ -85,6 +88,16 @@ def latency_percentiles(latencies_ms: Sequence[float]) -> Dict[str, float | None
     with np.errstate(invalid="ignore"):
         values = np.percentile(np.asarray(latencies_ms, dtype=float), PERCENTILES)
     return {pkey(p): round(float(v), 3) if np.isfinite(v) else None for p, v in zip(PERCENTILES, values)}
+
+
+def latency_intervals(latencies_ms: Sequence[float]) -> Dict[str, list | None]:
+    """``{'p50_ms_ci': [lo, hi], 'p99_ms_ci': ..., 'p99.9_ms_ci': ...}``: the distribution-free 95 % interval of
+    each percentile (order statistics, binomial ranks: :func:`nercc.stats.quantile_interval`). An end that reaches
+    batches never answered, or that the batches cannot bound (a p99.9 from fewer than ~4,000), is None."""
+    if len(latencies_ms) == 0:
+        return {f"{pkey(p)}_ms_ci": None for p in CI_PERCENTILES}
+    return {f"{pkey(p)}_ms_ci": nstats.json_interval(nstats.percentile_interval(latencies_ms, p))
+            for p in CI_PERCENTILES}
 
 
 def answered(record: dict) -> bool:
@@ -150,6 +163,7 @@ class Reference:
 def accuracy_of(records: Iterable[dict], reference: Reference) -> dict:
     """MSE and RelAcc over the batches that carry predictions."""
     sq_errors, served_hits, base_hits, n = [], 0, 0, 0
+    per_batch: List[tuple] = []  # (served hits, base hits) per batch: RelAcc's bootstrap unit
     for record in records:
         predictions = record.get("predictions")
         if predictions is None:
@@ -160,18 +174,31 @@ def accuracy_of(records: Iterable[dict], reference: Reference) -> dict:
         if y_hat.shape != f_x.shape:
             continue  # a wrong-shaped answer is already a failure; it has no per-input error
         sq_errors.append(((f_x - y_hat) ** 2).sum(axis=1))
-        served_hits += int((y_hat.argmax(axis=1) == labels).sum())
-        base_hits += int((f_x.argmax(axis=1) == labels).sum())
+        per_batch.append((int((y_hat.argmax(axis=1) == labels).sum()), int((f_x.argmax(axis=1) == labels).sum())))
+        served_hits += per_batch[-1][0]
+        base_hits += per_batch[-1][1]
         n += len(labels)
     if n == 0:
-        return {"mse": None, "rel_acc": None, "accuracy": None, "base_accuracy": None, "n_inputs_checked": 0}
+        return {"mse": None, "rel_acc": None, "rel_acc_ci": None, "accuracy": None, "base_accuracy": None,
+                "n_inputs_checked": 0}
     return {
         "mse": float(np.concatenate(sq_errors).mean()),
         "rel_acc": round(served_hits / base_hits, 5) if base_hits else None,
+        "rel_acc_ci": rel_acc_interval(per_batch),
         "accuracy": round(served_hits / n, 5),
         "base_accuracy": round(base_hits / n, 5),
         "n_inputs_checked": n,
     }
+
+
+def rel_acc_interval(per_batch: Sequence[tuple]) -> list | None:
+    """95 % interval of RelAcc = sum(served hits) / sum(base hits) from (served, base) hits per batch: a
+    bootstrap over batches (a batch's K inputs are decoded together, so the batch is the independent unit;
+    :func:`nercc.stats.ratio_of_sums_interval`)."""
+    if not per_batch or sum(b for _, b in per_batch) <= 0:
+        return None
+    served, base = zip(*per_batch)
+    return nstats.json_interval(nstats.ratio_of_sums_interval(served, base), 5)
 
 
 def designed_compute(scheme: str, n_workers: int, n_inputs: int) -> float | None:
@@ -212,6 +239,7 @@ def run_stats(records: List[dict], events: List[dict], scheme: str, n_workers: i
         "failure_reasons": reasons,
         "late": sum(1 for r in records if r.get("late")),
         **{f"{k}_ms": v for k, v in latency_percentiles(latencies).items()},
+        **latency_intervals(latencies),
         "unanswered": n - n_answered,
         "mean_ms": _r(np.mean(finite), 3) if finite else None,
         "max_ms": _r(np.max(finite), 3) if finite else None,
@@ -252,6 +280,7 @@ def ramp_summary(log: Path) -> dict:
         steps.append({
             "rate": event["rate"], "passed": bool(event["passed"]), "requests": len(records),
             "throughput_batches_per_s": _r(event["throughput"]), "p50_ms": pct["p50"], "p99_ms": pct["p99"],
+            "p50_ms_ci": latency_intervals(latencies)["p50_ms_ci"],
             "cpu_ms_per_batch": cpu_per_batch(events, len(records), step),
         })
     passed = [s for s in steps if s["passed"]]
@@ -333,7 +362,7 @@ def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_work
         encoder, decoders = decoder(n_workers - n_stragglers), {}
     coded_outputs: Dict[int, np.ndarray] = {}
     for m in ms:
-        latencies, hits, base_hits, sq = [], 0, 0, []
+        latencies, per_batch, sq = [], [], []
         for i, record in enumerate(records):
             latency, used = reconstruct_first_m(record, m, n_workers, deadline_ms, patience_ms=patience_ms,
                                                 min_answers=m if min_answers_is_m else 2)
@@ -349,13 +378,18 @@ def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_work
             y_hat = np.asarray(decoders[len(used)].decode(coded_outputs[index][list(used)], list(used)))
             f_x = reference.f_of(index)
             labels = reference.labels(index)
-            hits += int((y_hat.argmax(axis=1) == labels).sum())
-            base_hits += int((f_x.argmax(axis=1) == labels).sum())
+            per_batch.append((int((y_hat.argmax(axis=1) == labels).sum()), int((f_x.argmax(axis=1) == labels).sum())))
             sq.append(((f_x - y_hat) ** 2).sum(axis=1))
         pct = latency_percentiles(latencies)
+        base_hits = sum(b for _, b in per_batch)
+        late = sum(1 for lat in latencies if lat > deadline_ms)
         points.append({"m": m, "p50_ms": pct["p50"], "p99_ms": pct["p99"], "p99.9_ms": pct["p99.9"],
-                       "late_share": _r(np.mean([lat > deadline_ms for lat in latencies]), 4),
-                       "rel_acc": round(hits / base_hits, 5) if base_hits else None,
+                       **latency_intervals(latencies),
+                       "late_share": _r(late / len(latencies), 4) if latencies else None,
+                       "late_share_ci": nstats.json_interval(nstats.wilson_interval(late, len(latencies)), 4)
+                       if latencies else None,
+                       "rel_acc": round(sum(h for h, _ in per_batch) / base_hits, 5) if base_hits else None,
+                       "rel_acc_ci": rel_acc_interval(per_batch),
                        "mse": float(np.concatenate(sq).mean()) if sq else None, "batches": len(records)})
     return points
 
@@ -384,6 +418,8 @@ def analyse(summary: dict, out_dir: Path, record_predictions: bool = True) -> No
             block["engine_comparison"] = compare_engines(block["engines"])
             for scheme, row in block["engine_comparison"].items():
                 block["schemes"][scheme]["engine_agreement"] = row
+        if profile == TARGET_PROFILE:
+            block["targets"] = evaluate_targets(block["schemes"], latencies, block.get("engine_comparison"))
         coded_policy = parse_policy(st["coded_policy"], n)
         coded_m = coded_policy.m
         block["frontier"] = {}
@@ -410,7 +446,8 @@ def analyse(summary: dict, out_dir: Path, record_predictions: bool = True) -> No
             requests, events = read_log(raw / run["requests_log"])
             stats = run_stats(requests, events, run["scheme"], n, k, None)
             sweep["points"].append({"scheme": run["scheme"], "rate": run["rate"], **{
-                key: stats[key] for key in ("p50_ms", "p99_ms", "p99.9_ms", "offered_batches_per_s",
+                key: stats[key] for key in ("p50_ms", "p99_ms", "p99.9_ms", "p50_ms_ci", "p99_ms_ci", "p99.9_ms_ci",
+                                            "offered_batches_per_s",
                                             "throughput_batches_per_s", "cpu_ms_per_batch", "failures", "requests")}})
         plot_sweep(out_dir / "latency_vs_load.png", summary)
         plots["sweep"] = "latency_vs_load.png"
@@ -421,16 +458,20 @@ def analyse(summary: dict, out_dir: Path, record_predictions: bool = True) -> No
 
 
 def compare_engines(engines: Dict[str, Dict[str, dict]]) -> Dict[str, dict]:
-    """Per scheme: both engines' p50/p99, their ratio (locust / asyncio) and whether they agree within 20%."""
+    """Per scheme: both engines' p50/p99 with their 95 % intervals and ratio (locust / asyncio). They **agree**
+    when the p50 intervals overlap, the p99 intervals overlap, and the medians (p50) differ by at most 20 %."""
     a, b = "asyncio", "locust"
     out = {}
     for scheme in [s for s in SCHEME_ORDER if s in engines.get(a, {}) and s in engines.get(b, {})]:
         row = {}
         for p in ("p50_ms", "p99_ms"):
             va, vb = engines[a][scheme][p], engines[b][scheme][p]
-            row[p] = {a: va, b: vb, "ratio": _r(vb / va, 3) if va and vb else None}
-        row["agree"] = all(r["ratio"] is not None and abs(r["ratio"] - 1) <= AGREEMENT for r in
-                           (row["p50_ms"], row["p99_ms"]))
+            ca, cb = engines[a][scheme].get(p + "_ci"), engines[b][scheme].get(p + "_ci")
+            row[p] = {a: va, b: vb, "ratio": _r(vb / va, 3) if va and vb else None, f"{a}_ci": ca, f"{b}_ci": cb,
+                      "overlap": nstats.intervals_overlap(ca, cb)}
+        ratio = row["p50_ms"]["ratio"]
+        row["medians_within"] = ratio is not None and abs(ratio - 1) <= AGREEMENT
+        row["agree"] = row["medians_within"] and row["p50_ms"]["overlap"] and row["p99_ms"]["overlap"]
         for part in ("cpu_ms_per_batch_parts",):
             row["load_generator_cpu_ms_per_batch"] = {a: engines[a][scheme][part]["load_generator"],
                                                       b: engines[b][scheme][part]["load_generator"]}
@@ -439,44 +480,95 @@ def compare_engines(engines: Dict[str, Dict[str, dict]]) -> Dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------------------------ targets
+#: The issue's targets on the headline profile: (key, scheme, figure, other scheme or None, bound, direction).
+#: A ratio target compares scheme's figure / other's figure with the bound; RelAcc compares the figure itself.
+TARGETS = (
+    ("nercc_p99_vs_uncoded", NERCC_NAME, "p99", UNCODED, 0.5, "below"),
+    ("nercc_p99.9_vs_replication", NERCC_NAME, "p99.9", REPLICATION, 1.0, "below"),
+    ("nercc_p99.9_vs_hedged", NERCC_NAME, "p99.9", HEDGED, 1.0, "below"),
+    ("nercc_rel_acc", NERCC_NAME, "rel_acc", None, 0.97, "above"),
+)
+TARGET_PROFILE = "bimodal"
+
+
+def evaluate_targets(schemes: Dict[str, dict], latencies: Dict[str, Sequence[float]],
+                     comparison: Dict[str, dict] | None = None) -> List[dict]:
+    """The targets of one run (one repeat): each with its point figure, 95 % interval and verdict
+    (:func:`nercc.stats.verdict`: met / not met / undecided when the interval straddles the line).
+
+    A ratio of percentiles of two schemes gets a bootstrap interval over both runs' batches
+    (:func:`nercc.stats.percentile_ratio_interval`); RelAcc its batch-bootstrap interval. The throughput share
+    is a rate over the whole run, not a sample statistic: its verdict is the figure against the line. The engine
+    check is met when the engines agree (intervals overlap, medians within 20 %) for every scheme.
+    """
+    out = []
+    for key, scheme, figure, other, bound, direction in TARGETS:
+        if scheme not in schemes or (other is not None and other not in schemes):
+            continue
+        s = schemes[scheme]
+        if other is None:
+            value, interval = s.get(figure), s.get(figure + "_ci")
+            if value is None:
+                continue
+            text = f"{label(scheme)} {_nice_figure(figure)} >= {bound:g}" if direction == "above" else \
+                f"{label(scheme)} {_nice_figure(figure)} <= {bound:g}"
+            numbers = nstats.format_with_interval(value, interval, 3, none="–")
+        else:
+            va, vb = s.get(f"{figure}_ms"), schemes[other].get(f"{figure}_ms")
+            value = (_as_ms(va) / _as_ms(vb)) if vb is not None else None
+            value = None if value is None or not math.isfinite(value) else round(value, 3)
+            interval = None
+            if scheme in latencies and other in latencies:
+                interval = nstats.json_interval(nstats.percentile_ratio_interval(
+                    latencies[scheme], latencies[other], float(figure[1:])), 3)
+            text = (f"{label(scheme)} {figure} <= " + (f"{bound:g} x " if bound != 1.0 else "")
+                    + f"{label(other)}'s {figure}")
+            numbers = (f"{nstats.format_with_interval(va, s.get(f'{figure}_ms_ci'))} vs "
+                       f"{nstats.format_with_interval(vb, schemes[other].get(f'{figure}_ms_ci'))} ms, ratio "
+                       f"{nstats.format_with_interval(value, interval, 2, none='–')}")
+        out.append({"key": key, "target": text, "value": value, "interval": interval, "bound": bound,
+                    "direction": direction, "verdict": nstats.verdict(interval, bound, direction),
+                    "numbers": numbers})
+    shares = {sc: v.get("throughput_share") for sc, v in schemes.items()}
+    if shares:
+        worst = min(shares, key=lambda sc: shares[sc] or 0.0)
+        ok = all((v or 0) >= 0.95 for v in shares.values())
+        out.append({"key": "throughput_share", "target": "every scheme's throughput >= 0.95 x offered",
+                    "value": shares[worst], "interval": None, "bound": 0.95, "direction": "above",
+                    "verdict": "met" if ok else "not met",
+                    "numbers": ", ".join(f"{label(sc)} {_fmt(v, 3)}" for sc, v in shares.items())
+                    + f" (lowest: {label(worst)}; a rate over the whole run, no sampling interval)"})
+    if comparison:
+        bad = [sc for sc, row in comparison.items() if not row["agree"]]
+        out.append({"key": "engines_agree", "target": "Locust and asyncio engines agree for every scheme (p50 and "
+                    "p99 intervals overlap, medians within 20%)", "value": None, "interval": None, "bound": None,
+                    "direction": None, "verdict": "not met" if bad else "met",
+                    "numbers": ("disagree: " + ", ".join(label(sc) for sc in bad)) if bad else "all agree"})
+    return out
+
+
+def _nice_figure(figure: str) -> str:
+    return {"rel_acc": "RelAcc"}.get(figure, figure)
+
+
 def _as_ms(value) -> float:
     return math.inf if value is None else float(value)
 
 
+def format_target(t: dict) -> str:
+    return f"- {t['target']}: {t['numbers']} — **{t['verdict']}**."
+
+
 def target_checks(summary: dict) -> List[str]:
-    """The issue's targets for the headline profile (bimodal), each with the measured numbers and met / not met."""
-    out = []
-    block = summary["profiles"].get("bimodal")
+    """The issue's targets for the headline profile (bimodal): each with the measured numbers, their 95 %
+    intervals and met / not met / undecided (from the interval, never from the point estimate)."""
+    block = summary["profiles"].get(TARGET_PROFILE)
     if not block:
-        return out
-    s = block["schemes"]
-    nercc = s.get(NERCC_NAME)
-    if nercc and UNCODED in s:
-        ratio = _as_ms(nercc["p99_ms"]) / _as_ms(s[UNCODED]["p99_ms"])
-        out.append(f"- NeRCC p99 <= 0.5 x uncoded p99: {_ms(nercc['p99_ms'])} vs {_ms(s[UNCODED]['p99_ms'])} "
-                   f"ms (ratio {ratio:.2f}) — **{'met' if ratio <= 0.5 else 'not met'}**.")
-    for other in (REPLICATION, HEDGED):
-        if nercc and other in s:
-            ok = _as_ms(nercc["p99.9_ms"]) <= _as_ms(s[other]["p99.9_ms"])
-            out.append(f"- NeRCC p99.9 <= {other}'s: {_ms(nercc['p99.9_ms'])} vs {_ms(s[other]['p99.9_ms'])} "
-                       f"ms — **{'met' if ok else 'not met'}**.")
-    if (nercc or {}).get("rel_acc") is not None:
-        ra = nercc["rel_acc"]
-        out.append(f"- NeRCC RelAcc >= 0.97: {ra:.3f} — **{'met' if ra >= 0.97 else 'not met'}**.")
-    shares = {sc: v.get("throughput_share") for sc, v in s.items()}
-    if shares:
-        worst = min(shares, key=lambda sc: shares[sc] or 0.0)
-        ok = all((v or 0) >= 0.95 for v in shares.values())
-        out.append("- every scheme's throughput >= 0.95 x offered: " + ", ".join(
-            f"{label(sc)} {_fmt(v, 3)}" for sc, v in shares.items()) +
-            f" — **{'met' if ok else 'not met'}** (lowest: {label(worst)}).")
-    comparison = block.get("engine_comparison")
-    if comparison:
-        ok = all(row["agree"] for row in comparison.values())
-        out.append("- Locust and asyncio engines agree within 20% on p50 and p99 for every scheme: **"
-                   + ("met" if ok else "not met: " + ", ".join(label(sc) for sc, row in comparison.items()
-                                                              if not row["agree"])) + "**.")
-    return out
+        return []
+    targets = block.get("targets")
+    if targets is None:
+        targets = evaluate_targets(block.get("schemes", {}), {}, block.get("engine_comparison"))
+    return [format_target(t) for t in targets]
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -495,6 +587,16 @@ def _ms(value) -> str:
     return "never" if value is None else f"{value:.1f}"
 
 
+def _ci(stats: dict, key: str) -> str:
+    """A latency cell with its 95 % interval, '17.4 [16.9, 18.0]' (``key`` like 'p99_ms'); an end the batches
+    cannot bound or that reaches unanswered batches prints 'never'."""
+    return nstats.format_with_interval(stats.get(key), stats.get(key + "_ci"))
+
+
+def _ci_acc(stats: dict, key: str = "rel_acc") -> str:
+    return nstats.format_with_interval(stats.get(key), stats.get(key + "_ci"), 3, none="–")
+
+
 def headline_table(summary: dict) -> str:
     lines = [
         "| profile | scheme | batches | failures | p50 ms | p99 ms | p99.9 ms | offered /s | throughput /s | "
@@ -505,15 +607,15 @@ def headline_table(summary: dict) -> str:
         for scheme in [sc for sc in SCHEME_ORDER if sc in block["schemes"]]:
             s = block["schemes"][scheme]
             lines.append(
-                f"| {profile} | {label(scheme)} | {s['requests']} | {s['failures']} | {_ms(s['p50_ms'])} | "
-                f"{_ms(s['p99_ms'])} | {_ms(s['p99.9_ms'])} | {_fmt(s['offered_batches_per_s'])} | "
-                f"{_fmt(s['throughput_batches_per_s'])} | {_fmt(s['cpu_ms_per_batch'])} | {_fmt(s.get('rel_acc'), 3)} | "
+                f"| {profile} | {label(scheme)} | {s['requests']} | {s['failures']} | {_ci(s, 'p50_ms')} | "
+                f"{_ci(s, 'p99_ms')} | {_ci(s, 'p99.9_ms')} | {_fmt(s['offered_batches_per_s'])} | "
+                f"{_fmt(s['throughput_batches_per_s'])} | {_fmt(s['cpu_ms_per_batch'])} | {_ci_acc(s)} | "
                 f"{_fmt(s.get('mse'), 4)} | {_fmt(s['compute_per_input'], 2) if s['compute_per_input'] else _fmt(s['measured_compute_per_input'], 2)} |")
     return "\n".join(lines)
 
 
 def engine_table(summary: dict) -> str:
-    lines = ["| profile | scheme | asyncio p50 | Locust p50 | ratio | asyncio p99 | Locust p99 | ratio | agree (20%) | "
+    lines = ["| profile | scheme | asyncio p50 | Locust p50 | ratio | asyncio p99 | Locust p99 | ratio | agree | "
              "generator CPU ms/batch asyncio / Locust |", "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     any_rows = False
     for profile, block in summary["profiles"].items():
@@ -521,11 +623,25 @@ def engine_table(summary: dict) -> str:
             any_rows = True
             p50, p99 = row["p50_ms"], row["p99_ms"]
             gen = row["load_generator_cpu_ms_per_batch"]
-            lines.append(f"| {profile} | {label(scheme)} | {_ms(p50['asyncio'])} | {_ms(p50['locust'])} | "
-                         f"{_fmt(p50['ratio'], 2)} | {_ms(p99['asyncio'])} | {_ms(p99['locust'])} | "
-                         f"{_fmt(p99['ratio'], 2)} | {'yes' if row['agree'] else '**no**'} | "
+            lines.append(f"| {profile} | {label(scheme)} | {_engine_cell(p50, 'asyncio')} | "
+                         f"{_engine_cell(p50, 'locust')} | {_fmt(p50['ratio'], 2)} | {_engine_cell(p99, 'asyncio')} | "
+                         f"{_engine_cell(p99, 'locust')} | {_fmt(p99['ratio'], 2)} | {_agree_cell(row)} | "
                          f"{_fmt(gen['asyncio'])} / {_fmt(gen['locust'])} |")
     return "\n".join(lines) if any_rows else ""
+
+
+def _engine_cell(cell: dict, engine: str) -> str:
+    return nstats.format_with_interval(cell[engine], cell.get(f"{engine}_ci"))
+
+
+def _agree_cell(row: dict) -> str:
+    """'yes', or '**no**' with why: the intervals do not overlap, or the medians differ by more than 20 %."""
+    if row["agree"]:
+        return "yes"
+    why = [f"{p[:-3]} intervals apart" for p in ("p50_ms", "p99_ms") if not row[p].get("overlap", True)]
+    if not row.get("medians_within", True):
+        why.append("medians > 20% apart")
+    return "**no**" + (f" ({', '.join(why)})" if why else "")
 
 
 def calibration_table(summary: dict) -> str:
@@ -551,8 +667,8 @@ def frontier_table(summary: dict) -> str:
         for scheme, points in (block.get("frontier") or {}).items():
             for p in points:
                 rows += 1
-                lines.append(f"| {profile} | {label(scheme)} | {p['m']} | {_ms(p['p50_ms'])} | {_ms(p['p99_ms'])} | "
-                             f"{_ms(p['p99.9_ms'])} | {_fmt(p['rel_acc'], 3)} | {_fmt(p['late_share'], 3)} |")
+                lines.append(f"| {profile} | {label(scheme)} | {p['m']} | {_ci(p, 'p50_ms')} | {_ci(p, 'p99_ms')} | "
+                             f"{_ci(p, 'p99.9_ms')} | {_ci_acc(p)} | {_ci_acc(p, 'late_share')} |")
     return "\n".join(lines) if rows else ""
 
 
@@ -564,6 +680,18 @@ def console_text(summary: dict) -> str:
         parts += ["", "calibration (no stragglers):", calibration_table(summary)]
     parts += ["", *target_checks(summary)]
     return "\n".join(parts)
+
+
+INTERVAL_WORDS = (
+    "Each latency percentile is shown as `point [lo, hi]`: the point is numpy's percentile of the batches' "
+    "latencies, [lo, hi] its distribution-free 95 % interval (order statistics with binomial ranks; `never` when an "
+    "end falls among unanswered batches or the batches are too few to bound it: a p99.9 needs ~4,000). RelAcc's "
+    "interval is a bootstrap over batches.")
+VERDICT_WORDS = (
+    "Verdicts come from the 95 % interval, never the point: **met** when the whole interval is on the right side of "
+    "the line, **not met** when it is all on the wrong side, **undecided** when it straddles the line (this run "
+    "cannot tell; more batches or repeats narrow it). Ratios of two schemes' percentiles: bootstrap over both "
+    "runs' batches.")
 
 
 def write_markdown(path: Path, summary: dict) -> None:
@@ -579,7 +707,8 @@ def write_markdown(path: Path, summary: dict) -> None:
         f"tritonservers + 1 master (encoder), all on this machine ({st['cpu_count']} CPU cores).",
         f"- Load: open loop, Poisson arrivals, **{st['offered_batches_per_s']:g} batches/s** for every scheme and "
         f"engine — {st['load_choice']}. {st['batches_per_run']} batches per run"
-        + (f" ({st['locust_batches']} for Locust)" if "locust" in st["engines"] and len(st["engines"]) > 1 else "")
+        + (f" ({st['locust_batches']} for Locust)" if "locust" in st["engines"] and len(st["engines"]) > 1
+           and st.get("locust_batches") != st["batches_per_run"] else "")
         + f"; engines: {', '.join(st['engines'])} (headline numbers: {st['engines'][0]}); Locust with "
         f"{st['locust_users']} users, each a Poisson stream of rate / users.",
         f"- Deadline **{st['deadline_ms']:g} ms** — {st['deadline_choice']}. Coded policy `{st['coded_policy']}` "
@@ -593,12 +722,14 @@ def write_markdown(path: Path, summary: dict) -> None:
         "",
         "## Results",
         "",
+        INTERVAL_WORDS,
+        "",
         headline_table(summary),
         "",
     ]
     checks = target_checks(summary)
     if checks:
-        lines += ["### Targets (profile bimodal)", "", *checks, ""]
+        lines += [f"### Targets (profile {TARGET_PROFILE})", "", VERDICT_WORDS, "", *checks, ""]
     if engine_table(summary):
         lines += ["### Engine cross-check (same load, same cluster; ratio = Locust / asyncio)", "",
                   engine_table(summary), ""]
@@ -691,6 +822,11 @@ def plot_cdf(path: Path, latencies: Dict[str, Sequence[float]], deadline_ms: flo
                      f"p99.9 {_ms(p['p99.9'])} ms)")
         ax.step(values, np.arange(1, values.size + 1) / every.size, where="post", **style)
         tail.step(values, 1.0 - np.arange(values.size) / every.size, where="post", **style)
+        for q, level in ((99, 1e-2), (99.9, 1e-3)):  # the 95 % interval of p99 / p99.9 where a reader compares
+            lo, hi = nstats.percentile_interval(every, q)
+            if math.isfinite(lo):
+                tail.plot([lo, min(hi, values[-1] * 1.2)], [level, level], color=style["color"], lw=5, alpha=0.35,
+                          solid_capstyle="butt")
     finite = [v for vs in latencies.values() for v in vs if np.isfinite(v)]
     lo, hi = (min(finite) * 0.8, max(max(finite), deadline_ms) * 1.25) if finite else (1.0, 1000.0)
     for axis in (ax, tail):
@@ -710,7 +846,7 @@ def plot_cdf(path: Path, latencies: Dict[str, Sequence[float]], deadline_ms: flo
     for level, name in ((1e-2, "p99"), (1e-3, "p99.9")):
         tail.axhline(level, color="k", ls="--", lw=0.8, alpha=0.6)
         tail.text(lo, level, f" {name}", va="bottom", fontsize=8)
-    tail.set_title("tail (1 - CDF)")
+    tail.set_title("tail (1 - CDF); bars on the p99 / p99.9 lines: 95 % intervals")
     _save(fig, path, title)
 
 
@@ -747,8 +883,10 @@ def plot_frontier(path: Path, block: dict, settings: dict, profile: str) -> None
                 continue
             xs, ys, ms = zip(*pts)
             values += ys
-            ax.plot(xs, ys, "-o", color=SCHEME_COLORS.get(scheme),
-                    label=f"{label(scheme)} {_policy_family(settings)} (trace)", ms=4)
+            ok = [p for p in points if p["rel_acc"] is not None and p[key] is not None]
+            ax.errorbar(xs, ys, xerr=_err(xs, [p.get("rel_acc_ci") for p in ok]),
+                        yerr=_err(ys, [p.get(key + "_ci") for p in ok]), fmt="-o", color=SCHEME_COLORS.get(scheme),
+                        label=f"{label(scheme)} {_policy_family(settings)} (trace)", ms=4, elinewidth=0.8, capsize=2)
             for x, y, m in pts:
                 ax.annotate(f"M={m}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         for scheme in _ordered(block["schemes"]):
@@ -757,9 +895,11 @@ def plot_frontier(path: Path, block: dict, settings: dict, profile: str) -> None
                 continue
             values.append(s[key])
             marker = "*" if scheme in CODED_SCHEMES else "s"
-            ax.plot([s.get("rel_acc") if s.get("rel_acc") is not None else 1.0], [s[key]], marker,
-                    color=SCHEME_COLORS.get(scheme), ms=11 if marker == "*" else 8, mec="k",
-                    label=f"{label(scheme)}" + (f" {settings['coded_policy']} (live)" if marker == "*" else ""))
+            x = s.get("rel_acc") if s.get("rel_acc") is not None else 1.0
+            ax.errorbar([x], [s[key]], xerr=_err([x], [s.get("rel_acc_ci")]), yerr=_err([s[key]], [s.get(key + "_ci")]),
+                        fmt=marker, color=SCHEME_COLORS.get(scheme), ms=11 if marker == "*" else 8, mec="k",
+                        elinewidth=0.8, capsize=2,
+                        label=f"{label(scheme)}" + (f" {settings['coded_policy']} (live)" if marker == "*" else ""))
         ax.axhline(settings["deadline_ms"], color="k", ls=":", lw=1)
         ax.set_xlabel("RelAcc (accuracy of served predictions / accuracy of f)")
         ax.set_title(f"{name} latency vs accuracy")
@@ -768,10 +908,21 @@ def plot_frontier(path: Path, block: dict, settings: dict, profile: str) -> None
         lo, hi = min(values) / 1.5, max(max(values), settings["deadline_ms"]) * 1.5
         axes[0].set_ylim(lo, hi)
         _ms_ticks(axes[0], lo, hi, "y")
-    axes[0].set_ylabel("latency per batch (ms, log)")
+    axes[0].set_ylabel("latency per batch (ms, log; bars: 95 % intervals)")
     axes[0].legend(fontsize=7, loc="best")
     _save(fig, path, f"{_setting_title(settings, profile)}: {block['description']}; deadline "
                      f"{settings['deadline_ms']:g} ms (dotted)")
+
+
+def _err(values: Sequence[float], intervals: Sequence) -> np.ndarray:
+    """matplotlib's (2, n) error-bar lengths from [lo, hi] intervals; an unknown or unbounded end draws no bar."""
+    out = np.zeros((2, len(values)))
+    for i, (v, ci) in enumerate(zip(values, intervals)):
+        if ci:
+            lo, hi = ci
+            out[0, i] = max(0.0, v - lo) if lo is not None else 0.0
+            out[1, i] = max(0.0, hi - v) if hi is not None else 0.0
+    return out
 
 
 def plot_sweep(path: Path, summary: dict) -> None:
@@ -781,10 +932,12 @@ def plot_sweep(path: Path, summary: dict) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
     for ax, key in zip(axes, ("p50_ms", "p99_ms", "p99.9_ms")):
         for scheme in _ordered({p["scheme"] for p in points}):
-            pts = sorted((p["offered_batches_per_s"] or p["rate"], p[key]) for p in points
+            pts = sorted((p["offered_batches_per_s"] or p["rate"], p[key], p.get(key + "_ci")) for p in points
                          if p["scheme"] == scheme and p[key] is not None)
             if pts:
-                ax.plot(*zip(*pts), "-o", color=SCHEME_COLORS.get(scheme), label=label(scheme), ms=4)
+                xs, ys, cis = zip(*pts)
+                ax.errorbar(xs, ys, yerr=_err(ys, cis), fmt="-o", color=SCHEME_COLORS.get(scheme), label=label(scheme),
+                            ms=4, elinewidth=0.8, capsize=2)
         ax.set_xlabel("offered load (batches/s)")
         ax.set_title(key.replace("_ms", ""))
         _log_y_grid(ax)
@@ -809,7 +962,9 @@ def plot_ramp(path: Path, summary: dict) -> None:
         top = max(top, max(rates))
         color = SCHEME_COLORS.get(scheme)
         ax.plot(rates, [s["throughput_batches_per_s"] for s in steps], "-o", color=color, label=label(scheme), ms=4)
-        lat.plot(rates, [s["p50_ms"] for s in steps], "-o", color=color, label=label(scheme), ms=4)
+        p50s = [s["p50_ms"] for s in steps]
+        lat.errorbar(rates, p50s, yerr=_err([v or 0.0 for v in p50s], [s.get("p50_ms_ci") for s in steps]), fmt="-o",
+                     color=color, label=label(scheme), ms=4, elinewidth=0.8, capsize=2)
         knee = cal[scheme]["knee_batches_per_s"]
         if knee:
             ax.axvline(knee, color=color, ls=":", lw=1)
@@ -826,6 +981,6 @@ def plot_ramp(path: Path, summary: dict) -> None:
     ax.set_title("capacity ramp (dotted: knees; grey: chosen load)")
     lat.set_yscale("log")
     lat.set_ylabel("p50 latency (ms, log)")
-    lat.set_title("p50 vs offered load, no stragglers")
+    lat.set_title("p50 vs offered load, no stragglers (bars: 95 % intervals)")
     ax.legend(fontsize=8)
     _save(fig, path)

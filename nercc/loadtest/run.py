@@ -108,8 +108,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=None,
                         help="batches per scheme and engine run (default per model: lenet5 1000); p99.9 needs 1000+")
     parser.add_argument("--locust-batches", type=int, default=None,
-                        help="batches per Locust run with --engine both (default: 0.4 x --batches); its p50/p99 are "
-                             "compared with the asyncio engine's")
+                        help="batches per Locust run with --engine both (default: --batches, the same as the asyncio "
+                             "engine's); its p50/p99 intervals are compared with the asyncio engine's")
     _configure_batch_rules(parser)
     parser.add_argument("--schemes", default=None, help="comma-separated subset (default: every scheme the client has)")
     parser.add_argument("--no-calibrate", action="store_true",
@@ -228,7 +228,8 @@ def check_args(args) -> dict:
     engines.sort(key=lambda e: 0 if e == "asyncio" else 1)  # asyncio first: the yardstick, the headline
     return {
         "schemes": schemes, "profiles": profiles, "engines": engines, "batches": batches,
-        "locust_batches": args.locust_batches or (max(10, batches * 2 // 5) if args.engine == "both" else batches),
+        # both engines run the same number of batches: their intervals are then equally wide, and compared
+        "locust_batches": args.locust_batches or batches,
         "rates": rates, "ramp": ramp,
         "frontier_batches": args.frontier_batches or (QUICK["frontier_batches"] if args.quick else max(50, batches * 3 // 10)),
         "policy": resolve_policy(args.policy, args.workers),
