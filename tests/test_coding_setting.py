@@ -33,10 +33,14 @@ PROFILE = {
 
 def test_registry_lists_every_scheme_once():
     assert SCHEME_ORDER == tuple(SCHEMES) == BASELINE_SCHEMES + CODED_SCHEMES
-    assert set(CODED_SCHEMES) == {NeRCC.name, BACC.name}
+    assert SCHEME_ORDER == ("uncoded", "replication", "hedged", "bacc", "nercc", "bacc-sys", "nercc-sys")
+    assert set(CODED_SCHEMES) == {NeRCC.name, BACC.name, "nercc-sys", "bacc-sys"}
     for name in CODED_SCHEMES:
         assert SCHEMES[name].coder.name == name
     assert scheme_info("NeRCC").smoothing and not scheme_info("bacc").smoothing
+    assert scheme_info("nercc-sys").smoothing and not scheme_info("bacc-sys").smoothing
+    assert [n for n in SCHEME_ORDER if scheme_info(n).systematic] == ["bacc-sys", "nercc-sys"]
+    assert (scheme_info("nercc-sys").label, scheme_info("bacc-sys").label) == ("NeRCC-sys", "BACC-sys")
     assert not scheme_info("hedged").coded
     with pytest.raises(ValueError, match="scheme must be one of nercc|bacc"):
         scheme_info("hedged", coded_only=True)

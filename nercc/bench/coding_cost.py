@@ -29,7 +29,7 @@ from typing import Callable, List, Sequence, Tuple
 import numpy as np
 
 from nercc import tables
-from nercc.coding import CODED_SCHEMES, make_scheme, random_straggler_sets
+from nercc.coding import CODED_SCHEMES, SYSTEMATIC_SCHEMES, make_scheme, random_straggler_sets
 
 DEFAULT_SIZES = "20x100,50x250,200x1000"
 DEFAULT_DIMS = "784,3072,150528"  # MNIST 28x28, CIFAR-10 32x32x3, ImageNet 224x224x3
@@ -228,8 +228,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"small run: sizes {QUICK_SIZES}, dims {QUICK_DIMS} (unless given)",
     )
-    parser.add_argument("--schemes", default=",".join(reversed(CODED_SCHEMES)),
-                        help=f"comma-separated: {', '.join(CODED_SCHEMES)}")
+    plain = [s for s in reversed(CODED_SCHEMES) if s not in SYSTEMATIC_SCHEMES]
+    parser.add_argument("--schemes", default=",".join(plain),
+                        help=f"comma-separated: {', '.join(CODED_SCHEMES)} (default: {', '.join(plain)})")
     parser.add_argument("--lam", type=float, default=1e-5, help="NeRCC lam_enc = lam_dec")
     parser.add_argument(
         "--stragglers",

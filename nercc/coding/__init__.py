@@ -1,4 +1,4 @@
-"""The coding core: NeRCC (smoothing splines) and BACC (Berrut) encode/decode, and their joint tuning.
+"""The coding core: NeRCC (smoothing splines) and BACC (Berrut) encode/decode, plain and systematic, and tuning.
 
 Pure numpy + scipy, no I/O; serving, the client and the benchmarks import it, never the other way.
 
@@ -10,19 +10,20 @@ Pure numpy + scipy, no I/O; serving, the client and the benchmarks import it, ne
 
 from nercc.coding.berrut import berrut_matrix
 from nercc.coding.cache import ByteBoundedLRU
-from nercc.coding.points import chebyshev_first, chebyshev_second
+from nercc.coding.points import SYSTEMATIC_GEOMETRIES, chebyshev_first, chebyshev_second, systematic_points
 from nercc.coding.registry import (
     BASELINE_SCHEMES,
     CODED_SCHEMES,
     DEFAULT_SCHEME,
     SCHEME_ORDER,
     SCHEMES,
+    SYSTEMATIC_SCHEMES,
     SchemeInfo,
     make_scheme,
     scheme_info,
 )
 from nercc.coding.robust import RobustDecodeResult, detect_outliers, robust_decode
-from nercc.coding.schemes import BACC, CodingScheme, NeRCC
+from nercc.coding.schemes import BACC, CodingScheme, NeRCC, SystematicBACC, SystematicNeRCC
 from nercc.coding.setting import FALLBACK_LAMS, CodedSetting, profile_entry, profile_lams
 from nercc.coding.splines import smoothing_spline_matrix
 from nercc.coding.tuning import (
@@ -40,12 +41,15 @@ __all__ = [
     "ByteBoundedLRU",
     "NeRCC",
     "BACC",
+    "SystematicNeRCC",
+    "SystematicBACC",
     "CodingScheme",
     "make_scheme",
     "SCHEMES",
     "SCHEME_ORDER",
     "CODED_SCHEMES",
     "BASELINE_SCHEMES",
+    "SYSTEMATIC_SCHEMES",
     "DEFAULT_SCHEME",
     "SchemeInfo",
     "scheme_info",
@@ -55,6 +59,8 @@ __all__ = [
     "FALLBACK_LAMS",
     "chebyshev_first",
     "chebyshev_second",
+    "systematic_points",
+    "SYSTEMATIC_GEOMETRIES",
     "smoothing_spline_matrix",
     "berrut_matrix",
     "robust_decode",

@@ -6,7 +6,7 @@ import numpy as np
 
 from nercc.coding._validation import check_count
 
-__all__ = ["chebyshev_first", "chebyshev_second"]
+__all__ = ["chebyshev_first", "chebyshev_second", "systematic_points", "SYSTEMATIC_GEOMETRIES"]
 
 
 def chebyshev_first(n_points: int) -> np.ndarray:
@@ -28,3 +28,106 @@ def chebyshev_second(n_points: int) -> np.ndarray:
     n = check_count("n_points", n_points, minimum=2)
     i = np.arange(n)
     return np.sin(np.pi * (2 * i - n + 1) / (2 * (n - 1)))
+
+
+#: Geometries of the systematic worker points (see :func:`systematic_points`); the first is the default.
+SYSTEMATIC_GEOMETRIES = ("interleaved", "interleaved-ends", "chebyshev2", "chebyshev1")
+
+
+def _apportion(weights: np.ndarray, total: int) -> np.ndarray:
+    """Integers proportional to ``weights`` summing to ``total`` (largest remainders).
+
+    Among gaps tied on the remainder, the extra points are spread evenly over the tied ones (a mirror-symmetric
+    choice when the tie allows one), not bunched at one end.
+    """
+    quota = weights * (total / weights.sum())
+    counts = np.floor(quota + 1e-9).astype(int)
+    rem = np.round(quota - counts, 9)
+    short = total - int(counts.sum())
+    for level in sorted(set(rem.tolist()), reverse=True):
+        if short <= 0:
+            break
+        tied = np.flatnonzero(rem == level)
+        take = min(short, tied.size)
+        pick = np.floor((np.arange(take) + 0.5) * tied.size / take).astype(int)
+        counts[tied[pick]] += 1
+        short -= take
+    return counts
+
+
+def systematic_points(n_inputs: int, n_workers: int, geometry: str = SYSTEMATIC_GEOMETRIES[0]):
+    r"""Worker points of a systematic code: the K alphas themselves plus N - K parity points.
+
+    Returns ``(betas, systematic_workers)``: ``betas`` (N,) strictly ascending with
+    ``betas[systematic_workers[k]] == chebyshev_first(K)[k]`` exactly (the same float), and the K worker
+    indices ascending. The parity points are:
+
+    ``interleaved``
+        In the angle :math:`\theta` of :math:`x = -\cos\theta` the alphas sit at
+        :math:`\theta_k = (2k-1)\pi/(2K)`, so they cut :math:`[0, \pi]` into K - 1 inner gaps of width
+        :math:`\pi/K` and two end gaps of width :math:`\pi/(2K)`. The N - K parity points go into the gaps in
+        proportion to their widths (largest remainders), evenly spaced in angle: inner gaps as
+        :math:`\theta_k + i\,w/(n+1)`, end gaps at half a step from the end like first-kind points. When N/K
+        is an odd integer this is exactly ``chebyshev_first(N)``.
+    ``interleaved-ends``
+        The same, but the end gaps' outermost points are -1 and 1 (second-kind style ends).
+    ``chebyshev2``
+        ``chebyshev_second(N - K)`` (the issue's untuned sketch); a ValueError where one of them coincides
+        with an alpha (e.g. K and N - K both odd put both sets through 0).
+    ``chebyshev1``
+        ``chebyshev_first(N)``, which contains the alphas exactly when N/K is an odd integer (else a ValueError).
+    """
+    k = check_count("n_inputs", n_inputs, minimum=2)
+    n = check_count("n_workers", n_workers, minimum=3)
+    if n <= k:
+        raise ValueError(f"n_workers must be > n_inputs = {k} for a systematic code (N - K >= 1 parity "
+                         f"workers), got {n}")
+    if geometry not in SYSTEMATIC_GEOMETRIES:
+        raise ValueError(f"geometry must be one of {', '.join(SYSTEMATIC_GEOMETRIES)}; got {geometry!r}")
+    alphas = chebyshev_first(k)
+    p = n - k
+    if geometry == "chebyshev1":
+        if n % k or (n // k) % 2 == 0:
+            raise ValueError(f"geometry 'chebyshev1' needs N/K to be an odd integer (then the first-kind points "
+                             f"of N contain the alphas), got K = {k}, N = {n}")
+        betas = chebyshev_first(n)
+        m = n // k
+        workers = m // 2 + m * np.arange(k)  # x_{(2k-1)m/2N} in chebyshev_first(N): index (2k-1)m/2 - 1/2
+        betas[workers] = alphas  # the same angles; copy the alphas' exact floats
+        return betas, tuple(int(w) for w in workers)
+    if geometry == "chebyshev2":
+        parity = chebyshev_second(p) if p >= 2 else np.zeros(1)
+        close = np.abs(parity[:, None] - alphas[None, :]).min(axis=1) < 1e-12
+        if close.any():
+            raise ValueError(f"geometry 'chebyshev2' puts a parity point on a data point at K = {k}, N = {n} "
+                             f"(at {parity[close].tolist()}); use another geometry")
+    else:
+        theta = np.pi * (2 * np.arange(1, k + 1) - 1) / (2 * k)
+        widths = np.concatenate([[theta[0]], np.diff(theta), [np.pi - theta[-1]]])
+        counts = _apportion(widths, p)
+        angles = []
+        ends = geometry == "interleaved-ends"
+        for g, c in enumerate(counts):
+            if c == 0:
+                continue
+            i = np.arange(1, c + 1)
+            if g == 0:  # from theta_1 towards 0
+                step = theta[0] / (c if ends else c + 0.5)
+                angles.append(theta[0] - i * step)
+            elif g == k:  # from theta_K towards pi
+                step = (np.pi - theta[-1]) / (c if ends else c + 0.5)
+                angles.append(theta[-1] + i * step)
+            else:
+                angles.append(theta[g - 1] + i * (widths[g] / (c + 1)))
+        ang = np.concatenate(angles)
+        parity = np.sin(ang - np.pi / 2)  # -cos(theta), exactly antisymmetric like chebyshev_first
+        if ends:
+            parity[np.isclose(ang, 0.0, atol=1e-12)] = -1.0
+            parity[np.isclose(ang, np.pi, atol=1e-12)] = 1.0
+    betas = np.concatenate([alphas, parity])
+    order = np.argsort(betas, kind="stable")
+    betas = betas[order]
+    if np.any(np.diff(betas) <= 0):  # pragma: no cover - the constructions keep the points apart
+        raise ValueError(f"geometry {geometry!r} gives coinciding worker points at K = {k}, N = {n}")
+    workers = np.flatnonzero(order < k)
+    return betas, tuple(int(w) for w in workers)

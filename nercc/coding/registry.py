@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Type
 
-from nercc.coding.schemes import BACC, CodingScheme, NeRCC
+from nercc.coding.schemes import BACC, CodingScheme, NeRCC, SystematicBACC, SystematicNeRCC
 
 __all__ = [
     "SchemeInfo",
@@ -24,7 +24,10 @@ __all__ = [
     "HEDGED",
     "BACC_NAME",
     "NERCC_NAME",
+    "BACC_SYS_NAME",
+    "NERCC_SYS_NAME",
     "NERCC0_NAME",
+    "SYSTEMATIC_SCHEMES",
     "scheme_info",
     "make_scheme",
 ]
@@ -43,11 +46,16 @@ class SchemeInfo:
 
     @property
     def smoothing(self) -> bool:
-        """Whether the scheme has the smoothing parameters lam_enc and lam_dec."""
-        return self.coder is NeRCC
+        """Whether the scheme has the smoothing parameters lam_enc and lam_dec (NeRCC and its subclasses)."""
+        return self.coder is not None and issubclass(self.coder, NeRCC)
+
+    @property
+    def systematic(self) -> bool:
+        """Whether K of the N workers get the inputs unchanged (exact answers when they arrive)."""
+        return self.coder is not None and bool(self.coder.systematic)
 
 
-#: Display order: the baselines, then the coded schemes, NeRCC last (tables read left to right).
+#: Display order: the baselines, then the coded schemes (plain, then systematic; NeRCC after BACC in each).
 SCHEMES: Dict[str, SchemeInfo] = {
     info.name: info
     for info in (
@@ -57,16 +65,22 @@ SCHEMES: Dict[str, SchemeInfo] = {
                    "uncoded, plus a second copy of a late input to an idle worker (The Tail at Scale)"),
         SchemeInfo("bacc", "BACC", BACC, "Berrut approximate coded computing (rational interpolation)"),
         SchemeInfo("nercc", "NeRCC", NeRCC, "nested regression coded computing (smoothing splines)"),
+        SchemeInfo("bacc-sys", "BACC-sys", SystematicBACC,
+                   "systematic BACC: K workers get the inputs unchanged, N - K Berrut parity inputs"),
+        SchemeInfo("nercc-sys", "NeRCC-sys", SystematicNeRCC,
+                   "systematic NeRCC: K workers get the inputs unchanged, N - K smoothing-spline parity inputs"),
     )
 }
 SCHEME_ORDER: Tuple[str, ...] = tuple(SCHEMES)
 #: The names, for code that treats one scheme specially (placement, hedging, smoothing)
-UNCODED, REPLICATION, HEDGED, BACC_NAME, NERCC_NAME = SCHEME_ORDER
+UNCODED, REPLICATION, HEDGED, BACC_NAME, NERCC_NAME, BACC_SYS_NAME, NERCC_SYS_NAME = SCHEME_ORDER
 #: NeRCC with lam_enc = lam_dec = 0 (the paper's model-agnostic variant): a column of the accuracy tables
 #: (``nercc bench accuracy``) and the simulator's fallback, not a scheme a client can ask for.
 NERCC0_NAME = NERCC_NAME + "0"
 CODED_SCHEMES: Tuple[str, ...] = tuple(name for name, info in SCHEMES.items() if info.coded)
 BASELINE_SCHEMES: Tuple[str, ...] = tuple(name for name, info in SCHEMES.items() if not info.coded)
+#: The systematic coded schemes (a subset of CODED_SCHEMES)
+SYSTEMATIC_SCHEMES: Tuple[str, ...] = tuple(name for name, info in SCHEMES.items() if info.systematic)
 DEFAULT_SCHEME = NeRCC.name
 
 
@@ -82,7 +96,11 @@ def scheme_info(name: str, coded_only: bool = False) -> SchemeInfo:
 def make_scheme(
     name: str, n_inputs: int, n_workers: int, lam_enc: float = 0.0, lam_dec: float = 0.0, **cache
 ) -> CodingScheme:
-    """The coding scheme ``name`` for K inputs and N workers; lams apply to schemes with smoothing only."""
+    """The coding scheme ``name`` for K inputs and N workers; lams apply to schemes with smoothing only.
+
+    ``cache`` holds keyword arguments of the class: ``cache_size``, ``cache_bytes``, and for the systematic
+    schemes ``geometry`` (:func:`nercc.coding.points.systematic_points`).
+    """
     info = scheme_info(name, coded_only=True)
     if info.smoothing:
         return info.coder(n_inputs, n_workers, lam_enc, lam_dec, **cache)

@@ -22,10 +22,10 @@ from nercc.coding._validation import (
     check_lam,
 )
 from nercc.coding.berrut import berrut_matrix
-from nercc.coding.points import chebyshev_first, chebyshev_second
+from nercc.coding.points import SYSTEMATIC_GEOMETRIES, chebyshev_first, chebyshev_second, systematic_points
 from nercc.coding.splines import smoothing_spline_matrix
 
-__all__ = ["CodingScheme", "NeRCC", "BACC"]
+__all__ = ["CodingScheme", "NeRCC", "BACC", "SystematicNeRCC", "SystematicBACC"]
 
 Arrived = Union[Sequence[int], np.ndarray]
 
@@ -108,6 +108,8 @@ class CodingScheme:
     """
 
     name = "base"
+    #: True for the systematic codes (:class:`SystematicNeRCC`, :class:`SystematicBACC`)
+    systematic = False
 
     def __init__(
         self,
@@ -126,7 +128,7 @@ class CodingScheme:
         self.cache_size = check_count("cache_size", cache_size, minimum=0)
         self.cache_bytes = check_count("cache_bytes", cache_bytes, minimum=0)
         alphas = chebyshev_first(self.n_inputs)
-        betas = chebyshev_second(self.n_workers)
+        betas = self._worker_points()
         alphas.setflags(write=False)
         betas.setflags(write=False)
         self.alphas = alphas
@@ -137,6 +139,34 @@ class CodingScheme:
         self._lock = threading.Lock()
         self.cache_hits = 0
         self.cache_misses = 0
+
+    def _worker_points(self) -> np.ndarray:
+        """The N betas: second-kind Chebyshev points (the systematic codes override it)."""
+        return chebyshev_second(self.n_workers)
+
+    # -- systematic view (plain codes: no systematic worker, every worker is a parity worker) ----------
+    @property
+    def systematic_workers(self) -> Tuple[int, ...]:
+        """The K workers whose point is an alpha (they get the inputs unchanged), ascending; () here."""
+        return ()
+
+    @property
+    def parity_workers(self) -> Tuple[int, ...]:
+        """The workers that get coded inputs, ascending: all N here."""
+        return tuple(range(self.n_workers))
+
+    def parity_matrix(self) -> np.ndarray:
+        """The (N - K', K) rows of the encoding matrix at the parity workers (here: the whole matrix)."""
+        return self.encoding_matrix()
+
+    def encode_parity(self, x) -> np.ndarray:
+        """The coded inputs of the parity workers only (what a master computes); here :meth:`encode`."""
+        return self.encode(x)
+
+    def recovered(self, arrived: Arrived) -> np.ndarray:
+        """bool (K,): True where output k is a regression estimate, not its own worker's answer (here: all)."""
+        check_arrived(arrived, self.n_workers)
+        return np.ones(self.n_inputs, dtype=bool)
 
     # -- to implement -------------------------------------------------------------------------------
     def _build_encoding(self) -> np.ndarray:
@@ -188,8 +218,11 @@ class CodingScheme:
                 return op
             self.cache_misses += 1
         with np.errstate(over="ignore", invalid="ignore"):  # outside the lock: other threads keep decoding
-            op = _Operator(self._finite(self._build_decoding(key), "decoding"))
+            op = self._make_decoding_operator(key, self._finite(self._build_decoding(key), "decoding"))
         return self._cache_put(key, op)
+
+    def _make_decoding_operator(self, arrived: Tuple[int, ...], matrix: np.ndarray) -> _Operator:
+        return _Operator(matrix)
 
     def _build_loo_residual(self, arrived: Tuple[int, ...]) -> np.ndarray:
         """L = I - P, P[i, j] = weight of answer j in the decoding regression fitted without i, at beta_i."""
@@ -351,3 +384,215 @@ class BACC(CodingScheme):
     def _regression_matrix(self, knot_workers: Tuple[int, ...], points: np.ndarray) -> np.ndarray:
         return berrut_matrix(self.betas[list(knot_workers)], points)
 
+
+
+class _SystematicOperator(_Operator):
+    """A systematic decoding matrix with its plan: which outputs are copies of which answers, which are estimated.
+
+    ``copy_rows[i]`` is the output row that answer ``copy_cols[i]`` (a position in the arrived list) fills
+    verbatim; ``missing_rows`` are the outputs whose own systematic worker is not in the arrived set, estimated
+    with the rows ``missing_rows`` of the matrix (made per dtype on first use, from the dtype's copy).
+    """
+
+    __slots__ = ("copy_rows", "copy_cols", "missing_rows", "_missing")
+
+    def __init__(self, matrix: np.ndarray, copy_rows: np.ndarray, copy_cols: np.ndarray, missing_rows: np.ndarray):
+        super().__init__(matrix)
+        for arr in (copy_rows, copy_cols, missing_rows):
+            arr.setflags(write=False)
+        self.copy_rows, self.copy_cols, self.missing_rows = copy_rows, copy_cols, missing_rows
+        self._missing = {}
+
+    def missing(self, dtype) -> np.ndarray:
+        """The (len(missing_rows), |F|) rows of the decoding matrix that estimate the missing inputs."""
+        m = self._missing.get(np.dtype(dtype))
+        if m is None:
+            m = np.ascontiguousarray(self.as_dtype(dtype)[self.missing_rows])
+            m.setflags(write=False)
+            self._missing[np.dtype(dtype)] = m  # a benign race: two threads may both build the same rows
+        return m
+
+    @property
+    def nbytes(self) -> int:
+        k, f = self.float64.shape
+        return super().nbytes + self.missing_rows.size * f * 12  # the float64 and float32 missing rows
+
+
+class _Systematic:
+    r"""Systematic coding on top of a plain scheme (a mixin: ``class SystematicNeRCC(_Systematic, NeRCC)``).
+
+    The worker points contain the data points: ``betas[systematic_workers[k]] == alphas[k]`` exactly
+    (:func:`nercc.coding.points.systematic_points`). Write :math:`\mathcal{S}` for the systematic workers and
+    :math:`\mathcal{P}` for the N - K parity workers.
+
+    Encoding
+        :math:`\tilde x_{\mathcal{S}_k} = x_k` (a copy, no arithmetic: bit-exact) and
+        :math:`\tilde x_{\mathcal{P}} = P x`, P the plain scheme's encoder (smoothing spline with ``lam_enc``
+        through the alphas, or Berrut's interpolant) evaluated at the parity points. The encoding matrix is
+        P at the parity rows and the unit vector :math:`e_k` at row :math:`\mathcal{S}_k`.
+    Decoding
+        For arrived workers F with answers :math:`y_F`: output k is :math:`y_{\mathcal{S}_k}` itself (a copy)
+        when :math:`\mathcal{S}_k \in F`; otherwise the plain scheme's decoding regression fitted on *all*
+        arrived answers (systematic ones included) and evaluated at :math:`\alpha_k`. Row k of the decoding
+        matrix is the unit vector at the position of :math:`\mathcal{S}_k` in F, or the regression's row.
+
+    When every systematic worker answered, decoding does no arithmetic and returns the exact answers of the
+    uncoded inputs; the regression only fills in the inputs whose own worker is late (:meth:`recovered`).
+    """
+
+    systematic = True
+
+    def _worker_points(self) -> np.ndarray:
+        betas, workers = systematic_points(self.n_inputs, self.n_workers, self.geometry)
+        n, k = self.n_workers, self.n_inputs
+        sys_idx = np.asarray(workers, dtype=np.intp)
+        is_sys = np.zeros(n, dtype=bool)
+        is_sys[sys_idx] = True
+        input_of = np.full(n, -1, dtype=np.intp)
+        input_of[sys_idx] = np.arange(k)
+        for arr in (sys_idx, input_of):
+            arr.setflags(write=False)
+        self._sys_idx = sys_idx
+        self._par_idx = np.flatnonzero(~is_sys)
+        self._par_idx.setflags(write=False)
+        self._input_of_worker = input_of  # worker -> its input k, or -1 for a parity worker
+        self._systematic_workers = tuple(workers)
+        self._parity_workers = tuple(int(w) for w in self._par_idx)
+        self._parity = None
+        return betas
+
+    @property
+    def systematic_workers(self) -> Tuple[int, ...]:
+        """The K workers at the alphas, ascending: worker ``systematic_workers[k]`` gets input k unchanged."""
+        return self._systematic_workers
+
+    @property
+    def parity_workers(self) -> Tuple[int, ...]:
+        """The N - K workers that get coded inputs, ascending."""
+        return self._parity_workers
+
+    # -- encoding -----------------------------------------------------------------------------------
+    def _build_encoding(self) -> np.ndarray:
+        matrix = super()._build_encoding()
+        matrix[self._sys_idx] = 0.0
+        matrix[self._sys_idx, np.arange(self.n_inputs)] = 1.0
+        return matrix
+
+    def _parity_operator(self) -> _Operator:
+        if self._parity is None:
+            op = _Operator(self.encoding_matrix()[self._par_idx])
+            with self._lock:
+                if self._parity is None:
+                    self._parity = op
+        return self._parity
+
+    def parity_matrix(self) -> np.ndarray:
+        """The (N - K, K) float64 encoding rows of the parity workers (read-only)."""
+        return self._parity_operator().float64
+
+    def encode_parity(self, x) -> np.ndarray:
+        """Only the parity workers' coded inputs: x (K, ...) -> (N - K, ...), one matrix product ``P @ x``."""
+        x = check_data("x", x, self.n_inputs, "one per input, n_inputs")
+        check_finite("x", x)
+        return self._apply(self._parity_operator().as_dtype(x.dtype), x)
+
+    def encode(self, x) -> np.ndarray:
+        """Coded inputs (N, ...): x[k] copied bit-exactly to worker ``systematic_workers[k]``, ``P @ x`` elsewhere."""
+        x = check_data("x", x, self.n_inputs, "one per input, n_inputs")
+        check_finite("x", x)
+        out = np.empty((self.n_workers,) + x.shape[1:], dtype=x.dtype)
+        out[self._sys_idx] = x
+        out[self._par_idx] = self._apply(self._parity_operator().as_dtype(x.dtype), x)
+        return out
+
+    # -- decoding -----------------------------------------------------------------------------------
+    def _plan(self, arrived: Tuple[int, ...]):
+        inputs = self._input_of_worker[np.asarray(arrived, dtype=np.intp)]
+        copy_cols = np.flatnonzero(inputs >= 0)
+        copy_rows = inputs[copy_cols]
+        missing = np.ones(self.n_inputs, dtype=bool)
+        missing[copy_rows] = False
+        return copy_rows, copy_cols, np.flatnonzero(missing)
+
+    def _build_decoding(self, arrived: Tuple[int, ...]) -> np.ndarray:
+        matrix = self._regression_matrix(arrived, self.alphas)
+        copy_rows, copy_cols, _ = self._plan(arrived)
+        matrix[copy_rows] = 0.0
+        matrix[copy_rows, copy_cols] = 1.0
+        return matrix
+
+    def _make_decoding_operator(self, arrived: Tuple[int, ...], matrix: np.ndarray) -> _Operator:
+        return _SystematicOperator(matrix, *self._plan(arrived))
+
+    def decode(self, y, arrived: Arrived) -> np.ndarray:
+        """f(x) from the arrived answers: own answers copied bit-exactly, the regression for the missing inputs.
+
+        y (len(arrived), ...) -> (K, ...); float32 stays float32. No arithmetic at all when every
+        systematic worker is in ``arrived``.
+        """
+        op = self._decoding_operator(arrived)
+        y = check_data("y", y, op.float64.shape[1], "one per arrived worker, len(arrived)")
+        out = np.empty((self.n_inputs,) + y.shape[1:], dtype=y.dtype)
+        out[op.copy_rows] = y[op.copy_cols]
+        if op.missing_rows.size:
+            out[op.missing_rows] = self._apply(op.missing(y.dtype), y)
+        if not all_finite(out):
+            check_finite("y", y)
+        return out
+
+    def recovered(self, arrived: Arrived) -> np.ndarray:
+        """bool (K,): True where input k's own systematic worker is not in ``arrived`` (its output is estimated)."""
+        key = check_arrived(arrived, self.n_workers)
+        inputs = self._input_of_worker[np.asarray(key, dtype=np.intp)]
+        out = np.ones(self.n_inputs, dtype=bool)
+        out[inputs[inputs >= 0]] = False
+        return out
+
+
+class SystematicNeRCC(_Systematic, NeRCC):
+    """Systematic NeRCC: K workers get the inputs unchanged, N - K get smoothing-spline parity inputs.
+
+    See :class:`_Systematic` for encoding and decoding; ``geometry`` chooses the parity points
+    (:func:`nercc.coding.points.systematic_points`). Needs N > K.
+    """
+
+    name = "nercc-sys"
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_workers: int,
+        lam_enc: float = 0.0,
+        lam_dec: float = 0.0,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        geometry: str = SYSTEMATIC_GEOMETRIES[0],
+    ):
+        self.geometry = geometry
+        super().__init__(n_inputs, n_workers, lam_enc, lam_dec, cache_size=cache_size, cache_bytes=cache_bytes)
+
+    def __repr__(self) -> str:
+        return (
+            f"SystematicNeRCC(n_inputs={self.n_inputs}, n_workers={self.n_workers}, "
+            f"lam_enc={self.lam_enc!r}, lam_dec={self.lam_dec!r}, geometry={self.geometry!r})"
+        )
+
+
+class SystematicBACC(_Systematic, BACC):
+    """Systematic BACC: K workers get the inputs unchanged, N - K get Berrut parity inputs. Needs N > K."""
+
+    name = "bacc-sys"
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_workers: int,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        geometry: str = SYSTEMATIC_GEOMETRIES[0],
+    ):
+        self.geometry = geometry
+        super().__init__(n_inputs, n_workers, cache_size=cache_size, cache_bytes=cache_bytes)
+
+    def __repr__(self) -> str:
+        return f"SystematicBACC(n_inputs={self.n_inputs}, n_workers={self.n_workers}, geometry={self.geometry!r})"

@@ -17,8 +17,8 @@ Start a cluster (``nercc serve --workers 12 --straggler bimodal:p=0.1,slow_ms=40
     locust -f loadtest/locustfile.py --urls-file c.json --rate 20 --headless -u 16 -r 16 -t 60s NerccUser
 
 Pick the scheme by user class (``UncodedUser``, ``ReplicationUser``, ``HedgedUser`` when the client offers
-``hedged``, ``BaccUser``, ``NerccUser``). ``nercc loadtest --engine locust`` runs this file headless once per
-scheme and writes the report.
+``hedged``, ``BaccUser``, ``NerccUser``, ``BaccSysUser``, ``NerccSysUser``). ``nercc loadtest --engine locust``
+runs this file headless once per scheme and writes the report.
 
 Transport: the client is asyncio (``grpc.aio``); Locust's users are greenlets. All clients of this process share
 one asyncio loop in a real OS thread (:mod:`nercc.loadtest.gevent_asyncio`); a user submits its batch there and parks
@@ -41,7 +41,7 @@ import numpy as np
 import numpy.testing  # noqa: F401 - imported lazily by scipy, and its import runs a subprocess: not in the loop thread
 from gevent.lock import Semaphore
 
-from nercc.coding.registry import BACC_NAME, HEDGED, NERCC_NAME, REPLICATION, UNCODED
+from nercc.coding.registry import BACC_NAME, BACC_SYS_NAME, HEDGED, NERCC_NAME, NERCC_SYS_NAME, REPLICATION, UNCODED
 from nercc.loadtest.workload import (
     CODED,
     Batches,
@@ -300,6 +300,18 @@ class NerccUser(CodedBatchUser):
     """NeRCC coded (smoothing splines): like BaccUser with NeRCC's encoder/decoder (compute N / K per input)."""
 
     scheme = NERCC_NAME
+
+
+class BaccSysUser(CodedBatchUser):
+    """Systematic BACC: K workers get the inputs unchanged, N - K Berrut parity inputs (compute N / K per input)."""
+
+    scheme = BACC_SYS_NAME
+
+
+class NerccSysUser(CodedBatchUser):
+    """Systematic NeRCC: K workers get the inputs unchanged, N - K spline parity inputs (compute N / K per input)."""
+
+    scheme = NERCC_SYS_NAME
 
 
 # ---------------------------------------------------------------------------- per-request log (exact latencies)

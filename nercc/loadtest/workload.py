@@ -32,8 +32,9 @@ def available_schemes() -> tuple:
 
 
 def user_class_name(scheme: str) -> str:
-    """The Locust user class that sends ``scheme``'s batches (nercc.loadtest.locustfile): nercc -> NerccUser."""
-    return scheme.capitalize() + "User"
+    """The Locust user class that sends ``scheme``'s batches (nercc.loadtest.locustfile): nercc -> NerccUser,
+    nercc-sys -> NerccSysUser."""
+    return "".join(part.capitalize() for part in scheme.split("-")) + "User"
 
 
 # ------------------------------------------------------------------------------------------------ batches

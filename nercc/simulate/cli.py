@@ -22,8 +22,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from nercc.coding.registry import CODED_SCHEMES, HEDGED
+from nercc.coding.registry import CODED_SCHEMES, HEDGED, SYSTEMATIC_SCHEMES
 from nercc.simulate.model import DEFAULT_CALIBRATION, SCHEMES
+
+#: the simulator has no accuracy model for the systematic schemes yet (issue 17): not in the default run
+SIMULATED_SCHEMES = tuple(s for s in SCHEMES if s not in SYSTEMATIC_SCHEMES)
 
 VALIDATED = ("p50_ms", "p99_ms", "p99.9_ms")
 
@@ -42,7 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="straggler profile, nercc.serving.stragglers syntax (default bimodal:p=0.1,slow_ms=40)")
     parser.add_argument("--rate", type=float, default=10.0, help="offered batches per second, Poisson (default 10)")
     parser.add_argument("--batches", type=int, default=20_000, help="simulated batches per scheme (default 20000)")
-    parser.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma list of {', '.join(SCHEMES)}")
+    parser.add_argument("--schemes", default=",".join(SIMULATED_SCHEMES),
+                        help=f"comma list of {', '.join(SIMULATED_SCHEMES)}")
     parser.add_argument("--policy", default=None,
                         help="coded wait policy: deadline | first:M | all (default first:M, M = N - N//3)")
     parser.add_argument("--deadline-ms", type=float, default=30.0, help="end-to-end deadline (default 30)")
@@ -63,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--measure", action="store_true",
                         help="do the REAL run instead: LocalCluster + CodedClient, calibration (no stragglers) "
                              "then the profile under test; writes OUT/calibration.json and OUT/summary.json. "
-                             "Run it alone: /work/bin/cpu-exclusive nercc simulate --measure ...")
+                             "Run it alone: tools/exclusive nercc simulate --measure ...")
     parser.add_argument("--sequential", action="store_true",
                         help="--measure: one cluster at a time (calibration, then the profile) when two do not fit")
     parser.add_argument("--calibration-batches", type=int, default=200, help="--measure: batches per scheme")
@@ -77,9 +81,9 @@ def _check(args) -> Optional[str]:
         return f"--batches must be >= 10, got {args.batches}"
     if not (args.rate > 0 and math.isfinite(args.rate)):
         return f"--rate must be a positive number, got {args.rate}"
-    bad = [s for s in args.schemes.split(",") if s.strip() not in SCHEMES]
+    bad = [s for s in args.schemes.split(",") if s.strip() not in SIMULATED_SCHEMES]
     if bad:
-        return f"unknown scheme(s) {', '.join(bad)}; use {', '.join(SCHEMES)}"
+        return f"unknown scheme(s) {', '.join(bad)}; use {', '.join(SIMULATED_SCHEMES)}"
     return None
 
 
