@@ -44,8 +44,8 @@ models: $(STAMP)  ## (re)build every model's ONNX into model_repository/
 bench: $(STAMP)  ## regenerate bench/results (accuracy tables and figures)
 	$(VENV)/bin/nercc bench all
 
-loadtest: $(STAMP)  ## tail-latency benchmark, bimodal stragglers: calibration, Locust + asyncio engines, frontier
-	$(VENV)/bin/nercc loadtest --profile bimodal
+loadtest: $(STAMP)  ## tail-latency benchmark, bimodal stragglers: calibration, 3 repeats x (Locust + asyncio engines), frontier
+	$(VENV)/bin/nercc loadtest --profile bimodal --repeat 3 --batches 400
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -478,3 +478,172 @@ def test_locust_distributed_mode_writes_one_merged_log_and_locust_html(cluster, 
     assert (raw / "locust_none_uncoded_locust.html").stat().st_size > 10_000
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["profiles"]["none"]["schemes"]["uncoded"]["requests"] == len(requests)
+
+
+# ------------------------------------------------------------------------------------------------ never die, repeats
+def _write_run_log(path: Path, scheme: str, n: int = 200, seed: int = 0, slow: float = 0.0, step=None) -> None:
+    """A synthetic engine log: n batches 0.1 s apart, 12 workers each, CPU events around them."""
+    rng = np.random.default_rng(seed)
+    lines = [{"event": "cpu", "phase": "start", "step": step, "self_cpu_s": 1.0, "servers_cpu_s": 2.0, "wall": 1000.0}]
+    for i in range(n):
+        worker_ms = {str(w): float(1.0 + rng.exponential(1.0) + (40.0 if rng.random() < slow else 0.0))
+                     for w in range(12)}
+        times = sorted(worker_ms.values())
+        ms = 1.0 + (times[-1] if scheme == "uncoded" else times[6]) + 0.2
+        record = {"scheme": scheme, "batch": i, "t_sched": 1000.0 + i / 10, "t": 1000.0 + i / 10 + ms / 1e3,
+                  "ms": ms, "ok": True, "n_arrived": 12, "n_requests": 12, "lag_ms": 0.1, "encode_ms": 1.0,
+                  "fanout_ms": ms - 1.2, "decode_ms": 0.2, "worker_ms": worker_ms}
+        if step is not None:
+            record["step"] = step
+        lines.append(record)
+    lines.append({"event": "cpu", "phase": "end", "step": step, "self_cpu_s": 1.2, "servers_cpu_s": 3.0,
+                  "wall": 1000.0 + n / 10, "max_in_flight": 2})
+    with open(path, "a") as fh:
+        fh.write("\n".join(json.dumps(x) for x in lines) + "\n")
+
+
+def _synthetic_ramp(capacity: float):
+    """run_ramp for run.ramp_with_fallback: a ramp log whose steps above ``capacity`` batches/s fall behind."""
+    def run_ramp(spec: str, tag: str, folder: Path) -> dict:
+        rates, _, _ = openloop.ramp_rates(spec)
+        log = folder / f"ramp{tag}.jsonl"
+        for step, rate in enumerate(rates):
+            _write_run_log(log, "nercc", n=20, seed=step, step=step)
+            passed = rate <= capacity
+            with open(log, "a") as fh:
+                fh.write(json.dumps({"event": "ramp_step", "step": step, "rate": rate, "passed": passed,
+                                     "throughput": rate if passed else capacity}) + "\n")
+            if not passed:
+                break
+        return dict(report.ramp_summary(log), log=log.name)
+
+    return run_ramp
+
+
+def test_lower_ramp_halves_down_to_one_batch_per_second():
+    assert run.lower_ramp("8,1.5,300,2") == "4,1.5,7.992,2"
+    assert run.lower_ramp("4,1.5,7.992,2,40") == "2,1.5,3.996,2,40"
+    assert run.lower_ramp("1.5,2,10,1") == "1,2,1.4985,1"
+    assert run.lower_ramp("1,1.5,300,2") is None and run.lower_ramp("0.5,1.5,12,8,10") is None
+
+
+def test_ramp_whose_lightest_step_fails_is_rerun_lower(tmp_path):
+    result = run.ramp_with_fallback("8,1.5,300,2", lambda spec, tag: _synthetic_ramp(3.2)(spec, tag, tmp_path))
+    # 8 failed, then 4 (ramp 4..7.99) failed, then 2 and 3 passed (ramp 2..3.996): the knee is 3
+    assert [t["ramp"] for t in result["lowered"]] == ["8,1.5,300,2", "4,1.5,7.992,2"]
+    assert result["ramp"] == "2,1.5,3.996,2" and result["knee_batches_per_s"] == 3.0 and "no_knee" not in result
+    assert result["log"] == "ramp_lower2.jsonl"
+
+
+def test_no_knee_even_at_one_batch_per_second_goes_on_at_the_lowest_rate(tmp_path):
+    result = run.ramp_with_fallback("8,1.5,300,2", lambda spec, tag: _synthetic_ramp(0.5)(spec, tag, tmp_path))
+    assert result["knee_batches_per_s"] is None and result["lowest_rate"] == 1.0
+    assert "no knee" in result["no_knee"] and len(result["lowered"]) == 3  # 8 -> 4 -> 2 -> 1
+    calibration = {"schemes": {"nercc": result}}
+    args = parse("--schemes", "nercc", "--policy", "first:7")
+    plan = run.check_args(args)
+    choice = run.choose_load_and_deadline(args, plan, calibration)
+    assert choice["rate"] == 1.0 and "no knee" in choice["rate_why"] and choice["no_knee"]["nercc"]
+
+
+def _fake_runs(fail_on=None):
+    """run._one_run without servers: writes a synthetic log per run; raises for the (repeat, scheme) in fail_on."""
+    calls = []
+
+    def one_run(args, plan, profile, scheme, engine, n_batches, rate, deadline, straggler, dead, clusters, raw_dir,
+                progress, kind):
+        calls.append((raw_dir.name, scheme, engine, kind))
+        if fail_on and (raw_dir.name, scheme) == fail_on:
+            raise RuntimeError(f"{scheme} engine crashed")
+        log = raw_dir / f"requests_{profile}_{scheme}_{engine}.jsonl"
+        _write_run_log(log, scheme, n=n_batches, seed=len(calls), slow=0.1)
+        progress.update(1)
+        return {"scheme": scheme, "engine": engine, "kind": kind, "rate": rate,
+                "requests_log": str(log.relative_to(plan["raw_root"]))}
+
+    return one_run, calls
+
+
+def _offline_args(tmp_path, *extra):
+    return parse("--profile", "bimodal", "--engine", "asyncio", "--schemes", "uncoded,nercc", "--no-calibrate",
+                 "--rate", "10", "--deadline-ms", "30", "--policy", "first:7", "--batches", "200", "--no-frontier",
+                 "--record-predictions", "0", "--worker-urls", ",".join(f"127.0.0.1:{p}" for p in range(1, 13)),
+                 "--out", str(tmp_path), *extra)
+
+
+def test_a_failed_measured_run_leaves_the_runs_before_it_and_exit_code_4(tmp_path, monkeypatch):
+    one_run, calls = _fake_runs(fail_on=("raw", "nercc"))
+    monkeypatch.setattr(run, "_one_run", one_run)
+    assert run.main(_offline_args(tmp_path)) == 4
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["failure"]["phase"] == "measure" and "nercc engine crashed" in summary["failure"]["error"]
+    assert summary["phases_done"] == ["calibration", "report"]
+    block = summary["profiles"]["bimodal"]
+    assert [r["scheme"] for r in block["runs"]] == ["uncoded"]
+    assert block["schemes"]["uncoded"]["requests"] == 200 and block["schemes"]["uncoded"]["p99_ms_ci"]
+    text = (tmp_path / "report.md").read_text()
+    assert "Incomplete run" in text and "exit code 4" in text
+
+
+def test_a_failed_calibration_exits_3_with_a_summary(tmp_path, monkeypatch):
+    def broken(*_a, **_k):
+        raise RuntimeError("ramp engine produced no log")
+
+    monkeypatch.setattr(run, "calibrate", broken)
+    args = _offline_args(tmp_path)
+    args.no_calibrate, args.rate, args.deadline_ms = False, None, None
+    assert run.main(args) == 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["failure"] == {"phase": "calibration", "error": "RuntimeError: ramp engine produced no log",
+                                  "exit_code": 3}
+    assert not (tmp_path / "report.md").exists()
+    assert run.main(parse("--batches", "3", "--out", str(tmp_path))) == 2  # bad arguments: nothing runs
+
+
+def test_repeats_keep_every_repeat_and_pool_them(tmp_path, monkeypatch):
+    one_run, calls = _fake_runs()
+    monkeypatch.setattr(run, "_one_run", one_run)
+    assert run.main(_offline_args(tmp_path, "--repeat", "2")) == 0
+    assert {c[0] for c in calls} == {"repeat-1", "repeat-2"}
+    assert (tmp_path / "raw" / "repeat-2" / "requests_bimodal_nercc_asyncio.jsonl").exists()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["repeat"] for r in summary["repeats"]] == [1, 2]
+    pooled = summary["profiles"]["bimodal"]["schemes"]
+    assert pooled["nercc"]["requests"] == 400 and pooled["nercc"]["repeats"] == 2
+    spread = pooled["nercc"]["spread"]["p99_ms"]
+    assert spread["min"] <= spread["median"] <= spread["max"] and len(spread["values"]) == 2
+    one = summary["repeats"][0]["profiles"]["bimodal"]["schemes"]["nercc"]
+    # 200 batches cannot bound a p99 from above (0.99^200 = 13 % > 2.5 %): no upper end
+    assert one["requests"] == 200 and one["p99_ms_ci"][0] <= one["p99_ms"] and one["p99_ms_ci"][1] is None
+    [target] = [t for t in summary["profiles"]["bimodal"]["targets"] if t["key"] == "nercc_p99_vs_uncoded"]
+    assert len(target["per_repeat"]) == 2
+    assert target["verdict"] == stats_combine(target["per_repeat"])
+    # the floor: first:7 decodes at the 7th answer, so p99 / floor p99 is the decode + encode overhead only
+    floor = pooled["nercc"]["floor"]
+    assert floor["policy"] == "first:7" and 1.0 < floor["p99_over_floor_p99"] < 1.1
+    text = (tmp_path / "report.md").read_text()
+    assert "2 repeats" in text and "### Every repeat" in text and "### Spread over the repeats" in text
+    assert "per repeat:" in text and "order-statistic floor" in text
+
+
+def stats_combine(verdicts):
+    from nercc import stats
+
+    return stats.combine_verdicts(verdicts)
+
+
+def test_decode_floor_follows_the_policy():
+    from nercc.policy import parse_policy
+
+    record = {"n_arrived": 4, "ms": 30.0, "encode_ms": 2.0, "decode_ms": 0.5,
+              "worker_ms": {"0": 3.0, "1": 4.0, "2": 25.0, "3": 5.0}}
+    assert report.decode_floor_ms(record, parse_policy("first:3", 4)) == 2.0 + 5.0
+    assert report.decode_floor_ms(record, parse_policy("first:3@10", 4)) == 2.0 + 5.0
+    # exact:M@T: every systematic worker (0, 1) answered by 6 ms: that moment
+    assert report.decode_floor_ms(record, parse_policy("exact:3@10", 4), (0, 1)) == 2.0 + 4.0
+    # a systematic worker (2) is late: max(T, the M-th)
+    assert report.decode_floor_ms(record, parse_policy("exact:3@10", 4), (1, 2)) == 10.0
+    assert report.decode_floor_ms(record, parse_policy("exact:3@1", 4), (1, 2)) == 7.0
+    # fewer than M logged: its own decision moment; never answered: +inf
+    assert report.decode_floor_ms(dict(record, worker_ms={"0": 3.0}), parse_policy("first:3", 4)) == 29.5
+    assert report.decode_floor_ms({"ms": 3.0}, parse_policy("first:3", 4)) == float("inf")

@@ -214,8 +214,9 @@ def designed_compute(scheme: str, n_workers: int, n_inputs: int) -> float | None
 
 # ------------------------------------------------------------------------------------------------ one run
 def run_stats(records: List[dict], events: List[dict], scheme: str, n_workers: int, n_inputs: int,
-              reference: Reference | None, step=None) -> dict:
-    """The numbers of one engine run (or one ramp step) of one scheme."""
+              reference: Reference | None, step=None, policy: str | None = None) -> dict:
+    """The numbers of one engine run (or one ramp step) of one scheme; with the coded ``policy`` of the run, a
+    coded scheme's order-statistic floor too (:func:`floor_stats`)."""
     latencies = [latency_or_inf(r) for r in records]
     finite = [v for v in latencies if math.isfinite(v)]
     failures = [r for r in records if not r["ok"]]
@@ -263,9 +264,63 @@ def run_stats(records: List[dict], events: List[dict], scheme: str, n_workers: i
         },
     }
     stats["cpu_ms_per_batch"] = stats["cpu_ms_per_batch_parts"]["total"]
+    if policy is not None and scheme in CODED_SCHEMES:
+        stats["floor"] = floor_stats(records, scheme, policy, n_workers, n_inputs)
     if reference is not None:
         stats.update(accuracy_of(records, reference))
     return stats
+
+
+# ------------------------------------------------------------------------------------------------ floor
+def systematic_workers_of(scheme: str, n_inputs: int, n_workers: int) -> tuple:
+    """The workers that get the inputs unchanged in a systematic scheme (() for the plain ones)."""
+    if not getattr(SCHEMES.get(scheme), "systematic", False):
+        return ()
+    from nercc.coding import make_scheme
+
+    return tuple(int(w) for w in getattr(make_scheme(scheme, n_inputs, n_workers, 0.0, 0.0), "systematic_workers", ()))
+
+
+def decode_floor_ms(record: dict, policy, systematic_workers: Sequence[int] = ()) -> float:
+    """The earliest moment (ms from the call) a coded batch's decode could have started, from its arrivals.
+
+    ``first:M`` / ``first:M@T``: the M-th answer (no rule can decode from fewer). ``exact:M@T``: the last
+    systematic answer when every systematic worker answered; else max(T, the M-th answer). A batch with fewer
+    than M answers logged (it decoded at the deadline, or raised) has no earlier moment than its own decision:
+    its latency less its decode; a batch never answered is +inf. ``policy`` is a :class:`nercc.policy.WaitPolicy`.
+    """
+    if not answered(record):
+        return math.inf
+    encode = float(record.get("encode_ms", 0.0))
+    arrivals = {int(w): encode + float(ms) for w, ms in record.get("worker_ms", {}).items()}
+    times = sorted(arrivals.values())
+    own = float(record["ms"]) - float(record.get("decode_ms", 0.0))
+    m = policy.m
+    if not m or len(times) < m:
+        return own
+    mth = times[m - 1]
+    if policy.kind == "exact":
+        if systematic_workers and all(w in arrivals for w in systematic_workers):
+            return min(max(arrivals[w] for w in systematic_workers), max(policy.patience_ms or 0.0, mth))
+        return max(policy.patience_ms or 0.0, mth)
+    return mth
+
+
+def floor_stats(records: List[dict], scheme: str, policy: str, n_workers: int, n_inputs: int) -> dict | None:
+    """p50 / p99 of the per-batch floor (:func:`decode_floor_ms`) and the scheme's p99 / floor p99 (the policy's
+    own waste: patience, decode, the client's overhead). None for a policy without an M (all, deadline)."""
+    wait = parse_policy(policy, n_workers)
+    if not wait.m or not records:
+        return None
+    systematic = systematic_workers_of(scheme, n_inputs, n_workers) if wait.kind == "exact" else ()
+    floors = [decode_floor_ms(r, wait, systematic) for r in records]
+    latencies = [latency_or_inf(r) for r in records]
+    pf, pl = latency_percentiles(floors), latency_percentiles(latencies)
+    ci = latency_intervals(floors)
+    return {"policy": policy, "p50_ms": pf["p50"], "p99_ms": pf["p99"], "p50_ms_ci": ci["p50_ms_ci"],
+            "p99_ms_ci": ci["p99_ms_ci"],
+            "p99_over_floor_p99": _r(pl["p99"] / pf["p99"], 3) if pl["p99"] and pf["p99"] else None,
+            "p99_over_floor_p99_ci": nstats.json_interval(nstats.percentile_ratio_interval(latencies, floors, 99), 3)}
 
 
 def ramp_summary(log: Path) -> dict:
@@ -396,44 +451,50 @@ def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_work
 
 # ------------------------------------------------------------------------------------------------ analysis
 def analyse(summary: dict, out_dir: Path, record_predictions: bool = True) -> None:
-    """Fill in per-profile scheme numbers, the engine comparison, the frontier and the plots (in ``summary``)."""
+    """Fill in per-profile scheme numbers, the engine comparison, the targets, the frontier and the plots (in
+    ``summary``). With repeats (``summary['repeats']``) every repeat's blocks get their own numbers and targets,
+    and ``summary['profiles']`` gets the pooled numbers (:func:`pool_blocks`)."""
     st = summary["settings"]
     n, k = st["n_workers"], st["n_inputs"]
     raw = out_dir / "raw"
     reference = Reference(st["model"], k) if record_predictions else None
     headline_engine = st["engines"][0]
     plots: Dict[str, str] = {}
+    latencies_of: Dict[str, Dict[str, list]] = {}
+    if summary.get("repeats"):
+        loaded_by_profile: Dict[str, list] = {}
+        for repeat in summary["repeats"]:
+            for profile, block in repeat["profiles"].items():
+                loaded = analyse_block(block, raw, st, reference, profile)
+                loaded_by_profile.setdefault(profile, []).append((block, loaded))
+        summary["profiles"] = {}
+        for profile, pairs in loaded_by_profile.items():
+            summary["profiles"][profile], latencies_of[profile] = pool_blocks(pairs, st, reference, profile)
+    else:
+        for profile, block in summary["profiles"].items():
+            loaded = analyse_block(block, raw, st, reference, profile)
+            latencies_of[profile] = {scheme: [latency_or_inf(r) for r in records]
+                                     for scheme, records in loaded.get(headline_engine, {}).items()}
     for profile, block in summary["profiles"].items():
-        block["schemes"], block["engines"], latencies = {}, {}, {}
-        for run in block["runs"]:
-            if run["kind"] != "main":
-                continue
-            requests, events = read_log(raw / run["requests_log"])
-            stats = run_stats(requests, events, run["scheme"], n, k, reference)
-            block["engines"].setdefault(run["engine"], {})[run["scheme"]] = stats
-            if run["engine"] == headline_engine:
-                block["schemes"][run["scheme"]] = dict(stats, engine=run["engine"])
-                latencies[run["scheme"]] = [latency_or_inf(r) for r in requests]
-        if len(block["engines"]) > 1:
-            block["engine_comparison"] = compare_engines(block["engines"])
-            for scheme, row in block["engine_comparison"].items():
-                block["schemes"][scheme]["engine_agreement"] = row
-        if profile == TARGET_PROFILE:
-            block["targets"] = evaluate_targets(block["schemes"], latencies, block.get("engine_comparison"))
+        latencies = latencies_of.get(profile, {})
         coded_policy = parse_policy(st["coded_policy"], n)
         coded_m = coded_policy.m
         block["frontier"] = {}
-        for run in [r for r in block["runs"] if r["kind"] == "trace"]:
+        for run in [r for r in block.get("runs", []) if r["kind"] == "trace"]:
             requests, _ = read_log(raw / run["requests_log"])
             ms = list(range(max(2, k), n + 1))
             block["frontier"][run["scheme"]] = frontier(
                 requests, run["scheme"], st["model"], k, n, st["deadline_ms"],
                 n - coded_m if coded_m else 0, reference, ms, patience_ms=coded_policy.patience_ms,
                 min_answers_is_m=st.get("min_answers") == "policy")
+        if not latencies:
+            continue
         name = f"latency_cdf_{profile}.png"
         plot_cdf(out_dir / name, latencies, st["deadline_ms"],
                  f"{st['model']}, N = {n}, K = {k}, {st['offered_batches_per_s']:g} batches/s offered "
-                 f"({headline_engine} engine) — '{profile}': {block['description']}")
+                 f"({headline_engine} engine" + (f", {len(summary['repeats'])} repeats pooled"
+                                                 if summary.get("repeats") else "")
+                 + f") — '{profile}': {block['description']}")
         plots[f"cdf_{profile}"] = name
         if block["frontier"]:
             name = f"frontier_{profile}.png"
@@ -455,6 +516,113 @@ def analyse(summary: dict, out_dir: Path, record_predictions: bool = True) -> No
         plot_ramp(out_dir / "capacity_ramp.png", summary)
         plots["ramp"] = "capacity_ramp.png"
     summary["plots"] = plots
+
+
+def analyse_block(block: dict, raw: Path, st: dict, reference: Reference | None, profile: str) -> Dict[str, dict]:
+    """One profile of one repeat: per-scheme numbers per engine (``engines``; ``schemes``: the headline
+    engine's), the engine comparison and the targets. Returns {engine: {scheme: request records}}."""
+    n, k = st["n_workers"], st["n_inputs"]
+    headline_engine = st["engines"][0]
+    block["schemes"], block["engines"] = {}, {}
+    loaded: Dict[str, dict] = {}
+    for run in block.get("runs", []):
+        if run["kind"] != "main":
+            continue
+        requests, events = read_log(raw / run["requests_log"])
+        stats = run_stats(requests, events, run["scheme"], n, k, reference, policy=st.get("coded_policy"))
+        block["engines"].setdefault(run["engine"], {})[run["scheme"]] = stats
+        loaded.setdefault(run["engine"], {})[run["scheme"]] = requests
+        if run["engine"] == headline_engine:
+            block["schemes"][run["scheme"]] = dict(stats, engine=run["engine"])
+    _compare_and_target(block, profile, {scheme: [latency_or_inf(r) for r in records]
+                                         for scheme, records in loaded.get(headline_engine, {}).items()})
+    return loaded
+
+
+def _compare_and_target(block: dict, profile: str, latencies: Dict[str, list]) -> None:
+    if len(block["engines"]) > 1:
+        block["engine_comparison"] = compare_engines(block["engines"])
+        for scheme, row in block["engine_comparison"].items():
+            block["schemes"][scheme]["engine_agreement"] = row
+    if profile == TARGET_PROFILE:
+        block["targets"] = evaluate_targets(block["schemes"], latencies, block.get("engine_comparison"))
+
+
+#: Figures of a run that are rates or costs over the whole run, not over its batches: pooled as the median of the
+#: repeats (the batches of several runs have no common span or CPU snapshot).
+PER_RUN_KEYS = ("offered_batches_per_s", "throughput_batches_per_s", "throughput_share", "cpu_ms_per_batch",
+                "max_in_flight", "measured_compute_per_input", "mean_arrived")
+#: Figures whose spread over the repeats the report shows.
+SPREAD_KEYS = ("p50_ms", "p99_ms", "p99.9_ms", "rel_acc")
+
+
+def _median(values):
+    vals = [float(v) for v in values if v is not None]
+    return _r(float(np.median(vals)), 3) if vals else None
+
+
+def pool_blocks(pairs: List[tuple], st: dict, reference: Reference | None, profile: str) -> tuple:
+    """The pooled block of one profile over the repeats, and its headline latencies per scheme.
+
+    Percentiles, RelAcc and their intervals: over every repeat's batches together; rates and CPU
+    (:data:`PER_RUN_KEYS`): the median of the repeats; ``spread``: each repeat's p50 / p99 / p99.9 / RelAcc with
+    min, median, max. Targets: each repeat's verdict (``per_repeat``) and the overall one
+    (:func:`nercc.stats.combine_verdicts`: a target that flips between repeats, or is undecided in one, is
+    undecided); the engine check is met only when the engines agree in every repeat.
+    """
+    n, k = st["n_workers"], st["n_inputs"]
+    headline_engine = st["engines"][0]
+    blocks = [b for b, _ in pairs]
+    first = blocks[0]
+    pooled = {"straggler": first.get("straggler"), "description": first.get("description", ""),
+              "runs": [r for b in blocks for r in b.get("runs", [])], "repeats": len(blocks),
+              "schemes": {}, "engines": {}}
+    latencies: Dict[str, list] = {}
+    engines = [e for e in st["engines"] if any(e in loaded for _, loaded in pairs)]
+    for engine in engines:
+        schemes = [s for s in SCHEME_ORDER if any(s in loaded.get(engine, {}) for _, loaded in pairs)]
+        schemes += [s for _, loaded in pairs for s in loaded.get(engine, {}) if s not in schemes]
+        for scheme in dict.fromkeys(schemes):
+            records = [r for _, loaded in pairs for r in loaded.get(engine, {}).get(scheme, [])]
+            per = [b["engines"][engine][scheme] for b in blocks if scheme in b.get("engines", {}).get(engine, {})]
+            stats = run_stats(records, [], scheme, n, k, reference, policy=st.get("coded_policy"))
+            for key in PER_RUN_KEYS:
+                stats[key] = _median(p.get(key) for p in per)
+            stats["cpu_ms_per_batch_parts"] = {part: _median(p["cpu_ms_per_batch_parts"].get(part) for p in per)
+                                               for part in ("servers", "load_generator", "total")}
+            stats["spread"] = {key: {"values": [p.get(key) for p in per], "min": _min(p.get(key) for p in per),
+                                     "median": _median(p.get(key) for p in per),
+                                     "max": _max(p.get(key) for p in per)} for key in SPREAD_KEYS}
+            stats["repeats"] = len(per)
+            pooled["engines"].setdefault(engine, {})[scheme] = stats
+            if engine == headline_engine:
+                pooled["schemes"][scheme] = dict(stats, engine=engine)
+                latencies[scheme] = [latency_or_inf(r) for r in records]
+    _compare_and_target(pooled, profile, latencies)
+    if any("engine_comparison" in b for b in blocks):
+        pooled["engine_comparison_by_repeat"] = [b.get("engine_comparison") for b in blocks]
+    if "targets" in pooled:
+        for target in pooled["targets"]:
+            per_repeat = [next((t["verdict"] for t in b.get("targets", []) if t["key"] == target["key"]), None)
+                          for b in blocks]
+            target["pooled_verdict"] = target["verdict"]
+            target["per_repeat"] = per_repeat
+            known = [v for v in per_repeat if v is not None]
+            if target["key"] == "engines_agree":
+                target["verdict"] = "met" if known and all(v == "met" for v in known) else "not met"
+            else:
+                target["verdict"] = nstats.combine_verdicts(known)
+    return pooled, latencies
+
+
+def _min(values):
+    vals = [float(v) for v in values if v is not None]
+    return min(vals) if vals else None
+
+
+def _max(values):
+    vals = [float(v) for v in values if v is not None]
+    return max(vals) if vals else None
 
 
 def compare_engines(engines: Dict[str, Dict[str, dict]]) -> Dict[str, dict]:
@@ -556,6 +724,11 @@ def _as_ms(value) -> float:
 
 
 def format_target(t: dict) -> str:
+    """One target line; with repeats: the pooled numbers, each repeat's verdict and the overall one."""
+    if t.get("per_repeat"):
+        per = ", ".join(v or "–" for v in t["per_repeat"])
+        return (f"- {t['target']}: pooled {t['numbers']} (pooled verdict: {t['pooled_verdict']}); per repeat: {per} "
+                f"— **{t['verdict']}**.")
     return f"- {t['target']}: {t['numbers']} — **{t['verdict']}**."
 
 
@@ -644,6 +817,61 @@ def _agree_cell(row: dict) -> str:
     return "**no**" + (f" ({', '.join(why)})" if why else "")
 
 
+def repeats_table(summary: dict) -> str:
+    """Every repeat's headline numbers (with intervals) per profile and scheme."""
+    repeats = summary.get("repeats") or []
+    if not repeats:
+        return ""
+    lines = ["| profile | scheme | repeat | batches | p50 ms | p99 ms | p99.9 ms | RelAcc | late |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for profile in summary["profiles"]:
+        for scheme in [sc for sc in SCHEME_ORDER if sc in summary["profiles"][profile]["schemes"]]:
+            for repeat in repeats:
+                s = repeat["profiles"].get(profile, {}).get("schemes", {}).get(scheme)
+                if s is None:
+                    continue
+                lines.append(f"| {profile} | {label(scheme)} | {repeat['repeat']} | {s['requests']} | {_ci(s, 'p50_ms')} | "
+                             f"{_ci(s, 'p99_ms')} | {_ci(s, 'p99.9_ms')} | {_ci_acc(s)} | {s['late']} |")
+    return "\n".join(lines)
+
+
+def spread_table(summary: dict) -> str:
+    """Per profile and scheme: min / median / max over the repeats of p50, p99, p99.9 and RelAcc."""
+    if not summary.get("repeats"):
+        return ""
+    lines = ["| profile | scheme | p50 ms min / median / max | p99 ms | p99.9 ms | RelAcc |", "|---|---|---|---|---|---|"]
+
+    def cell(spread, digits=1):
+        return " / ".join(_fmt(spread[x], digits) if spread[x] is not None else "never" for x in ("min", "median", "max"))
+
+    for profile, block in summary["profiles"].items():
+        for scheme in [sc for sc in SCHEME_ORDER if sc in block["schemes"]]:
+            sp = block["schemes"][scheme].get("spread") or {}
+            if not sp:
+                continue
+            lines.append(f"| {profile} | {label(scheme)} | {cell(sp['p50_ms'])} | {cell(sp['p99_ms'])} | "
+                         f"{cell(sp['p99.9_ms'])} | {cell(sp['rel_acc'], 3)} |")
+    return "\n".join(lines)
+
+
+def floor_table(summary: dict) -> str:
+    """Coded schemes: p50 / p99 of the order-statistic floor (earliest possible decode) and p99 / floor p99."""
+    lines = ["| profile | scheme | policy | floor p50 ms | floor p99 ms | p99 ms | p99 / floor p99 |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    rows = 0
+    for profile, block in summary["profiles"].items():
+        for scheme in [sc for sc in SCHEME_ORDER if sc in block["schemes"]]:
+            s = block["schemes"][scheme]
+            f = s.get("floor")
+            if not f:
+                continue
+            rows += 1
+            lines.append(f"| {profile} | {label(scheme)} | `{f['policy']}` | {_ci(f, 'p50_ms')} | {_ci(f, 'p99_ms')} | "
+                         f"{_ci(s, 'p99_ms')} | "
+                         f"{nstats.format_with_interval(f['p99_over_floor_p99'], f.get('p99_over_floor_p99_ci'), 2, '–')} |")
+    return "\n".join(lines) if rows else ""
+
+
 def calibration_table(summary: dict) -> str:
     cal = summary.get("calibration")
     if not cal:
@@ -653,7 +881,12 @@ def calibration_table(summary: dict) -> str:
     for scheme in [s for s in SCHEME_ORDER if s in cal["schemes"]]:
         c = cal["schemes"][scheme]
         cpu = c.get("cpu_ms_per_batch_light") or {}
-        knee = _fmt(c["knee_batches_per_s"]) + ("" if c.get("knee_reached") else " (ramp top, no knee seen)")
+        knee = _fmt(c["knee_batches_per_s"]) + ("" if c.get("knee_reached") or c["knee_batches_per_s"] is None
+                                                else " (ramp top, no knee seen)")
+        if c.get("lowered"):
+            knee += f" (ramp lowered {len(c['lowered'])}x to `{c.get('ramp')}`)"
+        if c.get("no_knee"):
+            knee = f"none: {c['no_knee']}"
         lines.append(f"| {label(scheme)} | {knee} | {_ms(c['p50_ms_light'])} | {_ms(c['p99_ms_light'])} | "
                      f"{_fmt(cpu.get('servers'))} | {_fmt(cpu.get('load_generator'))} | {_fmt(cpu.get('total'))} |")
     return "\n".join(lines)
@@ -674,6 +907,10 @@ def frontier_table(summary: dict) -> str:
 
 def console_text(summary: dict) -> str:
     parts = [headline_table(summary)]
+    if spread_table(summary):
+        parts += ["", f"spread over {len(summary['repeats'])} repeats:", spread_table(summary)]
+    if floor_table(summary):
+        parts += ["", "order-statistic floor:", floor_table(summary)]
     if engine_table(summary):
         parts += ["", "engines:", engine_table(summary)]
     if calibration_table(summary):
@@ -722,17 +959,47 @@ def write_markdown(path: Path, summary: dict) -> None:
         "",
         "## Results",
         "",
-        INTERVAL_WORDS,
-        "",
-        headline_table(summary),
-        "",
     ]
+    failure = summary.get("failure")
+    if failure:
+        lines += [f"**Incomplete run**: phase `{failure['phase']}` failed ({failure['error']}; exit code "
+                  f"{failure['exit_code']}). The numbers below are from the phases before it: "
+                  f"{', '.join(summary.get('phases_done', [])) or 'none'}.", ""]
+    if st.get("no_knee"):
+        lines += ["**No knee**: " + "; ".join(f"{label(sc)}: {why}" for sc, why in st["no_knee"].items())
+                  + f". The run went on at {st['offered_batches_per_s']:g} batches/s.", ""]
+    repeats = summary.get("repeats") or []
+    if repeats:
+        lines += [f"**{len(repeats)} repeats** of the measured phase, each on fresh clusters (one calibration). "
+                  "The headline table pools every repeat's batches (percentiles and intervals over all of them; rates "
+                  "and CPU: the median of the repeats); each repeat's own numbers and the spread follow.", ""]
+    lines += [INTERVAL_WORDS, "", headline_table(summary), ""]
     checks = target_checks(summary)
     if checks:
         lines += [f"### Targets (profile {TARGET_PROFILE})", "", VERDICT_WORDS, "", *checks, ""]
+    if repeats:
+        lines += ["### Every repeat", "", repeats_table(summary), "", "### Spread over the repeats", "",
+                  spread_table(summary), ""]
+    if floor_table(summary):
+        lines += ["### The order-statistic floor: the policy's own waste", "",
+                  "Per coded batch, the earliest moment its decode could have started, from the per-worker arrival "
+                  "times in the log: the M-th answer for `first:M` / `first:M@T`; for `exact:M@T` the last "
+                  "systematic answer when every systematic worker answered (or max(T, M-th) if sooner), else "
+                  "max(T, M-th). p99 / floor p99 near 1: the policy waits no longer than the order statistics force; "
+                  "above 1: patience, decode and client overhead.", "", floor_table(summary), ""]
     if engine_table(summary):
         lines += ["### Engine cross-check (same load, same cluster; ratio = Locust / asyncio)", "",
+                  "Agree = the p50 intervals overlap, the p99 intervals overlap, and the medians (p50) differ by at "
+                  "most 20 %." + (" Pooled over the repeats here; the engine target above is met only when they "
+                                  "agree in every repeat." if repeats else ""), "",
                   engine_table(summary), ""]
+        for i, comparison in enumerate(summary["profiles"].get(TARGET_PROFILE, {}).get("engine_comparison_by_repeat")
+                                       or [], 1):
+            if comparison:
+                bad = [label(sc) for sc, row in comparison.items() if not row["agree"]]
+                lines.append(f"- repeat {i}: " + ("engines agree for every scheme" if not bad else
+                                                  "disagree: " + ", ".join(bad)))
+        lines.append("")
     if calibration_table(summary):
         lines += ["### Calibration: capacity and cost per batch, no stragglers", "",
                   f"Ramp `{summary['calibration']['ramp']}` (START,FACTOR,MAX,STEP_S), asyncio engine. Knee: the "

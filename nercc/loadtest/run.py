@@ -85,6 +85,7 @@ def _configure_batch_rules(parser: argparse.ArgumentParser) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = exit_codes_text() + ". See docs/loadtest.md."
     parser.add_argument("--profile", default="bimodal",
                         help="straggler profile(s), comma-separated, or 'all' (" + ", ".join(ALL_PROFILES) + "); "
                              "known: " + ", ".join(PROFILE_NAMES))
@@ -112,6 +113,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "engine's); its p50/p99 intervals are compared with the asyncio engine's")
     _configure_batch_rules(parser)
     parser.add_argument("--schemes", default=None, help="comma-separated subset (default: every scheme the client has)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="R",
+                        help="run the measured phase R times, each on fresh clusters (calibration once); every repeat's "
+                             "logs in raw/repeat-R/; the report gives each repeat, the spread, the pooled figures with "
+                             "95 %% intervals, and a target that flips between repeats as undecided")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="skip the ramp (needs --rate and --deadline-ms); no knee, no no-straggler cost table")
     parser.add_argument("--ramp", default=None, help="calibration ramp START,FACTOR,MAX,STEP_S (default per model)")
@@ -177,6 +182,8 @@ def check_args(args) -> dict:
     batches = args.batches or (QUICK["batches"] if args.quick else defaults["batches"])
     if batches < 10:
         raise ValueError(f"--batches must be >= 10, got {batches}")
+    if not 1 <= args.repeat <= 20:
+        raise ValueError(f"--repeat must be in 1..20, got {args.repeat}")
     if args.rate is not None and not args.rate > 0:
         raise ValueError(f"--rate must be > 0 batches/s, got {args.rate}")
     if not 0 < args.load_fraction <= 1:
@@ -234,6 +241,7 @@ def check_args(args) -> dict:
         "frontier_batches": args.frontier_batches or (QUICK["frontier_batches"] if args.quick else max(50, batches * 3 // 10)),
         "policy": resolve_policy(args.policy, args.workers),
         "auto_patience": args.policy == "auto",
+        "repeats": int(args.repeat),
     }
 
 
@@ -409,21 +417,77 @@ class Clusters:
 
 # ------------------------------------------------------------------------------------------------ phases
 def calibrate(args, plan, clusters: Clusters, raw_dir: Path, progress) -> dict:
-    """Straggler-free capacity ramp per scheme: knee, no-straggler p50 and CPU per batch at the lightest load."""
-    from nercc.loadtest import report
+    """Straggler-free capacity ramp per scheme: knee, no-straggler p50 and CPU per batch at the lightest load.
 
+    A ramp whose lightest step already fell behind (no knee: a noisy machine, a burst) is run again lower
+    (:func:`lower_ramp`: half the start, up to just below the old start), halving down to 1 batch/s; a scheme
+    with still no knee keeps its lowest ramp and the reason (``no_knee``), and the run goes on at that rate
+    (:func:`choose_load_and_deadline`) instead of stopping."""
     cluster = clusters.get("none")
     out = {"ramp": plan["ramp"], "straggler": "none", "schemes": {}}
     for scheme in plan["schemes"]:
         progress.set_description(f"calibrate / {scheme}")
-        log = raw_dir / f"ramp_{scheme}.jsonl"
-        command = openloop_command(args, cluster, scheme, args.deadline_ms or 1000.0, plan["policy"], log,
-                                   ramp=plan["ramp"], hard_timeout_ms=max(args.hard_timeout_ms, 2000.0))
-        run_engine(command, log, raw_dir / f"ramp_{scheme}.log", timeout_s=900)
-        out["schemes"][scheme] = report.ramp_summary(log)
-        out["schemes"][scheme]["log"] = log.name
+        out["schemes"][scheme] = ramp_with_fallback(
+            plan["ramp"], lambda ramp, tag, s=scheme: _ramp_run(args, plan, cluster, s, ramp, raw_dir, tag),
+            lambda text, s=scheme: progress.write(f"calibration / {s}: {text}"))
         progress.update(1)
     return out
+
+
+def _ramp_run(args, plan, cluster, scheme: str, ramp: str, raw_dir: Path, tag: str) -> dict:
+    from nercc.loadtest import report
+
+    log = raw_dir / f"ramp_{scheme}{tag}.jsonl"
+    command = openloop_command(args, cluster, scheme, args.deadline_ms or 1000.0, plan["policy"], log,
+                               ramp=ramp, hard_timeout_ms=max(args.hard_timeout_ms, 2000.0))
+    run_engine(command, log, raw_dir / f"ramp_{scheme}{tag}.log", timeout_s=900)
+    return dict(report.ramp_summary(log), log=log.name)
+
+
+#: The lowest start a fallback ramp goes down to (batches/s).
+LOWEST_RAMP_RATE = 1.0
+
+
+def lower_ramp(spec: str) -> str | None:
+    """The ramp to try when ``spec``'s lightest step already fell behind: START / 2 (at least 1 batch/s) up to
+    just below the old START, same FACTOR and step length; None when START is already the lowest."""
+    from nercc.loadtest.openloop import ramp_rates
+
+    ramp_rates(spec)  # validates
+    values = [float(v) for v in spec.split(",")]
+    start = values[0]
+    if start <= LOWEST_RAMP_RATE * (1 + 1e-9):
+        return None
+    new_start = max(LOWEST_RAMP_RATE, start / 2)
+    top = max(new_start, start * 0.999)
+    return ",".join(f"{v:g}" for v in [new_start, values[1], top, *values[3:]])
+
+
+def ramp_with_fallback(ramp: str, run_ramp, say=lambda text: None) -> dict:
+    """Run ``run_ramp(ramp, tag) -> ramp summary``; while its lightest step fails, again on :func:`lower_ramp`.
+
+    The result is the first ramp with a knee (or the lowest one tried), with ``lowered``: every ramp tried
+    before it ({ramp, log, steps}), and, when no ramp found a knee, ``no_knee``: the reason in words."""
+    tried = []
+    result = run_ramp(ramp, "")
+    while result["knee_batches_per_s"] is None:
+        lower = lower_ramp(ramp)
+        if lower is None:
+            break
+        first = result["steps"][0] if result["steps"] else None
+        say(f"lightest step {first['rate'] if first else '?'} batches/s already fell behind; ramp again at {lower}")
+        tried.append({"ramp": ramp, "log": result.get("log"), "steps": result["steps"]})
+        ramp = lower
+        result = run_ramp(ramp, f"_lower{len(tried)}")
+    result["ramp"] = ramp
+    result["lowered"] = tried
+    if result["knee_batches_per_s"] is None:
+        lowest = result["steps"][0]["rate"] if result["steps"] else None
+        result["no_knee"] = (f"no knee: even the lightest step ({lowest} batches/s) fell behind after "
+                             f"{len(tried)} lower ramp(s); the machine is too busy or too slow for this scheme")
+        result["lowest_rate"] = lowest
+        say(result["no_knee"])
+    return result
 
 
 def choose_load_and_deadline(args, plan, calibration: dict | None) -> dict:
@@ -434,16 +498,23 @@ def choose_load_and_deadline(args, plan, calibration: dict | None) -> dict:
         choice["rate"] = float(args.rate)
         choice["rate_why"] = "given by --rate"
     else:
+        if not knees:
+            raise RuntimeError("no calibration to choose the load from: give --rate")
         lowest = min(knees, key=lambda s: knees[s] if knees[s] is not None else 0.0)
         knee = knees[lowest] or 0.0
-        if not knee:
-            raise RuntimeError(f"calibration: scheme {lowest!r} has no knee (its lightest ramp step already fell "
-                               f"behind); give --rate, or a lighter --ramp")
-        rate = _nice(args.load_fraction * knee)
-        choice["rate"] = rate
-        choice["rate_why"] = (f"{args.load_fraction:g} x the lowest knee ({lowest}: {knee:g} batches/s, load generator "
-                              f"included) = {rate:g} batches/s: well below saturation, so latency shows stragglers, "
-                              "not queueing for CPU")
+        if not knee:  # never die: go on at the lowest rate the ramps tried, and say why
+            cal = calibration["schemes"][lowest]
+            rate = float(cal.get("lowest_rate") or LOWEST_RAMP_RATE)
+            choice["rate"] = rate
+            choice["rate_why"] = (f"{lowest}: {cal.get('no_knee') or 'no knee'}; the run goes on at the lowest ramp "
+                                  f"rate, {rate:g} batches/s (give --rate to choose it)")
+            choice["no_knee"] = {s: c["no_knee"] for s, c in calibration["schemes"].items() if c.get("no_knee")}
+        else:
+            rate = max(_nice(args.load_fraction * knee), 0.01)
+            choice["rate"] = rate
+            choice["rate_why"] = (f"{args.load_fraction:g} x the lowest knee ({lowest}: {knee:g} batches/s, load "
+                                  f"generator included) = {rate:g} batches/s: well below saturation, so latency shows "
+                                  "stragglers, not queueing for CPU")
     if args.deadline_ms is not None:
         choice["deadline_ms"] = float(args.deadline_ms)
         choice["deadline_why"] = "given by --deadline-ms"
@@ -505,19 +576,22 @@ def _nice(value: float) -> float:
     return math.floor(value * 10 ** digits) / 10 ** digits
 
 
-def measure_profile(args, plan, profile: str, clusters: Clusters, choice: dict, raw_dir: Path, progress) -> dict:
-    """Every scheme x engine at the chosen load under one profile, then the coded schemes' frontier traces."""
+def measure_profile(args, plan, profile: str, clusters: Clusters, choice: dict, raw_dir: Path, progress,
+                    block: dict | None = None, frontier: bool = True) -> dict:
+    """Every scheme x engine at the chosen load under one profile, then (``frontier``) the coded schemes' frontier
+    traces. Runs are appended to ``block`` as they finish, so a run that fails leaves the ones before it."""
     spec = PROFILES[profile]
     straggler = args.straggler or spec["straggler"]
     dead = profile == "dead-worker"
     rate, deadline = choice["rate"], choice["deadline_ms"]
-    block = {"straggler": straggler, "description": spec["description"], "runs": []}
+    block = {} if block is None else block
+    block.update(straggler=straggler, description=spec["description"], runs=block.get("runs", []))
     for scheme in plan["schemes"]:
         for engine in plan["engines"]:
             n = plan["locust_batches"] if engine == "locust" and len(plan["engines"]) > 1 else plan["batches"]
             block["runs"].append(_one_run(args, plan, profile, scheme, engine, n, rate, deadline, straggler, dead,
                                           clusters, raw_dir, progress, kind="main"))
-    if not args.no_frontier:
+    if frontier and not args.no_frontier:
         for scheme in [s for s in plan["schemes"] if s in CODED_SCHEMES]:
             block["runs"].append(_one_run(args, plan, profile, scheme, "asyncio", plan["frontier_batches"], rate,
                                           deadline, straggler, dead, clusters, raw_dir, progress, kind="trace"))
@@ -544,8 +618,9 @@ def _one_run(args, plan, profile, scheme, engine, n_batches, rate, deadline, str
     progress.set_description(f"{profile} / {scheme} / {engine}" + ("" if kind == "main" else f" / {kind}"))
     cluster = clusters.get(straggler, fresh=dead)
     log = raw_dir / f"requests_{tag}.jsonl"
+    root = plan.get("raw_root", raw_dir)  # logs are named relative to raw/ (raw/repeat-R/... with --repeat)
     run = {"scheme": scheme, "engine": engine, "kind": kind, "rate": rate, "batches_planned": n_batches,
-           "started": time.time(), "requests_log": log.name}
+           "started": time.time(), "requests_log": str(log.relative_to(root))}
     policy = plan["policy"]
     extra = {}
     if kind == "trace":  # wait for every worker (bounded): the arrival times of all N give every first:M
@@ -560,8 +635,8 @@ def _one_run(args, plan, profile, scheme, engine, n_batches, rate, deadline, str
         run["users"] = locust_users(args, rate)
         csv_prefix = raw_dir / f"locust_{tag}"
         command = locust_command(args, cluster, scheme, deadline, policy, log, rate, duration, csv_prefix)
-        run["locust_csv"] = csv_prefix.name + "_stats.csv"
-        run["locust_html"] = csv_prefix.name + ".html"
+        run["locust_csv"] = str(csv_prefix.relative_to(root)) + "_stats.csv"
+        run["locust_html"] = str(csv_prefix.relative_to(root)) + ".html"
         run["locust_processes"] = args.locust_workers or 1
     hook = None
     if dead:
@@ -578,6 +653,31 @@ def _one_run(args, plan, profile, scheme, engine, n_batches, rate, deadline, str
 
 
 # ------------------------------------------------------------------------------------------------ main
+#: Exit codes of ``nercc loadtest``: which phase failed. A failed phase leaves every phase before it in
+#: summary.json (written after each phase) and every server stopped.
+EXIT_CODES = {
+    0: "every phase ran; summary.json, report.md and the plots are written",
+    2: "bad arguments: nothing ran",
+    3: "calibration failed (a ramp engine crashed, a cluster did not start): nothing measured",
+    4: "a measured run failed (a profile of a repeat): the runs before it are in summary.json and analysed",
+    5: "the --rates sweep failed: every profile is measured and reported",
+    6: "the analysis or the report failed: summary.json holds the runs, without their numbers",
+    130: "interrupted (Ctrl-C): the runs before it are in summary.json",
+}
+EXIT_BY_PHASE = {"calibration": 3, "measure": 4, "sweep": 5, "report": 6}
+
+
+def exit_codes_text() -> str:
+    return "exit codes: " + "; ".join(f"{code} = {words}" for code, words in EXIT_CODES.items())
+
+
+def _write_summary(out_dir: Path, summary: dict) -> None:
+    """summary.json now (after every phase): a later failure leaves what was done."""
+    tmp = out_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(out_dir / "summary.json")
+
+
 def main(args) -> int:
     from tqdm import tqdm
 
@@ -585,11 +685,17 @@ def main(args) -> int:
 
     if args.quick and args.batches is None:
         args.batches = QUICK["batches"]
-    plan = check_args(args)
+    try:
+        plan = check_args(args)
+    except ValueError as exc:
+        print(f"nercc loadtest: {exc}", file=sys.stderr)
+        return 2
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.out) if args.out else REPO_ROOT / "reports" / f"{args.model}-{args.profile}-{stamp}"
     raw_dir = out_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
+    plan["raw_root"] = raw_dir
+    repeats = plan["repeats"]
     summary = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "nercc loadtest " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["loadtest"] else sys.argv[1:]),
@@ -597,22 +703,27 @@ def main(args) -> int:
             "model": args.model, "n_workers": args.workers, "n_inputs": args.inputs, "engines": plan["engines"],
             "schemes": plan["schemes"], "batches_per_run": plan["batches"], "locust_batches": plan["locust_batches"],
             "frontier_batches": plan["frontier_batches"], "coded_policy": plan["policy"], "encode": args.encode,
-            "min_answers": args.min_answers,
+            "min_answers": args.min_answers, "repeats": repeats,
             "hard_timeout_ms": args.hard_timeout_ms, "replication_copies": args.workers // args.inputs,
             "seed": args.seed, "cpu_count": os.cpu_count(),
             "cluster": "given URLs" if args.worker_urls else "LocalCluster on this machine",
             "arrivals": "open loop, Poisson, the same rate for every scheme and engine",
         },
+        "phases_done": [],
         "profiles": {},
     }
+    if repeats > 1:
+        summary["repeats"] = []
     n_units = (0 if args.no_calibrate else len(plan["schemes"]))
-    n_units += len(plan["profiles"]) * len(plan["schemes"]) * len(plan["engines"])
+    n_units += repeats * len(plan["profiles"]) * len(plan["schemes"]) * len(plan["engines"])
     n_units += 0 if args.no_frontier else len(plan["profiles"]) * len([s for s in plan["schemes"] if s in CODED_SCHEMES])
     n_units += len(plan["rates"]) * len(plan["schemes"])
     clusters = Clusters(args)
+    phase, failure = "calibration", None
     try:
         with tqdm(total=n_units, unit="run", desc="loadtest") as progress:
             calibration = None if args.no_calibrate else calibrate(args, plan, clusters, raw_dir, progress)
+            summary["calibration"] = calibration
             choice = choose_load_and_deadline(args, plan, calibration)
             progress.write(f"offered load: {choice['rate']:g} batches/s — {choice['rate_why']}")
             progress.write(f"deadline: {choice['deadline_ms']:g} ms — {choice['deadline_why']}")
@@ -620,27 +731,72 @@ def main(args) -> int:
             if HEDGED in plan["schemes"]:
                 args.hedge_ms_chosen = choice["hedge_ms"]
                 progress.write(f"hedge delay: {choice['hedge_ms'] or 'client estimate'} — {choice['hedge_why']}")
-            summary["calibration"] = calibration
             summary["settings"].update(offered_batches_per_s=choice["rate"], deadline_ms=choice["deadline_ms"],
                                        load_choice=choice["rate_why"], deadline_choice=choice["deadline_why"],
                                        coded_policy=plan["policy"], policy_choice=choice["policy_why"],
                                        hedge_ms=choice.get("hedge_ms"), hedge_choice=choice.get("hedge_why"),
                                        locust_users=locust_users(args, choice["rate"]))
-            for profile in plan["profiles"]:
-                summary["profiles"][profile] = measure_profile(args, plan, profile, clusters, choice, raw_dir,
-                                                               progress)
+            if choice.get("no_knee"):
+                summary["settings"]["no_knee"] = choice["no_knee"]
+            summary["phases_done"].append("calibration")
+            _write_summary(out_dir, summary)
+            phase = "measure"
+            for repeat in range(1, repeats + 1):
+                if repeats > 1:  # every repeat on fresh clusters, its logs in raw/repeat-R/
+                    clusters.stop()
+                    repeat_dir = raw_dir / f"repeat-{repeat}"
+                    repeat_dir.mkdir(exist_ok=True)
+                    summary["repeats"].append({"repeat": repeat, "profiles": {}})
+                    blocks = summary["repeats"][-1]["profiles"]
+                    progress.write(f"repeat {repeat} of {repeats}")
+                else:
+                    repeat_dir, blocks = raw_dir, summary["profiles"]
+                for profile in plan["profiles"]:
+                    blocks[profile] = {"runs": []}
+                    measure_profile(args, plan, profile, clusters, choice, repeat_dir, progress,
+                                    block=blocks[profile], frontier=repeat == 1)
+                    _write_summary(out_dir, summary)
+                summary["phases_done"].append(f"measure {repeat}" if repeats > 1 else "measure")
             if plan["rates"]:
-                summary["sweep"] = {"profile": plan["profiles"][0], "engine": plan["engines"][0],
-                                    "runs": sweep_rates(args, plan, plan["profiles"][0], clusters, choice, raw_dir,
-                                                        progress)}
+                phase = "sweep"
+                summary["sweep"] = {"profile": plan["profiles"][0], "engine": plan["engines"][0], "runs": []}
+                summary["sweep"]["runs"] = sweep_rates(args, plan, plan["profiles"][0], clusters, choice, raw_dir,
+                                                       progress)
+                summary["phases_done"].append("sweep")
+                _write_summary(out_dir, summary)
+    except KeyboardInterrupt:
+        failure = {"phase": phase, "error": "interrupted", "exit_code": 130}
+    except Exception as exc:  # noqa: BLE001 - reported with its phase and exit code; the phases before it stay
+        failure = {"phase": phase, "error": f"{type(exc).__name__}: {exc}", "exit_code": EXIT_BY_PHASE[phase]}
     finally:
         clusters.stop()
-    report.analyse(summary, out_dir, record_predictions=bool(args.record_predictions))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    report.write_markdown(out_dir / "report.md", summary)
+    if failure:
+        summary["failure"] = failure
+        if summary.get("sweep") and "sweep" not in summary["phases_done"]:
+            summary.pop("sweep")  # half a sweep has no plot
+        print(f"nercc loadtest: phase '{failure['phase']}' failed: {failure['error']}", file=sys.stderr)
+        _write_summary(out_dir, summary)
+    code = failure["exit_code"] if failure else 0
+    if "calibration" not in summary["phases_done"]:
+        print(f"summary (nothing measured): {out_dir / 'summary.json'}", file=sys.stderr)
+        return code
+    try:
+        report.analyse(summary, out_dir, record_predictions=bool(args.record_predictions))
+        summary["phases_done"].append("report")
+        _write_summary(out_dir, summary)
+        report.write_markdown(out_dir / "report.md", summary)
+    except Exception as exc:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        summary.setdefault("failure", {"phase": "report", "error": f"{type(exc).__name__}: {exc}",
+                                       "exit_code": EXIT_BY_PHASE["report"]})
+        summary.pop("plots", None)
+        _write_summary(out_dir, summary)
+        return code or EXIT_BY_PHASE["report"]
     print(report.console_text(summary))
     print(f"\nreport: {out_dir / 'report.md'}")
-    return 0
+    return code
 
 
 if __name__ == "__main__":
