@@ -64,6 +64,20 @@ def test_asyncio_engine_is_open_loop_and_logs_cpu(cluster, tmp_path):
     assert all(len(r["worker_ms"]) == K and r["n_requests"] == K for r in requests)
 
 
+def test_asyncio_engine_drives_the_coded_endpoint(cluster, tmp_path):
+    """--coded-endpoint: one request per batch to <model>_coded, logged as nercc-server, same record shape."""
+    log = tmp_path / "endpoint.jsonl"
+    command = [sys.executable, "-m", "nercc.loadtest.openloop", "--scheme", "nercc", "--coded-endpoint", "--rate",
+               "20", "--duration", "1", "--n-inputs", str(K), "--deadline-ms", "2000", "--policy", "all",
+               "--requests-log", str(log), "--server-pids", ",".join(map(str, cluster.pids())), *_urls(cluster)]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=run._env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    requests, events = report.read_log(log)
+    assert requests and all(r["ok"] and r["scheme"] == "nercc-server" for r in requests)
+    assert all(r["arrived"] == list(range(N_WORKERS)) and r["n_requests"] == N_WORKERS for r in requests)
+    assert [e["scheme"] for e in events if e.get("event") == "engine"] == ["nercc-server"]
+
+
 def test_capacity_ramp_finds_a_knee_or_says_it_did_not(cluster, tmp_path):
     log = tmp_path / "ramp.jsonl"
     command = [sys.executable, "-m", "nercc.loadtest.openloop", "--scheme", "nercc", "--ramp", "10,3,90,1",

@@ -9,6 +9,7 @@ from nercc.models import list_models
 from nercc.paths import MODEL_REPOSITORY, PYTHON_BACKENDS
 from nercc.serving.repository import (
     master_configs,
+    master_model_names,
     read_model_meta,
     worker_config,
     write_master_models,
@@ -51,7 +52,8 @@ def test_native_onnxruntime_config(meta):
 
 def test_master_configs(meta):
     configs = {name: _parse(text) for name, text in master_configs(meta, nercc_model_dir="../lenet5").items()}
-    assert set(configs) == {"lenet5_preprocess", "lenet5_encoder", "lenet5_encode"}
+    assert set(configs) == {"lenet5_preprocess", "lenet5_encoder", "lenet5_encode", "lenet5_coded",
+                            "lenet5_coded_input", "lenet5_pipeline", "lenet5_coded_pipeline"}
     pre, enc, encode = configs["lenet5_preprocess"], configs["lenet5_encoder"], configs["lenet5_encode"]
     # K travels in Triton's batch axis, bounded so that Triton refuses an oversize request before the stub's copy
     assert pre.max_batch_size == enc.max_batch_size == encode.max_batch_size == 4096  # MAX_WORKERS (K <= N)
@@ -80,7 +82,7 @@ def test_committed_configs_are_generated_ones(model, tmp_path):
         for name, text in master_configs(meta, nercc_model_dir=str(meta.dir)).items():
             (tmp_path / name).mkdir()
             (tmp_path / name / "config.pbtxt").write_text(text)
-    for folder in (model, f"{model}_preprocess", f"{model}_encoder", f"{model}_encode"):
+    for folder in (model, *master_model_names(model)):
         committed = MODEL_REPOSITORY / folder / "config.pbtxt"
         assert committed.exists(), f"{committed} missing: run `nercc serve --write-repository model_repository " \
                                    f"--model {model} --native-onnxruntime`"
@@ -95,7 +97,8 @@ def test_committed_configs_are_generated_ones(model, tmp_path):
         fresh.ClearField("parameters")
         assert ours == fresh, folder
     for backend, folder in (("preprocess", f"{model}_preprocess"), ("encoder", f"{model}_encoder"),
-                            ("encoder", f"{model}_encode")):
+                            ("encoder", f"{model}_encode"), ("coded", f"{model}_coded"),
+                            ("coded", f"{model}_coded_input")):
         link = MODEL_REPOSITORY / folder / "1" / "model.py"
         assert link.is_symlink() and link.resolve() == (PYTHON_BACKENDS / backend / "model.py").resolve()
 
@@ -126,8 +129,7 @@ def test_nercc_serve_write_repository_cli(tmp_path, capsys):
     assert (tmp_path / "lenet5" / "1" / "model.onnx").resolve() == read_model_meta("lenet5").onnx_path
     assert not (tmp_path / "lenet5_encoder").exists()
     assert main(["serve", "--write-repository", str(tmp_path), "--model", "lenet5", "--role", "master"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet5", "lenet5_encode", "lenet5_encoder",
-                                                          "lenet5_preprocess"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lenet5", *master_model_names("lenet5")])
 
 
 def test_nercc_serve_rejects_a_bad_straggler_profile(capsys):
@@ -159,7 +161,10 @@ def test_execution_env_goes_into_every_python_backend_config(tmp_path):
     assert main(["serve", "--write-repository", str(tmp_path / "py"), "--model", "lenet5", "--copy",
                  "--execution-env", ENV_IN_MODEL_DIR]) == 0
     configs = {p.parent.name: _parse(p.read_text()) for p in (tmp_path / "py").glob("*/config.pbtxt")}
-    assert set(configs) == {"lenet5", "lenet5_preprocess", "lenet5_encoder", "lenet5_encode"}
+    assert set(configs) == {"lenet5", *master_model_names("lenet5")}
+    configs = {name: c for name, c in configs.items() if c.platform != "ensemble"}  # ensembles run no Python
+    assert set(configs) == {"lenet5", "lenet5_preprocess", "lenet5_encoder", "lenet5_encode", "lenet5_coded",
+                            "lenet5_coded_input"}
     for name, config in configs.items():
         assert config.backend == "python", name
         assert config.parameters["EXECUTION_ENV_PATH"].string_value == ENV_IN_MODEL_DIR, name
@@ -180,3 +185,26 @@ def test_execution_env_errors_name_the_problem(tmp_path, capsys):
     assert "does not exist on this host" in capsys.readouterr().err
     assert main(["master", "--port", "auto", "--execution-env", str(tmp_path / "missing.tar.gz")]) == 2
     assert "does not exist on this host" in capsys.readouterr().err
+
+
+def test_coded_endpoint_and_ensemble_configs(meta):
+    configs = {name: _parse(text) for name, text in master_configs(
+        meta, nercc_model_dir="../lenet5", coded_instances=3, worker_urls=["w0:8001", " w1:8001"]).items()}
+    coded = configs["lenet5_coded"]
+    # no batch axis: the outputs have different first dimensions (K, |F|, 1)
+    assert coded.backend == "python" and coded.max_batch_size == 0 and coded.instance_group[0].count == 3
+    assert (coded.input[0].name, list(coded.input[0].dims)) == ("RAW", [-1, 28, 28])
+    assert [(t.name, list(t.dims)) for t in coded.output] == [
+        ("PREDICTIONS", [-1, 10]), ("EXACT", [-1]), ("ANSWERS_USED", [1]), ("ARRIVED", [-1]), ("LATE", [1])]
+    assert coded.parameters["worker_urls"].string_value == "w0:8001,w1:8001"
+    assert coded.parameters["model_name"].string_value == "lenet5"
+    assert configs["lenet5_coded_input"].input[0].data_type == model_config_pb2.TYPE_FP32
+    pipeline = configs["lenet5_pipeline"]
+    assert pipeline.platform == "ensemble" and [s.model_name for s in pipeline.ensemble_scheduling.step] == [
+        "lenet5_preprocess", "lenet5_encoder"]
+    assert [s.model_name for s in configs["lenet5_coded_pipeline"].ensemble_scheduling.step] == [
+        "lenet5_preprocess", "lenet5_coded_input"]
+    with pytest.raises(ValueError, match="coded_instances"):
+        master_configs(meta, nercc_model_dir="..", coded_instances=0)
+    with pytest.raises(ValueError, match="host:port"):
+        master_configs(meta, nercc_model_dir="..", worker_urls=["nohost"])

@@ -7,7 +7,9 @@
 One LocalCluster (master + N workers, straggler profile ``none``); the rows share it and run interleaved in
 rounds (``--round`` batches of each row in turn), so drifts of the machine's load hit every row alike. Rows:
 ``uncoded``, ``replication``, ``hedged``, ``nercc`` (the master encodes: ``<model>_encode``, one Python-stub
-hop), ``nercc-local`` (the client encodes, ``encode="local"``), ``bacc`` (and ``bacc-local``); ``--transports`` adds a
+hop), ``nercc-local`` (the client encodes, ``encode="local"``), ``bacc`` (and ``bacc-local``); ``<scheme>-server``
+(``nercc-server`` ...): one request to the master's coded endpoint ``<model>_coded``, which encodes, fans out,
+waits and decodes inside the master (:class:`nercc.client.endpoint.EndpointClient`); ``--transports`` adds a
 row per transport (``nercc@gevent`` ...).
 
 Per row: p50 / p99 of the batch latency (call → predictions), and CPU ms per batch: the utime + stime deltas
@@ -33,7 +35,10 @@ import numpy as np
 from nercc.coding.registry import CODED_SCHEMES, NERCC_NAME, REPLICATION, SCHEME_ORDER
 
 DEFAULT_ROWS = ",".join((*SCHEME_ORDER, f"{NERCC_NAME}-local"))
-ROWS = (*SCHEME_ORDER, *(f"{name}-local" for name in CODED_SCHEMES))
+#: ``<scheme>-server``: the master's coded endpoint ``<model>_coded`` decodes (one request from the client)
+SERVER_SUFFIX = "-server"
+ROWS = (*SCHEME_ORDER, *(f"{name}-local" for name in CODED_SCHEMES),
+        *(f"{name}{SERVER_SUFFIX}" for name in SCHEME_ORDER))
 CPU_TARGET, P50_TARGET = 1.15, 1.2
 _TICK_MS = 1e3 / os.sysconf("SC_CLK_TCK")
 
@@ -46,7 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--round", type=int, default=25, help="batches of one row before the next row's turn")
     parser.add_argument("--warmup", type=int, default=10, help="untimed batches per row first")
     parser.add_argument("--rows", default=DEFAULT_ROWS,
-                        help="comma-separated: uncoded, replication, hedged, bacc, nercc, nercc-local, bacc-local")
+                        help="comma-separated: uncoded, replication, hedged, bacc, nercc, nercc-local, bacc-local, "
+                             "<scheme>-server (the master's coded endpoint: nercc-server, ...)")
     parser.add_argument("--transports", default="aio", help="comma-separated: aio (grpc.aio), gevent (http)")
     parser.add_argument("--policy", default="first:8", help="coded rows' wait policy")
     parser.add_argument("--save", default=None, metavar="PATH", help="also write the table and settings as JSON")
@@ -91,6 +97,13 @@ def make_client(row: str, transport: str, cluster, args):
     from nercc.client import CODED_SCHEMES, CodedClient, GeventCodedClient
     from nercc.demo import client_settings
 
+    if row.endswith(SERVER_SUFFIX):  # the endpoint runs the coded client inside the master (gRPC only)
+        from nercc.client.endpoint import EndpointClient
+
+        scheme = row[: -len(SERVER_SUFFIX)]
+        return EndpointClient(cluster.master_url, model=args.model, scheme=scheme, deadline_ms=1000.0,
+                              policy=args.policy if scheme in CODED_SCHEMES else "deadline",
+                              n_workers=args.workers, n_inputs=args.inputs)
     scheme, encode = client_settings(row)
     kw = dict(model=args.model, scheme=scheme, encode=encode, n_inputs=args.inputs, deadline_ms=1000.0,
               policy=args.policy if scheme in CODED_SCHEMES else "deadline")
@@ -209,7 +222,8 @@ def main(args: argparse.Namespace) -> int:
     batches = [np.ascontiguousarray(raw[i * k:(i + 1) * k]) for i in range(min(args.batches, len(raw) // k))]
     with LocalCluster(args.model, n_workers=args.workers, straggler="none", seed=0, http=True,
                       tritonserver=args.tritonserver) as cluster:
-        rows = [Row(name, t, make_client(name, t, cluster, args)) for t in transports for name in names]
+        rows = [Row(name, t, make_client(name, t, cluster, args)) for t in transports for name in names
+                if t == "aio" or not name.endswith(SERVER_SUFFIX)]
         runners = {"aio": AioRunner(), "gevent": GeventRunner()}
         try:
             with tqdm(total=len(rows) * args.batches, desc="batches (all rows)", unit="batch") as progress:

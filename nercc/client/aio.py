@@ -45,6 +45,16 @@ def _master_fault(text: str) -> bool:
     return "INVALID_ARG" not in text and "InvalidArgument" not in text and "invalid argument" not in text.lower()
 
 
+def _as_keywords(args: tuple, kwargs: dict) -> dict:
+    """The ClientBase arguments after ``worker_urls`` as keywords (positional ones named by the signature)."""
+    if not args:
+        return dict(kwargs)
+    import inspect
+
+    names = list(inspect.signature(ClientBase.__init__).parameters)[3:]  # after self, master_url, worker_urls
+    return {**dict(zip(names, args)), **kwargs}
+
+
 def _swallow(task: asyncio.Task) -> None:
     if not task.cancelled():
         task.exception()
@@ -105,6 +115,8 @@ class CodedClient(ClientBase):
     def __init__(self, master_url: str | None, worker_urls, *args, channel_args: List[Tuple[str, Any]] | None = None,
                  tls=None, metrics=None, **kwargs):
         super().__init__(master_url, worker_urls, *args, **kwargs)
+        self._init_kwargs = _as_keywords(args, kwargs)  # for variant()
+        self._parent: CodedClient | None = None  # variant(): the client whose connections this one uses
         self._channel_args = channel_args
         self.tls = tls
         self.metrics = metrics
@@ -118,6 +130,28 @@ class CodedClient(ClientBase):
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ set-up
+    def variant(self, **changes) -> CodedClient:
+        """A client with other settings (``scheme``, ``policy``, ``deadline_ms``, ... by keyword) that uses this
+        client's gRPC channels and worker health record: no new connections, and a worker marked down by one is
+        down for all. Closing a variant leaves the channels open; closing this client closes them.
+
+        Used where one process serves many settings at once (the master's ``<model>_coded`` endpoint takes
+        scheme, policy and deadline per request).
+        """
+        if self._parent is not None:
+            return self._parent.variant(**changes)
+        if "worker_urls" in changes or "master_url" in changes:
+            raise ValueError("a variant shares its parent's connections: master_url and worker_urls cannot change")
+        kwargs = {**self._init_kwargs, **changes}
+        other = CodedClient(self.master_urls or None, self.worker_urls, channel_args=self._channel_args,
+                            tls=self.tls, metrics=self.metrics, **kwargs)
+        other._parent = self
+        other.health = self.health
+        other.masters = self.masters
+        if other.spec is None:
+            other.spec = self.spec
+        return other
+
     async def connect(self) -> CodedClient:
         """Open the gRPC channels (one per server, reused for every request) and resolve the model spec.
 
@@ -132,6 +166,10 @@ class CodedClient(ClientBase):
                 "only (one `async with CodedClient(...)` inside one asyncio.run), or SyncCodedClient from threads"
             )
         self._loop = loop
+        if self._parent is not None and not self._workers:
+            await self._parent.connect()
+            self._masters, self._workers = self._parent._masters, self._parent._workers
+            self.spec = self.spec or self._parent.spec
         if not self._workers:
             import tritonclient.grpc.aio as grpcclient
 
@@ -224,6 +262,9 @@ class CodedClient(ClientBase):
                 task.cancel()
         for task in list(self._probes):
             task.cancel()
+        if self._parent is not None:  # the channels are the parent's: it closes them
+            self._masters, self._workers = [], []
+            return
         clients = self._masters + self._workers
         self._masters, self._workers = [], []
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)

@@ -50,8 +50,10 @@ from nercc.loadtest.workload import (
     add_engine_arguments,
     available_schemes,
     client_kwargs,
+    make_async_client,
     parse_pids,
     request_record,
+    scheme_label,
 )
 # isort: on
 
@@ -111,13 +113,12 @@ class _BridgeTransport:
     name = "asyncio-bridge-grpc"
 
     def __init__(self, options, scheme: str):
-        from nercc.client import CodedClient
         from nercc.loadtest.gevent_asyncio import AsyncioThread
 
         if _Shared.loop is None:
             _Shared.loop = AsyncioThread(name="nercc-locust-loop")
         self.loop = _Shared.loop
-        self.client = CodedClient(**client_kwargs(options, scheme))
+        self.client = make_async_client(options, scheme)  # CodedClient, or the coded endpoint's client
         self.loop.run(self.client.connect(), timeout=60)
 
     def warm_up(self, rounds: int) -> None:
@@ -147,11 +148,12 @@ class NerccLoadClient:
     def __init__(self, environment, scheme: str):
         options = environment.parsed_options
         self.environment = environment
-        self.scheme = scheme
-        native = native_transport_available() and http_urls(options)[1]
+        self.scheme = scheme_label(options, scheme)
+        # the coded endpoint's client is gRPC asyncio: it runs on the bridge
+        native = native_transport_available() and http_urls(options)[1] and not options.coded_endpoint
         self.transport = _NativeTransport(options, scheme) if native else _BridgeTransport(options, scheme)
         client = self.transport.client
-        if scheme in CODED:
+        if scheme in CODED and not options.coded_endpoint:
             # Build the scheme here, in the gevent thread: first use triggers lazy scipy imports, some of which
             # spawn subprocesses, and gevent can only watch children from its main loop.
             n = len(client.worker_urls)

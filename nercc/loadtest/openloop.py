@@ -22,10 +22,11 @@ from nercc.loadtest.workload import (
     CpuMeter,
     RequestLog,
     add_engine_arguments,
-    client_kwargs,
+    make_async_client,
     parse_pids,
     poisson_offsets,
     request_record,
+    scheme_label,
 )
 
 #: A ramp step passes while throughput stays >= this share of the offered load ...
@@ -59,6 +60,7 @@ class OpenLoop:
         self.log = log
         self.meter = meter
         self.record_every = max(0, int(options.record_predictions))
+        self.label = scheme_label(options, client.scheme)
         self._count = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -71,10 +73,10 @@ class OpenLoop:
         self._count += 1
         try:
             result = await self.client.infer(batch)
-            record = request_record(self.client.scheme, index, scheduled, started, result, keep_predictions=keep,
+            record = request_record(self.label, index, scheduled, started, result, keep_predictions=keep,
                                     deadline_ms=self.client.deadline_ms)
         except Exception as exc:  # noqa: BLE001 - every failure is a logged result, never a crash of the run
-            record = request_record(self.client.scheme, index, scheduled, started, None, exc,
+            record = request_record(self.label, index, scheduled, started, None, exc,
                                     wall_ms=(time.time() - started) * 1e3)
         finally:
             self.in_flight -= 1
@@ -142,17 +144,15 @@ def ramp_rates(spec: str) -> tuple:
 
 
 async def main_async(options) -> int:
-    from nercc.client import CodedClient
-
     batches = Batches(options.model, options.n_inputs)
     log = RequestLog(options.requests_log)
-    client = CodedClient(**client_kwargs(options, options.scheme))
+    client = make_async_client(options, options.scheme)
     try:
         await client.connect()
         await warm_up(client, max(1, options.warmup_batches))
         meter = CpuMeter(parse_pids(options.server_pids))
         engine = OpenLoop(options, client, batches, log, meter)
-        log.event("engine", engine="asyncio", scheme=options.scheme, pid=_pid())
+        log.event("engine", engine="asyncio", scheme=engine.label, pid=_pid())
         if options.ramp:
             rates, step_s, min_batches = ramp_rates(options.ramp)
             base_p50 = None
@@ -164,7 +164,7 @@ async def main_async(options) -> int:
                               and stats["p50_ms"] is not None and base_p50 is not None
                               and stats["p50_ms"] <= RAMP_P50_GROWTH * base_p50)  # numpy bool_ is not JSON
                 log.event("ramp_step", step=step, passed=passed, **stats)
-                print(f"ramp {options.scheme}: {rate:g}/s -> {stats['throughput']:.1f}/s, p50 "
+                print(f"ramp {engine.label}: {rate:g}/s -> {stats['throughput']:.1f}/s, p50 "
                       f"{stats['p50_ms'] if stats['p50_ms'] is None else round(stats['p50_ms'], 1)} ms"
                       f"{'' if passed else '  (past the knee)'}", flush=True)
                 if not passed:

@@ -277,6 +277,11 @@ def add_engine_arguments(group, defaults_from_env: bool = False) -> None:
                        help="hedged: the hedge delay (default: the client's own, the p95 of the round trips it saw)")
     group.add_argument("--lam-enc", type=float, default=None, help="NeRCC encoder smoothing (default: tuning profile)")
     group.add_argument("--lam-dec", type=float, default=None, help="NeRCC decoder smoothing (default: tuning profile)")
+    group.add_argument("--coded-endpoint", action="store_true",
+                       default=str(env("NERCC_CODED_ENDPOINT", "") or "").lower() in ("1", "true", "yes"),
+                       help="send each batch to the master's coded endpoint <model>_coded (encode, fan-out, wait "
+                            "and decode on the master; one gRPC request per batch) instead of decoding here; logged "
+                            "as <scheme>-server; env NERCC_CODED_ENDPOINT=1")
     group.add_argument("--rate", type=float, default=10.0,
                        help="offered load, batches/s in total: Poisson arrivals (open loop)")
     group.add_argument("--arrival-seed", type=int, default=1, help="seed of the Poisson arrival times")
@@ -342,6 +347,32 @@ def client_kwargs(options, scheme: str) -> dict:
     if port:
         kwargs["metrics"] = process_metrics(port)
     return kwargs
+
+
+#: The label of a scheme served by the master's coded endpoint (logs, tables): ``nercc-server``.
+ENDPOINT_SUFFIX = "-server"
+
+
+def scheme_label(options, scheme: str) -> str:
+    """What the logs call this run's scheme: ``nercc``, or ``nercc-server`` through the coded endpoint."""
+    return scheme + ENDPOINT_SUFFIX if getattr(options, "coded_endpoint", False) else scheme
+
+
+def make_async_client(options, scheme: str):
+    """The asyncio client the engines drive: :class:`nercc.client.CodedClient` (client-side decode), or with
+    ``--coded-endpoint`` :class:`nercc.client.endpoint.EndpointClient` (the master decodes)."""
+    if getattr(options, "coded_endpoint", False):
+        from nercc.client.endpoint import EndpointClient
+
+        master, workers = cluster_urls(options)
+        if master is None:
+            raise ValueError("--coded-endpoint needs the master's URL (--master-url or --urls-file)")
+        return EndpointClient(master, model=options.model, scheme=scheme, deadline_ms=float(options.deadline_ms),
+                              policy=options.policy if scheme in CODED else "deadline", n_workers=len(workers),
+                              hard_timeout_ms=float(options.hard_timeout_ms), n_inputs=int(options.n_inputs))
+    from nercc.client import CodedClient
+
+    return CodedClient(**client_kwargs(options, scheme))
 
 
 _METRICS = {}

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from nercc.serving.repository import DEFAULT_MAX_REQUEST_BYTES
+from nercc.serving.repository import DEFAULT_CODED_INSTANCES, DEFAULT_MAX_REQUEST_BYTES
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads per worker")
     parser.add_argument("--master-instances", type=int, default=1,
                         help="model instances of the master's preprocess and encoder (concurrent encodes under load)")
+    parser.add_argument("--coded-instances", type=int, default=DEFAULT_CODED_INSTANCES,
+                        help="model instances of the coded endpoint <model>_coded (batches it serves at once; each "
+                             "holds one batch for its whole wait)")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                         help="encoder limit on the input and on the coded output of one request")
     parser.add_argument("--urls-file", type=Path, default=None,
@@ -83,7 +86,7 @@ def _write_repository(args) -> int:
                                native_onnxruntime=args.native_onnxruntime,
                                max_request_bytes=args.max_request_bytes, intra_op_threads=args.ort_threads,
                                master_instances=args.master_instances, copy=args.copy, gpu=args.gpu,
-                               execution_env=args.execution_env)
+                               execution_env=args.execution_env, coded_instances=args.coded_instances)
     for folder in folders:
         print(folder)
     kind = "native onnxruntime" if args.native_onnxruntime else "Python-backend onnxruntime"
@@ -99,7 +102,8 @@ def _print_cluster(cluster, model: str, args) -> None:
 
     print(f"ready in {cluster.startup_s:.1f} s")
     for i, url in enumerate(cluster.master_urls):
-        print(f"master {i:<2} {url}   models {model}_encode, {model}_encoder, {model}_preprocess")
+        print(f"master {i:<2} {url}   models {model}_encode, {model}_encoder, {model}_preprocess, "
+              f"{model}_coded (K inputs -> K predictions), {model}_pipeline, {model}_coded_pipeline")
     for i, url in enumerate(cluster.worker_urls):
         print(f"worker {i:<2} {url}   model {model}")
     if args.http:
@@ -170,7 +174,7 @@ def main(args) -> int:
             models[0], n_workers=args.workers, straggler=args.straggler, seed=args.seed, base_port=args.base_port,
             tritonserver=args.tritonserver, master=not args.no_master, http=args.http, ort_threads=args.ort_threads,
             master_instances=args.master_instances, max_request_bytes=args.max_request_bytes,
-            start_timeout_s=args.start_timeout, workdir=args.log_dir,
+            coded_instances=args.coded_instances, start_timeout_s=args.start_timeout, workdir=args.log_dir,
             keep_logs=args.log_dir is not None, metrics=args.metrics, tls=tls, n_masters=args.masters,
             execution_env=args.execution_env,
         )

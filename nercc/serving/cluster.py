@@ -48,6 +48,7 @@ from typing import List, Sequence, Union
 
 from nercc.serving import repository as repo
 from nercc.serving.backend_utils import WORKER_ENV  # per-worker settings travel in the server's environment
+from nercc.serving.coded_endpoint import WORKER_URLS_ENV  # the coded endpoint's workers, in the master's
 from nercc.serving.stragglers import parse_straggler
 
 PathLike = Union[str, Path]
@@ -445,6 +446,8 @@ class LocalCluster:
     ort_threads : onnxruntime intra-op threads per worker (1: workers share the cores)
     max_request_bytes : the encoder's per-request byte limit (input and coded output)
     master_instances : model instances of the master's preprocess and encoder (concurrent encodes)
+    coded_instances : model instances of the coded endpoint ``<model>_coded`` (batches it serves at once);
+        the endpoint's workers are this cluster's (``worker_urls`` to name others: a master alone)
     start_timeout_s / stop_timeout_s : readiness wait; grace between SIGTERM and SIGKILL
     host : bind address of every server (default 127.0.0.1; binding elsewhere is an explicit choice)
     first_worker_index : index of the first worker started here (a worker host runs ``nercc worker --index i``)
@@ -479,6 +482,8 @@ class LocalCluster:
         worker_max_batch: int = repo.DEFAULT_WORKER_MAX_BATCH,
         max_request_bytes: int = repo.DEFAULT_MAX_REQUEST_BYTES,
         master_instances: int = 1,
+        coded_instances: int = repo.DEFAULT_CODED_INSTANCES,
+        worker_urls: Sequence[str] | None = None,
         start_timeout_s: float = 120.0,
         stop_timeout_s: float = 15.0,
         workdir: PathLike | None = None,
@@ -501,21 +506,20 @@ class LocalCluster:
         execution_env: str | None = None,
     ):
         _check_counts(n_workers=n_workers, n_masters=n_masters, master_instances=master_instances,
-                      ort_threads=ort_threads, first_worker_index=first_worker_index)
+                      ort_threads=ort_threads, first_worker_index=first_worker_index, coded_instances=coded_instances)
         if base_port is not None and not (1024 <= int(base_port) <= 65535 - (n_workers + 1) * (2 if http else 1)):
             raise ValueError(f"base_port must leave room for {n_workers + 1} servers below 65536, got {base_port}")
         self.model, self.n_workers = model, n_workers
         self.straggler = str(parse_straggler(straggler))  # validates before anything starts
-        self.seed = int(seed)
-        self.base_port = None if base_port is None else int(base_port)
+        self.seed, self.base_port = int(seed), None if base_port is None else int(base_port)
         self._tritonserver_arg = tritonserver
         self.model_repository = Path(model_repository) if model_repository is not None else None
-        self.with_master = master
-        self.n_masters = n_masters if master else 0
+        self.with_master, self.n_masters = master, n_masters if master else 0
         self.faults = _parse_faults(faults, first_worker_index, n_workers)
         self.ort_threads, self.worker_max_batch = ort_threads, worker_max_batch
         self.max_request_bytes = int(max_request_bytes)
-        self.master_instances = master_instances
+        self.master_instances, self.coded_instances = master_instances, coded_instances
+        self._endpoint_workers = None if worker_urls is None else list(worker_urls)
         self.start_timeout_s, self.stop_timeout_s = float(start_timeout_s), float(stop_timeout_s)
         self._workdir_arg, self.keep_logs, self.log_verbose = workdir, keep_logs, int(log_verbose)
         if device not in DEVICES:
@@ -540,8 +544,7 @@ class LocalCluster:
             restricted_protocol_args(self.admin_key, http=True)  # validates the key before anything starts
         self.servers: List[TritonServer] = []
         self.workdir: Path | None = None
-        self._owns_workdir, self._started = False, False
-        self.startup_s: float | None = None
+        self._owns_workdir, self._started, self.startup_s = False, False, None
         self._lock = threading.RLock()
 
     def _model_meta(self, model: str):
@@ -695,6 +698,11 @@ class LocalCluster:
         rest = rest[n_servers:] if self.http else rest
         metrics_ports = rest[:n_servers] if self.metrics else [None] * n_servers
         first = self.first_worker_index
+        n_masters = self.n_masters
+        # the coded endpoint's workers: the ones started here (gRPC, plaintext), unless given
+        endpoint_workers = self._endpoint_workers
+        if endpoint_workers is None and self.tls is None:
+            endpoint_workers = [f"{connect_host(self.host)}:{port}" for port in grpc_ports[n_masters:]]
         roles = ["master"] * min(1, self.n_masters) + [f"master-{i}" for i in range(1, self.n_masters)]
         roles += [f"worker-{first + i}" for i in range(self._n_worker_servers)]
         name = self.meta.name
@@ -703,13 +711,18 @@ class LocalCluster:
             env, load = {}, []
             if self.repository is not None:
                 repository = self.repository
-                load = [f"{name}_preprocess", f"{name}_encoder", f"{name}_encode"] if _is_master(role) else [name]
+                load = [m for m in repo.master_model_names(name) if (repository / m / "config.pbtxt").exists()
+                        ] if _is_master(role) else [name]
             else:
                 repository = folder / "models"
+            if _is_master(role) and endpoint_workers:
+                env = {WORKER_URLS_ENV: ",".join(endpoint_workers)}
             if _is_master(role) and self.repository is None:
                 repo.write_master_models(repository, self.meta, absolute_paths=True,
                                          max_request_bytes=self.max_request_bytes,
-                                         master_instances=self.master_instances, execution_env=self.execution_env)
+                                         master_instances=self.master_instances, execution_env=self.execution_env,
+                                         coded_instances=self.coded_instances,
+                                         worker_urls=endpoint_workers or ())
             elif not _is_master(role):
                 worker_index = int(role.split("-")[1])
                 if self.repository is None:

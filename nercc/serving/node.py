@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from nercc.serving.repository import DEFAULT_MAX_REQUEST_BYTES
+from nercc.serving.repository import DEFAULT_CODED_INSTANCES, DEFAULT_MAX_REQUEST_BYTES
 
 
 def port_option(value: str):
@@ -145,6 +145,11 @@ def configure_master(parser: argparse.ArgumentParser) -> None:
                         help="model instances of preprocess and encoder (concurrent encodes)")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                         help="encoder limit on the input and on the coded output of one request")
+    parser.add_argument("--worker-urls", default=None, metavar="H:P,H:P,...",
+                        help="the workers' gRPC URLs in worker order, for the coded endpoint <model>_coded (it "
+                             "decodes server-side); or set NERCC_WORKER_URLS")
+    parser.add_argument("--coded-instances", type=int, default=DEFAULT_CODED_INSTANCES,
+                        help="model instances of the coded endpoint (batches it serves at once)")
 
 
 def _ports(args) -> dict:
@@ -183,8 +188,12 @@ def build(role: str, args):
                             ort_threads=args.ort_threads, **common)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    from nercc.serving.coded_endpoint import parse_worker_urls
+
+    workers = parse_worker_urls(args.worker_urls) or None
     return LocalCluster(args.model, n_workers=args.workers, start_workers=False, master_instances=args.master_instances,
-                        max_request_bytes=args.max_request_bytes, **common)
+                        max_request_bytes=args.max_request_bytes, worker_urls=workers,
+                        coded_instances=args.coded_instances, **common)
 
 
 def serve_until_stopped(prog: str, cluster, serve, stopped: str) -> int:

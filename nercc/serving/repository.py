@@ -8,7 +8,10 @@ worker role (one per worker server)
     ``platform: "onnxruntime_onnx"`` for Triton builds that have the ONNX Runtime backend (NGC containers).
 master role
     ``<name>_preprocess`` (RAW UINT8 -> INPUT FP32), ``<name>_encoder`` (INPUT FP32 [K, ...] -> CODED FP32
-    [N, ...]) and ``<name>_encode`` (RAW -> CODED: preprocess and encode in one Python model, one stub hop).
+    [N, ...]) and ``<name>_encode`` (RAW -> CODED: preprocess and encode in one Python model, one stub hop);
+    the coded endpoint ``<name>_coded`` (RAW -> K predictions: encode, fan-out to the workers, wait, decode;
+    ``<name>_coded_input`` takes INPUT FP32); the ensembles ``<name>_pipeline`` (preprocess -> encoder) and
+    ``<name>_coded_pipeline`` (preprocess -> coded_input).
 
 The LocalCluster writes one runtime repository per server into a temporary folder (absolute links);
 ``nercc serve --write-repository DIR`` writes a static one (relative links where possible) for a deployment,
@@ -198,6 +201,47 @@ def _master_config(name: str, inputs: list, outputs: list, params: dict, instanc
     return _text(config)
 
 
+#: Model instances of ``<name>_coded`` by default: each holds one batch at a time for its whole wait.
+DEFAULT_CODED_INSTANCES = 2
+#: The coded endpoint's outputs (python_backends/coded): name, Triton type, dims (-1: K or |F|).
+_CODED_OUTPUTS = (("EXACT", "TYPE_BOOL", [-1]), ("ANSWERS_USED", "TYPE_INT32", [1]),
+                  ("ARRIVED", "TYPE_INT32", [-1]), ("LATE", "TYPE_BOOL", [1]))
+#: Which Python backend folder runs each master model, by the suffix of its name.
+MASTER_BACKENDS = {"_preprocess": "preprocess", "_encoder": "encoder", "_encode": "encoder", "_coded": "coded",
+                   "_coded_input": "coded"}
+#: The master's ensembles (no model.py: Triton's ensemble scheduler chains the steps).
+ENSEMBLE_SUFFIXES = ("_pipeline", "_coded_pipeline")
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _coded_config(meta: ModelInfo, name: str, input_tensor: tuple, params: dict, instances: int,
+                  execution_env: str | None) -> str:
+    """``<name>_coded`` / ``<name>_coded_input``: no batching axis (``max_batch_size: 0``, K and |F| as -1), since
+    its outputs have different first dimensions (K predictions, |F| worker indices, one flag)."""
+    tensor_name, dtype, dims = input_tensor
+    outputs = [("PREDICTIONS", "TYPE_FP32", [-1, meta.n_classes]), *_CODED_OUTPUTS]
+    return _master_config(name, [(tensor_name, dtype, [-1, *dims])], outputs, params, instances, 0, execution_env)
+
+
+def _ensemble_config(name: str, max_batch: int, inputs: list, outputs: list, steps: list) -> str:
+    """An ensemble: ``steps`` = [(model, {its input: ensemble tensor}, {its output: ensemble tensor})]."""
+    config = _model_config(name, max_batch, platform="ensemble")
+    for tensor_name, dtype, dims in inputs:
+        _add_tensor(config.input, tensor_name, dtype, dims)
+    for tensor_name, dtype, dims in outputs:
+        _add_tensor(config.output, tensor_name, dtype, dims)
+    for model, input_map, output_map in steps:
+        step = config.ensemble_scheduling.step.add(model_name=model, model_version=-1)
+        step.input_map.update(input_map)
+        step.output_map.update(output_map)
+    return _text(config)
+
+
 def master_configs(
     meta: ModelInfo,
     *,
@@ -205,16 +249,26 @@ def master_configs(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     master_instances: int = 1,
     execution_env: str | None = None,
+    coded_instances: int = DEFAULT_CODED_INSTANCES,
+    worker_urls: Sequence[str] = (),
+    urls_file: str | None = None,
 ) -> dict:
-    """{model name: config.pbtxt} of ``<name>_preprocess``, ``<name>_encoder`` and ``<name>_encode``.
+    """{model name: config.pbtxt} of every master model.
+
+    ``<name>_preprocess``, ``<name>_encoder``, ``<name>_encode`` (the fused default: preprocess + encode in
+    one Python model), the coded endpoint ``<name>_coded`` (RAW in, K predictions out: encode, fan-out to
+    ``worker_urls``, wait, decode) and ``<name>_coded_input`` (the same with INPUT FP32), and the ensembles
+    ``<name>_pipeline`` (preprocess -> encoder: RAW -> CODED, like ``_encode``) and ``<name>_coded_pipeline``
+    (preprocess -> coded_input), where a user can put their own preprocessing model in front.
 
     ``master_instances`` model instances (one Python stub process each) serve preprocess and encoder, so that
-    concurrent batches do not queue behind one another's encode on a multi-core master. ``<name>_encoder`` and
-    ``<name>_encode`` run the same Python model file (``python_backends/encoder``): float32 input, or raw uint8
-    preprocessed first.
+    concurrent batches do not queue behind one another's encode on a multi-core master; ``coded_instances``
+    serve each coded endpoint (one batch per instance at a time, for its whole wait). ``worker_urls`` (gRPC
+    ``host:port``, worker order) or ``urls_file`` (a ``urls.json``) name the endpoint's workers; neither: the
+    master's ``$NERCC_WORKER_URLS`` must.
     """
-    if isinstance(master_instances, bool) or not isinstance(master_instances, int) or master_instances < 1:
-        raise ValueError(f"master_instances must be an int >= 1, got {master_instances!r}")
+    _check_count("master_instances", master_instances)
+    _check_count("coded_instances", coded_instances)
     name = meta.name
     # no checkout path: the Python models import nercc as installed in the stub's environment
     params = {"nercc_model_dir": nercc_model_dir, "max_request_bytes": max_request_bytes}
@@ -223,6 +277,14 @@ def master_configs(
     env = check_execution_env(execution_env)
     # K beyond this is over max_request_bytes (float32) or MAX_WORKERS anyway: Triton refuses it before the stub
     max_batch = max_inputs_per_request(meta.input_shape, max_request_bytes)
+    coded_params = {**params, "model_name": name}
+    if worker_urls:
+        from nercc.serving.coded_endpoint import parse_worker_urls
+
+        coded_params["worker_urls"] = ",".join(parse_worker_urls(",".join(worker_urls)))
+    if urls_file:
+        coded_params["urls_file"] = str(urls_file)
+    outputs = [("PREDICTIONS", "TYPE_FP32", [-1, meta.n_classes]), *_CODED_OUTPUTS]
     return {
         f"{name}_preprocess": _master_config(f"{name}_preprocess", [raw], [inputs], params, master_instances,
                                              max_batch, env),
@@ -232,6 +294,17 @@ def master_configs(
         # master, where the former preprocess -> encoder ensemble paid two (issue 9: most of the coded path's cost)
         f"{name}_encode": _master_config(f"{name}_encode", [raw], [coded], params, master_instances, max_batch,
                                          env),
+        f"{name}_coded": _coded_config(meta, f"{name}_coded", raw, coded_params, coded_instances, env),
+        f"{name}_coded_input": _coded_config(meta, f"{name}_coded_input", inputs, coded_params, coded_instances,
+                                             env),
+        f"{name}_pipeline": _ensemble_config(
+            f"{name}_pipeline", max_batch, [raw], [coded],
+            [(f"{name}_preprocess", {"RAW": "RAW"}, {"INPUT": "preprocessed"}),
+             (f"{name}_encoder", {"INPUT": "preprocessed"}, {"CODED": "CODED"})]),
+        f"{name}_coded_pipeline": _ensemble_config(
+            f"{name}_coded_pipeline", 0, [(raw[0], raw[1], [-1, *raw[2]])], outputs,
+            [(f"{name}_preprocess", {"RAW": "RAW"}, {"INPUT": "preprocessed"}),
+             (f"{name}_coded_input", {"INPUT": "preprocessed"}, {o[0]: o[0] for o in outputs})]),
     }
 
 
@@ -318,8 +391,11 @@ def write_master_models(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     master_instances: int = 1,
     execution_env: str | None = None,
+    coded_instances: int = DEFAULT_CODED_INSTANCES,
+    worker_urls: Sequence[str] = (),
+    urls_file: str | None = None,
 ) -> List[Path]:
-    """Write ``dest/<name>_preprocess``, ``dest/<name>_encoder`` and ``dest/<name>_encode``."""
+    """Write every master model of :func:`master_configs` into ``dest`` (ensembles get an empty version 1)."""
     dest = Path(dest)
     if relative == "copy":
         model_dir_param = "."  # metadata copied into each model folder
@@ -330,20 +406,29 @@ def write_master_models(
         model_dir_param = os.path.relpath(meta.dir, dest / f"{meta.name}_encoder")
     folders = []
     configs = master_configs(meta, nercc_model_dir=model_dir_param, max_request_bytes=max_request_bytes,
-                             master_instances=master_instances, execution_env=execution_env)
-    backend_of = {f"{meta.name}_preprocess": "preprocess", f"{meta.name}_encoder": "encoder",
-                  f"{meta.name}_encode": "encoder"}
+                             master_instances=master_instances, execution_env=execution_env,
+                             coded_instances=coded_instances, worker_urls=worker_urls, urls_file=urls_file)
     for model_name, text in configs.items():
         folder = dest / model_name
         _write(folder / "config.pbtxt", text)
-        _link(PYTHON_BACKENDS / backend_of[model_name] / "model.py", folder / "1" / "model.py", relative)
-        if relative == "copy":
-            _copy_metadata(meta, folder)
-        gitkeep = folder / "1" / ".gitkeep"  # left by the former ensemble's empty version folder
-        if gitkeep.exists():
-            gitkeep.unlink()
+        suffix = model_name[len(meta.name):]
+        if suffix in ENSEMBLE_SUFFIXES:
+            # Triton wants a version folder, even empty (an ensemble has no file); .gitkeep keeps it in git
+            _write(folder / "1" / ".gitkeep", "")
+        else:
+            _link(PYTHON_BACKENDS / MASTER_BACKENDS[suffix] / "model.py", folder / "1" / "model.py", relative)
+            if relative == "copy":
+                _copy_metadata(meta, folder)
+            gitkeep = folder / "1" / ".gitkeep"  # left by the former ensemble's empty version folder
+            if gitkeep.exists():
+                gitkeep.unlink()
         folders.append(folder)
     return folders
+
+
+def master_model_names(model: str) -> List[str]:
+    """Every model a master serves for ``model`` (the names :func:`master_configs` writes), in load order."""
+    return [f"{model}{suffix}" for suffix in (*MASTER_BACKENDS, *ENSEMBLE_SUFFIXES)]
 
 
 def write_repository(
@@ -359,6 +444,7 @@ def write_repository(
     copy: bool = False,
     gpu: bool = False,
     execution_env: str | None = None,
+    coded_instances: int = DEFAULT_CODED_INSTANCES,
 ) -> List[Path]:
     """A static repository for deployment (``nercc serve --write-repository``): worker and/or master models.
 
@@ -387,5 +473,5 @@ def write_repository(
         if role in ("all", "master"):
             written += write_master_models(dest, meta, relative=relative, absolute_paths=not relative,
                                            max_request_bytes=max_request_bytes, master_instances=master_instances,
-                                           execution_env=execution_env)
+                                           execution_env=execution_env, coded_instances=coded_instances)
     return written
