@@ -193,8 +193,11 @@ class CodedEndpoint:
         """A :class:`~nercc.client.core.CodedResult` as the endpoint's output tensors."""
         k = result.predictions.shape[0]
         exact = getattr(result, "exact", None)
-        if exact is None:  # baselines: every prediction is its input's own answer; plain codes: none is
-            exact = np.full(k, not client.coded, dtype=bool)
+        if exact is None and client.coded:
+            # systematic schemes: input k is exact when its own worker's answer was decoded (plain codes: never)
+            exact = ~np.asarray(client.coding_scheme(k).recovered(list(result.arrived)), dtype=bool)
+        elif exact is None:  # the baselines: every prediction is its input's own worker answer
+            exact = np.ones(k, dtype=bool)
         return {
             "PREDICTIONS": np.ascontiguousarray(result.predictions, dtype=np.float32),
             "EXACT": np.asarray(exact, dtype=bool).reshape(k),
