@@ -277,11 +277,10 @@ def print_notes(args, stats, schemes, plain, k) -> None:
 
 def pick_batches(args, k):
     """(raw batches, their labels, the local model's outputs on them): the same batches for every scheme."""
-    from tqdm import tqdm
-
     from nercc.data import load_dataset
     from nercc.models import OnnxModel, load_model_info
     from nercc.preprocessing import preprocess
+    from nercc.progress import progress_bar
 
     info = load_model_info(args.model)
     raw, labels = load_dataset(info.dataset, split="test")
@@ -291,7 +290,7 @@ def pick_batches(args, k):
     batch_labels = [labels[pick[i * k:(i + 1) * k]] for i in range(args.batches)]
     # the reference: the same model on the same inputs, locally with onnxruntime
     f = OnnxModel(args.model, threads=1)
-    reference = [f(preprocess(info, b)) for b in tqdm(raw_batches, desc="local reference", unit="batch")]
+    reference = [f(preprocess(info, b)) for b in progress_bar(raw_batches, desc="local reference", unit="batch")]
     return raw_batches, batch_labels, reference
 
 
@@ -327,10 +326,9 @@ def client_options(args):
 
 
 def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from nercc.models import load_model_info
     from nercc.preprocessing import preprocess
+    from nercc.progress import progress_bar
     from nercc.serving import LocalCluster
 
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
@@ -358,7 +356,7 @@ def main(args: argparse.Namespace) -> int:
         if given is None:
             print(f"cluster ready in {time.perf_counter() - t_start:.1f} s: master {cluster.master_url}, "
                   f"workers {cluster.worker_urls[0]} .. {cluster.worker_urls[-1]}", flush=True)
-        with tqdm(total=len(schemes) * args.batches, desc="batches (all schemes)", unit="batch") as progress:
+        with progress_bar(total=len(schemes) * args.batches, desc="batches (all schemes)", unit="batch") as progress:
             stats = asyncio.run(run_schemes(cluster.master_url, cluster.worker_urls, args, schemes,
                                             raw_batches, progress, tls=tls, metrics=metrics))
         x_plain = preprocess(load_model_info(args.model), raw_batches[0])

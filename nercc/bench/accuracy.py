@@ -136,9 +136,9 @@ def variant_scheme(variant: str, n_inputs: int, n_workers: int, smoothing: Smoot
 def _variants(stragglers: Sequence[int], n_inputs: int, n_workers: int, smoothing: Dict[int, Smoothing],
               desc: str, progress: bool):
     """(S, variant, its coding scheme) for every straggler count and compared variant, under a progress bar."""
-    from tqdm import tqdm
+    from nercc.progress import progress_bar
 
-    bar = tqdm([(s, name) for s in stragglers for name in SCHEMES], desc=desc, unit="scheme",
+    bar = progress_bar([(s, name) for s in stragglers for name in SCHEMES], desc=desc, unit="scheme",
                disable=not progress, file=sys.stderr)
     for s, name in bar:
         bar.set_postfix_str(f"S={s} {SCHEME_LABELS[name]}")

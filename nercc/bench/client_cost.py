@@ -2,7 +2,7 @@
 
     nercc bench client-cost                         # LeNet5, N = 12, K = 4, the default rows
     nercc bench client-cost --transports aio,gevent # also the gevent (tritonclient.http) transport
-    /work/bin/cpu-exclusive .venv/bin/nercc bench client-cost --save bench/results/client_cost.json
+    tools/exclusive .venv/bin/nercc bench client-cost --save bench/results/client_cost.json   # alone
 
 One LocalCluster (master + N workers, straggler profile ``none``); the rows share it and run interleaved in
 rounds (``--round`` batches of each row in turn), so drifts of the machine's load hit every row alike. Rows:
@@ -201,10 +201,9 @@ def format_rows(out: List[dict]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from nercc.data import load_dataset
     from nercc.models import load_model_info
+    from nercc.progress import progress_bar
     from nercc.serving import LocalCluster
 
     names = [s.strip() for s in args.rows.split(",") if s.strip()]
@@ -226,7 +225,7 @@ def main(args: argparse.Namespace) -> int:
                 if t == "aio" or not name.endswith(SERVER_SUFFIX)]
         runners = {"aio": AioRunner(), "gevent": GeventRunner()}
         try:
-            with tqdm(total=len(rows) * args.batches, desc="batches (all rows)", unit="batch") as progress:
+            with progress_bar(total=len(rows) * args.batches, desc="batches (all rows)", unit="batch") as progress:
                 measure(rows, runners, batches, cluster, args, progress)
         finally:
             for row in rows:

@@ -112,11 +112,11 @@ def build_times(scheme, arrived, repeats: int, min_seconds: float) -> Tuple[floa
 
 
 def run(args) -> List[dict]:
-    from tqdm.auto import tqdm
+    from nercc.progress import progress_bar
 
     rng = np.random.default_rng(args.seed)
     rows = []
-    bar = tqdm(
+    bar = progress_bar(
         total=len(args.sizes) * len(args.dims),
         desc="coding cost",
         unit="shape",

@@ -107,10 +107,10 @@ class BatchedModel:
         self.seconds = 0.0
 
     def __call__(self, x: np.ndarray, desc: str = "f") -> np.ndarray:
-        from tqdm import tqdm
+        from nercc.progress import progress_bar
 
         out = []
-        with tqdm(total=len(x), desc=desc, unit="img", disable=not self.progress or len(x) < 5000,
+        with progress_bar(total=len(x), desc=desc, unit="img", disable=not self.progress or len(x) < 5000,
                   leave=False, file=sys.stderr) as bar:
             for i in range(0, len(x), self.batch_size):
                 chunk = np.ascontiguousarray(x[i : i + self.batch_size], dtype=np.float32)

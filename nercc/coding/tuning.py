@@ -382,9 +382,9 @@ def tune(
     rng = np.random.default_rng(seed)
     sets = [arrived for s in counts for arrived in random_straggler_sets(N, s, n_trials, rng)]
 
-    from tqdm.auto import tqdm  # only tune needs it; the coding core itself stays import-light
+    from nercc.progress import progress_bar  # tqdm, quiet off a terminal; only tune needs it
 
-    bar = tqdm(total=len(x) * (len(enc_grid) + 1 + int(baseline)), desc="tune: f calls", unit="call",
+    bar = progress_bar(total=len(x) * (len(enc_grid) + 1 + int(baseline)), desc="tune: f calls", unit="call",
                disable=not progress, leave=False)
     try:
         search = _Search(f, x, N, sets, enc_grid, bar)

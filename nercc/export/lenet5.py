@@ -55,7 +55,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
 
 def train(epochs: int = 4, seed: int = 0, batch_size: int = 128, lr: float = 2e-3) -> tuple:
     """Train LeNet5 on the full MNIST training set; returns (model, test accuracy in torch, seconds)."""
-    from tqdm import tqdm
+    from nercc.progress import progress_bar
 
     common.seed_everything(seed)
     x_train_raw, y_train = load_mnist("train")
@@ -73,7 +73,7 @@ def train(epochs: int = 4, seed: int = 0, batch_size: int = 128, lr: float = 2e-
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
-        bar = tqdm(range(0, len(x_train), batch_size), desc=f"lenet5 epoch {epoch + 1}/{epochs}", unit="batch")
+        bar = progress_bar(range(0, len(x_train), batch_size), desc=f"lenet5 epoch {epoch + 1}/{epochs}", unit="batch")
         for i in bar:
             idx = order[i : i + batch_size]
             optimizer.zero_grad(set_to_none=True)

@@ -269,7 +269,7 @@ def train(settings: TrainSettings, checkpoint_dir: Path = CHECKPOINT_DIR, resume
 
     ``max_batches`` stops after that many batches (used to time an epoch before choosing a size).
     """
-    from tqdm import tqdm
+    from nercc.progress import progress_bar
 
     torch.set_num_threads(settings.threads)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +304,7 @@ def train(settings: TrainSettings, checkpoint_dir: Path = CHECKPOINT_DIR, resume
         rng = np.random.default_rng([settings.seed, state["epoch"]])
         order = rng.permutation(len(x_train))
         epoch_start, epoch_loss, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"repvgg epoch {state['epoch'] + 1}/{settings.epochs}", unit="batch",
+        bar = progress_bar(range(steps_per_epoch), desc=f"repvgg epoch {state['epoch'] + 1}/{settings.epochs}", unit="batch",
                    mininterval=10)
         for b in bar:
             p = progress()
