@@ -38,6 +38,26 @@ COMMITTED_RESULTS = (_CHECKOUT if IN_CHECKOUT else SHIPPED) / "bench" / "results
 MODEL_NAMES = ("lenet5", "repvgg_cifar10", "vit_b16", "efficientnet_lite0")
 
 
+def display_path(path) -> str:
+    """``path`` as a result file or a log should name it: relative to the checkout (or the working directory)
+    when it lies inside, ``~/...`` under the home folder, else as given. Recorded results then name no folder
+    that only the machine which produced them has."""
+    text = str(path)
+    try:
+        given = Path(text).expanduser().absolute()
+        candidates = [(given, root) for root in (_CHECKOUT, Path.cwd(), Path.home())]
+        candidates += [(given.resolve(), root.resolve()) for root in (_CHECKOUT, Path.cwd(), Path.home())]
+    except (OSError, RuntimeError, ValueError):
+        return text
+    for where, root in candidates:
+        try:
+            inside = where.relative_to(root)
+        except ValueError:
+            continue
+        return str(Path("~") / inside) if root in (Path.home(), Path.home().resolve()) else str(inside)
+    return text
+
+
 def data_dir() -> Path:
     """The data directory: $NERCC_DATA_DIR, else ../shared/data beside the checkout, else ~/.cache/nercc/data.
 

@@ -183,3 +183,26 @@ def test_metadata_round_trip(tmp_path):
     (tmp_path / "lenet5" / "nercc.json").write_text(json.dumps(info.to_json()))
     again = load_model_info("lenet5", repository=tmp_path)
     assert again.to_json() == info.to_json() and again.dir == tmp_path / "lenet5"
+
+
+def test_reexport_leaves_the_tracked_metadata_alone(tmp_path):
+    """`make test` re-runs `nercc export efficientnet_lite0`; a run that differs only in its measurement noise
+    (ort_max_abs_diff) must not rewrite the committed nercc.json (git status stays clean); a real change must."""
+    from nercc.export import common
+
+    committed = model_dir("efficientnet_lite0") / "nercc.json"
+    folder = tmp_path / "efficientnet_lite0"
+    folder.mkdir()
+    target = folder / "nercc.json"
+    shutil.copy(committed, target)
+    before = target.read_bytes()
+    meta = json.loads(before)
+    noisy = dict(meta, ort_max_abs_diff=meta["ort_max_abs_diff"] * 1.5 + 1e-7)
+    assert common.write_metadata("efficientnet_lite0", noisy, tmp_path) == target
+    assert target.read_bytes() == before
+    changed = dict(noisy, onnx_bytes=meta["onnx_bytes"] + 1)
+    common.write_metadata("efficientnet_lite0", changed, tmp_path)
+    assert json.loads(target.read_text()) == changed  # a model property changed: written, measurements included
+    target.unlink()
+    common.write_metadata("efficientnet_lite0", noisy, tmp_path)
+    assert json.loads(target.read_text()) == noisy

@@ -3,6 +3,7 @@ closed forms, accuracy mapping, calibration, CLI shapes and errors."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -236,6 +237,31 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2 and "K=8" in proc.stderr
     proc = _nercc("simulate", "--straggler", "weird:x=1", "--batches", "100", "--out", str(tmp_path))
     assert proc.returncode == 2 and "unknown straggler profile kind" in proc.stderr
+
+
+def test_cli_measure_has_its_own_batch_counts(tmp_path):
+    """--measure runs --measure-batches real batches per scheme (default 600), never the simulated --batches
+    (20000 by default: ~35 minutes per scheme at 10 batches/s); a real run on a 4-worker cluster."""
+    from nercc.simulate import cli
+
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    args = parser.parse_args(["--measure", "--out", str(tmp_path)])
+    assert cli._check(args) is None and args.measure_batches == cli.MEASURE_BATCHES == 600
+    proc = _nercc("simulate", "--measure", "--batches", "900", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "--measure-batches" in proc.stderr
+    proc = _nercc("simulate", "--measure", "--measure-batches", "3", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "--measure-batches must be >= 10, got 3" in proc.stderr
+    proc = _nercc("simulate", "--measure", "--workers", "4", "--inputs", "2", "--policy", "first:3", "--rate", "20",
+                  "--measure-batches", "12", "--calibration-batches", "10", "--schemes", "uncoded,nercc",
+                  "--out", str(tmp_path / "real"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.load(open(tmp_path / "real" / "summary.json"))
+    assert data["settings"]["batches"] == 12 and "--measure-batches 12" in data["command"]
+    rows = data["profiles"]["measured"]["schemes"]
+    assert set(rows) == {"uncoded", "nercc"} and all(r["requests"] == 12 for r in rows.values())
+    calibration = json.load(open(tmp_path / "real" / "calibration.json"))
+    assert len(calibration["worker_ms"]["coded"]) == 10 and calibration["n_workers"] == 4
 
 
 def test_cli_plan_prints_settings_that_meet_the_slo():

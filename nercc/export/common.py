@@ -96,11 +96,11 @@ def check_ort_matches_torch(model: nn.Module, path: Path, x: np.ndarray, toleran
 
 def ort_accuracy(path: Path, x: np.ndarray, labels: np.ndarray, batch: int = 500, progress: str = "") -> float:
     """Top-1 accuracy of the ONNX model at ``path`` on preprocessed inputs ``x``."""
-    from tqdm import tqdm
+    from nercc.progress import progress_bar
 
     session = ort_session(path)
     correct = 0
-    for start in tqdm(range(0, len(x), batch), desc=progress or "onnx accuracy", unit="batch", leave=False):
+    for start in progress_bar(range(0, len(x), batch), desc=progress or "onnx accuracy", unit="batch", leave=False):
         (probs,) = session.run(["probs"], {"input": x[start : start + batch]})
         correct += int(np.sum(probs.argmax(1) == labels[start : start + batch]))
     return correct / len(x)
@@ -119,10 +119,30 @@ def time_per_input(path: Path, x: np.ndarray, batch: int, threads: int, repeats:
     return float(np.median(times)) * 1e3 / batch
 
 
+#: nercc.json fields that are measurements of one export run (they differ run to run by float noise), not
+#: properties of the model: a re-export that changes only these leaves a committed nercc.json as it is.
+MEASURED_FIELDS = ("ort_max_abs_diff", "reparam_max_abs_diff", "train_seconds")
+
+
+def _without_measured(meta: Dict[str, Any]) -> Dict[str, Any]:
+    return {key: value for key, value in meta.items() if key not in MEASURED_FIELDS}
+
+
 def write_metadata(name: str, meta: Dict[str, Any], out: Optional[Path] = None) -> Path:
+    """Write ``<model folder>/nercc.json``, unless the file there already says the same apart from
+    :data:`MEASURED_FIELDS` (then it is left untouched, so that re-running the setup's export does not dirty a
+    tracked file; the export prints this run's measurements)."""
     path = onnx_path(name, out).parent.parent / "nercc.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(meta, indent=2) + "\n")
+    text = json.dumps(meta, indent=2) + "\n"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None  # unreadable: rewrite it
+        if isinstance(old, dict) and _without_measured(old) == json.loads(json.dumps(_without_measured(meta))):
+            return path
+    path.write_text(text)
     return path
 
 

@@ -25,7 +25,7 @@ from typing import Dict, List
 
 from nercc.coding.registry import BACC_NAME, CODED_SCHEMES, HEDGED, NERCC_NAME, REPLICATION, UNCODED
 from nercc.loadtest.workload import user_class_name
-from nercc.paths import REPO_ROOT
+from nercc.paths import REPO_ROOT, display_path
 from nercc.policy import parse_policy
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -340,7 +340,8 @@ def run_engine(command: List[str], log: Path, console: Path, timeout_s: float, o
     if log.exists():
         log.unlink()
     with open(console, "w") as out:
-        out.write("$ " + " ".join(command) + "\n")
+        out.write("$ " + " ".join("python" if part == sys.executable else display_path(part) if os.path.isabs(part)
+                                  else part for part in command) + "\n")
         out.flush()
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=REPO_ROOT)
         try:
@@ -679,9 +680,8 @@ def _write_summary(out_dir: Path, summary: dict) -> None:
 
 
 def main(args) -> int:
-    from tqdm import tqdm
-
     from nercc.loadtest import report
+    from nercc.progress import progress_bar
 
     if args.quick and args.batches is None:
         args.batches = QUICK["batches"]
@@ -721,7 +721,7 @@ def main(args) -> int:
     clusters = Clusters(args)
     phase, failure = "calibration", None
     try:
-        with tqdm(total=n_units, unit="run", desc="loadtest") as progress:
+        with progress_bar(total=n_units, unit="run", desc="loadtest") as progress:
             calibration = None if args.no_calibrate else calibrate(args, plan, clusters, raw_dir, progress)
             summary["calibration"] = calibration
             choice = choose_load_and_deadline(args, plan, calibration)

@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from nercc.coding.registry import CODED_SCHEMES, HEDGED, SYSTEMATIC_SCHEMES
+from nercc.paths import display_path
 from nercc.simulate.model import DEFAULT_CALIBRATION, SCHEMES
 
 #: the simulator has no accuracy model for the systematic schemes yet (issue 17): not in the default run
 SIMULATED_SCHEMES = tuple(s for s in SCHEMES if s not in SYSTEMATIC_SCHEMES)
 
 VALIDATED = ("p50_ms", "p99_ms", "p99.9_ms")
+SIM_BATCHES = 20_000  # simulated batches per scheme
+MEASURE_BATCHES = 600  # real batches per scheme (--measure): ~1 minute at 10 batches/s, a p99 on ~6 batches
 
 
 def default_policy(n_workers: int) -> str:
@@ -44,7 +47,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--straggler", default="bimodal:p=0.1,slow_ms=40",
                         help="straggler profile, nercc.serving.stragglers syntax (default bimodal:p=0.1,slow_ms=40)")
     parser.add_argument("--rate", type=float, default=10.0, help="offered batches per second, Poisson (default 10)")
-    parser.add_argument("--batches", type=int, default=20_000, help="simulated batches per scheme (default 20000)")
+    parser.add_argument("--batches", type=int, default=None,
+                        help=f"simulated batches per scheme (default {SIM_BATCHES}; the real run of --measure "
+                             "takes --measure-batches)")
     parser.add_argument("--schemes", default=",".join(SIMULATED_SCHEMES),
                         help=f"comma list of {', '.join(SIMULATED_SCHEMES)}")
     parser.add_argument("--policy", default=None,
@@ -54,7 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hedge-ms", type=float, default=None,
                         help="hedged: second copy after this many ms (default: p95 of one worker request)")
     parser.add_argument("--model", default="lenet5", help="accuracy tables of this model (default lenet5)")
-    parser.add_argument("--calibration", default=None, help=f"calibration JSON (default {DEFAULT_CALIBRATION})")
+    parser.add_argument("--calibration", default=None, help=f"calibration JSON (default {display_path(DEFAULT_CALIBRATION)})")
     parser.add_argument("--independent-round-trips", action="store_true",
                         help="draw each worker round trip independently from the calibration pool instead of "
                              "per real batch (docs/simulate.md: which tail assumption)")
@@ -67,18 +72,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--measure", action="store_true",
                         help="do the REAL run instead: LocalCluster + CodedClient, calibration (no stragglers) "
                              "then the profile under test; writes OUT/calibration.json and OUT/summary.json. "
-                             "Run it alone: tools/exclusive nercc simulate --measure ...")
+                             "Run it alone on an otherwise idle machine, e.g. "
+                             "tools/exclusive nercc simulate --measure ...")
     parser.add_argument("--sequential", action="store_true",
                         help="--measure: one cluster at a time (calibration, then the profile) when two do not fit")
-    parser.add_argument("--calibration-batches", type=int, default=200, help="--measure: batches per scheme")
+    parser.add_argument("--measure-batches", type=int, default=MEASURE_BATCHES,
+                        help=f"--measure: real batches per scheme under the straggler profile (default "
+                             f"{MEASURE_BATCHES}; --batches is the simulated count and does not apply)")
+    parser.add_argument("--calibration-batches", type=int, default=200,
+                        help="--measure: real batches per scheme for the calibration (default 200)")
     parser.add_argument("--out", required=True, help="output folder (summary.json)")
 
 
 def _check(args) -> Optional[str]:
     if args.workers < 1 or args.inputs < 1 or args.inputs > args.workers:
         return f"need 1 <= --inputs <= --workers, got K={args.inputs}, N={args.workers}"
+    if args.measure and args.batches is not None:
+        return (f"--batches is the simulated count; the real run (--measure) takes --measure-batches "
+                f"(got --batches {args.batches})")
+    if args.batches is None:
+        args.batches = SIM_BATCHES
     if args.batches < 10:
         return f"--batches must be >= 10, got {args.batches}"
+    if args.measure_batches < 10:
+        return f"--measure-batches must be >= 10, got {args.measure_batches}"
+    if args.calibration_batches < 10:
+        return f"--calibration-batches must be >= 10, got {args.calibration_batches}"
     if not (args.rate > 0 and math.isfinite(args.rate)):
         return f"--rate must be a positive number, got {args.rate}"
     bad = [s for s in args.schemes.split(",") if s.strip() not in SIMULATED_SCHEMES]
@@ -95,8 +114,7 @@ def run_simulation(n_workers: int, n_inputs: int, straggler: str, rate: float, n
                    schemes: List[str], policy: str, deadline_ms: float, hard_timeout_ms: float,
                    hedge_ms: Optional[float], model: str, calibration, engine: str, seed: int,
                    progress: bool = True, independent: bool = False) -> Dict[str, Dict]:
-    from tqdm import tqdm
-
+    from nercc.progress import progress_bar
     from nercc.simulate.core import simulate
     from nercc.simulate.model import AccuracyTable, CodingCost, ServiceModel, SimSettings
 
@@ -108,7 +126,7 @@ def run_simulation(n_workers: int, n_inputs: int, straggler: str, rate: float, n
         if scheme in CODED_SCHEMES:
             cost.measure(scheme, n_workers, n_inputs)
     out = {}
-    for scheme in tqdm(schemes, desc="simulate", disable=not progress, leave=False):
+    for scheme in progress_bar(schemes, desc="simulate", disable=not progress, leave=False):
         settings = SimSettings(scheme, n_workers, n_inputs, straggler, rate=rate, n_batches=n_batches,
                                policy=policy, deadline_ms=deadline_ms, hard_timeout_ms=hard_timeout_ms,
                                hedge_ms=hedge_ms, seed=seed)
@@ -170,7 +188,7 @@ def main(args) -> int:
     if args.measure:
         from nercc.simulate.measure import measure
 
-        summary = measure(out_dir, args.workers, args.inputs, args.straggler, args.rate, args.batches,
+        summary = measure(out_dir, args.workers, args.inputs, args.straggler, args.rate, args.measure_batches,
                           args.calibration_batches, policy, args.deadline_ms, args.seed, schemes,
                           args.sequential)
         summary["command"] = command
@@ -211,7 +229,7 @@ def main(args) -> int:
         "settings": {"simulated": True, "engine": args.engine, "model": args.model, "n_workers": n,
                      "n_inputs": k, "offered_batches_per_s": rate, "batches": args.batches,
                      "deadline_ms": deadline, "hard_timeout_ms": args.hard_timeout_ms, "coded_policy": policy,
-                     "replication_copies": n // k, "calibration": str(args.calibration or DEFAULT_CALIBRATION),
+                     "replication_copies": n // k, "calibration": display_path(args.calibration or DEFAULT_CALIBRATION),
                      "round_trips": "independent" if args.independent_round_trips else "per real batch",
                      "seed": args.seed, "seconds": round(seconds, 2)},
         "profiles": {_profile_name(straggler): {"straggler": str(straggler), "schemes": results}},
@@ -219,7 +237,7 @@ def main(args) -> int:
     title = f"simulated N={n} K={k} {straggler} at {rate:g} batches/s, coded {policy}, deadline {deadline:g} ms"
     _print_table(results, title)
     if measured is not None:
-        summary["validation"] = {"measured": str(args.validate), **validation(results, measured)}
+        summary["validation"] = {"measured": display_path(args.validate), **validation(results, measured)}
         print("validation (simulated vs measured, relative error):")
         for scheme, row in summary["validation"]["schemes"].items():
             cells = []

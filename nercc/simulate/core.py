@@ -7,6 +7,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from nercc.paths import display_path
 from nercc.simulate import fast
 from nercc.simulate.model import (
     AccuracyTable,
@@ -80,7 +81,8 @@ def summarize(settings: SimSettings, res: BatchResults, draws: Draws, accuracy: 
             out["rel_acc_p1"] = round(float(np.percentile(rel, 1)), 5)  # the worst 1% of batches
             out["rel_acc_min"] = round(float(rel.min()), 5)
             out["beyond_accuracy_table"] = round(float(beyond.mean()), 5)
-            src = accuracy.source
+            path, sep, note = accuracy.source.partition(" (")  # "<table path> (note)"
+            src = display_path(path) + sep + note
             if accuracy.scaled_from is not None:
                 src += (f" (no table at N={s.n_workers}, K={s.n_inputs}: N={accuracy.scaled_from[0]}, "
                         f"K={accuracy.scaled_from[1]} at the same straggler fraction S/N)")

@@ -9,7 +9,7 @@ Two phases, each scheme in turn, one open-loop Poisson generator (asyncio, the s
    lateness and RelAcc against the labels (base accuracy: the uncoded run's exact predictions of the same inputs).
    Written to ``summary.json``, shaped like the loadtest's.
 
-Run it alone on the machine (``/work/bin/cpu-exclusive``): latency numbers only mean something below the
+Run it alone on an otherwise idle machine (the repository's ``tools/exclusive`` orders runs that use it): latency numbers only mean something below the
 saturation knee and without neighbours.
 """
 
@@ -87,9 +87,8 @@ async def _open_loop(client, raw: np.ndarray, k: int, rate: float, n_batches: in
 
 def _run_scheme(cluster, scheme: str, policy: str, deadline_ms: float, k: int, raw, rate, n_batches, seed,
                 desc: str, after_warmup=None):
-    from tqdm import tqdm
-
     from nercc.client import CodedClient
+    from nercc.progress import progress_bar
 
     async def go():
         client = CodedClient(cluster.master_url, cluster.worker_urls, model="lenet5", scheme=scheme,
@@ -99,7 +98,7 @@ def _run_scheme(cluster, scheme: str, policy: str, deadline_ms: float, k: int, r
             await client.warmup(3)
             if after_warmup is not None:  # e.g. a statistics snapshot that must not count the slow first runs
                 after_warmup()
-            with tqdm(total=n_batches, desc=desc, leave=False) as bar:
+            with progress_bar(total=n_batches, desc=desc, leave=False) as bar:
                 return await _open_loop(client, raw, k, rate, n_batches, seed, bar)
 
     return asyncio.run(go())
