@@ -29,7 +29,11 @@ the point estimate:
 - **mean** (e.g. CPU or latency means): percentile bootstrap over the values (:func:`mean_interval`).
 - **ratio of percentiles of two runs** (e.g. NeRCC p99 / uncoded p99): percentile bootstrap, each run's batches
   resampled independently (the runs are independent), the ratio of the two resampled percentiles
-  (:func:`percentile_ratio_interval`).
+  (:func:`percentile_ratio_interval`). A bootstrap cannot see past the largest batch it was given, so for a
+  percentile the batches cannot bound (a p99 of fewer than ~370 batches, a p99.9 of fewer than ~3,700: the
+  order-statistic interval has no upper end) it would be overconfident exactly where the tail is thin; there the
+  ratio's interval is opened on that side (numerator unbounded: no upper end; denominator unbounded: lower end
+  0), so a verdict never rests on a tail the run did not measure.
 
 Verdicts (:func:`verdict`): a target "figure <= target" (direction ``"below"``) is **met** when the whole interval
 is at or below the target line, **not met** when the whole interval is above it, and **undecided** when the
@@ -226,7 +230,15 @@ def percentile_ratio_interval(a: Sequence[float], b: Sequence[float], p: float, 
     pb = _resampled_percentile(vb, p, resamples, rng)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(np.isinf(pa), np.inf, np.where(np.isinf(pb), 0.0, pa / pb))
-    return _bootstrap_ends(ratio, alpha)
+    lo, hi = _bootstrap_ends(ratio, alpha)
+    # where the order statistics cannot bound a percentile, neither can the bootstrap: open that side
+    a_lo, a_hi = quantile_interval(va, p / 100.0, confidence)
+    b_lo, b_hi = quantile_interval(vb, p / 100.0, confidence)
+    if math.isinf(a_hi) or b_lo <= 0:
+        hi = math.inf
+    if math.isinf(b_hi) or a_lo <= 0:
+        lo = 0.0
+    return lo, hi
 
 
 # ------------------------------------------------------------------------------------------------ verdicts

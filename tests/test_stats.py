@@ -87,6 +87,11 @@ def test_percentile_ratio_interval():
     # a scheme whose p99 batches were never answered: the ratio is unbounded
     never = np.concatenate([a[:980], np.full(20, np.inf)])
     assert stats.percentile_ratio_interval(never, b, 99)[1] == math.inf
+    # 100 batches cannot bound a p99 (no upper end): the bootstrap alone would look sure; the interval opens
+    lo, hi = stats.percentile_ratio_interval(a[:100], b[:100], 99)
+    assert hi == math.inf and lo == 0.0
+    lo, hi = stats.percentile_ratio_interval(a, b[:100], 99)  # only the denominator unbounded
+    assert lo == 0.0 and math.isfinite(hi)
 
 
 def test_verdicts():

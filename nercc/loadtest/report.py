@@ -320,7 +320,21 @@ def floor_stats(records: List[dict], scheme: str, policy: str, n_workers: int, n
     return {"policy": policy, "p50_ms": pf["p50"], "p99_ms": pf["p99"], "p50_ms_ci": ci["p50_ms_ci"],
             "p99_ms_ci": ci["p99_ms_ci"],
             "p99_over_floor_p99": _r(pl["p99"] / pf["p99"], 3) if pl["p99"] and pf["p99"] else None,
-            "p99_over_floor_p99_ci": nstats.json_interval(nstats.percentile_ratio_interval(latencies, floors, 99), 3)}
+            "p99_over_floor_p99_ci": _paired_p99_ratio_interval(latencies, floors)}
+
+
+def _paired_p99_ratio_interval(latencies: List[float], floors: List[float]) -> list | None:
+    """Bootstrap interval of p99(latency) / p99(floor) resampling *batches* (each batch's latency and floor
+    together: they are the same batch's). None where a p99 reaches unanswered batches."""
+    lat, fl = np.asarray(latencies, dtype=float), np.asarray(floors, dtype=float)
+    if not (np.isfinite(lat).all() and np.isfinite(fl).all()) or lat.size == 0:
+        return None
+
+    def ratio(idx: np.ndarray) -> np.ndarray:
+        i = idx.astype(np.intp)
+        return np.percentile(lat[i], 99, axis=1) / np.maximum(np.percentile(fl[i], 99, axis=1), 1e-9)
+
+    return nstats.json_interval(nstats.bootstrap_interval(np.arange(lat.size, dtype=float), ratio), 3)
 
 
 def ramp_summary(log: Path) -> dict:
@@ -693,7 +707,7 @@ def evaluate_targets(schemes: Dict[str, dict], latencies: Dict[str, Sequence[flo
                     + f"{label(other)}'s {figure}")
             numbers = (f"{nstats.format_with_interval(va, s.get(f'{figure}_ms_ci'))} vs "
                        f"{nstats.format_with_interval(vb, schemes[other].get(f'{figure}_ms_ci'))} ms, ratio "
-                       f"{nstats.format_with_interval(value, interval, 2, none='–')}")
+                       f"{nstats.format_with_interval(value, interval, 2, none='unbounded')}")
         out.append({"key": key, "target": text, "value": value, "interval": interval, "bound": bound,
                     "direction": direction, "verdict": nstats.verdict(interval, bound, direction),
                     "numbers": numbers})
@@ -1092,8 +1106,10 @@ def plot_cdf(path: Path, latencies: Dict[str, Sequence[float]], deadline_ms: flo
         for q, level in ((99, 1e-2), (99.9, 1e-3)):  # the 95 % interval of p99 / p99.9 where a reader compares
             lo, hi = nstats.percentile_interval(every, q)
             if math.isfinite(lo):
-                tail.plot([lo, min(hi, values[-1] * 1.2)], [level, level], color=style["color"], lw=5, alpha=0.35,
-                          solid_capstyle="butt")
+                end = hi if math.isfinite(hi) else values[-1] * 1.2
+                tail.plot([lo, end], [level, level], color=style["color"], lw=5, alpha=0.35, solid_capstyle="butt")
+                if not math.isfinite(hi):  # the batches cannot bound it: an open end
+                    tail.plot([end], [level], ">", color=style["color"], ms=6, alpha=0.6)
     finite = [v for vs in latencies.values() for v in vs if np.isfinite(v)]
     lo, hi = (min(finite) * 0.8, max(max(finite), deadline_ms) * 1.25) if finite else (1.0, 1000.0)
     for axis in (ax, tail):
@@ -1113,7 +1129,7 @@ def plot_cdf(path: Path, latencies: Dict[str, Sequence[float]], deadline_ms: flo
     for level, name in ((1e-2, "p99"), (1e-3, "p99.9")):
         tail.axhline(level, color="k", ls="--", lw=0.8, alpha=0.6)
         tail.text(lo, level, f" {name}", va="bottom", fontsize=8)
-    tail.set_title("tail (1 - CDF); bars on the p99 / p99.9 lines: 95 % intervals")
+    tail.set_title("tail (1 - CDF); bars on the p99 / p99.9 lines: 95 % intervals (>: no upper end)")
     _save(fig, path, title)
 
 
