@@ -209,3 +209,60 @@ def test_every_geometry_builds_where_it_is_defined():
         s = SystematicNeRCC(4, 12, geometry=g)
         assert np.array_equal(s.betas[list(s.systematic_workers)], s.alphas)
         assert repr(s).endswith(f"geometry={g!r})")
+
+
+def test_profile_entries_are_per_scheme():
+    from nercc.coding import profile_entry, profile_lams
+
+    prof = {"default": {"lam_enc": 1e-4, "lam_dec": 1e-3}, "entries": [
+        {"n_inputs": 4, "n_workers": 12, "n_stragglers": 2, "lam_enc": 1e-6, "lam_dec": 1e-3},  # plain (no field)
+        {"scheme": "nercc-sys", "n_inputs": 4, "n_workers": 12, "n_stragglers": 2, "lam_enc": 0.0, "lam_dec": 5e-3,
+         "lam_dec_by_arrived": {"9": 7e-3}},
+    ]}
+    assert profile_lams(prof, 4, 12, 2) == (1e-6, 1e-3)
+    assert profile_lams(prof, 4, 12, 2, scheme="nercc-sys") == (0.0, 5e-3)
+    assert profile_lams(prof, 4, 12, n_arrived=9, scheme="nercc-sys") == (0.0, 7e-3)
+    assert profile_entry(prof, 4, 12, 2)["lam_dec"] == 1e-3
+    assert profile_entry(prof, 4, 12, 2, "nercc-sys")["lam_dec"] == 5e-3
+    setting = CodedSetting.from_profile(prof, NERCC_SYS_NAME, 4, 12, 2)
+    assert (setting.lam_enc, setting.lam_dec, setting.lam_dec_for(9)) == (0.0, 5e-3, 7e-3)
+    assert CodedSetting.from_profile(prof, "nercc", 4, 12, 2).lam_dec == 1e-3
+    # a systematic scheme with no entries of its own uses plain NeRCC's
+    plain_only = {"default": None, "entries": prof["entries"][:1]}
+    assert profile_lams(plain_only, 4, 12, 2, scheme="nercc-sys") == (1e-6, 1e-3)
+
+
+def test_save_entry_keeps_one_entry_per_scheme(tmp_path):
+    from nercc.profiles import load_profile, lookup, save_entry
+
+    save_entry(tmp_path, {"n_inputs": 4, "n_workers": 12, "n_stragglers": 2, "lam_enc": 1e-6, "lam_dec": 1e-3})
+    save_entry(tmp_path, {"scheme": "nercc-sys", "n_inputs": 4, "n_workers": 12, "n_stragglers": 2,
+                          "lam_enc": 0.0, "lam_dec": 4e-3})
+    save_entry(tmp_path, {"scheme": "nercc-sys", "n_inputs": 4, "n_workers": 12, "n_stragglers": 2,
+                          "lam_enc": 0.0, "lam_dec": 2e-3})  # replaces the systematic one only
+    prof = load_profile(tmp_path)
+    assert len(prof["entries"]) == 2 and prof["default"] == {"lam_enc": 1e-6, "lam_dec": 1e-3}
+    assert lookup(tmp_path, 4, 12, 2) == (1e-6, 1e-3)
+    assert lookup(tmp_path, 4, 12, 2, scheme="nercc-sys") == (0.0, 2e-3)
+
+
+def test_tune_systematic_nercc_on_a_smooth_function():
+    from nercc.coding import tune
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((40 * 4, 6))
+
+    def f(batch):
+        return np.tanh(batch) + 0.1 * batch**2
+
+    res = tune(f, x, 4, 12, [2, 3], lam_grid=[0.0, 1e-4], lam_dec_grid=[0.0, 1e-3, 1e-2], n_trials=5, refine=0,
+               progress=False, scheme=NERCC_SYS_NAME, geometry="chebyshev2")
+    assert res.scheme_name == NERCC_SYS_NAME and isinstance(res.scheme(), SystematicNeRCC)
+    assert res.scheme().geometry == "chebyshev2"
+    entry = res.profile_entry()
+    assert entry["scheme"] == NERCC_SYS_NAME and entry["geometry"] == "chebyshev2"
+    assert res.mse <= res.mse_interp and res.mse_bacc is not None and res.mse > 0
+    with pytest.raises(ValueError, match="scheme must be one of nercc, nercc-sys"):
+        tune(f, x, 4, 12, 2, scheme="bacc", progress=False)
+    with pytest.raises(ValueError, match="n_workers must be > n_inputs"):
+        tune(f, x, 4, 4, 1, scheme=NERCC_SYS_NAME, progress=False)

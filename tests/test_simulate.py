@@ -44,6 +44,7 @@ def _constant_service(base: float = 2.0, hold: float = 0.5, pre: float = 1.0) ->
 @pytest.mark.parametrize("scheme,policy", [
     ("uncoded", "deadline"), ("replication", "deadline"), ("hedged", "deadline"), ("bacc", "first:8"),
     ("nercc", "first:8"), ("nercc", "deadline"), ("nercc", "all"), ("uncoded", "all"), ("nercc", "first:8@12"),
+    ("nercc-sys", "exact:8@12"), ("nercc-sys", "exact:10@4"), ("bacc-sys", "exact:6"), ("nercc-sys", "first:8"),
 ])
 def test_fast_engine_equals_simpy(scheme, policy):
     # a load where queues form behind stragglers (50 batches/s, 40 ms holds) so ordering matters
@@ -57,6 +58,7 @@ def test_fast_engine_equals_simpy(scheme, policy):
     assert np.array_equal(a.n_arrived, b.n_arrived)
     assert np.array_equal(a.n_requests, b.n_requests)
     assert np.array_equal(a.late, b.late)
+    assert np.array_equal(a.n_recovered, b.n_recovered)
     if scheme == "hedged":
         assert a.n_requests.max() > 4  # hedges were actually sent
 
@@ -126,6 +128,52 @@ def test_patient_first_m_decodes_from_everyone_or_settles_at_t():
     assert (res.latency_ms[alone][stragglers > n - m] > 40).all()  # too few by T: waits for the M-th (slow) answer
     with pytest.raises(ValueError, match="below deadline_ms"):
         SimSettings("nercc", n, 4, policy="first:8@30", deadline_ms=30.0)
+
+
+def test_exact_policy_is_exact_when_every_systematic_answer_is_on_time():
+    # negligible load, constant service (2 ms): a batch is exact iff none of its K systematic workers straggles
+    # (probability (1 - p)^K); otherwise it decides at T from the N - s that came, recovering the late inputs,
+    # or waits for the M-th answer when more than N - M straggle
+    p, n, k, m, patience = 0.2, 12, 4, 8, 10.0
+    settings = SimSettings("nercc-sys", n, k, f"bimodal:p={p},slow_ms=40", rate=0.2, n_batches=20_000,
+                           policy=f"exact:{m}@{patience:g}", deadline_ms=100.0)
+    draws = make_draws(settings, _constant_service())
+    res = fast.run(settings, draws)
+    alone = np.diff(draws.arrival_ms, prepend=-np.inf) > 100
+    slow = draws.delay_ms > 0
+    sys_slow = slow[:, settings.systematic_workers].sum(axis=1)[alone]
+    stragglers = slow.sum(axis=1)[alone]
+    n_rec, n_arr, fan = res.n_recovered[alone], res.n_arrived[alone], res.fanout_ms[alone] + draws.pre_ms[alone]
+    exact = sys_slow == 0
+    waited = stragglers > n - m  # decided at the M-th answer, a slow one: every slow answer ties with it
+    assert np.array_equal(n_rec[~waited] == 0, exact[~waited]) and (n_rec[waited] == 0).all()
+    assert np.allclose(res.fanout_ms[alone][exact], 2.0)  # decided when the systematic answers came, before T
+    expected = (1 - p) ** k
+    assert abs(exact.mean() - expected) < 4 * math.sqrt(expected * (1 - expected) / exact.size)
+    settled = ~exact & (stragglers <= n - m)
+    assert np.allclose(fan[settled], patience) and np.array_equal(n_arr[settled], n - stragglers[settled])
+    assert np.array_equal(n_rec[settled], sys_slow[settled])
+    assert settled.sum() > 1000 and (~exact & (stragglers > n - m)).sum() > 0
+    assert (fan[~exact & (stragglers > n - m)] > 40).all()
+    with pytest.raises(ValueError, match="'exact' needs a systematic scheme"):
+        SimSettings("nercc", n, k, policy="exact:8@5")
+    with pytest.raises(ValueError, match="needs N > K"):
+        SimSettings("nercc-sys", 4, 4, policy="first:3")
+
+
+def test_systematic_relacc_counts_exact_inputs_as_one():
+    table = AccuracyTable(model="lenet5", n_workers=12, n_inputs=4, stragglers=np.array([0.0, 4.0]),
+                          rel={"nercc-sys": np.array([0.9, 0.5])}, source="test")
+    settings = SimSettings("nercc-sys", 12, 4, "bimodal:p=0.2,slow_ms=40", rate=0.2, n_batches=4000,
+                           policy="exact:8@10", deadline_ms=100.0)
+    out = simulate(settings, _constant_service(), table)
+    draws = make_draws(settings, _constant_service())
+    res = fast.run(settings, draws)
+    s = 12 - res.n_arrived
+    expected = 1 - res.n_recovered / 4 * (1 - np.interp(s, [0, 4], [0.9, 0.5]))
+    assert out["rel_acc"] == pytest.approx(float(expected.mean()), abs=1e-5)
+    assert out["exact_batches"] == pytest.approx(float((res.n_recovered == 0).mean()), abs=1e-5)
+    assert 0.4 < out["exact_batches"] < 0.52  # 0.8^4 = 0.41, plus batches that waited for slow answers (~0.07)
 
 
 def test_replication_loses_when_all_copies_of_an_input_straggle():

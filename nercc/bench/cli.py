@@ -2,6 +2,8 @@
 
 Sub-commands:
   accuracy  MSE and RelAcc vs straggler count for BACC, NeRCC-0 and tuned NeRCC (nercc/bench/accuracy.py)
+  geometry  systematic NeRCC's parity-point geometries compared: recovered-input MSE and RelAcc vs S
+            (nercc/bench/systematic.py)
   sweep     MSE over a (lam_enc, lam_dec) grid at one setting: the smoothness-effect data (nercc/bench/tune.py)
   figures   PNG figures from the results in bench/results/ (nercc/bench/figures.py)
   cost      encode/decode cost next to a plain matmul (nercc/bench/coding_cost.py)
@@ -21,6 +23,7 @@ import time
 # name -> (module, help); each module has configure(parser) and main(args)
 SUBCOMMANDS = {
     "accuracy": ("nercc.bench.accuracy", "MSE and RelAcc vs stragglers for BACC, NeRCC-0 and tuned NeRCC"),
+    "geometry": ("nercc.bench.systematic", "systematic NeRCC: parity-point geometries compared (recovered-input MSE)"),
     "sweep": ("nercc.bench.tune", "MSE over a (lam_enc, lam_dec) grid at one (model, N, K, S): smoothness data"),
     "figures": ("nercc.bench.figures", "PNG figures from bench/results/"),
     "cost": ("nercc.bench.coding_cost", "time to build matrices, encode and decode, next to a plain matmul"),

@@ -177,8 +177,10 @@ class Trials:
 
 
 def encoder_key(scheme: CodingScheme) -> tuple:
-    """Identity of an encoding matrix: the scheme, K, N and (NeRCC) lam_enc; lam_dec does not change it."""
-    return (scheme.name, scheme.n_inputs, scheme.n_workers, float(getattr(scheme, "lam_enc", 0.0)))
+    """Identity of an encoding matrix: the scheme, K, N, (NeRCC) lam_enc and (systematic) the geometry; lam_dec
+    does not change it."""
+    return (scheme.name, scheme.n_inputs, scheme.n_workers, float(getattr(scheme, "lam_enc", 0.0)),
+            getattr(scheme, "geometry", None))
 
 
 def command_line(argv: Sequence[str]) -> str:

@@ -44,8 +44,13 @@ from nercc.coding import (
     NeRCC,
     coded_outputs,
     evaluate,
+    make_scheme,
     refinement_grid,
 )
+from nercc.coding.registry import NERCC_SYS_NAME
+
+#: The schemes `nercc tune` tunes (those with smoothing parameters)
+TUNABLE_SCHEMES = (NeRCC.name, NERCC_SYS_NAME)
 
 #: Default search grids: lam = 0 plus log-spaced values (see parse_lam_grid for the syntax).
 DEFAULT_ENC_GRID = "0,1e-9:1e-3:1"
@@ -106,8 +111,13 @@ def _mixed_arrived(n_workers: int, counts: Sequence[int], n_trials: int, seed: i
     return [np.sort(rng.choice(n_workers, size=int(m), replace=False)) for m in sizes]
 
 
+def _scheme(scheme: str, geometry, n_inputs: int, n_workers: int, lam_enc: float, lam_dec: float):
+    return make_scheme(scheme, n_inputs, n_workers, lam_enc, lam_dec, **({"geometry": geometry} if geometry else {}))
+
+
 def tune_by_arrived(f, x_batches: np.ndarray, base: np.ndarray, n_workers: int, lam_enc: float, lam_dec: float,
-                    counts: Sequence[int], dec_grid: Sequence[float], seed: int) -> dict:
+                    counts: Sequence[int], dec_grid: Sequence[float], seed: int, scheme: str = NeRCC.name,
+                    geometry: str | None = None) -> dict:
     """lam_dec per |F| at fixed lam_enc, and a check: one lam_dec vs the table on a draw with varying |F|.
 
     The table is fitted with :func:`nercc.coding.evaluate` on arrived sets of each size (one per batch,
@@ -116,17 +126,18 @@ def tune_by_arrived(f, x_batches: np.ndarray, base: np.ndarray, n_workers: int, 
     lam_dec and once as a :class:`nercc.coding.CodedSetting` holding the table.
     """
     n_batches, n_inputs = x_batches.shape[:2]
-    outputs = coded_outputs(NeRCC(n_inputs, n_workers, lam_enc, 0.0), f, x_batches)
+    outputs = coded_outputs(_scheme(scheme, geometry, n_inputs, n_workers, lam_enc, 0.0), f, x_batches)
     grid = sorted(set(refinement_grid(lam_dec, dec_grid, REFINE_PER_DECADE)) | {lam_dec})
     table: Dict[str, float] = {}
     for m in counts:
         arrived = straggler_sets(n_workers, n_workers - m, n_batches, seed + 17)
-        mse = {candidate: evaluate(NeRCC(n_inputs, n_workers, lam_enc, candidate), f, x_batches, arrived, f_x=base,
-                                   outputs=outputs, paired=True).mean() for candidate in grid}
+        mse = {candidate: evaluate(_scheme(scheme, geometry, n_inputs, n_workers, lam_enc, candidate), f, x_batches,
+                                   arrived, f_x=base, outputs=outputs, paired=True).mean() for candidate in grid}
         table[str(m)] = min(mse, key=lambda candidate: (mse[candidate], candidate))
     check_sets = _mixed_arrived(n_workers, counts, n_batches, seed + 29)
-    fixed = NeRCC(n_inputs, n_workers, lam_enc, lam_dec)
-    by_table = CodedSetting(NeRCC.name, n_inputs, n_workers, lam_enc, lam_dec, lam_dec_by_arrived=table)
+    fixed = _scheme(scheme, geometry, n_inputs, n_workers, lam_enc, lam_dec)
+    by_table = CodedSetting(scheme, n_inputs, n_workers, lam_enc, lam_dec, lam_dec_by_arrived=table,
+                            **({"geometry": geometry} if geometry else {}))
     mse_fixed, mse_table = (float(evaluate(scheme, f, x_batches, check_sets, f_x=base, outputs=outputs,
                                            paired=True).mean()) for scheme in (fixed, by_table))
     return {"table": table, "mse_fixed_lam_dec": mse_fixed, "mse_table": mse_table,
@@ -137,19 +148,21 @@ def tune_by_arrived(f, x_batches: np.ndarray, base: np.ndarray, n_workers: int, 
 def tune_setting(info, n_inputs: int, n_workers: int, n_stragglers: int, seed: int = 0, threads: int = 2,
                  progress: bool = True, trials: int | None = None, enc_grid: str = DEFAULT_ENC_GRID,
                  dec_grid: str = DEFAULT_DEC_GRID, by_arrived: bool = True, straggler_sets_per_s: int | None = None,
-                 refine: int = REFINE_PER_DECADE) -> dict:
+                 refine: int = REFINE_PER_DECADE, scheme: str = NeRCC.name, geometry: str | None = None) -> dict:
     """Tune (lam_enc, lam_dec) for (model, K, N, S) on held-out inputs; returns the profile entry (not saved).
 
     The joint search is :func:`nercc.coding.tune` (coarse log grid plus 0, then refinement around the best
     lam_dec, lam_enc, lam_dec) on ``trials`` calibration batches of K held-out inputs, each scored against the
     same ``straggler_sets_per_s`` random arrived sets. Then, at the chosen lam_enc, lam_dec per |F|
-    (:func:`tune_by_arrived`), kept only if it wins on a separate check draw.
+    (:func:`tune_by_arrived`), kept only if it wins on a separate check draw. ``scheme``: "nercc" or
+    "nercc-sys" (the entry then says ``"scheme": "nercc-sys"``; ``geometry`` its parity points, None: default).
     """
     from nercc.coding import tune as coding_tune
     from nercc.models import OnnxModel
 
-    if not 0 <= n_stragglers <= n_workers - 2:
-        raise ValueError(f"stragglers must be in [0, N - 2] = [0, {n_workers - 2}], got {n_stragglers}")
+    for s in ([n_stragglers] if np.isscalar(n_stragglers) else n_stragglers):  # one count, or several (one pair)
+        if not 0 <= s <= n_workers - 2:
+            raise ValueError(f"stragglers must be in [0, N - 2] = [0, {n_workers - 2}], got {s}")
     started = time.perf_counter()
     B = trials or DEFAULT_TUNE_TRIALS.get(info.name, 16)
     n_sets = straggler_sets_per_s or DEFAULT_STRAGGLER_SETS.get(info.name, 20)
@@ -163,9 +176,12 @@ def tune_setting(info, n_inputs: int, n_workers: int, n_stragglers: int, seed: i
     result = coding_tune(lambda x: model(x).astype(np.float32), x_batches.reshape(-1, *x_batches.shape[2:]),
                          n_inputs, n_workers, n_stragglers, lam_grid=enc, lam_dec_grid=dec, n_trials=n_sets,
                          seed=seed + 11, progress=progress, refine=refine if len(enc) > 1 else 0,
-                         baseline=True)
+                         baseline=True, scheme=scheme, geometry=geometry)
     lam_enc, lam_dec = float(result.lam_enc), float(result.lam_dec)
-    entry = {
+    entry = {} if scheme == NeRCC.name else {"scheme": scheme}
+    if geometry is not None:
+        entry["geometry"] = geometry
+    entry.update({
         "n_inputs": n_inputs, "n_workers": n_workers, "n_stragglers": n_stragglers,
         "lam_enc": lam_enc, "lam_dec": lam_dec,
         "mse": result.mse, "mse_nercc0": result.mse_interp, "mse_bacc": result.mse_bacc,
@@ -173,12 +189,12 @@ def tune_setting(info, n_inputs: int, n_workers: int, n_stragglers: int, seed: i
                         "pairs_scored": len(result.table), "enc_grid": enc_grid, "dec_grid": dec_grid,
                         "refine_per_decade": refine if len(enc) > 1 else 0,
                         "search": "nercc.coding.tune"},
-    }
+    })
     if by_arrived:
         x64 = x_batches.astype(np.float64)
         base = model(x64.reshape(-1, *x64.shape[2:])).reshape(B, n_inputs, -1)
         counts = arrived_range(n_inputs, n_workers, n_stragglers)
-        check = tune_by_arrived(model, x64, base, n_workers, lam_enc, lam_dec, counts, dec, seed)
+        check = tune_by_arrived(model, x64, base, n_workers, lam_enc, lam_dec, counts, dec, seed, scheme, geometry)
         entry["by_arrived_check"] = {k: v for k, v in check.items() if k != "table"}
         if check["kept"]:
             entry["lam_dec_by_arrived"] = check["table"]
@@ -193,6 +209,8 @@ def tune_setting(info, n_inputs: int, n_workers: int, n_stragglers: int, seed: i
 
 def configure(parser) -> None:
     parser.add_argument("--model", default="lenet5", help="model name in model_repository/")
+    parser.add_argument("--scheme", default=NeRCC.name, choices=TUNABLE_SCHEMES,
+                        help="the scheme to tune: nercc (default) or nercc-sys (systematic; its own profile entries)")
     parser.add_argument("--workers", "-N", type=int, default=100, help="N, number of workers")
     parser.add_argument("--inputs", "-K", type=int, default=20, help="K, inputs per coded batch")
     parser.add_argument("--stragglers", "-S", default="40",
@@ -219,6 +237,8 @@ def configure(parser) -> None:
 def tune_argv(model: str, n_workers: int, n_inputs: int, n_stragglers: int, args) -> List[str]:
     argv = ["tune", "--model", model, "--workers", n_workers, "--inputs", n_inputs, "--stragglers", n_stragglers,
             "--seed", args.seed]
+    if args.scheme != NeRCC.name:
+        argv[1:1] = ["--scheme", args.scheme]
     if args.trials:
         argv += ["--trials", args.trials]
     if args.straggler_sets:
@@ -248,19 +268,21 @@ def _tune(args) -> int:
     if args.inputs < 2 or args.workers < args.inputs:
         raise ValueError(f"need 2 <= --inputs <= --workers, got K = {args.inputs}, N = {args.workers}")
     for s in stragglers:
-        if args.missing_only and profile_entry(load_profile(info.dir), args.inputs, args.workers, s) is not None:
+        if args.missing_only and profile_entry(load_profile(info.dir), args.inputs, args.workers, s,
+                                               args.scheme) is not None:
             print(f"{info.name} N={args.workers} K={args.inputs} S={s}: profile entry exists, skipped")
             continue
         entry = tune_setting(info, args.inputs, args.workers, s, seed=args.seed, threads=args.threads,
                              progress=not args.quiet, trials=args.trials, enc_grid=args.enc_grid,
                              dec_grid=args.dec_grid, by_arrived=not args.no_by_arrived,
-                             straggler_sets_per_s=args.straggler_sets, refine=args.refine)
+                             straggler_sets_per_s=args.straggler_sets, refine=args.refine, scheme=args.scheme)
         entry["command"] = command_line(tune_argv(info.name, args.workers, args.inputs, s, args))
         check = entry.get("by_arrived_check")
-        print(f"{info.name} N={args.workers} K={args.inputs} S={s}: lam_enc={entry['lam_enc']:.3g} "
-              f"lam_dec={entry['lam_dec']:.3g}  held-out MSE NeRCC {entry['mse']:.4g}  NeRCC-0 "
-              f"{entry['mse_nercc0']:.4g}  BACC {entry['mse_bacc']:.4g}  (NeRCC/BACC "
-              f"{entry['mse'] / entry['mse_bacc']:.3f}, {entry['seconds']} s)")
+        sys_ = "-sys" if args.scheme != NeRCC.name else ""
+        print(f"{info.name} {args.scheme} N={args.workers} K={args.inputs} S={s}: lam_enc={entry['lam_enc']:.3g} "
+              f"lam_dec={entry['lam_dec']:.3g}  held-out MSE NeRCC{sys_} {entry['mse']:.4g}  NeRCC{sys_}-0 "
+              f"{entry['mse_nercc0']:.4g}  BACC{sys_} {entry['mse_bacc']:.4g}  (NeRCC/BACC "
+              f"{entry['mse'] / entry['mse_bacc'] if entry['mse_bacc'] else float('nan'):.3f}, {entry['seconds']} s)")
         if check:
             print(f"    lam_dec per |F| in {check['arrived_counts'][0]}..{check['arrived_counts'][-1]}: MSE "
                   f"{check['mse_table']:.4g} vs one lam_dec {check['mse_fixed_lam_dec']:.4g} -> "

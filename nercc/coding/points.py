@@ -31,7 +31,28 @@ def chebyshev_second(n_points: int) -> np.ndarray:
 
 
 #: Geometries of the systematic worker points (see :func:`systematic_points`); the first is the default.
-SYSTEMATIC_GEOMETRIES = ("interleaved", "interleaved-ends", "chebyshev2", "chebyshev1")
+SYSTEMATIC_GEOMETRIES = ("interleaved", "interleaved-ends", "chebyshev2", "chebyshev1", "near")
+#: ``near``: the outermost parity point of an alpha sits this fraction of the half-gap pi/(2K) away (in angle)
+NEAR_OFFSET = 0.25
+
+
+def _parse_geometry(geometry) -> tuple:
+    """'near' or 'near:0.3' -> ('near', 0.3); other names -> (name, None). ValueError naming the choices."""
+    if isinstance(geometry, str) and geometry.startswith("near"):
+        rest = geometry[4:]
+        if rest == "":
+            return "near", NEAR_OFFSET
+        if rest.startswith(":"):
+            try:
+                t = float(rest[1:])
+            except ValueError:
+                t = -1.0
+            if 0.0 < t < 1.0:
+                return "near", t
+        raise ValueError(f"geometry 'near:T' needs 0 < T < 1 (fraction of the half-gap), got {geometry!r}")
+    if geometry not in SYSTEMATIC_GEOMETRIES:
+        raise ValueError(f"geometry must be one of {', '.join(SYSTEMATIC_GEOMETRIES)} (or near:T); got {geometry!r}")
+    return geometry, None
 
 
 def _apportion(weights: np.ndarray, total: int) -> np.ndarray:
@@ -76,14 +97,18 @@ def systematic_points(n_inputs: int, n_workers: int, geometry: str = SYSTEMATIC_
         with an alpha (e.g. K and N - K both odd put both sets through 0).
     ``chebyshev1``
         ``chebyshev_first(N)``, which contains the alphas exactly when N/K is an odd integer (else a ValueError).
+    ``near`` / ``near:T``
+        Every alpha gets about (N - K)/K parity points close beside it (extras spread evenly over the alphas),
+        on alternating sides, the outermost at angle :math:`\theta_k \pm T\,\pi/(2K)` (T = ``NEAR_OFFSET``
+        by default) and the others evenly inside: near-copies of each input, so that a late systematic
+        worker leaves answers at nearby points for the regression.
     """
     k = check_count("n_inputs", n_inputs, minimum=2)
     n = check_count("n_workers", n_workers, minimum=3)
     if n <= k:
         raise ValueError(f"n_workers must be > n_inputs = {k} for a systematic code (N - K >= 1 parity "
                          f"workers), got {n}")
-    if geometry not in SYSTEMATIC_GEOMETRIES:
-        raise ValueError(f"geometry must be one of {', '.join(SYSTEMATIC_GEOMETRIES)}; got {geometry!r}")
+    geometry, near_offset = _parse_geometry(geometry)
     alphas = chebyshev_first(k)
     p = n - k
     if geometry == "chebyshev1":
@@ -101,6 +126,18 @@ def systematic_points(n_inputs: int, n_workers: int, geometry: str = SYSTEMATIC_
         if close.any():
             raise ValueError(f"geometry 'chebyshev2' puts a parity point on a data point at K = {k}, N = {n} "
                              f"(at {parity[close].tolist()}); use another geometry")
+    elif geometry == "near":
+        theta = np.pi * (2 * np.arange(1, k + 1) - 1) / (2 * k)
+        counts = _apportion(np.ones(k), p)
+        half = np.pi / (2 * k)
+        angles = []
+        for j, c in enumerate(counts):
+            pairs = (c + 1) // 2
+            inward = 1.0 if theta[j] < np.pi / 2 else -1.0  # towards the middle (mirror-symmetric sets)
+            for i in range(c):
+                side = inward if i % 2 == 0 else -inward
+                angles.append(theta[j] + side * near_offset * half * (i // 2 + 1) / pairs)
+        parity = np.sin(np.asarray(angles) - np.pi / 2)
     else:
         theta = np.pi * (2 * np.arange(1, k + 1) - 1) / (2 * k)
         widths = np.concatenate([[theta[0]], np.diff(theta), [np.pi - theta[-1]]])

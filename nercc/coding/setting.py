@@ -17,27 +17,48 @@ from nercc.coding._validation import check_lam
 from nercc.coding.registry import make_scheme, scheme_info
 from nercc.coding.schemes import CodingScheme
 
-__all__ = ["FALLBACK_LAMS", "CodedSetting", "profile_entry", "profile_lams"]
+__all__ = ["FALLBACK_LAMS", "CodedSetting", "profile_entry", "profile_lams", "entry_scheme"]
 
 #: Used when a model has no profile at all: mild smoothing that never did worse than lam = 0 in our runs.
 FALLBACK_LAMS = (1e-6, 1e-6)
+
+
+#: The scheme of a profile entry without a "scheme" field (every entry written before systematic codes)
+PLAIN_SCHEME = "nercc"
 
 
 def _empty_profile() -> dict:
     return {"default": None, "entries": []}
 
 
-def profile_entry(profile: Mapping, n_inputs: int, n_workers: int, n_stragglers: int) -> Optional[dict]:
-    """The profile's entry for exactly (K, N, S), or None."""
-    for entry in profile.get("entries") or ():
+def entry_scheme(entry: Mapping) -> str:
+    """The scheme a profile entry was tuned for: its "scheme" field, "nercc" when absent (older entries)."""
+    return str(entry.get("scheme") or PLAIN_SCHEME)
+
+
+def _scheme_entries(profile: Mapping, scheme: str) -> list:
+    return [e for e in profile.get("entries") or () if entry_scheme(e) == scheme]
+
+
+def profile_entry(profile: Mapping, n_inputs: int, n_workers: int, n_stragglers: int,
+                  scheme: str = PLAIN_SCHEME) -> Optional[dict]:
+    """The profile's entry for exactly (K, N, S) tuned for ``scheme``, or None."""
+    for entry in _scheme_entries(profile, scheme):
         if (entry["n_inputs"], entry["n_workers"], entry["n_stragglers"]) == (n_inputs, n_workers, n_stragglers):
             return entry
     return None
 
 
-def _closest_entry(profile: Mapping, n_inputs: int, n_workers: int, n_stragglers: int) -> Optional[dict]:
-    """Exact (K, N) entries first, the straggler count closest to S; then entries with the same N/K."""
-    entries = profile.get("entries") or []
+def _closest_entry(profile: Mapping, n_inputs: int, n_workers: int, n_stragglers: int,
+                   scheme: str = PLAIN_SCHEME) -> Optional[dict]:
+    """Exact (K, N) entries first, the straggler count closest to S; then entries with the same N/K.
+
+    Only entries tuned for ``scheme``; a scheme with no entry at all (a systematic scheme not tuned for this
+    model) uses plain NeRCC's entries, the nearest tuned values there are.
+    """
+    entries = _scheme_entries(profile, scheme)
+    if not entries and scheme != PLAIN_SCHEME:
+        entries = _scheme_entries(profile, PLAIN_SCHEME)
     exact = [e for e in entries if e["n_inputs"] == n_inputs and e["n_workers"] == n_workers]
     if exact:
         return min(exact, key=lambda e: abs(e["n_stragglers"] - n_stragglers))
@@ -55,16 +76,18 @@ def profile_lams(
     n_workers: int,
     n_stragglers: Optional[int] = None,
     n_arrived: Optional[int] = None,
+    scheme: str = PLAIN_SCHEME,
 ) -> Tuple[float, float]:
-    """(lam_enc, lam_dec) for a serving setting, from a loaded tuning profile.
+    """(lam_enc, lam_dec) for a serving setting of ``scheme``, from a loaded tuning profile.
 
-    Exact (K, N) entries win, the one whose straggler count is closest to ``n_stragglers`` (or to
+    Among the entries tuned for ``scheme`` (entries without a "scheme" field are plain NeRCC's; a scheme
+    with no entries uses plain NeRCC's), exact (K, N) entries win, the one whose straggler count is closest to ``n_stragglers`` (or to
     ``N - n_arrived``); then entries with the same redundancy N/K; then the profile default; then
     ``FALLBACK_LAMS``. With ``n_arrived`` and a ``lam_dec_by_arrived`` table, lam_dec comes from it.
     """
     if n_stragglers is None and n_arrived is not None:
         n_stragglers = n_workers - n_arrived
-    best = _closest_entry(profile, n_inputs, n_workers, 0 if n_stragglers is None else n_stragglers)
+    best = _closest_entry(profile, n_inputs, n_workers, 0 if n_stragglers is None else n_stragglers, scheme)
     if best is None:
         default = profile.get("default")
         if default:
@@ -129,7 +152,8 @@ class CodedSetting:
     ) -> CodedSetting:
         """The setting for S = ``n_stragglers`` expected stragglers; given lams override the profile's."""
         profile = profile if profile is not None else _empty_profile()
-        prof_enc, prof_dec = profile_lams(profile, n_inputs, n_workers, n_stragglers)
+        prof_enc, prof_dec = profile_lams(profile, n_inputs, n_workers, n_stragglers,
+                                          scheme=scheme_info(scheme, coded_only=True).name)
         return cls(
             scheme, n_inputs, n_workers,
             lam_enc=prof_enc if lam_enc is None else lam_enc,
@@ -147,7 +171,7 @@ class CodedSetting:
         if n_arrived not in self.lam_dec_by_arrived:
             if self._profile is None:
                 return self.lam_dec
-            lam = profile_lams(self._profile, self.n_inputs, self.n_workers, n_arrived=n_arrived)[1]
+            lam = profile_lams(self._profile, self.n_inputs, self.n_workers, n_arrived=n_arrived, scheme=self.scheme)[1]
             self.lam_dec_by_arrived[n_arrived] = lam
         return self.lam_dec_by_arrived[n_arrived]
 

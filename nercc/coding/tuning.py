@@ -22,7 +22,10 @@ from typing import Callable, Dict, List, Sequence, Union
 import numpy as np
 
 from nercc.coding._validation import check_count, check_lam
-from nercc.coding.schemes import BACC, CodingScheme, NeRCC
+from nercc.coding.schemes import BACC, CodingScheme, NeRCC, SystematicBACC, SystematicNeRCC
+
+#: The schemes :func:`tune` tunes (the smoothing ones), with the BACC each is compared against.
+_TUNABLE = {NeRCC.name: (NeRCC, BACC), SystematicNeRCC.name: (SystematicNeRCC, SystematicBACC)}
 
 __all__ = [
     "TuneResult",
@@ -187,18 +190,22 @@ class TuneResult:
     #: best lam_dec per number of arrived workers |F| at the chosen lam_enc (``per_arrived=True``)
     lam_dec_by_arrived: Dict[int, float] = field(default_factory=dict)
     f_calls: int = 0  #: calls of f made by the search (original batches + coded batches)
+    scheme_name: str = NeRCC.name  #: the scheme tuned: "nercc" or "nercc-sys"
+    geometry: str | None = None  #: the systematic geometry (None: the class default / plain NeRCC)
 
     def lam_dec_for(self, n_arrived: int) -> float:
         """lam_dec for |F| = n_arrived: the per-|F| value when tuned, else the joint one."""
         return float(self.lam_dec_by_arrived.get(int(n_arrived), self.lam_dec))
 
     def scheme(self, **cache) -> NeRCC:
-        """The tuned NeRCC scheme (with the joint lam_dec)."""
-        return NeRCC(self.n_inputs, self.n_workers, self.lam_enc, self.lam_dec, **cache)
+        """The tuned scheme (NeRCC or SystematicNeRCC, with the joint lam_dec)."""
+        return _make(self.scheme_name, self.geometry, self.n_inputs, self.n_workers, self.lam_enc, self.lam_dec,
+                     **cache)
 
     def profile_entry(self) -> dict:
         """A dict for :func:`nercc.profiles.save_entry` (one straggler count: that count; else the first)."""
-        entry = {
+        entry = {} if self.scheme_name == NeRCC.name else {"scheme": self.scheme_name}
+        entry.update({
             "n_inputs": self.n_inputs,
             "n_workers": self.n_workers,
             "n_stragglers": self.n_stragglers[0],
@@ -206,7 +213,9 @@ class TuneResult:
             "lam_dec": self.lam_dec,
             "mse": self.mse,
             "mse_interp": self.mse_interp,
-        }
+        })
+        if self.geometry is not None:
+            entry["geometry"] = self.geometry
         if self.mse_bacc is not None:
             entry["mse_bacc"] = self.mse_bacc
         if self.lam_dec_by_arrived:
@@ -245,13 +254,18 @@ def refinement_grid(best: float, grid: Sequence[float], per_decade: int) -> List
 class _Search:
     """The state of one :func:`tune` run: f's outputs per lam_enc, scores per (lam_enc, lam_dec), f calls."""
 
-    def __init__(self, f: BatchFunction, x: np.ndarray, n_workers: int, sets: List[np.ndarray], enc_grid, bar):
+    def __init__(self, f: BatchFunction, x: np.ndarray, n_workers: int, sets: List[np.ndarray], enc_grid, bar,
+                 scheme: str = NeRCC.name, geometry: str | None = None):
         self.f, self.x, self.sets, self.enc_grid, self.bar = f, x, sets, enc_grid, bar
+        self.scheme_name, self.geometry = scheme, geometry
         self.n_inputs, self.n_workers = x.shape[1], n_workers
         self.f_calls = 0
         self.base = np.stack([self.run_f(xb, self.n_inputs, "the uncoded inputs") for xb in x])  # (B, K, C)
         self.outputs: Dict[float, np.ndarray] = {}  # lam_enc -> (B, N, C)
         self.scores: Dict[tuple, np.ndarray] = {}  # (lam_enc, lam_dec) -> (n_sets,) MSE averaged over batches
+
+    def make(self, lam_enc: float, lam_dec: float, **cache) -> CodingScheme:
+        return _make(self.scheme_name, self.geometry, self.n_inputs, self.n_workers, lam_enc, lam_dec, **cache)
 
     def run_f(self, batch: np.ndarray, rows: int, what: str) -> np.ndarray:
         out = _call(self.f, batch, rows, what)
@@ -267,7 +281,7 @@ class _Search:
             if lam_enc not in self.enc_grid:  # a refinement value: B more calls of f
                 self.bar.total += len(self.x)
                 self.bar.refresh()
-            self.outputs[lam_enc] = self.coded(NeRCC(self.n_inputs, self.n_workers, lam_enc, 0.0))
+            self.outputs[lam_enc] = self.coded(self.make(lam_enc, 0.0))
         return self.outputs[lam_enc]
 
     def score(self, lam_encs: Sequence[float], lam_decs: Sequence[float]) -> None:
@@ -279,7 +293,7 @@ class _Search:
             todo = [le for le in lam_encs if (le, lam_dec) not in self.scores]
             if not todo:
                 continue
-            decoder = NeRCC(self.n_inputs, self.n_workers, 0.0, lam_dec, cache_size=0)
+            decoder = self.make(0.0, lam_dec, cache_size=0)
             per_set = np.empty((len(todo), len(self.sets)))
             for t, arrived in enumerate(self.sets):
                 D = decoder.decoding_matrix(arrived)
@@ -301,7 +315,9 @@ class _Search:
         self.score([lam_enc], refinement_grid(lam_dec, dec_grid, per_decade))
 
     def bacc_mse(self) -> float:
-        bacc = BACC(self.n_inputs, self.n_workers, cache_size=0)
+        cls = _TUNABLE[self.scheme_name][1]
+        geometry = {} if self.geometry is None or cls is BACC else {"geometry": self.geometry}
+        bacc = cls(self.n_inputs, self.n_workers, cache_size=0, **geometry)
         y = self.coded(bacc)
         return float(np.mean([_batch_mse(bacc.decoding_matrix(a), y, a, self.base).mean() for a in self.sets]))
 
@@ -321,6 +337,14 @@ class _Search:
             mask = sizes == m
             by_arrived[int(m)] = min(lam_decs, key=lambda d: (self.scores[(lam_enc, d)][mask].mean(), d))
         return by_arrived
+
+
+def _make(scheme: str, geometry: str | None, n_inputs: int, n_workers: int, lam_enc: float, lam_dec: float,
+          **cache) -> CodingScheme:
+    cls = _TUNABLE[scheme][0]
+    if geometry is not None and cls is not NeRCC:
+        cache["geometry"] = geometry
+    return cls(n_inputs, n_workers, lam_enc, lam_dec, **cache)
 
 
 def _check_sizes(n_inputs, n_workers) -> tuple:
@@ -353,8 +377,14 @@ def tune(
     refine: int = 3,
     baseline: bool = True,
     max_batches: int | None = None,
+    scheme: str = NeRCC.name,
+    geometry: str | None = None,
 ) -> TuneResult:
     """Choose (lam_enc, lam_dec) of NeRCC minimising the decoding MSE of f over random straggler sets.
+
+    ``scheme``: "nercc" (default) or "nercc-sys" (systematic NeRCC: the MSE over all K inputs, where arrived
+    systematic answers are exact, has the same minimiser as the MSE of the recovered inputs); ``geometry``:
+    its parity points (:func:`nercc.coding.points.systematic_points`; None: the default).
 
     - ``f``: the model, (rows, ...) -> (rows, ...) (e.g. an onnxruntime session returning probabilities).
     - ``x_calib`` (M, ...): calibration inputs, split into M // K consecutive batches of K (remainder dropped);
@@ -367,12 +397,16 @@ def tune(
     - ``refine``: after the coarse grid, this many values per decade one decade either side of the best
       lam_dec, then lam_enc, then lam_dec again (0: none).
     - ``per_arrived``: also fit the best lam_dec per arrived count |F| seen, at the chosen lam_enc.
-    - ``baseline``: also score BACC on the same batches and sets (one more f call per batch).
+    - ``baseline``: also score BACC (systematic BACC for "nercc-sys") on the same batches and sets (one more
+      f call per batch).
     - ``progress``: tqdm progress bar over the calls of f.
     """
     if not callable(f):
         raise ValueError(f"f must be a callable batch -> batch, got {type(f).__name__}")
+    if scheme not in _TUNABLE:
+        raise ValueError(f"scheme must be one of {', '.join(_TUNABLE)} (the schemes with smoothing), got {scheme!r}")
     K, N = _check_sizes(n_inputs, n_workers)
+    _make(scheme, geometry, K, N, 0.0, 0.0, cache_size=0)  # validates N > K and the geometry for nercc-sys
     counts = _straggler_counts(n_stragglers)
     n_trials = check_count("n_trials", n_trials, minimum=1)
     refine = check_count("refine", refine, minimum=0)
@@ -387,7 +421,7 @@ def tune(
     bar = progress_bar(total=len(x) * (len(enc_grid) + 1 + int(baseline)), desc="tune: f calls", unit="call",
                disable=not progress, leave=False)
     try:
-        search = _Search(f, x, N, sets, enc_grid, bar)
+        search = _Search(f, x, N, sets, enc_grid, bar, scheme, geometry)
         search.score(enc_grid, dec_grid)
         if refine:
             search.refine(enc_grid, dec_grid, refine)
@@ -403,5 +437,6 @@ def tune(
     return TuneResult(
         lam_enc=lam_enc, lam_dec=lam_dec, mse=mse, mse_interp=float(search.scores[(0.0, 0.0)].mean()),
         table=search.table(), n_inputs=K, n_workers=N, n_stragglers=counts, n_batches=len(x), n_trials=n_trials,
-        mse_bacc=mse_bacc, lam_dec_by_arrived=by_arrived, f_calls=search.f_calls,
+        mse_bacc=mse_bacc, lam_dec_by_arrived=by_arrived, f_calls=search.f_calls, scheme_name=scheme,
+        geometry=geometry,
     )

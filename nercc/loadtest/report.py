@@ -421,11 +421,11 @@ def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_work
         from nercc.profiles import lookup
 
         lam_enc = 0.0 if not SCHEMES[scheme].smoothing else lookup(model_dir(model), n_inputs, n_workers,
-                                                      n_stragglers=n_stragglers)[0]
+                                                      n_stragglers=n_stragglers, scheme=scheme)[0]
 
         def decoder(n_arrived: int):
             lam_dec = 0.0 if not SCHEMES[scheme].smoothing else lookup(model_dir(model), n_inputs, n_workers,
-                                                          n_arrived=n_arrived)[1]
+                                                          n_arrived=n_arrived, scheme=scheme)[1]
             return make_scheme(scheme, n_inputs, n_workers, lam_enc, lam_dec)
 
         encoder, decoders = decoder(n_workers - n_stragglers), {}

@@ -75,8 +75,19 @@ def summarize(settings: SimSettings, res: BatchResults, draws: Draws, accuracy: 
         if accuracy is None:
             out["rel_acc"] = None
             out["accuracy_source"] = f"no accuracy table for this model at N={s.n_workers}, K={s.n_inputs}"
+        elif s.scheme not in accuracy.rel:
+            out["rel_acc"] = None
+            out["accuracy_source"] = f"{accuracy.source} has no {s.scheme} column (rerun `nercc bench accuracy`)"
         else:
+            # per-input RelAcc of a regression estimate at S = N - |F| stragglers; exact inputs (systematic
+            # answers that came) count 1: batch RelAcc = 1 - (recovered / K) (1 - RelAcc_recovered(S))
             rel, beyond = accuracy.rel_acc(s.scheme, s.n_workers - res.n_arrived[ok], s.n_workers)
+            if res.n_recovered is not None:
+                share = res.n_recovered[ok] / s.n_inputs
+                rel = 1.0 - share * (1.0 - rel)
+                beyond = beyond & (share > 0)
+                out["exact_batches"] = round(float(np.mean(res.n_recovered[ok] == 0)), 5)
+                out["recovered_per_batch"] = round(float(res.n_recovered[ok].mean()), 4)
             out["rel_acc"] = round(float(rel.mean()), 5)
             out["rel_acc_p1"] = round(float(np.percentile(rel, 1)), 5)  # the worst 1% of batches
             out["rel_acc_min"] = round(float(rel.min()), 5)

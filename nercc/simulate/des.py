@@ -42,6 +42,10 @@ class _Batch:
     def _target(self) -> bool:
         s = self.sim.s
         if s.coded:
+            if s.policy_kind == "exact":  # every systematic answer in, or M once T has passed
+                if self.sim.systematic <= {row for _, row in self.answers}:
+                    return True
+                return self.env.now >= self.sim.patience_t[self.i] and len(self.answers) >= s.policy_m
             if s.policy_kind == "first":
                 if s.patience_ms is not None and self.env.now < self.sim.patience_t[self.i]:
                     return len(self.answers) >= s.n_workers  # first:M@T: everyone, until T
@@ -56,7 +60,8 @@ class _Batch:
             return
         now = self.env.now
         s = self.sim.s
-        soft = self.sim.hard_t[self.i] if s.policy_kind == "all" else self.sim.deadline_t[self.i]
+        # exact:M@T decodes from fewer than M only at the hard timeout (past the deadline it waits for the M-th)
+        soft = self.sim.hard_t[self.i] if s.policy_kind in ("all", "exact") else self.sim.deadline_t[self.i]
         if self._target() or (now >= soft and self._enough()):
             self.decide_t = now
             self.decided.succeed()
@@ -88,6 +93,8 @@ class _Sim:
         self.out = {name: np.zeros(b) for name in ("latency", "n_arrived", "n_requests", "encode", "fanout",
                                                      "decode", "late", "failed")}
         self.batches = {}
+        self.systematic = set(settings.systematic_workers.tolist())  # coded rows = workers (make_draws)
+        self.out["n_recovered"] = np.zeros(b)
 
     def _hold(self, resource, request, duration):
         yield self.env.timeout(duration)
@@ -145,17 +152,24 @@ class _Sim:
         used = [t for t, _ in batch.answers if t <= batch.decide_t + TIE_MS]
         if s.coded:
             n_arrived = len(used)
+            if s.systematic:
+                answered = {row for t, row in batch.answers if t <= batch.decide_t + TIE_MS}
+                n_recovered = len(self.systematic - answered)
+            else:
+                n_recovered = s.n_inputs
             grid, dec = d.decode_grid
             decode = d.post_ms[i] + float(np.interp(float(n_arrived), grid, dec))
         else:
             n_arrived = s.n_inputs
             used = list(batch.first_by_input.values())
             decode = d.post_ms[i]
+            n_recovered = 0
         o = self.out
         o["failed"][i] = batch.failed
         o["latency"][i] = math.inf if batch.failed else batch.decide_t + decode - t0
         o["n_arrived"][i] = 0 if batch.failed else n_arrived
         o["n_requests"][i] = batch.n_sent
+        o["n_recovered"][i] = 0 if batch.failed else n_recovered
         o["encode"][i] = t_fanout - t0
         o["fanout"][i] = batch.decide_t - t_fanout
         o["decode"][i] = decode
@@ -175,7 +189,7 @@ class _Sim:
         return BatchResults(
             latency_ms=o["latency"], n_arrived=o["n_arrived"].astype(int), n_requests=o["n_requests"].astype(int),
             late=o["late"].astype(bool), failed=o["failed"].astype(bool), encode_ms=o["encode"],
-            fanout_ms=o["fanout"], decode_ms=o["decode"],
+            fanout_ms=o["fanout"], decode_ms=o["decode"], n_recovered=o["n_recovered"].astype(int),
         )
 
 

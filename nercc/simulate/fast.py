@@ -108,8 +108,15 @@ def client_decisions(settings: SimSettings, draws: Draws, fanout, answer, hedge_
     if s.coded:
         t_sorted = np.sort(answer, axis=1) if sorted_answer is None else sorted_answer
         t_enough = t_sorted[:, s.min_answers - 1]
+        sys_cols = s.systematic_workers if s.systematic else None
         if s.policy_kind == "all":
             decide = np.minimum(t_sorted[:, -1], hard_t)
+        elif s.policy_kind == "exact":
+            # every systematic answer in: decode exactly; else at T once M are in; past the deadline only for
+            # the M-th answer (late); at the hard timeout with the minimum in
+            t_sys = answer[:, sys_cols].max(axis=1)
+            recover = np.maximum(d.arrival_ms + s.patience_ms, t_sorted[:, s.policy_m - 1])
+            decide = np.minimum(np.minimum(t_sys, recover), np.maximum(hard_t, t_enough))
         else:
             m = s.policy_m if s.policy_kind == "first" else n
             decide = np.minimum(t_sorted[:, m - 1], np.maximum(deadline_t, t_enough))
@@ -123,6 +130,10 @@ def client_decisions(settings: SimSettings, draws: Draws, fanout, answer, hedge_
             # answers that tie with the decision count (one wake-up of the real client takes them all)
             n_arrived[rows] = (t_sorted[rows] <= decide[rows, None] + TIE_MS).sum(axis=1)
         used_last = t_sorted[np.arange(b), np.maximum(n_arrived - 1, 0)]
+        if sys_cols is not None:
+            n_recovered = (answer[:, sys_cols] > decide[:, None] + TIE_MS).sum(axis=1)
+        else:
+            n_recovered = np.full(b, k)
         grid, dec = d.decode_grid
         decode = d.post_ms + np.interp(n_arrived.astype(float), grid, dec)
         n_requests = np.full(b, n)
@@ -144,12 +155,14 @@ def client_decisions(settings: SimSettings, draws: Draws, fanout, answer, hedge_
         used_last = covered
         decode = d.post_ms
         n_requests = d.worker.shape[1] + flags.sum(axis=1)
+        n_recovered = np.zeros(b, dtype=int)
     late = used_last > deadline_t
     done = decide + decode
     latency = np.where(failed, np.inf, done - d.arrival_ms)
     return BatchResults(
         latency_ms=latency, n_arrived=np.where(failed, 0, n_arrived), n_requests=n_requests, late=late & ~failed,
         failed=failed, encode_ms=fanout - d.arrival_ms, fanout_ms=decide - fanout, decode_ms=decode,
+        n_recovered=np.where(failed, 0, n_recovered),
     )
 
 

@@ -105,12 +105,29 @@ class SimSettings:
             raise ValueError(f"policy {self.policy!r}: T must be below deadline_ms={self.deadline_ms:g}")
         if not MIN_CODED_ANSWERS <= self.min_answers <= self.n_workers:
             raise ValueError(f"min_answers must be in [2, N={self.n_workers}], got {self.min_answers}")
-        if self.policy_kind == "first" and self.policy_m < self.min_answers:
+        if self.policy_kind == "exact" and not self.systematic:
+            raise ValueError(f"policy {self.policy!r}: 'exact' needs a systematic scheme "
+                             f"({', '.join(n for n in SCHEMES if REGISTRY[n].systematic)}), got {self.scheme!r}")
+        if self.systematic and self.n_workers <= self.n_inputs:
+            raise ValueError(f"scheme {self.scheme!r} needs N > K (N - K parity workers), got K={self.n_inputs}, "
+                             f"N={self.n_workers}")
+        if self.policy_kind in ("first", "exact") and self.policy_m < self.min_answers:
             raise ValueError(f"policy {self.policy!r} decodes before min_answers={self.min_answers}: use M >= it")
 
     @property
     def coded(self) -> bool:
         return self.scheme in CODED_SCHEMES
+
+    @property
+    def systematic(self) -> bool:
+        return REGISTRY[self.scheme].systematic
+
+    @property
+    def systematic_workers(self) -> np.ndarray:
+        """The K workers that get the inputs unchanged (systematic schemes; the coding class's own geometry)."""
+        if not self.systematic:
+            return np.zeros(0, dtype=int)
+        return np.asarray(REGISTRY[self.scheme].coder(self.n_inputs, self.n_workers).systematic_workers, dtype=int)
 
     @property
     def hedged(self) -> bool:
@@ -302,7 +319,7 @@ class CodingCost:
 class AccuracyTable:
     """RelAcc vs stragglers S for one (model, N, K), from ``bench/results/accuracy_<model>_N<N>_K<K>.json``.
 
-    ``rel_acc(scheme, S)`` interpolates linearly in S; beyond the largest measured S it extrapolates along the
+    ``rel_acc(scheme, S)`` interpolates linearly in S (systematic schemes: the RelAcc of the recovered inputs); beyond the largest measured S it extrapolates along the
     last segment (floored at 0) and the caller is told how many batches needed that (``beyond``).
     ``scaled_from``: when no table exists for this (N, K) the nearest table with the same N / K is used at the
     same straggler fraction S / N (stated in every result that uses it).
@@ -368,6 +385,16 @@ class AccuracyTable:
                    for s in ss]
         rel[NERCC_NAME] = np.asarray([data["results"][str(s)][NERCC0_NAME if u else NERCC_NAME]["relacc_mean"]
                                    for s, u in zip(ss, untuned)], dtype=float)
+        # systematic schemes: the RelAcc of the recovered inputs (those whose own worker straggled) at S; the
+        # simulator counts the exact inputs as 1 (nercc.simulate.core.summarize). S = 0 recovers nothing: its
+        # value is the next measured S's
+        for name in (n for n in SCHEMES if REGISTRY[n].systematic):
+            if not all(name in data["results"][str(s)] for s in ss):
+                continue
+            vals = [data["results"][str(s)][name].get("recovered_relacc") for s in ss]
+            filled = [next((v for v in vals[i:] if v is not None), None) for i in range(len(vals))]
+            if all(v is not None for v in filled):
+                rel[name] = np.asarray(filled, dtype=float)
         note = " (NeRCC: lam = 0 column, no tuned lams at this N)" if any(untuned) else ""
         return cls(model=data["model"], n_workers=int(data["N"]), n_inputs=int(data["K"]),
                    stragglers=np.asarray(ss, dtype=float), rel=rel, source=str(path) + note)
@@ -459,7 +486,11 @@ class BatchResults:
     encode_ms: np.ndarray
     fanout_ms: np.ndarray
     decode_ms: np.ndarray
+    #: inputs whose prediction is a regression estimate: coded plain K, systematic the systematic answers
+    #: missing at the decision, baselines 0 (None: not recorded)
+    n_recovered: Optional[np.ndarray] = None
 
 
 def batch_results_from(parts: List[BatchResults]) -> BatchResults:
-    return BatchResults(*(np.concatenate([getattr(p, f) for p in parts]) for f in BatchResults.__dataclass_fields__))
+    return BatchResults(*(None if any(getattr(p, f) is None for p in parts) else
+                          np.concatenate([getattr(p, f) for p in parts]) for f in BatchResults.__dataclass_fields__))

@@ -125,7 +125,8 @@ class TritonPythonModel:
         if not info.smoothing:
             lam_enc = 0.0  # Berrut has no smoothing parameter
         elif lam_enc is None:
-            lam_enc = self._coding.profile_lams(self._tuning_profile(), n_inputs, n_workers, n_stragglers)[0]
+            lam_enc = self._coding.profile_lams(self._tuning_profile(), n_inputs, n_workers, n_stragglers,
+                                               scheme=info.name)[0]
         return info.name, n_workers, lam_enc
 
     def _tuning_profile(self):
