@@ -256,3 +256,156 @@ def test_decode_and_local_encode_match_the_coding_core():
     rows = {4: 0, 9: 1, 6: 0}
     out = gather_uncoded(rows, {4: np.ones((1, 3)), 9: np.zeros((1, 3)), 6: np.full((1, 3), 2.0)}, (4, 9), 2)
     np.testing.assert_array_equal(out, [[1, 1, 1], [0, 0, 0]])
+
+
+# ------------------------------------------------------------------------------------------------ systematic
+SYS = "nercc-sys"
+
+
+def sys_state(policy="exact", m=8, patience_ms=10.0, deferred=False, k=4, n=12, **kw):
+    plan = plan_requests(SYS, k, n)
+    return WaitState(plan, policy_kind=policy, policy_m=m, min_answers=kw.pop("min_answers", 2), t_fanout=0.0,
+                     deadline_t=kw.pop("deadline_ms", 25.0) * MS, hard_t=kw.pop("hard_ms", 200.0) * MS,
+                     patience_t=None if patience_ms is None else patience_ms * MS,
+                     deferred=plan.parity if deferred else ())
+
+
+def test_systematic_plan_lists_the_inputs_own_workers_first():
+    from nercc.coding import make_scheme
+
+    coding = make_scheme(SYS, 4, 12)
+    plan = plan_requests(SYS, 4, 12)
+    assert plan.systematic == tuple(coding.systematic_workers)
+    assert list(plan.requests)[:4] == list(coding.systematic_workers)  # sent first
+    assert plan.requests == {w: w for w in range(12)}  # worker i gets row i of the N payload rows
+    assert plan.parity == tuple(w for w in range(12) if w not in coding.systematic_workers)
+    assert plan_requests("nercc", 4, 12).systematic == () and plan_requests("nercc", 4, 12).parity == ()
+    with pytest.raises(ValueError, match="systematic_workers must be 4 distinct"):
+        plan_requests(SYS, 4, 12, systematic_workers=(0, 0, 1, 2))
+    with pytest.raises(ValueError, match="not systematic"):
+        plan_requests("nercc", 4, 12, systematic_workers=(0, 1, 2, 3))
+
+
+def test_exact_policy_refuses_plain_schemes():
+    with pytest.raises(ValueError, match="policy 'exact' needs a systematic coded scheme.*'nercc' is not"):
+        WaitState(plan_requests("nercc", 4, 12), policy_kind="exact", policy_m=8, t_fanout=0.0, deadline_t=0.025,
+                  hard_t=0.2, patience_t=0.01)
+    with pytest.raises(ValueError, match="policy 'exact' needs a systematic"):
+        WaitState(plan_requests("replication", 4, 12), policy_kind="exact", policy_m=8, t_fanout=0.0,
+                  deadline_t=0.025, hard_t=0.2)
+    with pytest.raises(ValueError, match="M >= min_answers=4"):
+        sys_state(m=3, min_answers=4)
+
+
+def test_exact_decodes_as_soon_as_every_systematic_answer_is_in():
+    s = sys_state()
+    own = s.plan.systematic
+    parity = s.plan.parity
+    assert s.on_answer(parity[0], 0.5 * MS).action == WAIT
+    actions = [s.on_answer(w, (1 + i) * MS).action for i, w in enumerate(own)]
+    assert actions == [WAIT] * 3 + [DECODE]  # at 4 ms, long before T: no regression, no waiting for parity
+    assert s.final.reason == "every systematic answer in" and s.systematic_complete()
+    assert s.decided_t == pytest.approx(4 * MS)
+
+
+def test_exact_recovers_a_late_input_at_t_once_m_answers_are_in():
+    s = sys_state(m=8, patience_ms=10)
+    own, parity = s.plan.systematic, s.plan.parity
+    for w in own[1:]:
+        assert s.on_answer(w, 1 * MS).action == WAIT
+    for w in parity[:5]:  # 3 + 5 = 8 = M answers by 2 ms, but input 0's own worker is late: wait until T
+        assert s.on_answer(w, 2 * MS).action == WAIT
+    assert s.next_wakeup(2 * MS) == pytest.approx(10 * MS)
+    d = s.on_tick(10 * MS)
+    assert d.action == DECODE and d.reason == "policy satisfied"
+    assert s.used_workers() == tuple(sorted(own[1:] + parity[:5])) and not s.systematic_complete()
+
+
+def test_exact_own_answer_before_t_still_wins():
+    s = sys_state(m=8, patience_ms=10)
+    own, parity = s.plan.systematic, s.plan.parity
+    for w in own[1:] + parity:
+        s.on_answer(w, 1 * MS)
+    assert s.on_answer(own[0], 9 * MS).action == DECODE  # before T: exact after all
+    assert s.final.reason == "every systematic answer in"
+
+
+def test_exact_past_t_waits_for_the_mth_answer_and_past_the_deadline_is_late():
+    s = sys_state(m=8, patience_ms=10)
+    own, parity = s.plan.systematic, s.plan.parity
+    for w in own[1:] + parity[:3]:  # 6 answers, one input missing
+        s.on_answer(w, 1 * MS)
+    assert s.on_tick(10 * MS).action == WAIT  # T passed, fewer than M
+    assert s.on_answer(parity[3], 12 * MS).action == WAIT
+    assert s.on_tick(25 * MS).action == WAIT  # the deadline: still fewer than M, wait (late)
+    assert s.on_answer(parity[4], 30 * MS).action == DECODE  # the M-th
+    assert s.late(s.used_workers())
+    # the missing input's own answer also ends the wait, exact, whenever it comes
+    s2 = sys_state(m=8, patience_ms=10)
+    for w in s2.plan.systematic[1:]:
+        s2.on_answer(w, 1 * MS)
+    assert s2.on_answer(s2.plan.systematic[0], 40 * MS).action == DECODE
+
+
+def test_exact_when_m_is_out_of_reach_decodes_from_what_came():
+    s = sys_state(m=8, patience_ms=10)
+    own, parity = s.plan.systematic, s.plan.parity
+    for w in own[1:] + parity[:3]:
+        s.on_answer(w, 1 * MS)
+    for w in parity[3:]:
+        s.on_failure(w, 2 * MS, "dead")
+    assert s.on_failure(own[0], 3 * MS, "dead").action == DECODE  # nothing left to wait for: 6 answers decode
+    assert s.final.reason == "every request answered or failed"
+
+
+def test_deferred_parity_requests_go_out_when_their_rows_exist_and_never_after_the_decision():
+    s = sys_state(deferred=True)
+    own, parity = s.plan.systematic, s.plan.parity
+    assert set(s.sent) == set(own) and s.pending == set(s.plan.requests)  # parity: pending, not sent
+    for w in own[:3]:
+        s.on_answer(w, 1 * MS)
+    d = s.on_deferred(2 * MS)  # the parity rows came
+    assert d.action == WAIT and [w for w, _ in d.send] == sorted(parity)
+    assert set(s.sent) == set(s.plan.requests)
+    # decided before the parity rows: none is ever sent
+    early = sys_state(deferred=True)
+    for w in early.plan.systematic:
+        early.on_answer(w, 1 * MS)
+    assert early.final.action == DECODE
+    assert early.on_deferred(3 * MS).send == () and set(early.sent) == set(early.plan.systematic)
+    # no parity rows at all: the parity requests fail, the systematic answers alone can still decode
+    lost = sys_state(deferred=True)
+    assert lost.on_deferred(1 * MS, "no parity rows: master down").action == WAIT
+    assert all(lost.errors[w] == "no parity rows: master down" for w in lost.plan.parity)
+    for w in lost.plan.systematic:
+        d = lost.on_answer(w, 2 * MS)
+    assert d.action == DECODE and lost.final.reason == "every systematic answer in"
+
+
+def test_first_m_still_works_for_systematic_schemes():
+    s = sys_state(policy="first", m=8, patience_ms=None)
+    order = list(s.plan.parity) + list(s.plan.systematic)
+    actions = [s.on_answer(w, (1 + i) * MS).action for i, w in enumerate(order)]
+    assert actions == [WAIT] * 7 + [DECODE] + [DECODE] * 4
+    assert s.used_workers() == tuple(sorted(s.plan.parity))
+
+
+def test_systematic_decoding_helpers():
+    from nercc.client.core import exact_mask, gather_systematic
+    from nercc.coding import make_scheme
+
+    rng = np.random.default_rng(0)
+    coding = make_scheme(SYS, 4, 12, 1e-6, 1e-3)
+    plan = plan_requests(SYS, 4, 12, systematic_workers=coding.systematic_workers)
+    answers = {w: rng.random((1, 10), dtype=np.float32) for w in range(12)}
+    exact = gather_systematic(plan, answers)
+    assert exact.dtype == np.float32
+    for k, w in enumerate(coding.systematic_workers):
+        assert np.array_equal(exact[k], answers[w][0])
+    used = tuple(w for w in range(12) if w != coding.systematic_workers[2])
+    decoded = decode_coded(coding, answers, used)
+    mask = exact_mask(coding, used, 4)
+    assert mask.tolist() == [True, True, False, True]
+    for k in (0, 1, 3):  # an arrived input's own answer, bit-exact
+        assert np.array_equal(decoded[k], answers[coding.systematic_workers[k]][0])
+    assert exact_mask(make_scheme("nercc", 4, 12), tuple(range(12)), 4).tolist() == [False] * 4

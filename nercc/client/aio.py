@@ -23,13 +23,14 @@ from typing import Any, List, Tuple
 
 import numpy as np
 
-from nercc.client.base import ClientBase, error_text, feed_answers
+from nercc.client.base import PARITY, ClientBase, error_text, feed_answers, parity_arrived
 from nercc.client.core import (
     DECODE,
     GIVE_UP,
     MIN_CODED_ANSWERS,
     CodedResult,
     Decision,
+    MasterError,
     ModelSpec,
     WaitState,
     spec_from_server_metadata,
@@ -338,12 +339,68 @@ class CodedClient(ClientBase):
         finally:
             self._active_infers -= 1
 
+    async def _parity(self, coding, x: np.ndarray, hard_t: float) -> Tuple[np.ndarray, str, Any]:
+        """A systematic batch's N - K parity rows from the masters (``<model>_encoder`` with the preprocessed
+        inputs), in the pool's order, else the local fallback: (rows, where, which master or why not)."""
+        k = x.shape[0]
+        model, name, out, params = self._parity_request(k)
+        failures: list = []
+        for index, url, timeout_s in self._master_attempts(hard_t, failures):
+            try:
+                rows = await self._infer_one(self._masters[index], model, name, x, out, timeout_s, params)
+                rows = self._check_parity(rows, url, k)
+            except Exception as exc:  # noqa: BLE001 - a failed master: the next one, or the fallback
+                text = error_text(exc)
+                self._parity_master_failed(index, text, failures, _master_fault(text))
+                continue
+            self.masters.succeeded(index)
+            return rows, "server", url
+        return self._parity_after_masters(coding, x, model, failures)
+
+    async def _inputs(self, batch: np.ndarray, is_raw: bool, k: int, hard_t: float) -> np.ndarray:
+        """A systematic batch's preprocessed inputs: made here, else by a master (``<model>_preprocess``)."""
+        x = self._local_inputs(batch, is_raw)
+        if x is not None:
+            return x
+        model, name, out, _ = self._master_request(True, k, preprocess=True)
+        failures: list = []
+        for index, url, timeout_s in self._master_attempts(hard_t, failures):
+            try:
+                x = await self._infer_one(self._masters[index], model, name, batch, out, timeout_s)
+            except Exception as exc:  # noqa: BLE001 - a failed master: the next one
+                text = error_text(exc)
+                self._master_failed(index, text, failures, not _master_fault(text), model, exc)
+                continue
+            self.masters.succeeded(index)
+            return np.ascontiguousarray(x, dtype=np.float32)
+        raise MasterError(f"preprocessing failed on every master ({model}): " + "; ".join(failures))
+
+    async def _infer_systematic(self, batch: np.ndarray, is_raw: bool, k: int, t0: float,
+                                policy_kind: str) -> CodedResult:
+        """The fast path: the inputs to their own workers at once, the parity rows as soon as they exist."""
+        hard_t = t0 + self.hard_timeout_ms / 1e3
+        x = await self._inputs(batch, is_raw, k, hard_t)
+        payloads, coding = self._systematic_payloads(x)
+        plan = self._plan(k)
+        local = self.encode == "local"
+        t_fanout = time.perf_counter()
+        state = self._wait_state(plan, policy_kind, t0, t_fanout, deferred=() if local else plan.parity)
+        fanout = _FanOut(self, state, payloads, parity=None if local else self._parity(coding, x, hard_t),
+                         parity_workers=coding.parity_workers)
+        await fanout.run()
+        if state.final.action == GIVE_UP:
+            raise state.give_up_error(self.scheme, self.hard_timeout_ms, self.health.unavailable())
+        encoded_on, master = ("local", None) if local else fanout.encoded
+        return self._result(state, k, t0, t_fanout, time.perf_counter(), time.perf_counter, encoded_on, master)
+
     async def _infer_counted(self, batch: np.ndarray, policy_kind: str) -> CodedResult:
         t0 = time.perf_counter()
         await self.connect()
         batch, is_raw = self._check_batch(batch)
         k = batch.shape[0]
         self._start_probes()
+        if self.systematic:
+            return await self._infer_systematic(batch, is_raw, k, t0, policy_kind)
         payloads, encoded_on, master = await self._payloads(batch, is_raw, k, t0 + self.hard_timeout_ms / 1e3)
         plan = self._plan(k)
         t_fanout = time.perf_counter()
@@ -374,8 +431,13 @@ class CodedClient(ClientBase):
 class _FanOut:
     """One batch's worker requests on the event loop, driving its :class:`WaitState`."""
 
-    def __init__(self, client: CodedClient, state: WaitState, payloads: np.ndarray):
+    def __init__(self, client: CodedClient, state: WaitState, payloads: np.ndarray, parity=None,
+                 parity_workers=()):
         self.client, self.state, self.payloads = client, state, payloads
+        # systematic batches: the coroutine that makes the parity rows (rows for ``parity_workers``, in order)
+        self.parity, self.parity_workers = parity, list(parity_workers)
+        self.parity_task: asyncio.Task | None = None
+        self.encoded: Tuple[str, Any] = ("unused", None)  # where the parity rows the batch used were made
         self.tasks: dict = {}
         self.abandoned: set = set()  # workers whose request was still in flight when the batch ended
         self.inbox: list = []  # (worker, arrival time, output or None, error text or None)
@@ -417,11 +479,25 @@ class _FanOut:
     def _feed(self) -> Decision:
         """Hand the arrived answers to the state machine, in arrival order, then tick the clock."""
         items, self.inbox = self.inbox, []
-        return feed_answers(self.state, items, time.perf_counter())
+        return feed_answers(self.state, items, time.perf_counter(), self._on_parity)
+
+    async def _make_parity(self) -> None:
+        try:
+            made = await self.parity  # (rows, where, master)
+        except Exception as exc:  # noqa: BLE001 - no parity rows: the systematic answers alone
+            self.inbox.append((PARITY, time.perf_counter(), None, f"no parity rows: {error_text(exc)}"))
+        else:
+            self.inbox.append((PARITY, time.perf_counter(), made, None))
+        self._wake()
+
+    def _on_parity(self, t: float, made, error: str | None) -> Decision:
+        return parity_arrived(self.state, self.payloads, self.parity_workers, self, t, made, error)
 
     async def run(self) -> None:
-        for worker, row in self.state.plan.requests.items():
+        for worker, row in list(self.state.sent.items()):  # systematic schemes: the inputs' own workers first
             self._send(worker, row)
+        if self.parity is not None:
+            self.parity_task = asyncio.ensure_future(self._make_parity())
         try:
             decision = self._feed()
             while True:
@@ -449,6 +525,11 @@ class _FanOut:
     def _abandon(self) -> None:
         """Requests still in flight: cancel them, or leave them to finish in the background (the default)."""
         client = self.client
+        if self.parity_task is not None and not self.parity_task.done():
+            # the master's request finishes in the background (a cancelled call can crash Triton 2.51)
+            client._abandoned.add(self.parity_task)
+            self.parity_task.add_done_callback(client._abandoned.discard)
+            self.parity_task.add_done_callback(_swallow)
         for worker, task in self.tasks.items():
             if task.done():
                 continue

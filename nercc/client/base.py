@@ -68,15 +68,42 @@ def error_text(exc: BaseException, with_status: bool = False) -> str:
     return f"{type(exc).__name__}: {f'[{status}] ' if status else ''}{text or type(exc).__name__}"
 
 
-def feed_answers(state: WaitState, items, now: float) -> Decision:
+#: The inbox key of a systematic batch's parity rows (``(PARITY, t, rows, error)``), beside the workers' answers.
+PARITY = -1
+
+
+def feed_answers(state: WaitState, items, now: float, on_parity=None) -> Decision:
     """Hand arrived answers ``(worker, t, output, error)`` to the state machine in arrival order, then tick its
-    clock at ``now``: one decision whose ``send`` holds every request the answers and the tick asked for."""
+    clock at ``now``: one decision whose ``send`` holds every request the answers and the tick asked for.
+    An item for ``PARITY`` (the parity rows of a systematic batch, or why there are none) goes to
+    ``on_parity(t, rows, error)``, which returns the state's decision."""
     sends: list = []
     for worker, t, output, error in items:
-        decision = state.on_answer(worker, t, output) if error is None else state.on_failure(worker, t, error)
+        if worker == PARITY:
+            decision = on_parity(t, output, error)
+        elif error is None:
+            decision = state.on_answer(worker, t, output)
+        else:
+            decision = state.on_failure(worker, t, error)
         sends += decision.send
     decision = state.on_tick(now)
     return Decision(decision.action, tuple(sends) + decision.send, decision.reason)
+
+
+def parity_arrived(state: WaitState, payloads: np.ndarray, parity_workers, fanout, t: float, made,
+                   error: str | None) -> Decision:
+    """A systematic batch's parity rows came (``made`` = (rows, where, master)) or could not be made
+    (``error``): fill the payload rows and let the state send the deferred requests (or fail them); the
+    fan-out's ``encoded`` records where the rows the batch uses were made."""
+    if error is not None:
+        if state.final is None:
+            fanout.encoded = ("failed", error)
+        return state.on_deferred(t, error)
+    rows, where, master = made
+    if state.final is None:
+        payloads[list(parity_workers)] = rows
+        fanout.encoded = (where, master)
+    return state.on_deferred(t)
 
 
 class ClientBase:
@@ -141,7 +168,7 @@ class ClientBase:
         self.lam_enc = lam_enc
         self.lam_dec = lam_dec
         if n_stragglers is None:
-            n_stragglers = self.n_workers - self.policy_m if self.policy_kind == "first" else 0
+            n_stragglers = self.n_workers - self.policy_m if self.policy_kind in ("first", "exact") else 0
         if not 0 <= n_stragglers < self.n_workers:
             raise ValueError(f"n_stragglers must be in [0, n_workers), got {n_stragglers}")
         self.n_stragglers = int(n_stragglers)
@@ -212,6 +239,11 @@ class ClientBase:
     def coded(self) -> bool:
         return self.scheme in CODED_SCHEMES
 
+    @property
+    def systematic(self) -> bool:
+        """A systematic coded scheme: the inputs go to their own workers as they are (the fast path)."""
+        return core.is_systematic(self.scheme)
+
     # ------------------------------------------------------------ coding state
     def setting(self, k: int):
         """The :class:`nercc.coding.CodedSetting` for K inputs: read from the tuning profile once (given lams win).
@@ -251,24 +283,76 @@ class ClientBase:
         self._check_k(k)
         return batch, is_raw
 
+    def _local_inputs(self, batch: np.ndarray, is_raw: bool) -> np.ndarray | None:
+        """The preprocessed float32 inputs, made here; None when only a master can (raw input, no metadata)."""
+        if is_raw:
+            if self.spec.info is None:
+                return None
+            from nercc.preprocessing import preprocess
+
+            batch = preprocess(self.spec.info, batch)
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
     def _local_payloads(self, batch: np.ndarray, is_raw: bool) -> np.ndarray | None:
         """The rows the workers get, when the client can make them itself; None when the master must."""
         if self.coded and self.encode != "local":
             return None
-        if is_raw:
-            if self.spec.info is None:
-                return None  # no local metadata: the master preprocesses (baselines only)
-            from nercc.preprocessing import preprocess
-
-            batch = preprocess(self.spec.info, batch)
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if not self.coded:
-            return x
+        x = self._local_inputs(batch, is_raw)
+        if x is None or not self.coded:
+            return x  # None: no local metadata, the master preprocesses (baselines only)
         return core.encode_local(self.coding_scheme(x.shape[0]), x)
 
-    def _master_request(self, is_raw: bool, k: int) -> Tuple[str, str, str, dict | None]:
-        """(model, input name, output name, parameters) of the master request that makes the payloads."""
-        if not self.coded:
+    # The fast path of a systematic batch: the inputs (preprocessed here, else by a master's
+    # <model>_preprocess) go to their own workers at once; the parity rows come from a master (<model>_encoder,
+    # asked concurrently) or from here (encode="local", or the fallback) and go out as soon as they exist.
+    def _systematic_payloads(self, x: np.ndarray):
+        """(the N payload rows, the coding scheme): the inputs at their systematic workers' rows, the parity
+        rows filled too when this process encodes them (``encode="local"``), else left for the master's."""
+        coding = self.coding_scheme(x.shape[0])
+        payloads = np.empty((self.n_workers, *x.shape[1:]), dtype=np.float32)
+        payloads[list(coding.systematic_workers)] = x
+        if self.encode == "local":
+            payloads[list(coding.parity_workers)] = self._parity_local(coding, x)
+        return payloads, coding
+
+    @staticmethod
+    def _parity_local(coding, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(coding.encode_parity(x), dtype=np.float32)
+
+    def _parity_request(self, k: int) -> Tuple[str, str, str, dict]:
+        """(model, input name, output name, parameters) of the master request for the N - K parity rows."""
+        model, _, out, params = self._master_request(False, k)
+        return model, "INPUT", out, params
+
+    def _check_parity(self, rows: np.ndarray | None, url: str, n_inputs: int) -> np.ndarray:
+        expected = (self.n_workers - n_inputs, *self.spec.input_shape)
+        if rows is None or tuple(rows.shape) != expected:
+            got = None if rows is None else tuple(rows.shape)
+            raise RuntimeError(f"master {url} returned parity rows of shape {got}, expected {expected} "
+                               f"(N - K = {expected[0]}; a master older than systematic schemes returns N rows)")
+        if rows.dtype != np.float32 or not np.isfinite(rows).all():
+            raise RuntimeError(f"master {url} returned non-finite or non-float32 parity rows")
+        return rows
+
+    def _parity_after_masters(self, coding, x: np.ndarray, model: str, failures: list):
+        """No master made the parity rows: (rows, "local-fallback", why) with ``encode="auto"``, else a
+        MasterError (the batch then serves from the systematic answers alone)."""
+        if self.encode == "auto":
+            return self._parity_local(coding, x), "local-fallback", "; ".join(failures) or "no master"
+        raise MasterError(f"parity encoding failed on every master ({model}): " + ("; ".join(failures)
+                                                                                  or "no master"))
+
+    def _parity_master_failed(self, index: int, text: str, failures: list, fault: bool) -> None:
+        """A master's parity request failed: a fault skips the master for its cool-down (a refusal does not:
+        every master would refuse the batch the same way); the next is tried."""
+        if fault:
+            self.masters.failed(index, time.perf_counter(), text)
+        failures.append(f"{self.master_urls[index]}: {text}")
+
+    def _master_request(self, is_raw: bool, k: int, preprocess: bool = False) -> Tuple[str, str, str, dict | None]:
+        """(model, input name, output name, parameters) of the master request that makes the payloads
+        (``preprocess``: the preprocessed inputs only, whatever the scheme)."""
+        if not self.coded or preprocess:
             if not self.master_urls:
                 raise ValueError(
                     f"raw uint8 input for {self.model!r} needs either the model's local metadata or a master_url "
@@ -362,7 +446,8 @@ class ClientBase:
 
     def _plan(self, k: int) -> RequestPlan:
         rotation = 0 if self.coded else next(self._rotation)
-        plan = core.plan_requests(self.scheme, k, self.n_workers, rotation)
+        own = self.coding_scheme(k).systematic_workers if self.systematic else None
+        plan = core.plan_requests(self.scheme, k, self.n_workers, rotation, systematic_workers=own)
         available = {w for w in range(self.n_workers) if self.health.available(w)}
         if self.health.avoid_stragglers:
             # a worker still busy with an abandoned straggler would queue the new request behind it: leave it out
@@ -374,19 +459,24 @@ class ClientBase:
         return core.restrict_plan(plan, available)
 
     def _check_policy(self, min_answers: int) -> None:
-        if self.policy_kind == "first" and self.policy_m < min_answers:
+        if self.policy_kind == "exact" and not self.systematic:
+            systematic = [name for name in SCHEMES if core.is_systematic(name)]
+            raise ValueError(f"policy {self.policy!r} needs a systematic scheme ({', '.join(systematic)}); "
+                             f"scheme {self.scheme!r} codes every input: use 'first:M' or 'first:M@T'")
+        if self.policy_kind in ("first", "exact") and self.policy_m < min_answers:
             raise ValueError(f"policy {self.policy!r} decodes before min_answers={min_answers} answers: use M >= it")
         if self.patience_ms is not None and self.patience_ms >= self.deadline_ms:
             raise ValueError(f"policy {self.policy!r}: T must be below deadline_ms={self.deadline_ms:g} "
                              "(at the deadline every policy decodes with what it has)")
 
-    def _wait_state(self, plan: RequestPlan, policy_kind: str, t0: float, t_fanout: float) -> WaitState:
+    def _wait_state(self, plan: RequestPlan, policy_kind: str, t0: float, t_fanout: float,
+                    deferred=()) -> WaitState:
         hedge_ms = self.hedge_delay.value_ms() if plan.backups else None
         state = WaitState(
             plan, policy_kind=policy_kind, policy_m=self.policy_m, min_answers=self.min_answers,
             t_fanout=t_fanout, deadline_t=t0 + self.deadline_ms / 1e3, hard_t=t0 + self.hard_timeout_ms / 1e3,
             patience_t=None if self.patience_ms is None else t0 + self.patience_ms / 1e3,
-            hedge_t=None if hedge_ms is None else t_fanout + hedge_ms / 1e3,
+            hedge_t=None if hedge_ms is None else t_fanout + hedge_ms / 1e3, deferred=deferred,
         )
         state.hedge_ms = hedge_ms  # reported as given (hedge_t - t_fanout would round)
         return state
@@ -394,9 +484,10 @@ class ClientBase:
     def _prebuild_decoders(self, max_sets: int = PREBUILD_MAX_SETS) -> int:
         """Coded ``first:M``: build the decoding matrix (and the robust decoder's leave-one-out operator) of
         every M-of-N arrived set now, at warm-up, when there are at most ``max_sets`` of them; returns how
-        many. ``first:M@T`` decodes from M to N answers: every size from N down, while the sets fit.
+        many. ``first:M@T`` and ``exact:M@T`` decode from M to N answers: every size from N down, while the
+        sets fit.
         A miss costs a batch a few spline fits (~2.5 ms of CPU, NeRCC N = 12) on its critical path."""
-        if not self.coded or self.policy_kind != "first" or self.n_inputs is None:
+        if not self.coded or self.policy_kind not in ("first", "exact") or self.n_inputs is None:
             return 0
         n, m = self.n_workers, self.policy_m
         sizes = [m] if self.patience_ms is None else list(range(n, m - 1, -1))
@@ -444,7 +535,15 @@ class ClientBase:
         lam_enc = lam_dec = None
         dropped: Tuple[int, ...] = ()
         errors = dict(state.errors)
-        if self.coded:
+        exact = np.ones(k, dtype=bool)  # the baselines: every prediction is its input's own answer
+        if self.coded and state.systematic_complete():
+            # every input's own answer is in: they are the predictions, as they came (no regression, and no
+            # robust check: like the baselines' answers, each is the only answer for its input that is used)
+            used = tuple(sorted(state.plan.systematic))
+            if self.setting(k).smoothing:
+                lam_enc = self.setting(k).lam_enc
+            predictions = core.gather_systematic(state.plan, state.answers)
+        elif self.coded:
             if self.setting(k).smoothing:
                 lam_enc, lam_dec = self.smoothing_params(k, len(used))
             coding = self.coding_scheme(k, lam_dec)
@@ -456,6 +555,7 @@ class ClientBase:
                     used = tuple(w for w in used if w not in dropped)
             else:
                 predictions = core.decode_coded(coding, state.answers, used)
+            exact = core.exact_mask(coding, used, k)
         else:
             predictions = core.gather_uncoded(state.sent, state.answers, used, k)
         core.ensure_finite(predictions, self.scheme, used)
@@ -483,4 +583,6 @@ class ClientBase:
             encode=encoded_on if self.coded else None,
             master=master,
             dropped=dropped,
+            exact=exact,
+            n_recovered=int(k - exact.sum()) if self.coded and state.plan.systematic else 0,
         )

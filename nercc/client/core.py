@@ -10,6 +10,10 @@ Schemes (which input goes to which worker, :func:`plan_requests`):
 
 ``nercc`` / ``bacc`` (coded)
     coded input i → worker i, N requests.
+systematic coded schemes (``nercc-sys`` / ``bacc-sys``, ``systematic = True`` in the registry)
+    as coded, but worker ``systematic_workers[k]`` gets input k itself (its answer is f(x_k), exact) and the
+    other N - K get parity rows; the plan lists the K systematic requests first. The client sends them at
+    once and the parity requests when the parity rows are ready (``deferred``, see :class:`WaitState`).
 ``uncoded``
     input k → one worker (K of the N workers, rotating from batch to batch), all K answers needed.
 ``replication``
@@ -21,7 +25,8 @@ Schemes (which input goes to which worker, :func:`plan_requests`):
 Policies (:func:`parse_policy`), the deadline counting from the call: ``deadline`` waits until every request
 answered or the deadline passed; ``first:M`` decodes as soon as M answers are in and never waits past the
 deadline; ``first:M@T`` waits for every answer until T ms, then decodes as soon as M are in (see
-:mod:`nercc.policy`); ``all`` waits for every request, up to the hard timeout. When the deadline passes before the
+:mod:`nercc.policy`); ``exact:M@T`` (systematic schemes) decodes as soon as every systematic answer is in,
+else at T once M answers are in (the late inputs recovered), never past the deadline; ``all`` waits for every request, up to the hard timeout. When the deadline passes before the
 minimum a scheme needs (``min_answers`` for coded, one answer per input for the others), the state keeps
 waiting up to the hard timeout and the result is ``late``; if the minimum never comes it gives up.
 """
@@ -42,6 +47,7 @@ from nercc.coding.registry import (  # noqa: F401  (public here)
     HEDGED,
     REPLICATION,
     SCHEME_ORDER,
+    scheme_info,
 )
 from nercc.policy import MIN_CODED_ANSWERS, parse_policy  # noqa: F401  (public here)
 
@@ -54,13 +60,19 @@ UNCODED_SCHEMES = BASELINE_SCHEMES
 #: ``auto`` (the default) encodes on the masters and falls back to local encoding when none answers.
 ENCODE_MODES = ("server", "local", "auto")
 #: Where a coded batch was encoded (``CodedResult.encode``): a master, this process by choice, or this
-#: process because no master answered.
-ENCODED_ON = ("server", "local", "local-fallback")
+#: process because no master answered; systematic schemes also: "unused" (the batch decided before its parity
+#: rows were needed: no parity request was sent) and "failed" (no parity rows: the systematic answers only).
+ENCODED_ON = ("server", "local", "local-fallback", "unused", "failed")
 #: Worker answers must lie in this range (softmax probabilities, docs/interfaces.md), with this tolerance.
 DEFAULT_ANSWER_RANGE = (0.0, 1.0)
 ANSWER_RANGE_TOLERANCE = 1e-3
 
 WAIT, DECODE, GIVE_UP = "wait", "decode", "give_up"
+
+
+def is_systematic(scheme: str) -> bool:
+    """Whether ``scheme`` is a systematic coded scheme (the registry's ``SchemeInfo.systematic``)."""
+    return scheme in CODED_SCHEMES and bool(getattr(scheme_info(scheme), "systematic", False))
 
 
 class NotEnoughAnswersError(RuntimeError):
@@ -95,7 +107,8 @@ class CodedResult:
     taken where the answer arrived; ``errors`` maps workers that failed to the error text. Times are
     milliseconds on the client's clock: ``encode_ms`` (master round trip or local encoding; local preprocessing
     for the baselines), ``fanout_ms`` (first worker request sent → decision to decode), ``decode_ms``,
-    ``total_ms`` (call → return).
+    ``total_ms`` (call → return). ``exact`` (bool per input) says which predictions are a worker's own answer
+    for that input rather than a decoded approximation; ``n_recovered`` counts the systematic inputs recovered.
     """
 
     predictions: np.ndarray
@@ -118,9 +131,13 @@ class CodedResult:
     assignment: Dict[int, int] = field(default_factory=dict)  # worker -> input index (baselines only)
     n_hedges: int = 0  # hedged: second copies sent (included in n_requests)
     hedge_ms: float | None = None  # hedged: the hedge delay this batch used
-    encode: str | None = None  # coded: where the batch was encoded, "server", "local" or "local-fallback"
+    encode: str | None = None  # coded: where the batch was encoded, one of ENCODED_ON
     master: str | None = None  # the master URL that encoded it (server), or why none could (local-fallback)
     dropped: Tuple[int, ...] = ()  # coded: answers robust decoding judged wrong and left out (also in errors)
+    # per input, bool (K,): the prediction is f(x_k) from a worker that computed input k itself (all True for the
+    # baselines; systematic schemes: True where input k's own worker answered; plain coded schemes: all False)
+    exact: np.ndarray | None = None
+    n_recovered: int = 0  # systematic schemes: inputs whose own worker was late, filled in by the regression
 
 
 @dataclass(frozen=True)
@@ -240,6 +257,8 @@ class RequestPlan:
 
     ``requests`` maps worker → row sent at the fan-out (coded: row i of the N coded inputs; the others: input
     index). ``backups`` (hedged only) maps input → the idle worker that gets its second copy if needed.
+    ``systematic`` (systematic coded schemes only) lists, per input k, the worker whose answer is f(x_k): the
+    plan's requests name these workers first, then the parity workers.
     """
 
     scheme: str
@@ -247,23 +266,48 @@ class RequestPlan:
     n_workers: int
     requests: Dict[int, int]
     backups: Dict[int, int] = field(default_factory=dict)
+    systematic: Tuple[int, ...] = ()
+
+    @property
+    def parity(self) -> Tuple[int, ...]:
+        """The planned workers that get a parity row (systematic schemes; empty otherwise)."""
+        if not self.systematic:
+            return ()
+        own = set(self.systematic)
+        return tuple(w for w in self.requests if w not in own)
 
     @property
     def coded(self) -> bool:
         return self.scheme in CODED_SCHEMES
 
 
-def plan_requests(scheme: str, k: int, n_workers: int, rotation: int = 0) -> RequestPlan:
+def plan_requests(scheme: str, k: int, n_workers: int, rotation: int = 0,
+                  systematic_workers: Sequence[int] | None = None) -> RequestPlan:
     """The requests of one batch of K inputs on N workers; ``rotation`` counts the batches (load spreading).
 
     Uncoded and hedged use K of the N workers, shifted by K from batch to batch; hedged takes its backups from
     the N - K idle workers (inputs beyond N - K get none: every worker is busy with a first copy).
+    Systematic coded schemes list the K systematic workers first (``systematic_workers``: the coding scheme's,
+    looked up from the registry when not given), then the parity workers; the row of worker i is i.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
     check_n_inputs(scheme, k, n_workers)
     if scheme in CODED_SCHEMES:
-        return RequestPlan(scheme, k, n_workers, {i: i for i in range(n_workers)})
+        if not is_systematic(scheme):
+            if systematic_workers is not None:
+                raise ValueError(f"systematic_workers given for scheme {scheme!r}, which is not systematic")
+            return RequestPlan(scheme, k, n_workers, {i: i for i in range(n_workers)})
+        if systematic_workers is None:
+            from nercc.coding.registry import make_scheme
+
+            systematic_workers = make_scheme(scheme, k, n_workers, cache_size=0).systematic_workers
+        own = tuple(int(w) for w in systematic_workers)
+        if len(own) != k or len(set(own)) != k or not all(0 <= w < n_workers for w in own):
+            raise ValueError(f"systematic_workers must be {k} distinct worker indices in [0, {n_workers}), "
+                             f"got {list(systematic_workers)}")
+        order = list(own) + [w for w in range(n_workers) if w not in set(own)]
+        return RequestPlan(scheme, k, n_workers, {w: w for w in order}, systematic=own)
     copies = n_workers // k if scheme == REPLICATION else 1
     offset = (rotation * k) % n_workers if copies * k < n_workers else 0
     requests = {(offset + j) % n_workers: j % k for j in range(copies * k)}
@@ -287,7 +331,8 @@ def restrict_plan(plan: RequestPlan, available: set) -> RequestPlan:
         return plan
     if plan.coded:
         kept = {w: r for w, r in plan.requests.items() if w in available}
-        return RequestPlan(plan.scheme, plan.n_inputs, plan.n_workers, kept or dict(plan.requests))
+        return RequestPlan(plan.scheme, plan.n_inputs, plan.n_workers, kept or dict(plan.requests),
+                           systematic=plan.systematic)
     used = set(plan.requests) | set(plan.backups.values())
     spare = [w for w in range(plan.n_workers) if w in available and w not in used]
     requests = dict(plan.requests)
@@ -361,21 +406,36 @@ class WaitState:
     reaches :meth:`next_wakeup`; each returns a :class:`Decision`. Times are seconds on the transport's clock;
     ``t_fanout`` is when the first worker request went out, ``deadline_t`` / ``hard_t`` absolute times.
     ``hedge_t`` (hedged only) is when the unanswered inputs get their second copy. ``patience_t`` (coded
-    ``first:M@T`` only) is when ``first:M`` stops waiting for every answer and settles for M.
+    ``first:M@T`` and ``exact:M@T``) is when ``first:M`` stops waiting for every answer and settles for M, and
+    when ``exact:M`` stops waiting for the systematic answers and recovers the late inputs.
+
+    ``deferred`` (systematic schemes' fast path) names planned workers whose requests go out later, once their
+    payload exists (the parity rows from the master): they count as pending, not as sent, until
+    :meth:`on_deferred` says they went out (or could not). A batch that decides before then never sends them.
     """
 
     def __init__(self, plan: RequestPlan, *, policy_kind: str, policy_m: int | None = None,
                  min_answers: int = MIN_CODED_ANSWERS, t_fanout: float, deadline_t: float, hard_t: float,
-                 hedge_t: float | None = None, patience_t: float | None = None):
+                 hedge_t: float | None = None, patience_t: float | None = None, deferred: Sequence[int] = ()):
+        if policy_kind == "exact" and not plan.systematic:
+            raise ValueError(f"policy 'exact' needs a systematic coded scheme (one whose workers include the "
+                             f"inputs themselves); scheme {plan.scheme!r} is not: use 'first:M' or 'first:M@T'")
+        if policy_kind == "exact" and (policy_m is None or policy_m < min_answers):
+            raise ValueError(f"policy 'exact:M' needs M >= min_answers={min_answers}, got M={policy_m}")
+        deferred = set(deferred)
+        if not deferred <= set(plan.requests):
+            raise ValueError(f"deferred workers {sorted(deferred - set(plan.requests))} are not in the plan")
         self.plan = plan
         self.policy_kind = policy_kind
         self.policy_m = policy_m
         self.min_answers = min_answers
         self.t_fanout, self.deadline_t, self.hard_t = t_fanout, deadline_t, hard_t
-        self.patience_t = patience_t if plan.coded and policy_kind == "first" else None
+        self.patience_t = patience_t if plan.coded and policy_kind in ("first", "exact") else None
         self.hedge_t = hedge_t if plan.backups else None
         self.hedge_ms: float | None = None  # the hedge delay, for the record (set by the client)
-        self.sent: Dict[int, int] = dict(plan.requests)  # worker -> row of every request sent so far
+        # worker -> row of every request sent so far
+        self.sent: Dict[int, int] = {w: r for w, r in plan.requests.items() if w not in deferred}
+        self.deferred = deferred
         self.pending = set(plan.requests)
         self.unsent_backups: Dict[int, int] = dict(plan.backups)  # row -> backup worker
         self.answers: Dict[int, Any] = {}
@@ -399,6 +459,25 @@ class WaitState:
             self.pending.discard(worker)
             self.errors[worker] = error
         return self.on_tick(t)
+
+    def on_deferred(self, t: float, error: str | None = None) -> Decision:
+        """The deferred requests can go out now (``error`` None: the decision's ``send`` lists them) or never
+        (their payload could not be made: each counts as a failed request with ``error``)."""
+        deferred, self.deferred = sorted(self.deferred), set()
+        if self.final is not None:
+            return self.final  # decided before the payloads came: never sent
+        if error is not None:
+            for worker in deferred:
+                self.pending.discard(worker)
+                self.errors[worker] = error
+            return self.on_tick(t)
+        send = []
+        for worker in deferred:
+            if worker in self.pending:
+                self.sent[worker] = self.plan.requests[worker]
+                send.append((worker, self.plan.requests[worker]))
+        decision = self.on_tick(t)
+        return Decision(decision.action, tuple(send) + decision.send, decision.reason)
 
     def on_tick(self, t: float) -> Decision:
         if self.final is not None:
@@ -432,14 +511,23 @@ class WaitState:
     def _covered(self, workers) -> set:
         return {self.sent[w] for w in workers}
 
+    def systematic_complete(self) -> bool:
+        """Systematic schemes: every input's own answer is in (the batch decodes exactly, no regression)."""
+        return bool(self.plan.systematic) and all(w in self.answers for w in self.plan.systematic)
+
     def enough(self) -> bool:
         """The minimum to produce K predictions is in."""
         if self.plan.coded:
-            return len(self.answers) >= self.min_answers
+            return len(self.answers) >= self.min_answers or self.systematic_complete()
         return len(self._covered(self.answers)) == self.plan.n_inputs
 
     def _target(self, t: float) -> bool:
         """The policy is satisfied: stop before the deadline."""
+        if self.plan.coded and self.policy_kind == "exact":
+            if self.systematic_complete():
+                return True  # exact: every input's own answer
+            patient = self.patience_t is not None and t < self.patience_t
+            return not patient and len(self.answers) >= self.policy_m
         if self.plan.coded:
             stop_at = self.policy_m if self.policy_kind == "first" else len(self.plan.requests)
             if self.patience_t is not None and t < self.patience_t:
@@ -452,14 +540,19 @@ class WaitState:
     def _possible(self) -> bool:
         """The minimum can still be reached with what is in flight or may still be sent."""
         if self.plan.coded:
+            if self.plan.systematic and all(w in self.answers or w in self.pending for w in self.plan.systematic):
+                return True
             return len(self.answers) + len(self.pending) >= self.min_answers
         rows = self._covered(self.answers) | self._covered(self.pending) | set(self.unsent_backups)
         return len(rows) == self.plan.n_inputs
 
     def _decide(self, t: float) -> Tuple[str, str]:
         if self._target(t):
+            if self.policy_kind == "exact" and self.systematic_complete():
+                return DECODE, "every systematic answer in"
             return DECODE, "policy satisfied"
-        if t >= self.soft_t and self.enough():
+        # exact: past the deadline with fewer than M answers it waits for the M-th (_target), late
+        if t >= self.soft_t and self.policy_kind != "exact" and self.enough():
             return DECODE, "deadline passed with enough answers"
         if not self.pending and not self.unsent_backups:
             return (DECODE, "every request answered or failed") if self.enough() else (GIVE_UP, "no request left")
@@ -508,7 +601,7 @@ class WaitState:
         return any(self.arrival[w] > self.deadline_t for w in used)
 
     def n_hedges(self) -> int:
-        return len(self.sent) - len(self.plan.requests)
+        return sum(1 for w in self.sent if w not in self.plan.requests)
 
     def give_up_error(self, scheme: str, hard_timeout_ms: float,
                       unavailable: Dict[int, str] | None = None) -> NotEnoughAnswersError:
@@ -549,6 +642,20 @@ def decode_coded_robust(coding, answers: Dict[int, np.ndarray], used: Sequence[i
     y = np.concatenate([answers[w] for w in used], axis=0)
     result = robust_decode(coding, y, list(used), threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
     return np.asarray(result.predictions, dtype=np.float32), tuple(result.dropped)
+
+
+def gather_systematic(plan: RequestPlan, answers: Dict[int, np.ndarray]) -> np.ndarray:
+    """K predictions of a systematic batch whose every own answer is in: input k's answer is worker
+    ``plan.systematic[k]``'s, as it came (bit-exact; no decoding)."""
+    return np.concatenate([answers[w] for w in plan.systematic], axis=0).astype(np.float32, copy=False)
+
+
+def exact_mask(coding, used: Sequence[int], k: int) -> np.ndarray:
+    """bool (K,): True where the decoded prediction of input k is its own worker's answer (a systematic scheme
+    whose worker for k is among ``used``); all False for plain coded schemes."""
+    if coding is None or not getattr(coding, "systematic", False):
+        return np.zeros(k, dtype=bool)
+    return ~np.asarray(coding.recovered(list(used)), dtype=bool)
 
 
 def ensure_finite(predictions: np.ndarray, scheme: str, used: Sequence[int]) -> np.ndarray:

@@ -27,12 +27,13 @@ import gevent
 import numpy as np
 from gevent.queue import Empty, Queue
 
-from nercc.client.base import ClientBase, error_text, feed_answers
+from nercc.client.base import PARITY, ClientBase, error_text, feed_answers, parity_arrived
 from nercc.client.core import (
     DECODE,
     GIVE_UP,
     CodedResult,
     Decision,
+    MasterError,
     ModelSpec,
     WaitState,
     spec_from_server_metadata,
@@ -181,8 +182,7 @@ class GeventCodedClient(ClientBase):
         failures: list = []
         for index, url, timeout_s in self._master_attempts(hard_t, failures):
             try:
-                with gevent.Timeout(timeout_s, TimeoutError(f"no answer within {timeout_s:.3f} s")):
-                    payloads = self._infer_one(self._masters[index], model, name, batch, out, params)
+                payloads = self._master_call(index, model, name, batch, out, timeout_s, params)
                 if self.coded:
                     payloads = self._check_coded(payloads, url)
             except Exception as exc:  # noqa: BLE001 - a failed master: the next one, or the fallback
@@ -209,12 +209,72 @@ class GeventCodedClient(ClientBase):
         self.metrics.observe(result)
         return result
 
+    def _master_call(self, index: int, model: str, name: str, data: np.ndarray, out: str, timeout_s: float,
+                     params: dict | None = None) -> np.ndarray:
+        with gevent.Timeout(timeout_s, TimeoutError(f"no answer within {timeout_s:.3f} s")):
+            return self._infer_one(self._masters[index], model, name, data, out, params)
+
+    def _parity(self, coding, x: np.ndarray, hard_t: float) -> Tuple[np.ndarray, str, Any]:
+        """A systematic batch's N - K parity rows, as :meth:`nercc.client.aio.CodedClient._parity`."""
+        k = x.shape[0]
+        model, name, out, params = self._parity_request(k)
+        failures: list = []
+        for index, url, timeout_s in self._master_attempts(hard_t, failures):
+            try:
+                rows = self._check_parity(self._master_call(index, model, name, x, out, timeout_s, params), url, k)
+            except Exception as exc:  # noqa: BLE001 - a failed master: the next one, or the fallback
+                self._parity_master_failed(index, error_text(exc, with_status=True), failures,
+                                           not _master_refused(exc))
+                continue
+            self.masters.succeeded(index)
+            return rows, "server", url
+        return self._parity_after_masters(coding, x, model, failures)
+
+    def _inputs(self, batch: np.ndarray, is_raw: bool, k: int, hard_t: float) -> np.ndarray:
+        """A systematic batch's preprocessed inputs: made here, else by a master (``<model>_preprocess``)."""
+        x = self._local_inputs(batch, is_raw)
+        if x is not None:
+            return x
+        model, name, out, _ = self._master_request(True, k, preprocess=True)
+        failures: list = []
+        for index, url, timeout_s in self._master_attempts(hard_t, failures):
+            try:
+                x = self._master_call(index, model, name, batch, out, timeout_s)
+            except Exception as exc:  # noqa: BLE001 - a failed master: the next one
+                self._master_failed(index, error_text(exc, with_status=True), failures, _master_refused(exc), model,
+                                    exc)
+                continue
+            self.masters.succeeded(index)
+            return np.ascontiguousarray(x, dtype=np.float32)
+        raise MasterError(f"preprocessing failed on every master ({model}): " + "; ".join(failures))
+
+    def _infer_systematic(self, batch: np.ndarray, is_raw: bool, k: int, t0: float,
+                          policy_kind: str) -> CodedResult:
+        """The fast path, as :meth:`nercc.client.aio.CodedClient._infer_systematic`."""
+        hard_t = t0 + self.hard_timeout_ms / 1e3
+        x = self._inputs(batch, is_raw, k, hard_t)
+        payloads, coding = self._systematic_payloads(x)
+        plan = self._plan(k)
+        local = self.encode == "local"
+        t_fanout = time.perf_counter()
+        state = self._wait_state(plan, policy_kind, t0, t_fanout, deferred=() if local else plan.parity)
+        fanout = _GeventFanOut(self, state, payloads,
+                               parity=None if local else (lambda: self._parity(coding, x, hard_t)),
+                               parity_workers=coding.parity_workers)
+        fanout.run()
+        if state.final.action == GIVE_UP:
+            raise state.give_up_error(self.scheme, self.hard_timeout_ms, self.health.unavailable())
+        encoded_on, master = ("local", None) if local else fanout.encoded
+        return self._result(state, k, t0, t_fanout, time.perf_counter(), time.perf_counter, encoded_on, master)
+
     def _infer(self, batch: np.ndarray, policy_kind: str) -> CodedResult:
         t0 = time.perf_counter()
         self.connect()
         batch, is_raw = self._check_batch(batch)
         k = batch.shape[0]
         self._start_probes()
+        if self.systematic:
+            return self._infer_systematic(batch, is_raw, k, t0, policy_kind)
         payloads, encoded_on, master = self._payloads(batch, is_raw, k, t0 + self.hard_timeout_ms / 1e3)
         plan = self._plan(k)
         t_fanout = time.perf_counter()
@@ -252,8 +312,13 @@ def _ready(client) -> None:
 class _GeventFanOut:
     """One batch's worker requests as greenlets, driving its :class:`WaitState`."""
 
-    def __init__(self, client: GeventCodedClient, state: WaitState, payloads: np.ndarray):
+    def __init__(self, client: GeventCodedClient, state: WaitState, payloads: np.ndarray, parity=None,
+                 parity_workers=()):
         self.client, self.state, self.payloads = client, state, payloads
+        # systematic batches: the function that makes the parity rows (rows for ``parity_workers``, in order)
+        self.parity, self.parity_workers = parity, list(parity_workers)
+        self.parity_greenlet = None
+        self.encoded: Tuple[str, Any] = ("unused", None)  # where the parity rows the batch used were made
         self.greenlets: list = []  # (worker, greenlet)
         self.abandoned: set = set()  # workers whose request was still in flight when the batch ended
         self.inbox: Queue = Queue()  # (worker, arrival time, output or None, error text or None)
@@ -281,7 +346,18 @@ class _GeventFanOut:
         self.greenlets.append((worker, gevent.spawn(self._request, worker, row)))
 
     def _feed(self, items) -> Decision:
-        return feed_answers(self.state, items, time.perf_counter())
+        return feed_answers(self.state, items, time.perf_counter(), self._on_parity)
+
+    def _make_parity(self) -> None:
+        try:
+            made = self.parity()  # (rows, where, master)
+        except Exception as exc:  # noqa: BLE001 - no parity rows: the systematic answers alone
+            self.inbox.put((PARITY, time.perf_counter(), None, f"no parity rows: {error_text(exc)}"))
+        else:
+            self.inbox.put((PARITY, time.perf_counter(), made, None))
+
+    def _on_parity(self, t: float, made, error: str | None) -> Decision:
+        return parity_arrived(self.state, self.payloads, self.parity_workers, self, t, made, error)
 
     def _next_items(self) -> list:
         """The answers in the inbox, waiting for one until the state's next wake-up when it is empty."""
@@ -295,8 +371,10 @@ class _GeventFanOut:
         return items
 
     def run(self) -> None:
-        for worker, row in self.state.plan.requests.items():
+        for worker, row in list(self.state.sent.items()):  # systematic schemes: the inputs' own workers first
             self._send(worker, row)
+        if self.parity is not None:
+            self.parity_greenlet = gevent.spawn(self._make_parity)
         decision = self._feed([])
         while True:
             for worker, row in decision.send:
@@ -304,6 +382,8 @@ class _GeventFanOut:
             if decision.action in (DECODE, GIVE_UP):
                 break
             decision = self._feed(self._next_items())
+        if self.parity_greenlet is not None and not self.parity_greenlet.dead:
+            self.client._abandoned.add(self.parity_greenlet)  # the master's request finishes in the background
         for worker, greenlet in self.greenlets:
             if not greenlet.dead:
                 self.abandoned.add(worker)

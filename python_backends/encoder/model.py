@@ -1,13 +1,17 @@
 """Triton Python-backend encoder: K inputs -> N coded inputs with NeRCC or BACC (``nercc.coding``).
 
 Model ``<name>_encoder``: input ``INPUT`` FP32 [K, *input_shape] -> output ``CODED`` FP32 [N, *input_shape],
-``coded = E @ x`` along the first axis with E the scheme's (N, K) encoding matrix.
+``coded = E @ x`` along the first axis with E the scheme's (N, K) encoding matrix. For a *systematic* scheme
+(``nercc-sys``, ``bacc-sys``: ``SchemeInfo.systematic``) ``CODED`` is FP32 [N - K, *input_shape]: only the
+parity rows (``CodingScheme.encode_parity``), row j for worker ``parity_workers[j]``; the K systematic workers
+get the inputs themselves, which the client sends without waiting for the master.
 Model ``<name>_encode`` (the same file, configured with a UINT8 input): input ``RAW`` UINT8 [K, *raw_shape]
 -> ``CODED``: preprocessing (``nercc.preprocessing.preprocess``, the model's ``nercc.json``) and encoding in
 one Python-stub hop, where an ensemble of two Python models would pay two.
 
 Request parameters (tritonclient ``parameters={...}``, the same for ``<name>_encode`` and ``<name>_encoder``):
-    scheme        a coded scheme of ``nercc.coding.CODED_SCHEMES``: "nercc" (default) or "bacc"
+    scheme        a coded scheme of ``nercc.coding.CODED_SCHEMES``: "nercc" (default), "bacc", "nercc-sys",
+                  "bacc-sys"
     n_workers     N, int, required
     lam_enc       float >= 0, NeRCC only; default from the model's tuning profile (nercc.coding.profile_lams)
     n_stragglers  int >= 0, optional: picks the profile entry for the expected straggler count
@@ -191,7 +195,9 @@ class TritonPythonModel:
         if coded_bytes > self.max_request_bytes:
             raise RequestError(f"coded output would be {coded_bytes} bytes (N = {n_workers}), over the limit "
                                f"max_request_bytes = {self.max_request_bytes}")
-        coded = self._coder(scheme, n_inputs, n_workers, lam_enc).encode(x)
+        coder = self._coder(scheme, n_inputs, n_workers, lam_enc)
+        # systematic: the parity rows only (the inputs themselves go to their own workers from the client)
+        coded = coder.encode_parity(x) if coder.systematic else coder.encode(x)
         # finite inputs near the float32 maximum overflow: an error, never inf/NaN with status OK
         self._limits.check_finite_output(self.output_name, coded)
         return pb_utils.Tensor(self.output_name, np.ascontiguousarray(coded, dtype=np.float32))
