@@ -1,8 +1,8 @@
 """The main job: a local Triton cluster, MNIST batches through every scheme, one latency/accuracy table.
 
 Starts one master and N worker ``tritonserver`` processes (LeNet5, bimodal stragglers injected at the workers),
-sends the same MNIST test batches of K raw images through uncoded, replication, BACC and NeRCC on the same
-workers (interleaved batch by batch, so machine load drifts hit every scheme alike), compares every answer with
+sends the same MNIST test batches of K raw images through uncoded, replication, hedged, BACC, NeRCC and
+systematic NeRCC on the same workers (interleaved batch by batch, so machine load drifts hit every scheme alike), compares every answer with
 the model run locally on the same inputs, prints the table, and stops every server.
 """
 
@@ -19,12 +19,19 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from nercc.coding import mean_squared_error
-from nercc.coding.registry import HEDGED, NERCC_NAME
+from nercc.coding.registry import BACC_SYS_NAME, HEDGED, NERCC_NAME, SYSTEMATIC_SCHEMES
 from nercc.coding.registry import SCHEME_ORDER as REGISTRY_ORDER
 
 LOCAL_ENCODE_SUFFIX = "-local"
 #: Table rows: the registry's schemes, plus ``nercc-local`` = NeRCC encoded in the client (``encode="local"``).
 SCHEME_ORDER = (*REGISTRY_ORDER, NERCC_NAME + LOCAL_ENCODE_SUFFIX)
+#: The rows a plain ``nercc demo`` runs: all but systematic BACC (``--schemes`` adds it), to keep the run short.
+DEFAULT_ROWS = tuple(row for row in SCHEME_ORDER if row != BACC_SYS_NAME)
+#: T of the demo's ``exact:M@T`` (ms): how long a systematic batch waits for a late input's own answer before
+#: recovering it. Above the no-straggler time of the own answers on this 12-worker, 2-core demo (p99 ~6 ms:
+#: every batch without a straggler stays exact) and far below the injected straggler delay (40 ms), so a batch
+#: whose own worker straggles finishes near T rather than near the delay. See docs/client.md.
+DEMO_EXACT_PATIENCE_MS = 8.0
 
 
 def client_settings(row: str) -> tuple:
@@ -49,7 +56,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hard-timeout-ms", type=float, default=2000.0,
                         help="longest wait for the minimum number of answers before a batch fails")
     parser.add_argument("--policy", default="auto",
-                        help="coded schemes' policy: deadline | first:M | all; auto = first:ceil(2N/3)")
+                        help="plain coded schemes' policy: deadline | first:M | first:M@T | all; "
+                             "auto = first:ceil(2N/3)")
+    parser.add_argument("--sys-policy", default="auto",
+                        help="systematic schemes' policy: exact:M@T | first:M | ...; auto = exact:ceil(2N/3)@T "
+                             f"with T = {DEMO_EXACT_PATIENCE_MS:g} ms (below the deadline)")
     parser.add_argument("--lam-enc", type=float, default=None,
                         help="NeRCC lam_enc (default: the model's tuning profile for this K, N and M)")
     parser.add_argument("--lam-dec", type=float, default=None,
@@ -59,7 +70,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "measured at warm-up and while running)")
     parser.add_argument("--concurrency", type=int, default=1,
                         help="batches in flight at once per scheme (1 = one after another: clean latency)")
-    parser.add_argument("--schemes", default=",".join(SCHEME_ORDER), help="comma-separated subset to run")
+    parser.add_argument("--schemes", default=",".join(DEFAULT_ROWS),
+                        help=f"comma-separated rows to run, of {', '.join(SCHEME_ORDER)} (default: all but "
+                             f"{BACC_SYS_NAME})")
     parser.add_argument("--seed", type=int, default=0, help="seed for the straggler draws and the batch choice")
     parser.add_argument("--warmup", type=int, default=10, help="unrecorded batches per scheme first")
     parser.add_argument("--save", default=None, metavar="PATH",
@@ -90,12 +103,33 @@ class SchemeStats:
     failed: List[str] = field(default_factory=list)
     errors: int = 0
     lam_pairs: set = field(default_factory=set)  # (lam_enc, lam_dec) pairs NeRCC used
+    exact: Dict[int, np.ndarray] = field(default_factory=dict)  # batch index -> bool (K,): own answer used
     hedge_ms: List[float] = field(default_factory=list)  # hedged: the hedge delay per batch
     predictions: Dict[int, np.ndarray] = field(default_factory=dict)  # batch index -> (K, n_classes)
 
 
 def auto_policy(n_workers: int) -> str:
     return f"first:{max(2, math.ceil(2 * n_workers / 3))}"
+
+
+def auto_exact_policy(n_workers: int, deadline_ms: float) -> str:
+    """``exact:M@T`` with the plain schemes' M (ceil(2N/3)) and T = DEMO_EXACT_PATIENCE_MS (capped below the
+    deadline)."""
+    patience = min(DEMO_EXACT_PATIENCE_MS, deadline_ms / 2)
+    return f"exact:{max(2, math.ceil(2 * n_workers / 3))}@{patience:g}"
+
+
+def row_policy(args, scheme: str, n_workers: int) -> str:
+    """The wait policy of one table row: --sys-policy for systematic schemes, --policy for the plain coded
+    ones, ``deadline`` for the baselines (one answer per input; they stop when every input has one)."""
+    from nercc.client import CODED_SCHEMES
+
+    if scheme in SYSTEMATIC_SCHEMES:
+        return (auto_exact_policy(n_workers, args.deadline_ms) if args.sys_policy == "auto"
+                else args.sys_policy)
+    if scheme in CODED_SCHEMES:
+        return auto_policy(n_workers) if args.policy == "auto" else args.policy
+    return "deadline"
 
 
 class _GivenCluster:
@@ -121,15 +155,14 @@ def percentile(values: Sequence[float], q: float) -> float:
 async def run_schemes(master_url, worker_urls, args, schemes, batches, progress, tls=None,
                       metrics=None) -> Dict[str, SchemeStats]:
     """Every batch through every scheme, interleaved; returns per-scheme stats."""
-    from nercc.client import CODED_SCHEMES, CodedClient, NotEnoughAnswersError
+    from nercc.client import CodedClient, NotEnoughAnswersError
 
-    policy = auto_policy(len(worker_urls)) if args.policy == "auto" else args.policy
     clients = {}
     for row in schemes:
         scheme, encode = client_settings(row)
         clients[row] = CodedClient(
             master_url, worker_urls, model=args.model, scheme=scheme, deadline_ms=args.deadline_ms,
-            policy=policy if scheme in CODED_SCHEMES else "deadline", n_inputs=args.inputs,
+            policy=row_policy(args, scheme, len(worker_urls)), n_inputs=args.inputs,
             hard_timeout_ms=args.hard_timeout_ms, lam_enc=args.lam_enc, lam_dec=args.lam_dec, encode=encode,
             hedge_ms=args.hedge_ms, tls=tls, metrics=metrics,
         )
@@ -158,6 +191,7 @@ async def run_schemes(master_url, worker_urls, args, schemes, batches, progress,
                 st.deadline_met += result.deadline_met
                 st.errors += len(result.errors)
                 st.predictions[index] = result.predictions
+                st.exact[index] = result.exact
                 if result.hedge_ms is not None:
                     st.hedge_ms.append(result.hedge_ms)
                 if result.lam_enc is not None:
@@ -215,6 +249,46 @@ def with_interval(values: Sequence[float], q: float) -> str:
     return nstats.format_with_interval(percentile(values, q), nstats.percentile_interval(values, q))
 
 
+def exact_share(st: "SchemeStats", scheme: str) -> str:
+    """Coded rows: the share of predictions that are their input's own worker answer (systematic schemes when
+    the own answer came; plain coded schemes never); '-' for the baselines (always their own answer)."""
+    from nercc.client import CODED_SCHEMES
+
+    if client_settings(scheme)[0] not in CODED_SCHEMES or not st.exact:
+        return "-"
+    return f"{100 * float(np.concatenate(list(st.exact.values())).mean()):.1f}"
+
+
+def accuracy(pred: np.ndarray, ref: np.ndarray, y: np.ndarray) -> tuple:
+    """(MSE against the local model, RelAcc) of predictions; (nan, nan) for none."""
+    if not len(pred):
+        return float("nan"), float("nan")
+    base = float((ref.argmax(1) == y).mean())
+    rel_acc = float((pred.argmax(1) == y).mean()) / base if base > 0 else float("nan")
+    return mean_squared_error(pred, ref), rel_acc
+
+
+def systematic_split(st: "SchemeStats", reference, batch_labels) -> dict:
+    """A systematic row's batches split by exactness: every own answer in (no straggler among the own workers)
+    vs some input recovered, with MSE / RelAcc of each part and of the recovered inputs alone."""
+    out = {}
+    exact_batches = [i for i in sorted(st.predictions) if st.exact[i].all()]
+    other = [i for i in sorted(st.predictions) if not st.exact[i].all()]
+    for name, batches in (("exact batches", exact_batches), ("recovering batches", other)):
+        if batches:
+            pred = np.concatenate([st.predictions[i] for i in batches])
+            ref = np.concatenate([reference[i] for i in batches])
+            y = np.concatenate([batch_labels[i] for i in batches])
+            out[name] = (len(batches), *accuracy(pred, ref, y))
+    if other:
+        masks = [~st.exact[i] for i in other]
+        pred = np.concatenate([st.predictions[i][m] for i, m in zip(other, masks)])
+        ref = np.concatenate([reference[i][m] for i, m in zip(other, masks)])
+        y = np.concatenate([batch_labels[i][m] for i, m in zip(other, masks)])
+        out["recovered inputs"] = (len(pred), *accuracy(pred, ref, y))
+    return out
+
+
 def table_rows(stats, schemes, reference, batch_labels, k) -> List[list]:
     """One table row per scheme: latency percentiles, accuracy against the local model, cost, lateness."""
     rows = []
@@ -225,16 +299,14 @@ def table_rows(stats, schemes, reference, batch_labels, k) -> List[list]:
             pred = np.concatenate([st.predictions[i] for i in done])
             ref = np.concatenate([reference[i] for i in done])
             y = np.concatenate([batch_labels[i] for i in done])
-            mse = mean_squared_error(pred, ref)
-            base = float((ref.argmax(1) == y).mean())
-            rel_acc = float((pred.argmax(1) == y).mean()) / base if base > 0 else float("nan")
+            mse, rel_acc = accuracy(pred, ref, y)
         else:
             mse = rel_acc = float("nan")
         rows.append([
             scheme, st.policy,
             with_interval(st.total_ms, 50), f"{percentile(st.total_ms, 95):.1f}",
             with_interval(st.total_ms, 99), f"{max(st.total_ms, default=float('nan')):.1f}",
-            f"{mse:.2e}", f"{rel_acc:.3f}",
+            f"{mse:.2e}", f"{rel_acc:.3f}", exact_share(st, scheme),
             f"{np.mean(st.n_requests) / k:.2f}" if st.n_requests else "-",
             f"{np.mean(st.n_arrived):.1f}" if st.n_arrived else "-",
             str(st.late), str(len(st.failed)),
@@ -245,10 +317,10 @@ def table_rows(stats, schemes, reference, batch_labels, k) -> List[list]:
 
 
 TABLE_HEADER = ["scheme", "policy", "p50 ms [95% CI]", "p95 ms", "p99 ms [95% CI]", "max ms", "MSE", "RelAcc",
-                "compute/input", "answers used", "late", "failed", "encode p50", "fan-out p50", "decode p50"]
+                "exact %", "compute/input", "answers used", "late", "failed", "encode p50", "fan-out p50", "decode p50"]
 
 
-def print_notes(args, stats, schemes, plain, k) -> None:
+def print_notes(args, stats, schemes, plain, k, reference=None, batch_labels=None) -> None:
     """The lines under the table: the plain request for scale, column meanings, lams, hedge delay, failures."""
     print(f"one plain request to one worker (batch 1, no coding, same straggler profile): "
           f"p50 {percentile(plain, 50):.2f} ms, p99 {percentile(plain, 99):.2f} ms over {len(plain)}")
@@ -257,6 +329,8 @@ def print_notes(args, stats, schemes, plain, k) -> None:
           "requests per input (uncoded 1, replication N//K, coded N/K, hedged 1 + second copies); answers used: per "
           "batch (mean); nercc-local: NeRCC encoded in the client (encode='local'), no master round trip; "
           "late: batches that waited past the deadline for their minimum; latency: call to predictions; "
+          "exact %: coded rows' predictions that are their input's own worker answer (systematic schemes: the own "
+          "answer came; the rest recovered by the regression; plain coded schemes decode every input); "
           "[lo, hi]: 95 % interval of the percentile (order statistics; 'never': too few batches to bound it).")
     if NERCC_NAME in stats and stats[NERCC_NAME].lam_pairs:
         pairs = sorted(stats[NERCC_NAME].lam_pairs)
@@ -265,6 +339,11 @@ def print_notes(args, stats, schemes, plain, k) -> None:
         source = "--lam-enc/--lam-dec" if args.lam_enc is not None or args.lam_dec is not None else "tuning profile"
         print(f"NeRCC lams ({source}): lam_enc {', '.join(f'{v:g}' for v in enc)}; "
               f"lam_dec {', '.join(f'{v:g}' for v in dec)}")
+    for scheme in schemes:
+        if scheme in SYSTEMATIC_SCHEMES and stats[scheme].predictions and reference is not None:
+            parts = systematic_split(stats[scheme], reference, batch_labels)
+            print(f"{scheme}: " + "; ".join(f"{name} {n}: MSE {m:.2e}, RelAcc {r:.3f}"
+                                              for name, (n, m, r) in parts.items()))
     if HEDGED in stats and stats[HEDGED].hedge_ms:
         st = stats[HEDGED]
         print(f"hedged: hedge delay p50 {percentile(st.hedge_ms, 50):.2f} ms "
@@ -374,7 +453,11 @@ def main(args: argparse.Namespace) -> int:
                   "base_top1": base_acc, "n_inputs_total": int(len(y_all)),
                   "plain_request_ms": {"p50": percentile(plain, 50), "p99": percentile(plain, 99)},
                   "crashed_servers": crashed,
-                  "table": [dict(zip(TABLE_HEADER, row)) for row in rows]}
+                  "table": [dict(zip(TABLE_HEADER, row)) for row in rows],
+                  "systematic": {scheme: {name: {"batches_or_inputs": n, "mse": m, "rel_acc": r}
+                                          for name, (n, m, r) in systematic_split(stats[scheme], reference,
+                                                                                  batch_labels).items()}
+                                 for scheme in schemes if scheme in SYSTEMATIC_SCHEMES and stats[scheme].predictions}}
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         Path(args.save).write_text(json.dumps(record, indent=2) + "\n")
     print()
@@ -383,5 +466,5 @@ def main(args: argparse.Namespace) -> int:
           f"{straggler}, deadline {args.deadline_ms:g} ms, concurrency {args.concurrency}; base model "
           f"top-1 on these {len(y_all)} inputs: {base_acc:.4f}")
     print(format_table(rows, TABLE_HEADER))
-    print_notes(args, stats, schemes, plain, k)
+    print_notes(args, stats, schemes, plain, k, reference, batch_labels)
     return 0

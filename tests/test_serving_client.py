@@ -496,9 +496,15 @@ def test_demo_runs_every_scheme_and_stops_its_cluster(tmp_path, capsys):
     assert "all servers stopped" in printed and "p99 ms" in printed
     record = json.loads(out.read_text())
     rows = {row["scheme"]: row for row in record["table"]}
-    assert list(rows) == ["uncoded", "replication", "hedged", "bacc", "nercc", "bacc-sys", "nercc-sys", "nercc-local"]
-    # no straggler and policy `all`: every systematic answer arrived, so the systematic rows are exact too
-    assert all(float(rows[s]["MSE"]) == 0.0 for s in ("uncoded", "replication", "hedged", "bacc-sys", "nercc-sys"))
+    # the default rows: every scheme but bacc-sys (--schemes adds it)
+    assert list(rows) == ["uncoded", "replication", "hedged", "bacc", "nercc", "nercc-sys", "nercc-local"]
+    # no straggler: every systematic answer arrives, so systematic NeRCC (exact:M@T) is the uncoded model exactly
+    assert all(float(rows[s]["MSE"]) == 0.0 for s in ("uncoded", "replication", "hedged", "nercc-sys"))
+    assert rows["nercc-sys"]["policy"] == "exact:3@8" and rows["nercc-sys"]["exact %"] == "100.0"
+    assert rows["nercc-sys"]["RelAcc"] == "1.000" and float(rows["nercc-sys"]["compute/input"]) <= 2.0
+    assert rows["nercc"]["exact %"] == "0.0" and rows["uncoded"]["exact %"] == "-"
+    assert record["systematic"]["nercc-sys"]["exact batches"]["batches_or_inputs"] == 6
+    assert "recovering batches" not in record["systematic"]["nercc-sys"]
     assert rows["replication"]["compute/input"] == "2.00" and rows["nercc"]["compute/input"] == "2.00"
     assert rows["nercc-local"]["compute/input"] == "2.00" and 1.0 <= float(rows["hedged"]["compute/input"]) <= 2.0
     # the same coded inputs (local encoding = the master's) and, under `all`, the same answers: the same accuracy
