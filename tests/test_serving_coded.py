@@ -130,6 +130,17 @@ def test_bad_requests_get_an_error_naming_the_problem(master, raw, warm, tensor,
     assert _coded(master, raw, SLOW_OK)["PREDICTIONS"].shape == (K, 10)  # and the server keeps serving
 
 
+def test_the_exact_policy_of_systematic_schemes(master, raw, warm):
+    """exact:M@T per request: every systematic answer in -> the inputs' own answers, EXACT all true; the policy on
+    a plain scheme is refused by name."""
+    out = _coded(master, raw, {"scheme": "nercc-sys", "deadline_ms": 1500.0, "policy": "exact:4@1000"})
+    uncoded = _coded(master, raw, {"scheme": "uncoded", **SLOW_OK})
+    assert out["EXACT"].tolist() == [True] * K and out["LATE"].tolist() == [False]
+    np.testing.assert_array_equal(out["PREDICTIONS"], uncoded["PREDICTIONS"])  # bit-exact: f(x_k) itself
+    with pytest.raises(InferenceServerException, match="systematic"):
+        _coded(master, raw, {"scheme": "nercc", "policy": "exact:4@10"})
+
+
 def test_a_wrong_dtype_is_refused_by_name(master, raw, warm):
     with pytest.raises(InferenceServerException, match="(?i)FP32.*RAW|RAW.*FP32|datatype"):
         _coded(master, raw.astype(np.float32), {})
