@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence
 # name -> (module, one-line help)
 COMMANDS = {
     "export": ("nercc.export.cli", "train or load a model and export it to ONNX in model_repository/"),
+    "add-model": ("nercc.addmodel", "serve your own ONNX model: check it, tune it, write model_repository/<name>/"),
     "serve": ("nercc.serving.cli", "start a local Triton cluster (master + N workers) and keep it up"),
     "worker": ("nercc.serving.worker_cli", "start one worker tritonserver on this host (multi-host clusters)"),
     "master": ("nercc.serving.master_cli", "start one master tritonserver on this host (multi-host clusters)"),

@@ -242,6 +242,41 @@ def imagenet_class_names() -> Tuple[str, ...]:
     return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
 
 
+#: A user's model (``nercc add-model``) says ``"dataset": "calibration"``: its data is the model folder's
+#: calibration file, raw inputs ``x`` (the model's raw dtype and shape) and optional int labels ``y``.
+CALIBRATION = "calibration"
+CALIBRATION_FILE = "calibration.npz"
+#: Label of an input whose class is unknown (a calibration file without ``y``): never equal to a prediction.
+NO_LABEL = -1
+
+
+def load_calibration(folder, split: str = "test") -> Tuple[Array, Array]:
+    """``(raw inputs, labels)`` of a model folder's calibration.npz; labels are ``NO_LABEL`` where it has no ``y``.
+
+    There is one split: ``split`` is accepted for a uniform signature (the experiments use the even- and
+    odd-indexed inputs as disjoint evaluation and tuning sets, as for the ImageNet samples).
+    """
+    path = Path(folder) / CALIBRATION_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: `nercc add-model --calibration FILE` writes it")
+    with np.load(path, allow_pickle=False) as npz:
+        if "x" not in npz.files:
+            raise ValueError(f"{path}: no array 'x' (raw inputs)")
+        x = np.ascontiguousarray(npz["x"])
+        y = npz["y"].astype(np.int64).reshape(-1) if "y" in npz.files else np.full(len(x), NO_LABEL, np.int64)
+    if len(y) != len(x):
+        raise ValueError(f"{path}: {len(x)} inputs but {len(y)} labels")
+    return _readonly(x, y)
+
+
+def load_model_data(info, split: str = "test", download: Optional[bool] = None) -> Tuple[Array, Array]:
+    """``(raw inputs, labels)`` for a model (a :class:`nercc.models.ModelInfo`): its data set, or, for a model
+    added with ``nercc add-model`` (``"dataset": "calibration"``), the calibration file in its folder."""
+    if info.dataset == CALIBRATION:
+        return load_calibration(info.dir, split)
+    return load_dataset(info.dataset, split=split, download=download)
+
+
 _LOADERS = {"mnist": load_mnist, "cifar10": load_cifar10, "imagenet-samples": load_imagenet_samples}
 
 

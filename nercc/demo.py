@@ -214,7 +214,8 @@ async def run_schemes(master_url, worker_urls, args, schemes, batches, progress,
     return stats
 
 
-async def plain_requests(worker_url: str, model: str, x: np.ndarray, n: int, tls=None) -> List[float]:
+async def plain_requests(worker_url: str, model: str, x: np.ndarray, n: int, tls=None, input_name: str = "input",
+                         output_name: str = "probs") -> List[float]:
     """Round trips of single-input requests straight to one worker (the floor a coded request builds on)."""
     import tritonclient.grpc.aio as grpcclient
     from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -223,10 +224,10 @@ async def plain_requests(worker_url: str, model: str, x: np.ndarray, n: int, tls
     async with grpcclient.InferenceServerClient(worker_url, **({} if tls is None else tls.grpc_kwargs())) as client:
         for i in range(n):
             data = x[i % len(x)][None]
-            tensor = InferInput("input", list(data.shape), "FP32")
+            tensor = InferInput(input_name, list(data.shape), "FP32")
             tensor.set_data_from_numpy(data)
             t0 = time.perf_counter()
-            await client.infer(model, [tensor], outputs=[InferRequestedOutput("probs")])
+            await client.infer(model, [tensor], outputs=[InferRequestedOutput(output_name)])
             times.append((time.perf_counter() - t0) * 1e3)
     return times[min(5, n // 10):]  # drop the first few: connection set-up
 
@@ -260,7 +261,8 @@ def exact_share(st: "SchemeStats", scheme: str) -> str:
 
 
 def accuracy(pred: np.ndarray, ref: np.ndarray, y: np.ndarray) -> tuple:
-    """(MSE against the local model, RelAcc) of predictions; (nan, nan) for none."""
+    """(MSE against the local model, RelAcc) of predictions; (nan, nan) for none. RelAcc is nan where the inputs
+    have no labels (y < 0: a model added without labels, or a regression output)."""
     if not len(pred):
         return float("nan"), float("nan")
     base = float((ref.argmax(1) == y).mean())
@@ -356,13 +358,13 @@ def print_notes(args, stats, schemes, plain, k, reference=None, batch_labels=Non
 
 def pick_batches(args, k):
     """(raw batches, their labels, the local model's outputs on them): the same batches for every scheme."""
-    from nercc.data import load_dataset
+    from nercc.data import load_model_data
     from nercc.models import OnnxModel, load_model_info
     from nercc.preprocessing import preprocess
     from nercc.progress import progress_bar
 
     info = load_model_info(args.model)
-    raw, labels = load_dataset(info.dataset, split="test")
+    raw, labels = load_model_data(info, split="test")
     rng = np.random.default_rng(args.seed)
     pick = rng.choice(len(raw), size=args.batches * k, replace=len(raw) < args.batches * k)
     raw_batches = [np.ascontiguousarray(raw[pick[i * k:(i + 1) * k]]) for i in range(args.batches)]
@@ -420,7 +422,7 @@ def main(args: argparse.Namespace) -> int:
     k = args.inputs
     raw_batches, batch_labels, reference = pick_batches(args, k)
     y_all = np.concatenate(batch_labels)
-    base_acc = float((np.concatenate(reference).argmax(1) == y_all).mean())
+    base_acc = float((np.concatenate(reference).argmax(1) == y_all).mean()) if (y_all >= 0).any() else float("nan")
 
     if given is None:
         print(f"starting master + {args.workers} workers ({args.model}, straggler {args.straggler}) ...", flush=True)
@@ -438,8 +440,10 @@ def main(args: argparse.Namespace) -> int:
         with progress_bar(total=len(schemes) * args.batches, desc="batches (all schemes)", unit="batch") as progress:
             stats = asyncio.run(run_schemes(cluster.master_url, cluster.worker_urls, args, schemes,
                                             raw_batches, progress, tls=tls, metrics=metrics))
-        x_plain = preprocess(load_model_info(args.model), raw_batches[0])
-        plain = asyncio.run(plain_requests(cluster.worker_urls[0], args.model, x_plain, 200, tls=tls))
+        info = load_model_info(args.model)
+        x_plain = preprocess(info, raw_batches[0])
+        plain = asyncio.run(plain_requests(cluster.worker_urls[0], args.model, x_plain, 200, tls=tls,
+                                           input_name=info.input_name, output_name=info.output_name))
         crashed = cluster.check()
     print("all servers stopped" if given is None else "done (the given cluster keeps running)", flush=True)
     if crashed:

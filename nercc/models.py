@@ -6,6 +6,7 @@ Light on purpose: imported by the Triton Python backends, so only numpy, json an
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -21,7 +22,9 @@ class ModelInfo:
     """The fields of a model's nercc.json, plus where the model lives.
 
     ``input_shape`` excludes the batch axis; the ONNX graph takes float32 ``(B, *input_shape)`` under
-    ``input_name`` and returns softmax probabilities ``(B, n_classes)`` under ``output_name``.
+    ``input_name`` and returns ``(B, n_classes)`` under ``output_name``: softmax probabilities for the built-in
+    models, or what ``output_kind`` says (``logits``, ``regression``: then ``n_classes`` is the output width D).
+    ``onnx_sha256`` identifies the ONNX file (workers and master must serve the same one).
     """
 
     name: str
@@ -40,6 +43,8 @@ class ModelInfo:
     params: Optional[int] = None
     onnx_bytes: Optional[int] = None
     opset: Optional[int] = None
+    output_kind: str = "probabilities"
+    onnx_sha256: Optional[str] = None
     extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
     dir: Path = Path(".")
 
@@ -56,6 +61,11 @@ class ModelInfo:
     def resizes(self) -> bool:
         """Preprocessing resizes, so raw images of any height and width are accepted."""
         return bool((self.preprocess or {}).get("resize"))
+
+    @property
+    def classifier(self) -> bool:
+        """Outputs are class scores (probabilities or logits): top-1 and RelAcc mean something."""
+        return self.output_kind in CLASSIFIER_KINDS
 
     @property
     def input_bytes(self) -> int:
@@ -84,6 +94,19 @@ class ModelInfo:
 
 #: Raw input dtypes a model may declare, and their item sizes.
 RAW_DTYPE_BYTES = {"uint8": 1, "float32": 4}
+#: What a model's output is (nercc.json "output_kind"): the answer checks, RelAcc and the docs follow it.
+OUTPUT_KINDS = ("probabilities", "logits", "regression")
+#: Output kinds whose argmax is a class (top-1, RelAcc).
+CLASSIFIER_KINDS = ("probabilities", "logits")
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """Hex sha256 of a file (the model identity of an ONNX file: nercc.json "onnx_sha256")."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 _REQUIRED = ("name", "dataset", "n_classes", "input_name", "input_shape", "input_dtype", "output_name",
              "raw_shape", "raw_dtype", "preprocess")
@@ -135,6 +158,9 @@ def read_model_info(folder: Union[str, Path]) -> ModelInfo:
         raise ValueError(f"{path}: missing fields {missing}")
     if data["raw_dtype"] not in RAW_DTYPE_BYTES:
         raise ValueError(f"{path}: raw_dtype {data['raw_dtype']!r} not supported ({' or '.join(RAW_DTYPE_BYTES)})")
+    kind = data.get("output_kind", "probabilities")
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"{path}: output_kind {kind!r} not supported ({', '.join(OUTPUT_KINDS)})")
     known = {f.name for f in dataclasses.fields(ModelInfo)} - {"extra", "dir"}
     fields = {k: v for k, v in data.items() if k in known}
     extra = {k: v for k, v in data.items() if k not in known}
@@ -147,7 +173,7 @@ def read_model_info(folder: Union[str, Path]) -> ModelInfo:
 class OnnxModel:
     """The model f as a numpy function: ``f(x float32 (B, *input_shape)) -> (B, n_classes) float32``.
 
-    Outputs are softmax probabilities (the ONNX graph ends in a softmax). ``threads`` sets onnxruntime's
+    Outputs are what the model's ``output_kind`` says (softmax probabilities for the built-in models). ``threads`` sets onnxruntime's
     intra-op threads (1 keeps many workers on one machine from fighting; 0 = onnxruntime's default).
     """
 

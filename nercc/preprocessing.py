@@ -10,6 +10,9 @@ For a raw batch ``r`` of shape ``(B, *raw_shape)`` the steps are, in order:
 2. center crop (optional, ``"crop": C``): the central ``C x C`` window;
 3. scale and normalise per channel: ``x = (r * scale - mean[c]) / std[c]``;
 4. layout: HWC images become CHW (``"layout": "NCHW"``); gray images ``(H, W)`` get a channel axis.
+
+A model whose raw input is float32 (``"raw_dtype": "float32"``, ``"preprocess": null``: a model added with
+``nercc add-model`` without an image spec) takes its raw input unchanged: preprocessing only checks the shape.
 """
 
 from __future__ import annotations
@@ -53,6 +56,17 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
     return images[:, top : top + size, left : left + size]
 
 
+def _float_input(info: Any, raw: np.ndarray) -> np.ndarray:
+    """A float32 raw input is the model input itself: check dtype and shape, return it contiguous."""
+    input_shape = tuple(_field(info, "input_shape") or ())
+    if raw.dtype != np.float32:
+        raise ValueError(f"this model's raw input is float32 (shape (B, {', '.join(map(str, input_shape))})), "
+                         f"got {raw.dtype}")
+    if raw.ndim != len(input_shape) + 1 or tuple(raw.shape[1:]) != input_shape:
+        raise ValueError(f"raw inputs must have shape (B, {', '.join(map(str, input_shape))}), got {raw.shape}")
+    return np.ascontiguousarray(raw)
+
+
 def preprocess(info: Any, raw: np.ndarray) -> np.ndarray:
     """Turn raw uint8 images ``(B, *raw_shape)`` into the model input float32 ``(B, *input_shape)``.
 
@@ -60,8 +74,10 @@ def preprocess(info: Any, raw: np.ndarray) -> np.ndarray:
     ``raw_shape`` are accepted when the model resizes (``"resize"`` set); otherwise the shape must match.
     Raises ValueError naming the problem for a wrong dtype, rank or shape.
     """
-    spec = _spec(info)
     raw = np.asarray(raw)
+    if _field(info, "raw_dtype") == "float32":
+        return _float_input(info, raw)
+    spec = _spec(info)
     if raw.dtype != np.uint8:
         raise ValueError(f"preprocess expects uint8 raw images, got {raw.dtype}")
     raw_shape = tuple(_field(info, "raw_shape") or ())

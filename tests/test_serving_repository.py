@@ -38,7 +38,11 @@ def test_python_worker_config(meta):
     assert config.input[0].data_type == model_config_pb2.TYPE_FP32
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params == {"intra_op_threads": "1", "straggler": "bimodal:p=0.1,slow_ms=40", "seed": "3",
-                      "worker_index": "7"}
+                      "worker_index": "7", "output_kind": "probabilities", "onnx_sha256": meta.onnx_sha256}
+    # the model identity the clients check workers against is the ONNX file's own hash
+    from nercc.models import file_sha256
+
+    assert meta.onnx_sha256 == file_sha256(meta.onnx_path)
 
 
 def test_native_onnxruntime_config(meta):

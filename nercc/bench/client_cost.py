@@ -201,7 +201,7 @@ def format_rows(out: List[dict]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nercc.data import load_dataset
+    from nercc.data import load_model_data
     from nercc.models import load_model_info
     from nercc.progress import progress_bar
     from nercc.serving import LocalCluster
@@ -216,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     if args.batches < 1 or args.round < 1:
         raise SystemExit("nercc bench client-cost: --batches and --round must be >= 1")
     info = load_model_info(args.model)
-    raw, _ = load_dataset(info.dataset, split="test")
+    raw, _ = load_model_data(info, split="test")
     k = args.inputs
     batches = [np.ascontiguousarray(raw[i * k:(i + 1) * k]) for i in range(min(args.batches, len(raw) // k))]
     with LocalCluster(args.model, n_workers=args.workers, straggler="none", seed=0, http=True,

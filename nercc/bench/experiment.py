@@ -45,10 +45,11 @@ def split_policy(dataset: str) -> Tuple[Tuple[str, int | None], Tuple[str, int |
     """Where evaluation and tuning inputs come from: ((split, parity), (split, parity)).
 
     MNIST and CIFAR-10: evaluate on the test split, tune on the training split. The ImageNet sample set has
-    one split of 20 images: evaluate on the even-indexed images, tune on the odd-indexed ones (disjoint).
+    one split of 20 images, and a user's model (``nercc add-model``) its calibration file: evaluate on the
+    even-indexed inputs, tune on the odd-indexed ones (disjoint).
     ``parity`` None means the whole split.
     """
-    if dataset in ("imagenet", "imagenet-samples"):
+    if dataset in ("imagenet", "imagenet-samples", "calibration"):
         return ("test", 0), ("test", 1)
     return ("test", None), ("train", None)
 
@@ -59,7 +60,7 @@ def load_inputs(info, purpose: str, n: int, seed: int) -> Inputs:
     Inputs are a seeded random sample without replacement; when the pool holds fewer than ``n`` images
     (ImageNet samples) the whole pool is returned.
     """
-    from nercc.data import load_dataset
+    from nercc.data import load_model_data
     from nercc.preprocessing import preprocess
 
     if purpose not in ("eval", "tune"):
@@ -67,7 +68,7 @@ def load_inputs(info, purpose: str, n: int, seed: int) -> Inputs:
     if n < 1:
         raise ValueError(f"number of inputs must be >= 1, got {n}")
     (split, parity) = split_policy(info.dataset)[0 if purpose == "eval" else 1]
-    raw, labels = load_dataset(info.dataset, split=split)
+    raw, labels = load_model_data(info, split=split)
     pool = np.arange(len(raw))
     if parity is not None:
         pool = pool[pool % 2 == parity]

@@ -101,9 +101,12 @@ class CodedClient(ClientBase):
     robust : coded schemes: Byzantine-robust decoding (:mod:`nercc.coding.robust`): answers the others show to
         be wrong are left out (``result.dropped``). On by default; its cost on honest batches is one small
         matrix product.
-    answer_range : every worker answer is checked (shape, dtype float32, finite, values within this range,
-        default (0, 1) for softmax outputs; None skips the range): a bad answer counts as a straggler, its
-        error recorded in ``result.errors``.
+    answer_range : every worker answer is checked (shape, dtype float32, finite, values within this range;
+        ``"auto"``, the default, takes it from the model's ``output_kind``: (0, 1) for probabilities, none for
+        logits and regression; None skips the range): a bad answer counts as a straggler, its error recorded in
+        ``result.errors``. Model identity: at connect and on every health probe each worker's ONNX sha256 (its
+        model config's ``onnx_sha256``) is compared with the master's; a worker serving another model is marked
+        down (``client.identity_errors`` names both hashes) and never decoded from.
     max_failures, probe_interval_s : a worker that fails ``max_failures`` requests in a row (errors or
         timeouts) is marked down: no new requests until a health probe, every ``probe_interval_s``, finds it
         ready.
@@ -183,9 +186,27 @@ class CodedClient(ClientBase):
             # not answer is simply a straggler later
             clients = self._masters + self._workers
             await asyncio.gather(*(c.is_server_ready(client_timeout=2.0) for c in clients), return_exceptions=True)
+            if self.spec is None:
+                self.spec = await self._spec_from_servers()
+                self._server_spec_settled()
+            await self._check_identities()
         if self.spec is None:
             self.spec = await self._spec_from_servers()
+            self._server_spec_settled()
         return self
+
+    async def _model_config(self, client, model: str):
+        """A server's model config as JSON, or the exception that request raised."""
+        try:
+            return await client.get_model_config(model, as_json=True, client_timeout=2.0)
+        except Exception as exc:  # noqa: BLE001 - unreachable: judged later by its probe
+            return exc
+
+    async def _check_identities(self) -> None:
+        """Every worker's model identity against the master's (:meth:`ClientBase._set_identity`)."""
+        masters = await asyncio.gather(*(self._model_config(m, f"{self.model}_encode") for m in self._masters))
+        workers = await asyncio.gather(*(self._model_config(w, self.model) for w in self._workers))
+        self._set_identity(masters, workers)
 
     async def _spec_from_servers(self) -> ModelSpec:
         """Shapes from the servers when the model has no local ``nercc.json`` (a remote deployment)."""
@@ -214,7 +235,8 @@ class CodedClient(ClientBase):
         for master in self._masters:
             try:
                 enc = await master.get_model_metadata(f"{self.model}_encode", as_json=True, client_timeout=5.0)
-                raw_shape = tuple(int(s) for s in enc["inputs"][0]["shape"][1:])
+                raw_shape = (tuple(int(s) for s in enc["inputs"][0]["shape"][1:])
+                             if enc["inputs"][0].get("datatype") == "UINT8" else None)
                 break
             except InferenceServerException:
                 raw_shape = None  # raw input is then refused with a clear error; float input still works
@@ -421,8 +443,14 @@ class CodedClient(ClientBase):
 
     async def _probe(self, worker: int) -> None:
         try:
-            ready = await self._workers[worker].is_server_ready(client_timeout=max(0.05, self.deadline_ms / 1e3))
+            timeout = max(0.05, self.deadline_ms / 1e3)
+            ready = await self._workers[worker].is_server_ready(client_timeout=timeout)
             error = "" if ready else "not ready"
+            if ready and self.expected_sha256:  # healthy means serving our model too
+                config = await self._workers[worker].get_model_config(self.model, as_json=True,
+                                                                       client_timeout=timeout)
+                error = self.identity_error(worker, config) or ""
+                ready = not error
         except Exception as exc:  # noqa: BLE001 - an unreachable worker stays down
             ready, error = False, error_text(exc)
         self.health.probe_result(worker, bool(ready), time.perf_counter(), error)

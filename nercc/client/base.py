@@ -140,7 +140,7 @@ class ClientBase:
         encode: str = "auto",
         hedge_ms: float | None = None,
         robust: bool = True,
-        answer_range: Tuple[float, float] | None = core.DEFAULT_ANSWER_RANGE,
+        answer_range: Tuple[float, float] | None | str = "auto",
         max_failures: int = DEFAULT_MAX_FAILURES,
         probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
@@ -180,12 +180,12 @@ class ClientBase:
             raise ValueError(f"scheme {scheme!r} needs master_url, or the model's local metadata "
                              f"({self._model_dir}/nercc.json) to encode here")
         self.robust = bool(robust)
-        if answer_range is not None:
-            lo, hi = (float(v) for v in answer_range)
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise ValueError(f"answer_range must be (low, high) finite with low < high, or None; got {answer_range!r}")
-            answer_range = (lo, hi)
-        self.answer_range = answer_range
+        self._answer_range_auto = isinstance(answer_range, str) and answer_range == "auto"
+        self.answer_range = self._check_answer_range(answer_range)
+        #: the ONNX sha256 every worker must serve (the master's, else the local nercc.json's); set at connect
+        self.expected_sha256: str | None = self.spec.onnx_sha256 if self.spec else None
+        #: workers found serving another model at connect or on a probe: worker -> error naming both hashes
+        self.identity_errors: Dict[int, str] = {}
         self.health = WorkerHealth(len(self.worker_urls), max_failures=max_failures,
                                    probe_interval_s=probe_interval_s, max_in_flight=max_in_flight,
                                    avoid_stragglers=avoid_stragglers)
@@ -201,6 +201,60 @@ class ClientBase:
         self.min_answers = min_answers
         # hedged: fixed hedge_ms, else the p95 of the worker round trips seen (deadline / 2 until 20 are in)
         self.hedge_delay = HedgeDelay(hedge_ms, initial_ms=self.deadline_ms / 2, window=HEDGE_WINDOW)
+
+    def _check_answer_range(self, answer_range):
+        """(low, high) or None; ``"auto"``: from the model's output kind ((0, 1) for probabilities only)."""
+        if self._answer_range_auto:
+            return core.answer_range_for(self.spec.output_kind if self.spec else "probabilities")
+        if isinstance(answer_range, str):
+            raise ValueError(f"answer_range must be 'auto', (low, high) or None; got {answer_range!r}")
+        if answer_range is None:
+            return None
+        lo, hi = (float(v) for v in answer_range)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"answer_range must be (low, high) finite with low < high, or None; got {answer_range!r}")
+        return (lo, hi)
+
+    # ------------------------------------------------------------ model identity
+    def _server_spec_settled(self) -> None:
+        """The spec came from the servers (no local nercc.json): the answer range follows its output kind."""
+        if self._answer_range_auto and self.spec is not None:
+            self.answer_range = core.answer_range_for(self.spec.output_kind)
+
+    def _set_identity(self, master_configs: Sequence[Any], worker_configs: Sequence[Any]) -> None:
+        """Compare every worker's model identity with the master's, from their Triton model configs (JSON, or
+        the exception the request raised): a worker serving another ONNX is marked down at once.
+
+        The reference is the first master's ``onnx_sha256`` config parameter, else the local nercc.json's. An
+        unreachable worker is not judged here (it is a straggler, and its probe checks it later)."""
+        for config in master_configs:
+            if isinstance(config, dict):
+                params = core.config_parameters(config)
+                if params.get("onnx_sha256"):
+                    self.expected_sha256 = params["onnx_sha256"]
+                if params.get("output_kind") and self.spec is not None and self.spec.info is None \
+                        and self.spec.output_kind != params["output_kind"]:
+                    import dataclasses
+
+                    self.spec = dataclasses.replace(self.spec, output_kind=params["output_kind"])
+                    self._server_spec_settled()
+                break
+        now = time.perf_counter()
+        for worker, config in enumerate(worker_configs):
+            if isinstance(config, dict):
+                error = self.identity_error(worker, config)
+                if error is not None:
+                    self.health.mark_down(worker, now, error)
+
+    def identity_error(self, worker: int, config: dict) -> str | None:
+        """The identity error of ``worker`` given its model config (JSON), or None when it serves our model."""
+        got = core.config_parameters(config).get("onnx_sha256")
+        error = core.identity_error(self.worker_urls[worker], self.model, got, self.expected_sha256)
+        if error is None:
+            self.identity_errors.pop(worker, None)
+        else:
+            self.identity_errors[worker] = error
+        return error
 
     @staticmethod
     def _check_arguments(master_url, worker_urls, scheme, deadline_ms, hard_timeout_ms, lam_enc, lam_dec,

@@ -41,6 +41,7 @@ from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
+from nercc.client.health import IDENTITY_ERROR_PREFIX
 from nercc.coding.registry import (  # noqa: F401  (public here)
     BASELINE_SCHEMES,
     CODED_SCHEMES,
@@ -64,6 +65,8 @@ ENCODE_MODES = ("server", "local", "auto")
 #: rows were needed: no parity request was sent) and "failed" (no parity rows: the systematic answers only).
 ENCODED_ON = ("server", "local", "local-fallback", "unused", "failed")
 #: Worker answers must lie in this range (softmax probabilities, docs/interfaces.md), with this tolerance.
+#: It applies to models whose output_kind is "probabilities"; logits and regression answers are checked for
+#: shape, dtype and finiteness only (:func:`answer_range_for`).
 DEFAULT_ANSWER_RANGE = (0.0, 1.0)
 ANSWER_RANGE_TOLERANCE = 1e-3
 
@@ -152,6 +155,30 @@ class ModelSpec:
     output_name: str = "probs"
     directory: Path | None = None
     info: Any = None  # the nercc.json dict when it has a 'preprocess' block (local preprocessing needs it)
+    output_kind: str = "probabilities"  # nercc.json output_kind: probabilities | logits | regression
+    onnx_sha256: str | None = None  # the model identity (nercc.json onnx_sha256)
+
+
+def answer_range_for(output_kind: str) -> Tuple[float, float] | None:
+    """The value range every worker answer must lie in for a model's output kind (None: finite is enough)."""
+    return DEFAULT_ANSWER_RANGE if output_kind == "probabilities" else None
+
+
+def config_parameters(config: dict) -> Dict[str, str]:
+    """String parameters of a Triton model config in JSON form (gRPC's ``{"config": {...}}`` or HTTP's dict)."""
+    config = config.get("config", config) if isinstance(config, dict) else {}
+    params = config.get("parameters") or {}
+    return {k: (v.get("string_value", "") if isinstance(v, dict) else str(v)) for k, v in params.items()}
+
+
+def identity_error(worker_url: str, model: str, worker_sha256: str | None, expected_sha256: str | None) -> str | None:
+    """Why a worker must not be decoded from (it serves another ONNX than the master), or None.
+
+    A worker that reports no identity (a repository written before onnx_sha256 existed) is accepted."""
+    if not expected_sha256 or not worker_sha256 or worker_sha256 == expected_sha256:
+        return None
+    return (f"{IDENTITY_ERROR_PREFIX}: worker {worker_url} serves {model!r} with ONNX sha256 {worker_sha256}, "
+            f"the master's model has {expected_sha256}")
 
 
 def spec_from_info(model: str, info) -> ModelSpec:
@@ -160,11 +187,14 @@ def spec_from_info(model: str, info) -> ModelSpec:
         name=model,
         input_shape=tuple(info.input_shape),
         n_classes=int(info.n_classes),
-        raw_shape=tuple(info.raw_shape) if info.raw_shape else None,
+        # uint8 raw inputs only: a model whose raw input is its float32 input takes float32 batches as they are
+        raw_shape=tuple(info.raw_shape) if info.raw_shape and info.raw_dtype == "uint8" else None,
         input_name=info.input_name,
         output_name=info.output_name,
         directory=info.dir,
         info=info if info.preprocess is not None else None,
+        output_kind=getattr(info, "output_kind", "probabilities"),
+        onnx_sha256=getattr(info, "onnx_sha256", None),
     )
 
 

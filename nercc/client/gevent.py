@@ -88,8 +88,16 @@ class GeventCodedClient(ClientBase):
             clients = self._masters + self._workers
             # open every connection now; a server that does not answer is simply a straggler later
             gevent.joinall([gevent.spawn(_ready, c) for c in clients], timeout=2.0)
+            if self.spec is None:
+                self.spec = self._spec_from_servers()
+                self._server_spec_settled()
+            masters = [gevent.spawn(_config, m, f"{self.model}_encode") for m in self._masters]
+            workers = [gevent.spawn(_config, w, self.model) for w in self._workers]
+            gevent.joinall(masters + workers, timeout=2.0)
+            self._set_identity([g.value for g in masters], [g.value for g in workers])
         if self.spec is None:
             self.spec = self._spec_from_servers()
+            self._server_spec_settled()
         return self
 
     def _spec_from_servers(self) -> ModelSpec:
@@ -109,7 +117,8 @@ class GeventCodedClient(ClientBase):
             for master in self._masters:
                 try:
                     enc = master.get_model_metadata(f"{self.model}_encode")
-                    raw_shape = tuple(int(s) for s in enc["inputs"][0]["shape"][1:])
+                    raw_shape = (tuple(int(s) for s in enc["inputs"][0]["shape"][1:])
+                                 if enc["inputs"][0].get("datatype") == "UINT8" else None)
                     break
                 except Exception:  # noqa: BLE001 - raw input is then refused with a clear error
                     raw_shape = None
@@ -296,10 +305,21 @@ class GeventCodedClient(ClientBase):
         try:
             with gevent.Timeout(max(0.05, self.deadline_ms / 1e3), TimeoutError("no answer to the probe")):
                 ready = self._workers[worker].is_server_ready()
-            error = "" if ready else "not ready"
+                error = "" if ready else "not ready"
+                if ready and self.expected_sha256:  # healthy means serving our model too
+                    error = self.identity_error(worker, self._workers[worker].get_model_config(self.model)) or ""
+                    ready = not error
         except Exception as exc:  # noqa: BLE001 - an unreachable worker stays down
             ready, error = False, error_text(exc, with_status=True)
         self.health.probe_result(worker, bool(ready), time.perf_counter(), error)
+
+
+def _config(client, model: str):
+    """A server's model config (JSON dict), or the exception the request raised."""
+    try:
+        return client.get_model_config(model)
+    except Exception as exc:  # noqa: BLE001 - unreachable: judged later by its probe
+        return exc
 
 
 def _ready(client) -> None:

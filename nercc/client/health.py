@@ -3,7 +3,8 @@
 :class:`WorkerHealth` marks a worker *down* after ``max_failures`` consecutive failures or timeouts (a SIGKILLed
 machine refuses connections at once; a partitioned or frozen one times out): a down worker gets no new batch
 requests (a coded batch simply has one answer fewer; a baseline sends that input elsewhere) until a probe
-finds it healthy again. Probes are due every ``probe_interval_s`` per down worker; the transport sends a cheap
+finds it healthy again. A worker whose model is not the master's (its ONNX sha256 differs: model identity,
+checked at connect and on every probe) is marked down at once, its error naming both hashes. Probes are due every ``probe_interval_s`` per down worker; the transport sends a cheap
 request (``is_server_ready``) and reports the outcome. It also caps the requests in flight per worker: a
 request the client stopped waiting for (abandoned after its batch decoded) still holds a slot until it
 completes or is cancelled, and a worker at the cap gets nothing new, so a cut-off worker cannot pile up
@@ -25,6 +26,8 @@ DEFAULT_MAX_FAILURES = 3
 DEFAULT_PROBE_INTERVAL_S = 1.0
 #: Requests in flight per worker (answered-or-abandoned ones count until they complete).
 DEFAULT_MAX_IN_FLIGHT = 8
+#: Start of the error text of a worker that serves another model than the master (ClientBase.identity_error).
+IDENTITY_ERROR_PREFIX = "model identity mismatch"
 #: Seconds a failed master is skipped before it is tried again.
 DEFAULT_MASTER_COOLDOWN_S = 5.0
 
@@ -47,6 +50,7 @@ class WorkerState:
     in_flight: int = 0
     abandoned: int = 0  # requests in flight that their batch stopped waiting for: this worker is straggling
     last_error: str = ""
+    down_reason: str = ""  # set when marked down for a reason other than failures (a model identity mismatch)
     total_failures: int = 0
     marked_down: int = 0  # how many times
 
@@ -72,6 +76,7 @@ class WorkerHealth:
         was_down = state.down_since is not None
         state.consecutive_failures = 0
         state.down_since = state.next_probe_t = None
+        state.down_reason = ""
         if was_down and self.on_up is not None:
             self.on_up(worker)
 
@@ -93,7 +98,9 @@ class WorkerHealth:
         """Workers that get no new request now, with the reason (for results and error messages)."""
         out = {}
         for i, state in enumerate(self.workers):
-            if state.down_since is not None:
+            if state.down_since is not None and state.down_reason:
+                out[i] = f"marked down: {state.down_reason}"
+            elif state.down_since is not None:
                 out[i] = f"marked down after {state.consecutive_failures} consecutive failures ({state.last_error})"
             elif state.in_flight >= self.max_in_flight:
                 out[i] = f"{state.in_flight} requests in flight (cap {self.max_in_flight})"
@@ -139,6 +146,18 @@ class WorkerHealth:
             if self.on_down is not None:
                 self.on_down(worker)
 
+    def mark_down(self, worker: int, t: float, reason: str) -> None:
+        """Mark ``worker`` down at once (not after failures): it serves another model (identity mismatch). It
+        stays down until a probe finds it healthy, which includes serving the expected model again."""
+        state = self.workers[worker]
+        state.last_error = state.down_reason = reason[:400]
+        if state.down_since is None:
+            state.down_since = t
+            state.next_probe_t = t + self.probe_interval_s
+            state.marked_down += 1
+            if self.on_down is not None:
+                self.on_down(worker)
+
     # -- probes ---------------------------------------------------------------------------------------
     def probes_due(self, t: float) -> List[int]:
         """Down workers whose probe is due at ``t``; each is rescheduled (one probe per interval)."""
@@ -154,7 +173,9 @@ class WorkerHealth:
         if healthy:
             self._back_up(worker)
         else:
-            state.last_error = error[:200] or state.last_error
+            state.last_error = error[:400] or state.last_error
+            if error.startswith(IDENTITY_ERROR_PREFIX):
+                state.down_reason = error[:400]
 
     def next_probe_t(self) -> float | None:
         times = [s.next_probe_t for s in self.workers if s.down_since is not None and s.next_probe_t is not None]

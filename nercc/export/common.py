@@ -129,10 +129,18 @@ def _without_measured(meta: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def write_metadata(name: str, meta: Dict[str, Any], out: Optional[Path] = None) -> Path:
-    """Write ``<model folder>/nercc.json``, unless the file there already says the same apart from
-    :data:`MEASURED_FIELDS` (then it is left untouched, so that re-running the setup's export does not dirty a
-    tracked file; the export prints this run's measurements)."""
-    path = onnx_path(name, out).parent.parent / "nercc.json"
+    """Write ``<model folder>/nercc.json`` with the model identity (``onnx_sha256`` of the exported ONNX) and
+    the output kind, unless the file there already says the same apart from :data:`MEASURED_FIELDS` (then it is
+    left untouched, so that re-running the setup's export does not dirty a tracked file; the export prints this
+    run's measurements). An ONNX file that hashes differently is a new model identity: the file is rewritten."""
+    from nercc.models import file_sha256
+
+    model_file = onnx_path(name, out)
+    meta = dict(meta)
+    meta.setdefault("output_kind", "probabilities")
+    if model_file.exists():
+        meta["onnx_sha256"] = file_sha256(model_file)
+    path = model_file.parent.parent / "nercc.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta, indent=2) + "\n"
     if path.exists():
@@ -142,7 +150,9 @@ def write_metadata(name: str, meta: Dict[str, Any], out: Optional[Path] = None) 
             old = None  # unreadable: rewrite it
         if isinstance(old, dict) and _without_measured(old) == json.loads(json.dumps(_without_measured(meta))):
             return path
-    path.write_text(text)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
     return path
 
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from nercc.data import load_dataset
+from nercc.data import load_model_data
 from nercc.models import OnnxModel, list_models, load_model_info
 from nercc.preprocessing import preprocess
 
@@ -31,7 +31,7 @@ def time_per_input_ms(model: OnnxModel, x: np.ndarray, batch: int, repeats: int)
 
 def measure(name: str, repeats: Optional[int] = None) -> Dict[str, object]:
     info = load_model_info(name)
-    raw, labels = load_dataset(info.dataset, "test")
+    raw, labels = load_model_data(info, "test")
     n_eval = min(len(labels), 10000)
     x = preprocess(info, raw[:8])
     heavy = info.input_dim * (info.params or 0) > 1e10  # ViT-B / EfficientNet: fewer repeats

@@ -46,11 +46,11 @@ class Batches:
     """
 
     def __init__(self, model: str, n_inputs: int):
-        from nercc.data import load_dataset
+        from nercc.data import load_model_data
         from nercc.models import load_model_info
 
         info = load_model_info(model)
-        images, labels = load_dataset(info.dataset, "test")
+        images, labels = load_model_data(info, "test")
         self.n_inputs = int(n_inputs)
         if len(images) >= self.n_inputs:
             self.n_batches = len(images) // self.n_inputs

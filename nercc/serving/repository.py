@@ -92,6 +92,15 @@ def _set_parameters(config, params: dict) -> None:
         config.parameters[key].string_value = str(value)
 
 
+def identity_parameters(meta: ModelInfo) -> dict:
+    """Config parameters every server of a model carries: ``onnx_sha256`` (the model identity the client checks
+    workers against, from nercc.json) and ``output_kind``. Triton shows them in the model config."""
+    params = {"output_kind": meta.output_kind}
+    if meta.onnx_sha256:
+        params["onnx_sha256"] = meta.onnx_sha256
+    return params
+
+
 #: Triton's Python-backend parameter naming the stub's Python environment (a conda-pack archive or folder).
 EXECUTION_ENV_PARAMETER = "EXECUTION_ENV_PATH"
 #: What Triton replaces with the model's own folder in that parameter.
@@ -161,7 +170,8 @@ def worker_config(
                              "config has none (use straggler='none')")
         config = _model_config(meta.name, max_batch_size, platform="onnxruntime_onnx",
                                default_model_filename="model.onnx")
-        _set_parameters(config, {"intra_op_thread_count": intra_op_threads, "inter_op_thread_count": 1})
+        _set_parameters(config, {"intra_op_thread_count": intra_op_threads, "inter_op_thread_count": 1,
+                                 **identity_parameters(meta)})
         if gpu:
             # Explicit GPU placement, and dynamic batching: several workers' requests sharing one GPU are
             # batched by Triton instead of running one small batch at a time.
@@ -171,7 +181,7 @@ def worker_config(
     else:
         config = _model_config(meta.name, max_batch_size, backend="python")
         params = {"intra_op_threads": intra_op_threads, "straggler": straggler, "seed": seed,
-                  "worker_index": worker_index}
+                  "worker_index": worker_index, **identity_parameters(meta)}
         if onnx_path is not None:
             params["onnx_path"] = onnx_path
         _set_parameters(config, params)
@@ -271,7 +281,8 @@ def master_configs(
     _check_count("coded_instances", coded_instances)
     name = meta.name
     # no checkout path: the Python models import nercc as installed in the stub's environment
-    params = {"nercc_model_dir": nercc_model_dir, "max_request_bytes": max_request_bytes}
+    params = {"nercc_model_dir": nercc_model_dir, "max_request_bytes": max_request_bytes,
+              **identity_parameters(meta)}
     raw = ("RAW", _TRITON_TYPES[meta.raw_dtype], list(meta.raw_dims))
     inputs, coded = ("INPUT", "TYPE_FP32", list(meta.input_shape)), ("CODED", "TYPE_FP32", list(meta.input_shape))
     env = check_execution_env(execution_env)

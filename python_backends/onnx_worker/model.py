@@ -12,6 +12,9 @@ Config parameters (all strings, all optional):
     seed, worker_index  seed the delay stream: same cluster seed, different stream per worker
     device            onnxruntime device: auto (CUDA when this onnxruntime has it) | cpu | cuda; default auto
     fault             wrong answers on purpose, for chaos tests (``nercc.serving.faults``), default ``none``
+    onnx_sha256       the model identity (nercc.json): the ONNX file must hash to it, else the model fails to
+                      load; clients compare it with the master's and never decode from another model
+    output_kind       probabilities | logits | regression (nercc.json; read by clients, not here)
 
 The server's environment overrides the per-worker ones (``NERCC_WORKER_INDEX``, ``NERCC_STRAGGLER``,
 ``NERCC_SEED``, ``NERCC_DEVICE``, ``NERCC_FAULT``), so one repository serves every worker (``nercc worker --index i``).
@@ -64,6 +67,14 @@ class TritonPythonModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         device = worker_setting(config, "device", "auto")
         providers = onnxruntime_providers(device, ort.get_available_providers())
+        expected = config_param(config, "onnx_sha256")
+        if expected:
+            from nercc.models import file_sha256
+
+            actual = file_sha256(onnx_path)
+            if actual != expected:
+                raise ValueError(f"{onnx_path} has sha256 {actual}, but this model's config (its nercc.json) says "
+                                 f"{expected}: the metadata does not describe this file (re-export the model)")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
 
         self.input_name = config["input"][0]["name"]
