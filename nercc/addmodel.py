@@ -365,10 +365,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("onnx", type=Path, metavar="PATH.onnx", help="the model: one float32 input [batch, ...], "
                         "one output [batch, D]")
     parser.add_argument("--name", required=True, help="model name to serve it under (letters, digits, _ and -)")
+    add_options(parser)
+
+
+def add_options(parser: argparse.ArgumentParser, output_kind_default: Optional[str] = None,
+                seed_and_threads: bool = True) -> None:
+    """The options `nercc add-model` and `nercc export timm:ARCH` share (output kind, image spec, calibration)."""
     parser.add_argument("--output-kind", choices=OUTPUT_KINDS, default=None,
                         help="what the output is: probabilities (answers checked in [0, 1]), logits (class "
                              "scores) or regression; RelAcc only for the first two. Default: probabilities when "
                              "the calibration outputs are probability vectors, else logits")
+    if output_kind_default is not None:
+        parser.set_defaults(output_kind=output_kind_default)
     image = parser.add_argument_group("image input (raw uint8 images preprocessed on the master)")
     image.add_argument("--image", default=None, metavar="H,W[,C]", help="raw image size (HWC uint8)")
     image.add_argument("--mean", default=None, help="per-channel mean, after --scale (e.g. 0.485,0.456,0.406)")
@@ -388,8 +396,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     calib.add_argument("--trials", type=int, default=None, help="calibration batches per setting (default 16)")
     calib.add_argument("--straggler-sets", type=int, default=None, help="random arrived sets per setting (default 20)")
     calib.add_argument("--no-tune", action="store_true", help="no tuning (the built-in fallback lams are used)")
-    calib.add_argument("--seed", type=int, default=0)
-    calib.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the tuning")
+    if seed_and_threads:  # `nercc export` has its own
+        calib.add_argument("--seed", type=int, default=0)
+        calib.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the tuning")
     parser.add_argument("--force", action="store_true", help="replace an existing model of that name")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -427,15 +436,30 @@ def _stragglers(text: Optional[str], n_workers: int, n_inputs: int) -> List[int]
     return sorted(set(values))
 
 
-def add_model(args: argparse.Namespace) -> Path:
-    """Everything `nercc add-model` does; returns the model folder written."""
+#: add-model's settings with their defaults, for callers that are not the command line (export_module).
+DEFAULTS = {"output_kind": None, "image": None, "mean": None, "std": None, "scale": 1.0, "resize": None, "crop": None,
+            "layout": None, "calibration": None, "workers": 12, "inputs": 4, "stragglers": None, "trials": None,
+            "straggler_sets": None, "no_tune": False, "seed": 0, "threads": 2, "force": False, "quiet": True}
+
+
+def options(onnx: Path, name: str, **settings) -> argparse.Namespace:
+    """add-model's arguments as a Namespace, from keyword settings (unknown ones are an error)."""
+    unknown = sorted(set(settings) - set(DEFAULTS))
+    if unknown:
+        raise AddModelError(f"unknown add-model setting(s) {unknown}; known: {', '.join(sorted(DEFAULTS))}")
+    return argparse.Namespace(onnx=Path(onnx), name=name, **{**DEFAULTS, **settings})
+
+
+def add_model(args: argparse.Namespace, repository: Optional[Path] = None) -> Path:
+    """Everything `nercc add-model` does; returns the model folder written (in ``repository``, default the
+    model repository: ``--model-repository`` / ``$NERCC_MODEL_REPOSITORY`` / the checkout's)."""
     from nercc import paths
     from nercc.models import file_sha256, read_model_info
     from nercc.preprocessing import preprocess
     from nercc.serving.repository import worker_config
 
     started = time.perf_counter()
-    repository = Path(paths.MODEL_REPOSITORY)
+    repository = Path(repository if repository is not None else paths.MODEL_REPOSITORY)
     dest = check_name(args.name, repository, args.force)
     signature = inspect_onnx(args.onnx)
     raw_shape, raw_dtype, spec = image_spec(signature, args.image, args.mean, args.std, args.scale, args.resize,

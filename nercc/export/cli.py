@@ -7,6 +7,9 @@
   nercc export vit_b16                timm ViT-B/16: pretrained when loadable, else seeded random init (untrained)
   nercc export all                    every model (RepVGG: from its checkpoint, or the committed ONNX is kept)
   nercc export measure                accuracy, ONNX size, onnxruntime ms per input (batch 1 and 8) per model
+  nercc export timm:ARCH --checkpoint FILE --name X [--image H,W,C ...] [--calibration ...]
+                                      your own timm model (pretrained=False + your weights; no download), added
+                                      as `nercc add-model` adds an ONNX file (see `nercc add-model --help`)
 
 Every export checks onnxruntime against torch (max abs difference <= 1e-4 on real inputs) and prints the
 model's accuracy; the ONNX goes to <out>/<name>/1/model.onnx and the metadata to <out>/<name>/nercc.json.
@@ -15,6 +18,7 @@ model's accuracy; the ONNX goes to <out>/<name>/1/model.onnx and the metadata to
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 TARGETS = ("lenet5", "repvgg_cifar10", "efficientnet_lite0", "vit_b16", "all", "train-repvgg", "measure")
@@ -23,8 +27,8 @@ TARGETS = ("lenet5", "repvgg_cifar10", "efficientnet_lite0", "vit_b16", "all", "
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__
-    parser.add_argument("model", choices=TARGETS, nargs="+", metavar="MODEL",
-                        help=f"what to build, one or more of: {', '.join(TARGETS)}")
+    parser.add_argument("model", nargs="+", metavar="MODEL",
+                        help=f"what to build, one or more of: {', '.join(TARGETS)}; or timm:ARCH (with --name)")
     parser.add_argument("--out", type=Path, default=None,
                         help="model repository to write into (default: the checkout's model_repository/)")
     parser.add_argument("--seed", type=int, default=0, help="seed for training / random initialisation")
@@ -34,6 +38,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="weights to load instead of training/downloading (LeNet5 state_dict, RepVGG "
                              "checkpoint, ViT timm checkpoint)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    own = parser.add_argument_group("your own model (timm:ARCH): the options of `nercc add-model`")
+    own.add_argument("--name", default=None, help="timm:ARCH: the model name to serve it under")
+    from nercc.addmodel import add_options
+
+    add_options(own, output_kind_default="logits", seed_and_threads=False)
     repvgg = parser.add_argument_group("RepVGG training (train-repvgg)")
     repvgg.add_argument("--preset", default="cifar-s", help="network size: cifar-s (1.2M params) or cifar-xs")
     repvgg.add_argument("--time-budget-min", type=float, default=None,
@@ -101,6 +110,16 @@ def main(args: argparse.Namespace) -> int:
     steps = {"lenet5": _lenet5, "repvgg_cifar10": _repvgg, "train-repvgg": _train_repvgg,
              "efficientnet_lite0": _efficientnet, "vit_b16": _vit}
     targets = list(dict.fromkeys(args.model))  # keep order, drop repeats
+    timm_targets = [t for t in targets if t.startswith("timm:")]
+    unknown = [t for t in targets if t not in TARGETS and t not in timm_targets]
+    if unknown:
+        raise SystemExit(f"nercc export: unknown model(s) {unknown}; use {', '.join(TARGETS)} or timm:ARCH")
+    if timm_targets:
+        if len(targets) > 1:
+            raise SystemExit("nercc export: export a timm:ARCH model alone")
+        return _timm(args, timm_targets[0][len("timm:"):])
+    if args.name is not None:
+        raise SystemExit("nercc export: --name is for timm:ARCH (the built-in models keep their names)")
     if args.checkpoint is not None and (len(targets) > 1 or "all" in targets):
         raise SystemExit("nercc export: --checkpoint names one model's weights; export that model alone")
     for target in targets:
@@ -112,6 +131,25 @@ def main(args: argparse.Namespace) -> int:
             _all(args, steps)
         else:
             steps[target](args)
+    return 0
+
+
+def _timm(args, arch: str) -> int:
+    """timm:ARCH with --checkpoint: export and add it as `nercc add-model` does."""
+    from nercc.addmodel import DEFAULTS, AddModelError
+    from nercc.export.module import example_for, export_module, load_timm
+
+    try:
+        if not args.name:
+            raise AddModelError(f"timm:{arch} needs --name X (the model name to serve it under)")
+        net = load_timm(arch, args.checkpoint)
+        example = example_for(net, arch, args.image, args.crop)
+        settings = {k: getattr(args, k) for k in DEFAULTS if k not in ("output_kind", "quiet") and hasattr(args, k)}
+        export_module(net, example, args.name, output_kind=args.output_kind, repository=args.out,
+                      quiet=args.quiet, **settings)
+    except AddModelError as exc:
+        print(f"nercc export: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -44,10 +44,12 @@ def onnx_path(name: str, out: Optional[Path] = None) -> Path:
     return root / "1" / "model.onnx"
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = OPSET) -> int:
-    """Export ``model`` (already returning probabilities, in eval mode) to ``path``; returns the file size.
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = OPSET,
+                output_name: str = "probs") -> int:
+    """Export ``model`` (the built-in models: already returning probabilities, in eval mode) to ``path``; returns
+    the file size.
 
-    Input ``input`` / output ``probs``, batch axis dynamic. The file is written to a temporary name and
+    Input ``input`` / output ``output_name`` (``probs``), batch axis dynamic. The file is written to a temporary name and
     moved into place, so a reader (a running Triton) never sees a half-written model.
     """
     import onnx
@@ -64,8 +66,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
         warnings.simplefilter("ignore", category=UserWarning)
         # The TorchScript-based exporter: deterministic single-file output with dynamic_axes, no onnxscript.
         torch.onnx.export(
-            model, (example,), str(tmp), input_names=["input"], output_names=["probs"],
-            dynamic_axes={"input": {0: "batch"}, "probs": {0: "batch"}}, opset_version=opset,
+            model, (example,), str(tmp), input_names=["input"], output_names=[output_name],
+            dynamic_axes={"input": {0: "batch"}, output_name: {0: "batch"}}, opset_version=opset,
             do_constant_folding=True, dynamo=False,
         )
     onnx.checker.check_model(str(tmp))
@@ -81,14 +83,18 @@ def ort_session(path: Path, threads: int = 0):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def check_ort_matches_torch(model: nn.Module, path: Path, x: np.ndarray, tolerance: float = ORT_TOLERANCE) -> float:
-    """Max abs difference between torch and onnxruntime probabilities on ``x``; raise when over ``tolerance``."""
+def check_ort_matches_torch(model: nn.Module, path: Path, x: np.ndarray, tolerance: float = ORT_TOLERANCE,
+                            output_name: str = "probs", relative: bool = False) -> float:
+    """Max abs difference between torch and onnxruntime outputs on ``x``; raise when over ``tolerance`` (times
+    the largest output magnitude, at least 1, when ``relative``: logits and regression outputs are not in [0, 1])."""
     model.eval()
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     session = ort_session(path)
-    (got,) = session.run(["probs"], {"input": x})
+    (got,) = session.run([output_name], {"input": x})
     diff = float(np.max(np.abs(got - expected)))
+    if relative:
+        tolerance = tolerance * max(1.0, float(np.max(np.abs(expected))))
     if not diff <= tolerance:
         raise RuntimeError(f"{path}: onnxruntime differs from torch by {diff:.3g} > {tolerance:g}")
     return diff
