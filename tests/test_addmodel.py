@@ -154,21 +154,20 @@ def test_add_model_writes_the_model_folder(added, user_model):
     assert re.search(r"^1\s+\S+±\S+\s+\S+±\S+\s+\S+±\S+\s+\d\.\d{4}", out, re.M), out
 
 
-def test_demo_on_the_added_model(added):
+def test_demo_on_the_added_model(added, tmp_path):
     """`nercc demo --model X` runs every scheme on a real cluster serving the user's model: a table."""
     repository, _ = added
+    saved = tmp_path / "demo.json"
     run = nercc("demo", "--model", "user_mlp", "--workers", 4, "--inputs", 2, "--batches", 12, "--warmup", 2,
-                "--straggler", "none", "--deadline-ms", 500, "--schemes", "uncoded,nercc,bacc",
+                "--straggler", "none", "--deadline-ms", 500, "--schemes", "uncoded,nercc,bacc", "--save", saved,
                 repository=repository)
     assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-2000:]
-    rows = {line.split()[0]: line.split() for line in run.stdout.splitlines()
-            if line.strip().split(" ")[0] in ("uncoded", "nercc", "bacc")}
+    assert "user_mlp: N=4 workers, K=2" in run.stdout  # the printed table's title
+    rows = {row["scheme"]: row for row in json.loads(saved.read_text())["table"]}  # the same table, saved
     assert set(rows) == {"uncoded", "nercc", "bacc"}, run.stdout
-    # columns from the right (latency cells may carry an interval): ... MSE RelAcc compute answers late failed
-    # encode fan-out decode
-    assert float(rows["uncoded"][-9]) == 0.0  # MSE: uncoded answers are f itself
+    assert float(rows["uncoded"]["MSE"]) == 0.0  # uncoded answers are f itself
     for scheme in ("nercc", "bacc"):
-        mse, rel_acc, failed = float(rows[scheme][-9]), float(rows[scheme][-8]), int(rows[scheme][-4])
+        mse, rel_acc, failed = float(rows[scheme]["MSE"]), float(rows[scheme]["RelAcc"]), int(rows[scheme]["failed"])
         assert np.isfinite(mse) and 0 < rel_acc <= 1.5 and failed == 0, rows[scheme]
     # logits are not probabilities: no answer was refused by the (0, 1) range check
     assert "outside [0, 1]" not in run.stdout + run.stderr
