@@ -168,3 +168,24 @@ def test_byzantine_benchmark_robust_decoding(lenet, tmp_path, capsys):
         assert large["located_fraction"] == 1.0
         assert large["score_p5_p50"][0] > 100 * row["clean_score_p50_p95_p99"][2]
         assert 0.0 <= row["attacks"]["dirichlet"]["located_fraction"] <= 1.0
+
+
+def test_accuracy_systematic_columns(lenet, tmp_path):
+    """`nercc bench accuracy --systematic` at N = 12, K = 4: systematic next to plain, S = 0 exact."""
+    args = _args(accuracy.configure, ["--model", MODEL, "--workers", "12", "--inputs", "4", "--stragglers", "0,2",
+                                      "--trials", "60", "--seed", "0", "--no-tune", "--quiet", "--systematic",
+                                      "--out", str(tmp_path)])
+    assert accuracy.main(args) == 0
+    data = json.loads((tmp_path / "accuracy_lenet5_N12_K4.json").read_text())
+    assert data["command"].endswith("--systematic") and set(data["lams_systematic"]) == {"0", "2"}
+    zero, two = data["results"]["0"], data["results"]["2"]
+    for name in ("nercc-sys", "bacc-sys"):
+        # no straggler: every prediction is its own worker's answer, bit-exact
+        assert zero[name]["mse_mean"] == 0.0 and zero[name]["relacc_mean"] == pytest.approx(1.0, abs=0)
+        assert zero[name]["recovered_mse"] is None and zero[name]["exact_batches"] == 1.0
+        assert 0 < two[name]["recovered_fraction"] < 0.5 and two[name]["recovered_mse"] > 0
+    # recovered inputs are only those whose systematic worker straggled: 2 of 12 stragglers hit ~1/6 of them
+    assert two["nercc-sys"]["recovered_fraction"] == pytest.approx(2 / 12, abs=0.06)
+    assert two["nercc-sys"]["mse_mean"] < two["nercc"]["mse_mean"]  # most inputs exact
+    rows = list(csv.DictReader((tmp_path / "accuracy_lenet5_N12_K4.csv").open()))
+    assert {r["scheme"] for r in rows} == {"BACC", "NeRCC-0", "NeRCC", "BACC-sys", "NeRCC-sys"}

@@ -24,7 +24,7 @@ def sys_schemes(k, n):
 
 
 @pytest.mark.parametrize("k,n", SETTINGS)
-@pytest.mark.parametrize("geometry", ["interleaved", "interleaved-ends"])
+@pytest.mark.parametrize("geometry", ["near", "near:0.4", "interleaved", "interleaved-ends"])
 def test_points_contain_the_alphas_exactly(k, n, geometry):
     betas, workers = systematic_points(k, n, geometry)
     assert betas.shape == (n,) and np.all(np.diff(betas) > 0)
@@ -35,8 +35,8 @@ def test_points_contain_the_alphas_exactly(k, n, geometry):
 
 def test_interleaved_is_first_kind_chebyshev_when_n_over_k_is_odd():
     for k, n in [(4, 12), (3, 9), (20, 100), (5, 15)]:
-        np.testing.assert_allclose(systematic_points(k, n)[0], chebyshev_first(n), atol=1e-15)
-        np.testing.assert_allclose(systematic_points(k, n, "chebyshev1")[0], systematic_points(k, n)[0], atol=1e-15)
+        np.testing.assert_allclose(systematic_points(k, n, "interleaved")[0], chebyshev_first(n), atol=1e-15)
+        np.testing.assert_allclose(systematic_points(k, n, "chebyshev1")[0], chebyshev_first(n), atol=1e-15)
     betas = systematic_points(4, 12, "interleaved-ends")[0]
     assert (betas[0], betas[-1]) == (-1.0, 1.0)
 
@@ -50,6 +50,18 @@ def test_geometry_errors():
         systematic_points(5, 12, "chebyshev2")  # both sets go through 0
     with pytest.raises(ValueError, match="geometry must be one of"):
         make_scheme(NERCC_SYS_NAME, 4, 12, geometry="nope")
+    with pytest.raises(ValueError, match="needs 0 < T < 1"):
+        systematic_points(4, 12, "near:1.5")
+
+
+def test_near_puts_parity_points_beside_each_alpha():
+    betas, workers = systematic_points(4, 12, "near")
+    alphas = chebyshev_first(4)
+    parity = np.delete(betas, workers)
+    # each parity point is closer to its nearest alpha than a tenth of the alphas' spacing in angle allows
+    gap = np.abs(np.arccos(-parity)[:, None] - np.arccos(-alphas)[None, :]).min(axis=1)
+    assert np.all(gap <= 0.1 * np.pi / 8 + 1e-12) and np.allclose(betas, -betas[::-1])
+    assert SYSTEMATIC_GEOMETRIES[0] == "near" and SystematicNeRCC(4, 12).geometry == "near"
 
 
 @pytest.mark.parametrize("cls", [SystematicNeRCC, SystematicBACC])

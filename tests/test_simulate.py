@@ -260,7 +260,9 @@ def test_cli_simulate_writes_a_loadtest_shaped_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.load(open(tmp_path / "summary.json"))
     schemes = data["profiles"]["bimodal"]["schemes"]
-    assert set(schemes) == {"uncoded", "replication", "hedged", "bacc", "nercc"}
+    assert set(schemes) == {"uncoded", "replication", "hedged", "bacc", "nercc", "bacc-sys", "nercc-sys"}
+    assert schemes["nercc"]["policy"] == "first:60" and schemes["nercc-sys"]["policy"] == "first:60"
+    assert schemes["nercc-sys"]["rel_acc"] is not None and 0 <= schemes["nercc-sys"]["exact_batches"] < 0.05
     for row in schemes.values():
         for key in ("p50_ms", "p99_ms", "p99.9_ms", "rel_acc", "compute_per_input"):
             assert key in row

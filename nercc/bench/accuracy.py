@@ -45,14 +45,18 @@ from nercc.bench.experiment import (
 )
 from nercc.coding import BACC, CodedSetting, CodingScheme, NeRCC, make_scheme, profile_entry
 from nercc.coding import SCHEMES as SCHEME_REGISTRY
-from nercc.coding.registry import NERCC0_NAME
+from nercc.coding.registry import BACC_SYS_NAME, NERCC0_NAME, NERCC_SYS_NAME
 
 #: NeRCC with lam_enc = lam_dec = 0 (natural cubic interpolation), compared next to the tuned NeRCC.
 NERCC0 = NERCC0_NAME
-#: Variant keys in result files, in display order, and their names in tables and plots.
-SCHEMES = (BACC.name, NERCC0, NeRCC.name)
+#: The plain variants (the paper's Table 1) and the systematic ones (issue 17), as keys in result files.
+PLAIN_VARIANTS = (BACC.name, NERCC0, NeRCC.name)
+SYSTEMATIC_VARIANTS = (BACC_SYS_NAME, NERCC_SYS_NAME)
+#: Variant keys in result files, in display order, and their names in tables and plots (the plain ones: Table 1).
+SCHEMES = PLAIN_VARIANTS
 SCHEME_LABELS = {BACC.name: SCHEME_REGISTRY[BACC.name].label, NERCC0: "NeRCC-0",
-                 NeRCC.name: SCHEME_REGISTRY[NeRCC.name].label}
+                 NeRCC.name: SCHEME_REGISTRY[NeRCC.name].label,
+                 **{name: SCHEME_REGISTRY[name].label for name in SYSTEMATIC_VARIANTS}}
 
 #: Default settings per model, used by `nercc bench accuracy/all` when an option is not given.
 #: LeNet5: 500 trials x K = 20 uses each of the 10,000 MNIST test images exactly once.
@@ -94,19 +98,21 @@ class Smoothing:
 
 
 def resolve_smoothing(info, n_inputs: int, n_workers: int, n_stragglers: int, tune_missing: bool,
-                      seed: int, threads: int, progress: bool) -> Smoothing:
-    """Tuned (lam_enc, lam_dec) for (K, N, S): the profile's exact entry, read as serving reads it
-    (:class:`nercc.coding.CodedSetting` with N - S answers), else a tuning run on held-out inputs (not saved)."""
+                      seed: int, threads: int, progress: bool, scheme: str = NeRCC.name) -> Smoothing:
+    """Tuned (lam_enc, lam_dec) of ``scheme`` (nercc or nercc-sys) for (K, N, S): the profile's exact entry, read
+    as serving reads it (:class:`nercc.coding.CodedSetting` with N - S answers), else a tuning run on held-out
+    inputs (not saved)."""
     from nercc.profiles import load_profile
 
     profile = load_profile(info.dir)
-    entry = profile_entry(profile, n_inputs, n_workers, n_stragglers)
+    entry = profile_entry(profile, n_inputs, n_workers, n_stragglers, scheme)
     if entry is None and tune_missing:
         from nercc.bench.tune import tune_setting
 
-        tuned = tune_setting(info, n_inputs, n_workers, n_stragglers, seed=seed, threads=threads, progress=progress)
+        tuned = tune_setting(info, n_inputs, n_workers, n_stragglers, seed=seed, threads=threads, progress=progress,
+                             scheme=scheme)
         return Smoothing(tuned["lam_enc"], tuned["lam_dec"], "tuned on the fly (held-out inputs, not saved)")
-    setting = CodedSetting.from_profile(profile, NeRCC.name, n_inputs, n_workers, n_stragglers)
+    setting = CodedSetting.from_profile(profile, scheme, n_inputs, n_workers, n_stragglers)
     lam_dec = setting.lam_dec_for(n_workers - n_stragglers)
     if entry is None:
         return Smoothing(setting.lam_enc, lam_dec,
@@ -114,17 +120,23 @@ def resolve_smoothing(info, n_inputs: int, n_workers: int, n_stragglers: int, tu
     return Smoothing(setting.lam_enc, lam_dec, "profile", dict(entry.get("lam_dec_by_arrived") or {}))
 
 
-def smoothing_per_count(args, info, stragglers: Sequence[int], n_inputs: int, n_workers: int) -> Dict[int, Smoothing]:
-    """Tuned NeRCC's smoothing at every straggler count: from the command line, else :func:`resolve_smoothing`."""
+def smoothing_per_count(args, info, stragglers: Sequence[int], n_inputs: int, n_workers: int,
+                        scheme: str = NeRCC.name) -> Dict[int, Smoothing]:
+    """Tuned NeRCC's (or systematic NeRCC's) smoothing at every straggler count: from the command line, else
+    :func:`resolve_smoothing`."""
     if args.lam_enc is not None or args.lam_dec is not None:
         given = Smoothing(args.lam_enc or 0.0, args.lam_dec or 0.0, "given on the command line")
         return {s: given for s in stragglers}
     return {s: resolve_smoothing(info, n_inputs, n_workers, s, tune_missing=not args.no_tune, seed=args.seed,
-                                 threads=args.threads, progress=not args.quiet) for s in stragglers}
+                                 threads=args.threads, progress=not args.quiet, scheme=scheme) for s in stragglers}
 
 
-def variant_scheme(variant: str, n_inputs: int, n_workers: int, smoothing: Smoothing) -> CodingScheme:
-    """The coding scheme behind a result-file variant: BACC, NeRCC-0, or NeRCC with the tuned smoothing."""
+def variant_scheme(variant: str, n_inputs: int, n_workers: int, smoothing) -> CodingScheme:
+    """The coding scheme behind a result-file variant: BACC, NeRCC-0, NeRCC with the tuned smoothing, or their
+    systematic versions. ``smoothing``: a :class:`Smoothing`, or a dict variant -> Smoothing (nercc-sys has its
+    own tuned lams; missing: NeRCC's)."""
+    if isinstance(smoothing, dict):
+        smoothing = smoothing.get(variant, smoothing.get(NeRCC.name))
     if variant == NERCC0:
         return make_scheme(NeRCC.name, n_inputs, n_workers, 0.0, 0.0)
     return make_scheme(variant, n_inputs, n_workers, smoothing.lam_enc, smoothing.lam_dec)
@@ -134,11 +146,14 @@ def variant_scheme(variant: str, n_inputs: int, n_workers: int, smoothing: Smoot
 
 
 def _variants(stragglers: Sequence[int], n_inputs: int, n_workers: int, smoothing: Dict[int, Smoothing],
-              desc: str, progress: bool):
-    """(S, variant, its coding scheme) for every straggler count and compared variant, under a progress bar."""
+              desc: str, progress: bool, variants: Sequence[str] = PLAIN_VARIANTS):
+    """(S, variant, its coding scheme) for every straggler count and compared variant, under a progress bar.
+
+    ``smoothing[S]``: plain NeRCC's Smoothing, or a dict variant -> Smoothing (systematic NeRCC's own lams)."""
     from nercc.progress import progress_bar
 
-    bar = progress_bar([(s, name) for s in stragglers for name in SCHEMES], desc=desc, unit="scheme",
+    variants = [v for v in variants if v not in SYSTEMATIC_VARIANTS or n_workers > n_inputs]
+    bar = progress_bar([(s, name) for s in stragglers for name in variants], desc=desc, unit="scheme",
                disable=not progress, file=sys.stderr)
     for s, name in bar:
         bar.set_postfix_str(f"S={s} {SCHEME_LABELS[name]}")
@@ -161,11 +176,15 @@ def _score_row(scores: Dict[str, np.ndarray], base_acc: float) -> dict:
 
 def run_benchmark(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, stragglers: Sequence[int],
                   smoothing: Dict[int, Smoothing], n_trials: int, seed: int, batch_size: int,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, variants: Sequence[str] = PLAIN_VARIANTS) -> dict:
     """The benchmark core (no file I/O): returns the ``results`` and ``base`` parts of the JSON.
 
-    ``smoothing[S]`` gives tuned NeRCC's lams at S. All schemes see the same trials and arrived sets.
+    ``smoothing[S]`` gives tuned NeRCC's lams at S (or a dict variant -> Smoothing). All schemes see the same
+    trials and arrived sets. Systematic variants also report the recovered inputs (those whose own worker
+    straggled): ``recovered_mse`` (pooled), ``recovered_relacc``, ``recovered_fraction``, ``exact_batches``.
     """
+    from nercc.bench.systematic import summarize, systematic_scores
+
 
     if n_inputs < 2 or n_workers < n_inputs:
         raise ValueError(f"need 2 <= K <= N, got K = {n_inputs}, N = {n_workers}")
@@ -174,8 +193,13 @@ def run_benchmark(f: Model, inputs: Inputs, n_inputs: int, n_workers: int, strag
     trials = Trials.draw(f, inputs, n_inputs, n_trials, seed, batch_size, progress)
     base_acc = float(np.mean(trials.base_top1 == trials.labels))
     results: Dict[str, dict] = {}
-    for s, name, scheme in _variants(stragglers, n_inputs, n_workers, smoothing, "decode", progress):
-        row = _score_row(trials.score(scheme, straggler_sets(n_workers, s, n_trials, seed)), base_acc)
+    for s, name, scheme in _variants(stragglers, n_inputs, n_workers, smoothing, "decode", progress, variants):
+        arrived = straggler_sets(n_workers, s, n_trials, seed)
+        row = _score_row(trials.score(scheme, arrived), base_acc)
+        if scheme.systematic:
+            rec = summarize(systematic_scores(scheme, trials, arrived), n_inputs, base_acc)
+            row.update({key: rec[key] for key in ("recovered_mse", "recovered_relacc", "recovered_inputs",
+                                                  "recovered_fraction", "exact_batches")})
         if isinstance(scheme, NeRCC):
             row["lam_enc"], row["lam_dec"] = scheme.lam_enc, scheme.lam_dec
         results.setdefault(str(s), {})[name] = row
@@ -211,11 +235,13 @@ def write_results(report: dict, out_dir: Path) -> Tuple[Path, Path]:
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     columns = ["model", "N", "K", "S", "scheme", "mse_mean", "mse_std", "relacc_mean", "relacc_std",
                "acc_mean", "agreement_mean", "lam_enc", "lam_dec", "trials", "seed"]
+    if any(name in by for by in report["results"].values() for name in SYSTEMATIC_VARIANTS):
+        columns += ["recovered_mse", "recovered_relacc", "recovered_fraction", "exact_batches"]
     with open(csv_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for s, by_scheme in report["results"].items():
-            for name in SCHEMES:
+            for name in [n for n in PLAIN_VARIANTS + SYSTEMATIC_VARIANTS if n in by_scheme]:
                 row = by_scheme[name]
                 writer.writerow({"model": report["model"], "N": report["N"], "K": report["K"], "S": s,
                                  "scheme": SCHEME_LABELS[name], "trials": report["trials"], "seed": report["seed"],
@@ -240,7 +266,38 @@ def format_table(report: dict) -> str:
         rows.append([s] + [_mse_cell(row[n]) for n in SCHEMES] + rel + [f"{ratio:.3f}"])
     title = (f"{report['model']}  N={report['N']} K={report['K']} trials={report['trials']} "
              f"base accuracy {report['base_accuracy']:.4f}")
-    return title + "\n" + tables.format_table(rows, header)
+    text = title + "\n" + tables.format_table(rows, header)
+    if any(n in row for row in report["results"].values() for n in SYSTEMATIC_VARIANTS):
+        text += "\n" + format_systematic_table(report)
+    return text
+
+
+def format_systematic_table(report: dict) -> str:
+    """Systematic next to plain, per S: whole-batch MSE / RelAcc, the recovered inputs' MSE / RelAcc, their
+    share, batches with no input recovered, and recovered-input MSE / plain NeRCC's per-input MSE."""
+    header = ["S", "NeRCC MSE", "NeRCC RelAcc"]
+    for n in SYSTEMATIC_VARIANTS:
+        label = SCHEME_LABELS[n]
+        header += [f"{label} MSE", f"{label} RelAcc", f"{label} rec MSE", f"{label} rec RelAcc"]
+    header += ["recovered share", "exact batches", "NeRCC-sys rec / NeRCC"]
+    rows = []
+    for s, row in report["results"].items():
+        plain = row[NeRCC.name]
+        cells = [s, f"{plain['mse_mean']:.5f}", f"{plain['relacc_mean']:.4f}"]
+        for n in SYSTEMATIC_VARIANTS:
+            r = row.get(n)
+            if r is None:
+                cells += ["-"] * 4
+                continue
+            cells += [f"{r['mse_mean']:.5f}", f"{r['relacc_mean']:.4f}",
+                      f"{r['recovered_mse']:.5f}" if r.get("recovered_mse") is not None else "-",
+                      f"{r['recovered_relacc']:.4f}" if r.get("recovered_relacc") is not None else "-"]
+        sys_row = row.get(NERCC_SYS_NAME) or {}
+        rec = sys_row.get("recovered_mse")
+        cells += [f"{sys_row.get('recovered_fraction', 0):.3f}", f"{sys_row.get('exact_batches', 0):.3f}",
+                  f"{rec / plain['mse_mean']:.2f}" if rec is not None and plain["mse_mean"] else "-"]
+        rows.append(cells)
+    return "systematic vs plain (rec = the inputs whose own worker straggled)\n" + tables.format_table(rows, header)
 
 
 # --------------------------------------------------------------------------------------------- command
@@ -264,6 +321,9 @@ def configure(parser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON and CSV")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--systematic", action="store_true",
+                        help="also score systematic BACC and NeRCC (nercc-sys with its own tuned lams): whole batches "
+                             "and the recovered inputs, next to the plain schemes")
     parser.add_argument("--byzantine", "-A", type=int, default=0, metavar="A",
                         help="instead of the straggler sweep: A arrived workers answer finite wrong values; "
                              "report MSE clean / straggling / Byzantine with and without robust decoding")
@@ -326,8 +386,13 @@ def run(args) -> dict:
     prepared = _prepare(args)
     cfg, info, inputs, smoothing = prepared.cfg, prepared.info, prepared.inputs, prepared.smoothing
     K, N, T = cfg["n_inputs"], cfg["n_workers"], cfg["trials"]
+    variants = PLAIN_VARIANTS
+    if getattr(args, "systematic", False):
+        variants = PLAIN_VARIANTS + SYSTEMATIC_VARIANTS
+        sys_smoothing = smoothing_per_count(args, info, cfg["stragglers"], K, N, scheme=NERCC_SYS_NAME)
+        smoothing = {s: {NeRCC.name: smoothing[s], NERCC_SYS_NAME: sys_smoothing[s]} for s in cfg["stragglers"]}
     core = run_benchmark(prepared.f, inputs, K, N, cfg["stragglers"], smoothing, T, args.seed, prepared.batch_size,
-                         not args.quiet)
+                         not args.quiet, variants)
     report = {
         "model": info.name, "dataset": info.dataset, "trained": bool(info.trained), "weights": info.weights,
         "N": N, "K": K, "trials": T, "seed": args.seed, "stragglers": cfg["stragglers"],
@@ -339,7 +404,10 @@ def run(args) -> dict:
             "relacc": "accuracy of argmax(y_hat) on a trial / accuracy of f on all T*K evaluation inputs",
             "agreement": "fraction of inputs where argmax(y_hat) equals f's own top-1",
         },
-        "lams": {str(s): choice.to_json() for s, choice in smoothing.items()},
+        "lams": {str(s): (choice[NeRCC.name] if isinstance(choice, dict) else choice).to_json()
+                 for s, choice in smoothing.items()},
+        **({"lams_systematic": {str(s): choice[NERCC_SYS_NAME].to_json() for s, choice in smoothing.items()}}
+           if variants != PLAIN_VARIANTS else {}),
         **core,
         "base_accuracy_reference": (info.accuracy or {}).get("top1"),
         "seconds": round(time.perf_counter() - prepared.started, 1),
@@ -356,6 +424,8 @@ def extra_flags(args) -> List[str]:
         out += ["--lam-dec", repr(args.lam_dec)]
     if args.no_tune:
         out.append("--no-tune")
+    if getattr(args, "systematic", False):
+        out.append("--systematic")
     return out
 
 

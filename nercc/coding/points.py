@@ -31,9 +31,10 @@ def chebyshev_second(n_points: int) -> np.ndarray:
 
 
 #: Geometries of the systematic worker points (see :func:`systematic_points`); the first is the default.
-SYSTEMATIC_GEOMETRIES = ("interleaved", "interleaved-ends", "chebyshev2", "chebyshev1", "near")
-#: ``near``: the outermost parity point of an alpha sits this fraction of the half-gap pi/(2K) away (in angle)
-NEAR_OFFSET = 0.25
+SYSTEMATIC_GEOMETRIES = ("near", "interleaved", "interleaved-ends", "chebyshev2", "chebyshev1")
+#: ``near``: the outermost parity point of an alpha sits this fraction of the half-gap pi/(2K) away (in angle);
+#: 0.1 measured best of 0.1 / 0.25 / 0.5 (docs/coding.md, `nercc bench geometry`)
+NEAR_OFFSET = 0.1
 
 
 def _parse_geometry(geometry) -> tuple:
@@ -83,6 +84,9 @@ def systematic_points(n_inputs: int, n_workers: int, geometry: str = SYSTEMATIC_
     ``betas[systematic_workers[k]] == chebyshev_first(K)[k]`` exactly (the same float), and the K worker
     indices ascending. The parity points are:
 
+    ``near`` (default) / ``near:T``
+        Every alpha gets about (N - K)/K parity points close beside it (see below). Measured best for the
+        recovered inputs (docs/coding.md): a late systematic worker leaves near-copies of its input behind.
     ``interleaved``
         In the angle :math:`\theta` of :math:`x = -\cos\theta` the alphas sit at
         :math:`\theta_k = (2k-1)\pi/(2K)`, so they cut :math:`[0, \pi]` into K - 1 inner gaps of width
@@ -97,7 +101,7 @@ def systematic_points(n_inputs: int, n_workers: int, geometry: str = SYSTEMATIC_
         with an alpha (e.g. K and N - K both odd put both sets through 0).
     ``chebyshev1``
         ``chebyshev_first(N)``, which contains the alphas exactly when N/K is an odd integer (else a ValueError).
-    ``near`` / ``near:T``
+    ``near`` / ``near:T`` in detail
         Every alpha gets about (N - K)/K parity points close beside it (extras spread evenly over the alphas),
         on alternating sides, the outermost at angle :math:`\theta_k \pm T\,\pi/(2K)` (T = ``NEAR_OFFSET``
         by default) and the others evenly inside: near-copies of each input, so that a late systematic

@@ -26,8 +26,8 @@ from nercc.coding.registry import CODED_SCHEMES, HEDGED, SYSTEMATIC_SCHEMES
 from nercc.paths import display_path
 from nercc.simulate.model import DEFAULT_CALIBRATION, SCHEMES
 
-#: the simulator has no accuracy model for the systematic schemes yet (issue 17): not in the default run
-SIMULATED_SCHEMES = tuple(s for s in SCHEMES if s not in SYSTEMATIC_SCHEMES)
+#: every scheme of the registry (systematic ones: their accuracy tables need `nercc bench accuracy --systematic`)
+SIMULATED_SCHEMES = tuple(SCHEMES)
 
 VALIDATED = ("p50_ms", "p99_ms", "p99.9_ms")
 SIM_BATCHES = 20_000  # simulated batches per scheme
@@ -37,6 +37,18 @@ MEASURE_BATCHES = 600  # real batches per scheme (--measure): ~1 minute at 10 ba
 def default_policy(n_workers: int) -> str:
     """first:M with M = N - N // 3: the loadtest's first:8 at N = 12."""
     return f"first:{max(2, n_workers - n_workers // 3)}"
+
+
+def exact_policy_for(policy: str, n_workers: int, service) -> str:
+    """The systematic schemes' policy beside a plain coded ``policy``: exact:M@T with the same M (first:M's, else
+    N - N // 3) and T = the calibrated p99 of one worker round trip (by then every answer that is not a
+    straggler has come)."""
+    from nercc.policy import parse_policy
+
+    parsed = parse_policy(policy, n_workers)
+    m = parsed.m if parsed.m is not None else max(2, n_workers - n_workers // 3)
+    t = service.one_request_quantile(0.99, "coded")
+    return f"exact:{m}@{t:.1f}"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +66,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"comma list of {', '.join(SIMULATED_SCHEMES)}")
     parser.add_argument("--policy", default=None,
                         help="coded wait policy: deadline | first:M | all (default first:M, M = N - N//3)")
+    parser.add_argument("--exact-policy", default=None,
+                        help="systematic schemes' policy, e.g. exact:M@T (default: --policy; measured at N = 100, "
+                             "p = 0.3 in docs/simulate.md)")
     parser.add_argument("--deadline-ms", type=float, default=30.0, help="end-to-end deadline (default 30)")
     parser.add_argument("--hard-timeout-ms", type=float, default=2000.0, help="(default 2000)")
     parser.add_argument("--hedge-ms", type=float, default=None,
@@ -113,7 +128,10 @@ def _profile_name(straggler) -> str:
 def run_simulation(n_workers: int, n_inputs: int, straggler: str, rate: float, n_batches: int,
                    schemes: List[str], policy: str, deadline_ms: float, hard_timeout_ms: float,
                    hedge_ms: Optional[float], model: str, calibration, engine: str, seed: int,
-                   progress: bool = True, independent: bool = False) -> Dict[str, Dict]:
+                   progress: bool = True, independent: bool = False,
+                   exact_policy: Optional[str] = None) -> Dict[str, Dict]:
+    """``policy`` for the plain coded schemes; ``exact_policy`` for the systematic ones (None: the same
+    ``policy``; `exact:M@T` is theirs alone, :func:`exact_policy_for` gives one)."""
     from nercc.progress import progress_bar
     from nercc.simulate.core import simulate
     from nercc.simulate.model import AccuracyTable, CodingCost, ServiceModel, SimSettings
@@ -126,9 +144,12 @@ def run_simulation(n_workers: int, n_inputs: int, straggler: str, rate: float, n
         if scheme in CODED_SCHEMES:
             cost.measure(scheme, n_workers, n_inputs)
     out = {}
+    if exact_policy is None:
+        exact_policy = policy
     for scheme in progress_bar(schemes, desc="simulate", disable=not progress, leave=False):
         settings = SimSettings(scheme, n_workers, n_inputs, straggler, rate=rate, n_batches=n_batches,
-                               policy=policy, deadline_ms=deadline_ms, hard_timeout_ms=hard_timeout_ms,
+                               policy=exact_policy if scheme in SYSTEMATIC_SCHEMES else policy,
+                               deadline_ms=deadline_ms, hard_timeout_ms=hard_timeout_ms,
                                hedge_ms=hedge_ms, seed=seed)
         out[scheme] = simulate(settings, service, accuracy, engine=engine, cost=cost)
     return out
@@ -218,7 +239,7 @@ def main(args) -> int:
         results = run_simulation(n, k, straggler, rate, args.batches, schemes, policy, deadline,
                                  args.hard_timeout_ms, args.hedge_ms, args.model,
                                  args.calibration, args.engine, args.seed,
-                                 independent=args.independent_round_trips)
+                                 independent=args.independent_round_trips, exact_policy=args.exact_policy)
         seconds = time.perf_counter() - t0
     except (ValueError, FileNotFoundError) as exc:
         print(f"nercc simulate: {exc}", file=sys.stderr)
@@ -229,6 +250,8 @@ def main(args) -> int:
         "settings": {"simulated": True, "engine": args.engine, "model": args.model, "n_workers": n,
                      "n_inputs": k, "offered_batches_per_s": rate, "batches": args.batches,
                      "deadline_ms": deadline, "hard_timeout_ms": args.hard_timeout_ms, "coded_policy": policy,
+                     "systematic_policy": {s: r.get("policy") for s, r in results.items()
+                                           if s in SYSTEMATIC_SCHEMES} or None,
                      "replication_copies": n // k, "calibration": display_path(args.calibration or DEFAULT_CALIBRATION),
                      "round_trips": "independent" if args.independent_round_trips else "per real batch",
                      "seed": args.seed, "seconds": round(seconds, 2)},
