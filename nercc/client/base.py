@@ -535,13 +535,15 @@ class ClientBase:
         state.hedge_ms = hedge_ms  # reported as given (hedge_t - t_fanout would round)
         return state
 
-    def _prebuild_decoders(self, max_sets: int = PREBUILD_MAX_SETS) -> int:
+    def _prebuild_decoders(self, max_sets: int = PREBUILD_MAX_SETS, k: int | None = None) -> int:
         """Coded ``first:M``: build the decoding matrix (and the robust decoder's leave-one-out operator) of
         every M-of-N arrived set now, at warm-up, when there are at most ``max_sets`` of them; returns how
         many. ``first:M@T`` and ``exact:M@T`` decode from M to N answers: every size from N down, while the
         sets fit.
-        A miss costs a batch a few spline fits (~2.5 ms of CPU, NeRCC N = 12) on its critical path."""
-        if not self.coded or self.policy_kind not in ("first", "exact") or self.n_inputs is None:
+        A miss costs a batch a few spline fits (~2.5 ms of CPU, NeRCC N = 12) on its critical path.
+        ``k``: for K inputs (default ``n_inputs``; a client taking any K, such as the coded endpoint, names it)."""
+        k = self.n_inputs if k is None else int(k)
+        if not self.coded or self.policy_kind not in ("first", "exact") or k is None:
             return 0
         n, m = self.n_workers, self.policy_m
         sizes = [m] if self.patience_ms is None else list(range(n, m - 1, -1))
@@ -549,11 +551,11 @@ class ClientBase:
         for size in sizes:
             if count + math.comb(n, size) > max_sets:
                 break
-            lam_dec = self.smoothing_params(self.n_inputs, size)[1] if self.setting(self.n_inputs).smoothing else None
-            coding = self.coding_scheme(self.n_inputs, lam_dec)
+            lam_dec = self.smoothing_params(k, size)[1] if self.setting(k).smoothing else None
+            coding = self.coding_scheme(k, lam_dec)
             for arrived in itertools.combinations(range(n), size):
                 coding.decoding_matrix(arrived)
-                if self.robust and size >= 3 and size > self.n_inputs:
+                if self.robust and size >= 3 and size > k:
                     coding.loo_residual_operator(arrived)
                 count += 1
         return count

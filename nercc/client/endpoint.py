@@ -58,8 +58,13 @@ class EndpointClient:
             self._client = grpcclient.InferenceServerClient(self.master_url)
         return self
 
-    async def warmup(self, n_batches: int = 2) -> None:
-        """A few all-zero batches with policy ``all`` (every worker runs once; first runs are slow)."""
+    async def warmup(self, n_batches: int = 2, settle_s: float = 2.0) -> None:
+        """A few all-zero batches with policy ``all`` (every worker runs once; first runs are slow), then as many
+        with this client's own settings, then ``settle_s`` seconds: the endpoint builds the decoders of its
+        ``first:M`` arrived sets in the background after its first batch of a setting (the client's own warm-up
+        builds them before)."""
+        import asyncio
+
         await self.connect()
         meta = await self._client.get_model_metadata(self.endpoint, as_json=True, client_timeout=10.0)
         tensor = meta["inputs"][0]
@@ -67,6 +72,9 @@ class EndpointClient:
         dtype = np.uint8 if tensor["datatype"] == "UINT8" else np.float32
         for _ in range(max(1, int(n_batches))):
             await self._request(np.zeros(shape, dtype), {"policy": "all"})
+        for _ in range(max(1, int(n_batches))):
+            await self._request(np.zeros(shape, dtype))
+        await asyncio.sleep(settle_s)
 
     async def _request(self, batch: np.ndarray, overrides: dict | None = None):
         from tritonclient.grpc import InferInput
