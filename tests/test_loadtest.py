@@ -78,6 +78,22 @@ def test_asyncio_engine_drives_the_coded_endpoint(cluster, tmp_path):
     assert [e["scheme"] for e in events if e.get("event") == "engine"] == ["nercc-server"]
 
 
+def test_locust_drives_the_coded_endpoint(cluster, tmp_path):
+    """The Locust engine's NerccUser with --coded-endpoint: batches go to <model>_coded, logged as nercc-server."""
+    log = tmp_path / "locust_endpoint.jsonl"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(run.LOCUSTFILE), "--headless", "--only-summary",
+        "-u", "2", "-r", "2", "-t", "3s", "--loglevel", "WARNING", "--rate", "5", "--coded-endpoint",
+        "--deadline-ms", "2000", "--policy", "all", "--n-inputs", str(K), "--requests-log", str(log),
+        *_urls(cluster), "NerccUser",
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=run._env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    requests, _ = report.read_log(log)
+    assert requests and all(r["ok"] and r["scheme"] == "nercc-server" for r in requests)
+    assert all(r["arrived"] == list(range(N_WORKERS)) for r in requests)
+
+
 def test_capacity_ramp_finds_a_knee_or_says_it_did_not(cluster, tmp_path):
     log = tmp_path / "ramp.jsonl"
     command = [sys.executable, "-m", "nercc.loadtest.openloop", "--scheme", "nercc", "--ramp", "10,3,90,1",
