@@ -205,6 +205,7 @@ def test_coded_endpoint_and_ensemble_configs(meta):
     assert coded.parameters["worker_urls"].string_value == "w0:8001,w1:8001"
     assert coded.parameters["model_name"].string_value == "lenet5"
     assert configs["lenet5_coded_input"].input[0].data_type == model_config_pb2.TYPE_FP32
+    assert configs["lenet5_coded_input"].instance_group[0].count == 1
     pipeline = configs["lenet5_pipeline"]
     assert pipeline.platform == "ensemble" and [s.model_name for s in pipeline.ensemble_scheduling.step] == [
         "lenet5_preprocess", "lenet5_encoder"]

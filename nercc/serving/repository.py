@@ -273,7 +273,8 @@ def master_configs(
 
     ``master_instances`` model instances (one Python stub process each) serve preprocess and encoder, so that
     concurrent batches do not queue behind one another's encode on a multi-core master; ``coded_instances``
-    serve each coded endpoint (one batch per instance at a time, for its whole wait). ``worker_urls`` (gRPC
+    serve the coded endpoint (one batch per instance at a time, for its whole wait; ``<name>_coded_input``, the
+    ensemble's step, has one). ``worker_urls`` (gRPC
     ``host:port``, worker order) or ``urls_file`` (a ``urls.json``) name the endpoint's workers; neither: the
     master's ``$NERCC_WORKER_URLS`` must.
     """
@@ -306,8 +307,9 @@ def master_configs(
         f"{name}_encode": _master_config(f"{name}_encode", [raw], [coded], params, master_instances, max_batch,
                                          env),
         f"{name}_coded": _coded_config(meta, f"{name}_coded", raw, coded_params, coded_instances, env),
-        f"{name}_coded_input": _coded_config(meta, f"{name}_coded_input", inputs, coded_params, coded_instances,
-                                             env),
+        # one instance: the step of the ensemble for custom preprocessing, not the default path (each instance
+        # is a Python stub with the client loaded, ~80 MiB, in every master)
+        f"{name}_coded_input": _coded_config(meta, f"{name}_coded_input", inputs, coded_params, 1, env),
         f"{name}_pipeline": _ensemble_config(
             f"{name}_pipeline", max_batch, [raw], [coded],
             [(f"{name}_preprocess", {"RAW": "RAW"}, {"INPUT": "preprocessed"}),
