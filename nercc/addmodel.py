@@ -545,7 +545,7 @@ def _install(tmp: Path, dest: Path) -> None:
 def tune_and_report(info, args, stragglers: Sequence[int]) -> None:
     """Tune (lam_enc, lam_dec) per S on the odd-indexed calibration inputs (lam_dec per |F|), save them in
     tuning.json, then print MSE / RelAcc of BACC, NeRCC-0 and tuned NeRCC on the even-indexed ones."""
-    from nercc.bench.accuracy import Smoothing, format_table, run_benchmark
+    from nercc.bench.accuracy import Smoothing, format_table, run_benchmark, write_results
     from nercc.bench.experiment import command_line, default_batch_size, load_inputs
     from nercc.bench.tune import tune_setting
     from nercc.models import OnnxModel
@@ -577,7 +577,12 @@ def tune_and_report(info, args, stragglers: Sequence[int]) -> None:
     f = OnnxModel(info, threads=args.threads)
     core = run_benchmark(f, evaluation, K, N, list(stragglers), smoothing, trials, args.seed,
                          default_batch_size(info.input_dim), progress=not args.quiet)
-    print(format_table({"model": info.name, "N": N, "K": K, "trials": trials, **core}))
+    report = {"model": info.name, "dataset": info.dataset, "N": N, "K": K, "trials": trials, "seed": args.seed,
+              "stragglers": list(stragglers), "eval_split": evaluation.split,
+              "lams": {str(s): choice.to_json() for s, choice in smoothing.items()}, **core}
+    print(format_table(report))
+    # beside the model: `nercc simulate / plan --model X` read their RelAcc tables from it
+    write_results(report, info.dir)
     if not info.classifier:
         print("(regression output: RelAcc does not apply; MSE is the mean squared error of the decoded outputs)")
 

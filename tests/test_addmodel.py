@@ -139,8 +139,9 @@ def test_add_model_writes_the_model_folder(added, user_model):
     repository, out = added
     folder = repository / "user_mlp"
     assert _leftovers(repository) == ["user_mlp"]  # no temporary folder left
-    assert sorted(p.name for p in folder.iterdir()) == ["1", "calibration.npz", "config.pbtxt", "nercc.json",
-                                                         "tuning.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["1", "accuracy_user_mlp_N4_K2.csv",
+                                                         "accuracy_user_mlp_N4_K2.json", "calibration.npz",
+                                                         "config.pbtxt", "nercc.json", "tuning.json"]
     info = read_model_info(folder)
     assert (info.input_name, info.input_shape, info.output_name, info.n_classes) == ("pixels", (8, 8, 1), "logits", 3)
     assert info.output_kind == "logits" and info.raw_dtype == "float32" and info.preprocess is None
@@ -171,6 +172,16 @@ def test_demo_on_the_added_model(added, tmp_path):
         assert np.isfinite(mse) and 0 < rel_acc <= 1.5 and failed == 0, rows[scheme]
     # logits are not probabilities: no answer was refused by the (0, 1) range check
     assert "outside [0, 1]" not in run.stdout + run.stderr
+
+
+def test_plan_reads_the_added_models_accuracy_table(added):
+    """`nercc plan --model X` finds the RelAcc table add-model wrote into the model folder."""
+    repository, _ = added
+    run = nercc("plan", "--model", "user_mlp", "--slo-p99-ms", 50, "--min-relacc", 0.5, "--straggler",
+                "bimodal:p=0.1,slow_ms=40", "--workers", 4, "--overheads", 2, "--answer-fractions", "0.75,1.0",
+                "--deadlines-ms", "20", "--batches", 200, repository=repository)
+    assert run.returncode == 0, run.stderr[-2000:] + run.stdout[-2000:]
+    assert "no user_mlp accuracy table" not in run.stdout + run.stderr
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -350,8 +350,11 @@ class AccuracyTable:
              ) -> Optional[AccuracyTable]:
         """The table at (N, K) if measured, else the nearest N with the same N / K; None if neither exists.
 
-        Looks in ``directory`` (default: bench/results/ and bench/results/scale/accuracy/)."""
-        dirs = [Path(directory)] if directory is not None else [RESULTS_DIR, SCALE_ACCURACY_DIR]
+        Looks in ``directory`` (default: bench/results/, bench/results/scale/accuracy/ and the model's own folder,
+        where `nercc add-model` writes the table of a user's model)."""
+        from nercc.paths import model_dir
+
+        dirs = [Path(directory)] if directory is not None else [RESULTS_DIR, SCALE_ACCURACY_DIR, model_dir(model)]
         for folder in dirs:
             exact = folder / f"accuracy_{model}_N{n_workers}_K{n_inputs}.json"
             if exact.exists():
