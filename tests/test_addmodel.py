@@ -174,6 +174,30 @@ def test_demo_on_the_added_model(added, tmp_path):
     assert "outside [0, 1]" not in run.stdout + run.stderr
 
 
+def test_curl_to_the_added_models_coded_endpoint(added):
+    """The same model's `X_coded` endpoint on the master, called with curl over KServe v2 JSON: K raw (float32)
+    inputs in, K decoded predictions out, close to the model's own logits."""
+    from nercc.models import OnnxModel
+    from nercc.serving import LocalCluster
+
+    repository, _ = added
+    info = read_model_info(repository / "user_mlp")
+    x, _ = make_data(2, seed=4)
+    body = {"inputs": [{"name": "RAW", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+            "parameters": {"scheme": "nercc", "deadline_ms": 2000, "policy": "all"}}
+    with LocalCluster("user_mlp", n_workers=4, model_repository=repository, http=True) as cluster:
+        run = subprocess.run(["curl", "-s", "-X", "POST", f"http://{cluster.master_http_url}/v2/models/user_mlp_coded/"
+                              "infer", "-H", "Content-Type: application/json", "-d", json.dumps(body)],
+                             capture_output=True, text=True, timeout=60)
+    outputs = {o["name"]: o for o in json.loads(run.stdout)["outputs"]}
+    assert outputs["PREDICTIONS"]["shape"] == [2, N_CLASSES]
+    predictions = np.asarray(outputs["PREDICTIONS"]["data"], dtype=np.float32).reshape(2, N_CLASSES)
+    assert outputs["ANSWERS_USED"]["data"] == [4] and outputs["ARRIVED"]["data"] == [0, 1, 2, 3]
+    f_x = OnnxModel(info)(x)
+    assert np.abs(predictions - f_x).max() < 0.5 * np.abs(f_x).max()  # decoded approximations of the logits
+    assert (predictions.argmax(1) == f_x.argmax(1)).all()
+
+
 def test_plan_reads_the_added_models_accuracy_table(added):
     """`nercc plan --model X` finds the RelAcc table add-model wrote into the model folder."""
     repository, _ = added
