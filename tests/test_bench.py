@@ -189,3 +189,26 @@ def test_accuracy_systematic_columns(lenet, tmp_path):
     assert two["nercc-sys"]["mse_mean"] < two["nercc"]["mse_mean"]  # most inputs exact
     rows = list(csv.DictReader((tmp_path / "accuracy_lenet5_N12_K4.csv").open()))
     assert {r["scheme"] for r in rows} == {"BACC", "NeRCC-0", "NeRCC", "BACC-sys", "NeRCC-sys"}
+
+
+def test_geometry_bench_compares_geometries_with_plain(lenet, tmp_path, capsys):
+    from nercc.bench import systematic
+
+    args = _args(systematic.configure, ["--model", MODEL, "--sizes", "4x12", "--stragglers", "2", "--trials", "30",
+                                        "--geometries", "near,chebyshev1,chebyshev2", "--quiet", "--out",
+                                        str(tmp_path)])
+    assert systematic.main(args) == 0
+    data = json.loads((tmp_path / "geometry_lenet5.json").read_text())
+    variants = data["results"]["4x12"]["variants"]
+    assert set(variants) == {"plain", "near", "chebyshev1", "chebyshev2"}
+    for name, row in variants.items():
+        r = row["by_s"]["2"]
+        assert 0 <= r["mse"] < 0.5 and r["relacc"] > 0.9 and r["lam_dec"] >= 0
+        if name == "plain":
+            assert r["recovered_fraction"] == 1.0  # a plain code estimates every input
+        else:
+            assert 0 < r["recovered_fraction"] < 0.4 and r["recovered_mse"] is not None
+    assert "rec/plain" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        _args(systematic.configure, ["--trials", "x"])
+    assert systematic.main(_args(systematic.configure, ["--sizes", "12x4", "--out", str(tmp_path)])) == 2
