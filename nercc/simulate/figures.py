@@ -391,20 +391,24 @@ def _readme_figures(out_dir: Path) -> list:
                   "![p99.9 vs straggler rate](fig_p999_vs_straggler_rate.png)", "",
                   f"p99.9 (ms) vs straggler rate at N = {sw['N']}, K = {sw['K']}, {sw['rate']:g} batches/s, coded "
                   f"`{sw['policy']}`, deadline {sw['deadline_ms']:g} ms:", "",
-                  "| p | " + " | ".join(sw["schemes"]) + " | NeRCC RelAcc |",
-                  "|---|" + "---|" * (len(sw["schemes"]) + 1)]
+                  "| p | " + " | ".join(sw["schemes"]) + " | NeRCC RelAcc | NeRCC-sys RelAcc |",
+                  "|---|" + "---|" * (len(sw["schemes"]) + 2)]
         for i, p in enumerate(sw["p"]):
+            sys_rel = sw["schemes"].get(NERCC_SYS_NAME, [{}] * (i + 1))[i].get("rel_acc")
             lines.append(f"| {p:g} | " + " | ".join(_cell(sw["schemes"][s][i]["p99.9_ms"]) for s in sw["schemes"])
-                         + f" | {sw['schemes']['nercc'][i]['rel_acc']:.4f} |")
+                         + f" | {sw['schemes']['nercc'][i]['rel_acc']:.4f} | {_cell(sys_rel, '{:.4f}')} |")
         ws = res["workers"]
         lines += ["", "![p99.9 vs N](fig_p999_vs_workers.png)", "",
                   f"p99.9 (ms) vs N at N / K = {ws['overhead']}, coded first:{ws['answer_fraction']:g}N, deadline "
-                  f"{ws['deadline_ms']:g} ms (NeRCC RelAcc in brackets):", ""]
+                  f"{ws['deadline_ms']:g} ms (RelAcc in brackets; NeRCC-sys needs an accuracy table with systematic "
+                  "columns, committed at N = 100 only):", ""]
         for p, rows in ws["by_p"].items():
             lines += [f"bimodal p = {p}:", "", "| N | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
             for i, n in enumerate(ws["N"]):
                 cells = [_cell(rows[s][i]["p99.9_ms"]) for s in rows]
-                cells[-1] += f" ({rows['nercc'][i]['rel_acc']:.3f})"
+                for j, s in enumerate(rows):
+                    if s in CODED_SCHEMES and s != BACC_NAME and rows[s][i].get("rel_acc") is not None:
+                        cells[j] += f" ({rows[s][i]['rel_acc']:.3f})"
                 lines.append(f"| {n} | " + " | ".join(cells) + " |")
             lines.append("")
         lines += ["![frontier](fig_frontier_N100.png)", "",
