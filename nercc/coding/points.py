@@ -114,57 +114,14 @@ def systematic_points(n_inputs: int, n_workers: int, geometry: str = SYSTEMATIC_
                          f"workers), got {n}")
     geometry, near_offset = _parse_geometry(geometry)
     alphas = chebyshev_first(k)
-    p = n - k
     if geometry == "chebyshev1":
-        if n % k or (n // k) % 2 == 0:
-            raise ValueError(f"geometry 'chebyshev1' needs N/K to be an odd integer (then the first-kind points "
-                             f"of N contain the alphas), got K = {k}, N = {n}")
-        betas = chebyshev_first(n)
-        m = n // k
-        workers = m // 2 + m * np.arange(k)  # x_{(2k-1)m/2N} in chebyshev_first(N): index (2k-1)m/2 - 1/2
-        betas[workers] = alphas  # the same angles; copy the alphas' exact floats
-        return betas, tuple(int(w) for w in workers)
+        return _chebyshev1_systematic(alphas, n)
     if geometry == "chebyshev2":
-        parity = chebyshev_second(p) if p >= 2 else np.zeros(1)
-        close = np.abs(parity[:, None] - alphas[None, :]).min(axis=1) < 1e-12
-        if close.any():
-            raise ValueError(f"geometry 'chebyshev2' puts a parity point on a data point at K = {k}, N = {n} "
-                             f"(at {parity[close].tolist()}); use another geometry")
+        parity = _chebyshev2_parity(alphas, n)
     elif geometry == "near":
-        theta = np.pi * (2 * np.arange(1, k + 1) - 1) / (2 * k)
-        counts = _apportion(np.ones(k), p)
-        half = np.pi / (2 * k)
-        angles = []
-        for j, c in enumerate(counts):
-            pairs = (c + 1) // 2
-            inward = 1.0 if theta[j] < np.pi / 2 else -1.0  # towards the middle (mirror-symmetric sets)
-            for i in range(c):
-                side = inward if i % 2 == 0 else -inward
-                angles.append(theta[j] + side * near_offset * half * (i // 2 + 1) / pairs)
-        parity = np.sin(np.asarray(angles) - np.pi / 2)
+        parity = _near_parity(k, n - k, near_offset)
     else:
-        theta = np.pi * (2 * np.arange(1, k + 1) - 1) / (2 * k)
-        widths = np.concatenate([[theta[0]], np.diff(theta), [np.pi - theta[-1]]])
-        counts = _apportion(widths, p)
-        angles = []
-        ends = geometry == "interleaved-ends"
-        for g, c in enumerate(counts):
-            if c == 0:
-                continue
-            i = np.arange(1, c + 1)
-            if g == 0:  # from theta_1 towards 0
-                step = theta[0] / (c if ends else c + 0.5)
-                angles.append(theta[0] - i * step)
-            elif g == k:  # from theta_K towards pi
-                step = (np.pi - theta[-1]) / (c if ends else c + 0.5)
-                angles.append(theta[-1] + i * step)
-            else:
-                angles.append(theta[g - 1] + i * (widths[g] / (c + 1)))
-        ang = np.concatenate(angles)
-        parity = np.sin(ang - np.pi / 2)  # -cos(theta), exactly antisymmetric like chebyshev_first
-        if ends:
-            parity[np.isclose(ang, 0.0, atol=1e-12)] = -1.0
-            parity[np.isclose(ang, np.pi, atol=1e-12)] = 1.0
+        parity = _interleaved_parity(k, n - k, ends=geometry == "interleaved-ends")
     betas = np.concatenate([alphas, parity])
     order = np.argsort(betas, kind="stable")
     betas = betas[order]
@@ -172,3 +129,73 @@ def systematic_points(n_inputs: int, n_workers: int, geometry: str = SYSTEMATIC_
         raise ValueError(f"geometry {geometry!r} gives coinciding worker points at K = {k}, N = {n}")
     workers = np.flatnonzero(order < k)
     return betas, tuple(int(w) for w in workers)
+
+
+def _alpha_angles(k: int) -> np.ndarray:
+    """The alphas' angles theta_k = (2k-1) pi / 2K in x = -cos(theta)."""
+    return np.pi * (2 * np.arange(1, k + 1) - 1) / (2 * k)
+
+
+def _chebyshev1_systematic(alphas: np.ndarray, n: int):
+    """``chebyshev_first(N)`` with the alphas' exact floats at their workers (N/K an odd integer)."""
+    k = alphas.size
+    if n % k or (n // k) % 2 == 0:
+        raise ValueError(f"geometry 'chebyshev1' needs N/K to be an odd integer (then the first-kind points "
+                         f"of N contain the alphas), got K = {k}, N = {n}")
+    betas = chebyshev_first(n)
+    m = n // k
+    workers = m // 2 + m * np.arange(k)  # x_{(2k-1)m/2N} in chebyshev_first(N): index (2k-1)m/2 - 1/2
+    betas[workers] = alphas  # the same angles; copy the alphas' exact floats
+    return betas, tuple(int(w) for w in workers)
+
+
+def _chebyshev2_parity(alphas: np.ndarray, n: int) -> np.ndarray:
+    """``chebyshev_second(N - K)``, refused where a point falls on an alpha."""
+    k, p = alphas.size, n - alphas.size
+    parity = chebyshev_second(p) if p >= 2 else np.zeros(1)
+    close = np.abs(parity[:, None] - alphas[None, :]).min(axis=1) < 1e-12
+    if close.any():
+        raise ValueError(f"geometry 'chebyshev2' puts a parity point on a data point at K = {k}, N = {n} "
+                         f"(at {parity[close].tolist()}); use another geometry")
+    return parity
+
+
+def _near_parity(k: int, p: int, near_offset: float) -> np.ndarray:
+    """About p/K parity points beside each alpha, alternating sides, the outermost at theta_k +- T pi/2K."""
+    theta = _alpha_angles(k)
+    counts = _apportion(np.ones(k), p)
+    half = np.pi / (2 * k)
+    angles = []
+    for j, c in enumerate(counts):
+        pairs = (c + 1) // 2
+        inward = 1.0 if theta[j] < np.pi / 2 else -1.0  # towards the middle (mirror-symmetric sets)
+        for i in range(c):
+            side = inward if i % 2 == 0 else -inward
+            angles.append(theta[j] + side * near_offset * half * (i // 2 + 1) / pairs)
+    return np.sin(np.asarray(angles) - np.pi / 2)
+
+
+def _interleaved_parity(k: int, p: int, ends: bool) -> np.ndarray:
+    """p parity points in the gaps between alphas, in proportion to the gaps' angular widths."""
+    theta = _alpha_angles(k)
+    widths = np.concatenate([[theta[0]], np.diff(theta), [np.pi - theta[-1]]])
+    counts = _apportion(widths, p)
+    angles = []
+    for g, c in enumerate(counts):
+        if c == 0:
+            continue
+        i = np.arange(1, c + 1)
+        if g == 0:  # from theta_1 towards 0
+            step = theta[0] / (c if ends else c + 0.5)
+            angles.append(theta[0] - i * step)
+        elif g == k:  # from theta_K towards pi
+            step = (np.pi - theta[-1]) / (c if ends else c + 0.5)
+            angles.append(theta[-1] + i * step)
+        else:
+            angles.append(theta[g - 1] + i * (widths[g] / (c + 1)))
+    ang = np.concatenate(angles)
+    parity = np.sin(ang - np.pi / 2)  # -cos(theta), exactly antisymmetric like chebyshev_first
+    if ends:
+        parity[np.isclose(ang, 0.0, atol=1e-12)] = -1.0
+        parity[np.isclose(ang, np.pi, atol=1e-12)] = 1.0
+    return parity
