@@ -45,7 +45,7 @@ bench: $(STAMP)  ## regenerate bench/results (accuracy tables and figures)
 	$(VENV)/bin/nercc bench all
 
 loadtest: $(STAMP)  ## tail-latency benchmark, bimodal stragglers: calibration, 3 repeats x (Locust + asyncio engines), frontier
-	$(VENV)/bin/nercc loadtest --profile bimodal --repeat 3 --batches 400 --schemes uncoded,replication,hedged,bacc,nercc
+	$(VENV)/bin/nercc loadtest --profile bimodal --repeat 3 --batches 400 --schemes uncoded,replication,hedged,bacc,nercc,nercc-sys
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -22,7 +22,7 @@ def _args(module, argv):
 
 def test_client_cost_smoke(tmp_path, capsys):
     out = tmp_path / "cost.json"
-    rows = "uncoded,replication,hedged,bacc,nercc,nercc-local,nercc-server,uncoded-server"
+    rows = "uncoded,replication,hedged,bacc,nercc,nercc-local,nercc-sys,nercc-server,uncoded-server"
     args = _args(client_cost, ["--workers", "4", "--inputs", "2", "--batches", "6", "--round", "3", "--warmup", "1",
                                "--rows", rows, "--transports", "aio,gevent", "--policy", "all", "--save", str(out)])
     assert client_cost.main(args) == 0
@@ -47,6 +47,8 @@ def test_client_cost_smoke(tmp_path, capsys):
     assert table["nercc"]["requests_per_batch"] == 4 and table["nercc-local"]["requests_per_batch"] == 4
     assert table["nercc-server"]["requests_per_batch"] == 4 and table["uncoded-server"]["requests_per_batch"] == 2
     assert 2 <= table["hedged"]["requests_per_batch"] <= 4
+    # systematic: the K own requests always, the parity ones only when their rows came before the own answers
+    assert 2 <= table["nercc-sys"]["requests_per_batch"] <= 4 and "| nercc-sys@gevent |" in printed
 
 
 def test_client_cost_rejects_bad_settings():

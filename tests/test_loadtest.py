@@ -118,7 +118,8 @@ def test_both_engines_end_to_end_with_calibration_and_frontier(cluster, tmp_path
     """`nercc loadtest --engine both` on given URLs: ramp, chosen load and deadline, both engines, the comparison,
     the new per-scheme fields and the first:M frontier."""
     args = parse("--profile", "none", "--engine", "both", "--workers", str(N_WORKERS), "--inputs", str(K),
-                 "--schemes", "uncoded,nercc", "--ramp", "10,2,20,1", "--batches", "40", "--frontier-batches", "30",
+                 "--schemes", "uncoded,nercc,nercc-sys", "--ramp", "10,2,20,1", "--batches", "40",
+                 "--frontier-batches", "30",
                  "--deadline-factor", "8", "--load-fraction", "0.3", "--out", str(tmp_path), *_urls(cluster))
     assert run.main(args) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -129,6 +130,8 @@ def test_both_engines_end_to_end_with_calibration_and_frontier(cluster, tmp_path
     assert st["deadline_ms"] == pytest.approx(np.ceil(8 * cal["nercc"]["p50_ms_light"]))
     patience = min(np.ceil(run.PATIENCE_FACTOR * cal["nercc"]["p50_ms_light"]), st["deadline_ms"] - 1)
     assert st["coded_policy"] == f"first:{N_WORKERS // 2 + 1}@{patience:g}" and "auto" in st["policy_choice"]
+    sys_patience = min(np.ceil(run.PATIENCE_FACTOR * cal["nercc-sys"]["p50_ms_light"]), st["deadline_ms"] - 1)
+    assert st["sys_policy"] == f"exact:{N_WORKERS // 2 + 1}@{sys_patience:g}" and "auto" in st["sys_policy_choice"]
     block = summary["profiles"]["none"]
     assert set(block["engines"]) == {"asyncio", "locust"}
     for scheme in ("uncoded", "nercc"):
@@ -143,6 +146,10 @@ def test_both_engines_end_to_end_with_calibration_and_frontier(cluster, tmp_path
         row = block["engine_comparison"][scheme]
         assert row["p50_ms"]["ratio"] == pytest.approx(locust["p50_ms"] / s["p50_ms"], rel=1e-2)
     assert block["schemes"]["uncoded"]["rel_acc"] == 1.0
+    # no straggler: systematic NeRCC's predictions are the own answers, the uncoded model's exactly
+    assert block["schemes"]["nercc-sys"]["rel_acc"] == 1.0 and block["schemes"]["nercc-sys"]["exact_share"] == 1.0
+    assert block["schemes"]["nercc-sys"]["floor"]["policy"] == st["sys_policy"]
+    assert [p["m"] for p in block["frontier"]["nercc-sys"]] == [2, 3, 4]
     points = block["frontier"]["nercc"]
     assert [p["m"] for p in points] == [2, 3, 4]
     assert all(p["rel_acc"] is not None for p in points)
@@ -250,6 +257,8 @@ def test_web_ui_runs_the_users(cluster):
         (["--ramp", "1,1,5,1"], "--ramp"),
         (["--load-fraction", "2"], "--load-fraction"),
         (["--min-answers", "few"], "--min-answers"),
+        (["--policy", "exact:7@10"], "--sys-policy"),
+        (["--sys-policy", "exact:x"], "exact:M"),
     ],
 )
 def test_bad_arguments_are_named(argv, message):
@@ -403,6 +412,29 @@ def test_first_m_replay():
     assert report.reconstruct_first_m(record, 3, 4, 20.0, patience_ms=6.0) == (2.0 + 5.0 + 0.5, (0, 1, 3))
     # min_answers = M: fewer than M by the deadline waits for the M-th (late) instead of decoding from those in
     assert report.reconstruct_first_m(record, 4, 4, 20.0, min_answers=4) == (2.0 + 45.0 + 0.5, (0, 1, 2, 3))
+
+
+def test_exact_replay_follows_the_clients_exact_policy():
+    """exact:M@T replayed on an `all` trace of a systematic scheme: exact at the last own answer, else at T from
+    the answers in (M at least), else at the M-th."""
+    from nercc.coding import make_scheme
+
+    own = make_scheme("nercc-sys", 2, 6).systematic_workers
+    parity = [w for w in range(6) if w not in own]
+    times = {own[0]: 3.0, own[1]: 4.0, parity[0]: 2.0, parity[1]: 5.0, parity[2]: 6.0, parity[3]: 30.0}
+    record = {"n_arrived": 6, "encode_ms": 1.0, "decode_ms": 0.5, "worker_ms": {str(w): t for w, t in times.items()}}
+    latency, used = report.reconstruct_first_m(record, 4, 6, 20.0, patience_ms=10.0, scheme="nercc-sys", n_inputs=2)
+    assert latency == 1.0 + 4.0 + 0.5 and used == tuple(sorted(sorted(times, key=times.get)[:3]))  # own answers done
+    late_own = dict(record, worker_ms={str(w): (40.0 if w == own[1] else t) for w, t in times.items()})
+    latency, used = report.reconstruct_first_m(late_own, 4, 6, 20.0, patience_ms=10.0, scheme="nercc-sys",
+                                               n_inputs=2)
+    assert latency == 10.0 + 0.5 and own[1] not in used and len(used) == 4  # recovered at T from those in
+    # frontier: exact batches decode from the own answers only, bit-exactly
+    reference = report.Reference("lenet5", 2)
+    records = [dict(record, batch=b) for b in range(10)]
+    points = report.frontier(records, "nercc-sys", "lenet5", 2, 6, 20.0, 2, reference, [4], patience_ms=10.0)
+    assert points[0]["mse"] == 0.0 and points[0]["rel_acc"] == 1.0
+    assert points[0]["p50_ms"] == pytest.approx(1.0 + 4.0 + 0.5)
 
 
 def test_first_m_frontier_accuracy_uses_the_right_workers():

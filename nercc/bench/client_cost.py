@@ -16,7 +16,8 @@ Per row: p50 / p99 of the batch latency (call → predictions), and CPU ms per b
 (``/proc/<pid>/stat``) of every tritonserver and Python-stub process of the cluster ("servers") and of this
 process ("client": every thread, gRPC's included), divided by the batches. Between batches the client waits
 (untimed, CPU counted) for requests it left in flight, so a batch's leftover work is charged to it. The
-targets of issue 9 (default server-side encoder): nercc CPU per batch <= 1.15x replication's, p50 <= 1.2x.
+targets of issue 9 (default server-side encoder): nercc CPU per batch <= 1.15x replication's, p50 <= 1.2x; of
+issue 17: nercc-sys (policy ``--sys-policy``, default the demo's exact:8@8) CPU per batch and p50 <= 1.0x replication's.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from nercc.coding.registry import CODED_SCHEMES, NERCC_NAME, REPLICATION, SCHEME_ORDER
+from nercc.coding.registry import CODED_SCHEMES, NERCC_NAME, REPLICATION, SCHEME_ORDER, SYSTEMATIC_SCHEMES
 
 DEFAULT_ROWS = ",".join((*SCHEME_ORDER, f"{NERCC_NAME}-local"))
 #: ``<scheme>-server``: the master's coded endpoint ``<model>_coded`` decodes (one request from the client)
@@ -40,6 +41,8 @@ SERVER_SUFFIX = "-server"
 ROWS = (*SCHEME_ORDER, *(f"{name}-local" for name in CODED_SCHEMES),
         *(f"{name}{SERVER_SUFFIX}" for name in SCHEME_ORDER))
 CPU_TARGET, P50_TARGET = 1.15, 1.2
+#: issue 17: systematic NeRCC (its K own requests need no master; parity rows only when they come in time)
+SYS_CPU_TARGET, SYS_P50_TARGET = 1.0, 1.0
 _TICK_MS = 1e3 / os.sysconf("SC_CLK_TCK")
 
 
@@ -54,7 +57,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated: uncoded, replication, hedged, bacc, nercc, nercc-local, bacc-local, "
                              "<scheme>-server (the master's coded endpoint: nercc-server, ...)")
     parser.add_argument("--transports", default="aio", help="comma-separated: aio (grpc.aio), gevent (http)")
-    parser.add_argument("--policy", default="first:8", help="coded rows' wait policy")
+    parser.add_argument("--policy", default="first:8", help="plain coded rows' wait policy")
+    parser.add_argument("--sys-policy", default="auto",
+                        help="systematic rows' (nercc-sys, bacc-sys) wait policy; auto = the demo's, "
+                             "exact:ceil(2N/3)@8 (exact:8@8 at N = 12)")
     parser.add_argument("--save", default=None, metavar="PATH", help="also write the table and settings as JSON")
     parser.add_argument("--tritonserver", default=None, help="path of a tritonserver binary (default: pytriton's)")
 
@@ -93,6 +99,17 @@ class Row:
             self.hedge_ms.append(result.hedge_ms)
 
 
+def row_policy(scheme: str, args) -> str:
+    """The wait policy of a row's scheme: --sys-policy (systematic), --policy (plain coded), else deadline."""
+    if scheme in SYSTEMATIC_SCHEMES:
+        if args.sys_policy == "auto":
+            from nercc.demo import auto_exact_policy
+
+            return auto_exact_policy(args.workers, 1000.0)
+        return args.sys_policy
+    return args.policy if scheme in CODED_SCHEMES else "deadline"
+
+
 def make_client(row: str, transport: str, cluster, args):
     from nercc.client import CODED_SCHEMES, CodedClient, GeventCodedClient
     from nercc.demo import client_settings
@@ -102,11 +119,11 @@ def make_client(row: str, transport: str, cluster, args):
 
         scheme = row[: -len(SERVER_SUFFIX)]
         return EndpointClient(cluster.master_url, model=args.model, scheme=scheme, deadline_ms=1000.0,
-                              policy=args.policy if scheme in CODED_SCHEMES else "deadline",
+                              policy=row_policy(scheme, args),
                               n_workers=args.workers, n_inputs=args.inputs)
     scheme, encode = client_settings(row)
     kw = dict(model=args.model, scheme=scheme, encode=encode, n_inputs=args.inputs, deadline_ms=1000.0,
-              policy=args.policy if scheme in CODED_SCHEMES else "deadline")
+              policy=row_policy(scheme, args))
     if transport == "gevent":
         return GeventCodedClient(cluster.master_http_url, cluster.worker_http_urls, **kw)
     return CodedClient(cluster.master_url, cluster.worker_urls, **kw)
@@ -233,9 +250,11 @@ def main(args: argparse.Namespace) -> int:
         crashed = cluster.check()
     out = table(rows, args.batches)
     print(f"\n{args.model}: N={args.workers}, K={k}, concurrency 1, no stragglers, {args.batches} batches per row "
-          f"(interleaved in rounds of {args.round}), coded policy {args.policy}; {os.cpu_count()} CPUs")
+          f"(interleaved in rounds of {args.round}), coded policy {args.policy}, systematic {args.sys_policy}; "
+          f"{os.cpu_count()} CPUs")
     print(format_rows(out))
-    print(f"targets (issue 9, server-side encoder): nercc CPU <= {CPU_TARGET}x replication, p50 <= {P50_TARGET}x")
+    print(f"targets (issue 9, server-side encoder): nercc CPU <= {CPU_TARGET}x replication, p50 <= {P50_TARGET}x; "
+          f"(issue 17) nercc-sys CPU <= {SYS_CPU_TARGET}x replication, p50 <= {SYS_P50_TARGET}x")
     if crashed:
         print(f"WARNING: servers died during the run: {', '.join(crashed)}")
     if args.save:

@@ -33,6 +33,7 @@ from nercc.coding.registry import (
     CODED_SCHEMES,
     HEDGED,
     NERCC_NAME,
+    NERCC_SYS_NAME,
     REPLICATION,
     SCHEME_ORDER,
     SCHEMES,
@@ -255,6 +256,9 @@ def run_stats(records: List[dict], events: List[dict], scheme: str, n_workers: i
         "compute_per_input": designed_compute(scheme, n_workers, n_inputs),
         "measured_compute_per_input": _r(float(np.mean(sent)) / n_inputs, 3) if sent else None,
         "mean_arrived": _r(float(np.mean(arrived)), 3) if arrived else None,
+        # share of predictions that are their input's own worker answer (systematic: own answer in time)
+        "exact_share": _r(float(np.mean(exact)) / n_inputs, 4) if (exact := [r["n_exact"] for r in records
+                                                                           if "n_exact" in r]) else None,
         # where the time goes (answered batches): encode = master round trip (coded) or local preprocessing,
         # fanout = first worker request sent -> decision to decode, decode = the K x |F| product
         "breakdown_ms": {
@@ -369,10 +373,17 @@ def ramp_summary(log: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ frontier
+def policy_of(settings: dict, scheme: str) -> str:
+    """The wait policy a scheme's runs used: ``sys_policy`` for the systematic schemes, else ``coded_policy``."""
+    if getattr(SCHEMES.get(scheme), "systematic", False) and settings.get("sys_policy"):
+        return settings["sys_policy"]
+    return settings["coded_policy"]
+
+
 def reconstruct_first_m(record: dict, m: int, n_workers: int, deadline_ms: float, min_answers: int = 2,
-                        patience_ms: float | None = None):
+                        patience_ms: float | None = None, scheme: str = NERCC_NAME, n_inputs: int = 2):
     """(latency ms or None, answer set) that policy first:M (first:M@T with ``patience_ms``) would have had on
-    this batch of an ``all`` trace.
+    this batch of an ``all`` trace; for a systematic ``scheme`` (K = ``n_inputs``), policy exact:M@T.
 
     The workers do the same work whatever M is (stragglers are abandoned, not cancelled), so only the client's
     moment of decision changes. The trace's arrival times are replayed through the client's own wait-policy
@@ -384,9 +395,11 @@ def reconstruct_first_m(record: dict, m: int, n_workers: int, deadline_ms: float
     from nercc.client.core import DECODE, WaitState, plan_requests
 
     encode_ms = float(record["encode_ms"])
-    state = WaitState(plan_requests(NERCC_NAME, 2, n_workers), policy_kind="first", policy_m=m,
-                      min_answers=min_answers, t_fanout=encode_ms, deadline_t=float(deadline_ms), hard_t=math.inf,
-                      patience_t=patience_ms)
+    systematic = getattr(SCHEMES.get(scheme), "systematic", False)
+    plan = plan_requests(scheme, n_inputs, n_workers) if systematic else plan_requests(NERCC_NAME, 2, n_workers)
+    state = WaitState(plan, policy_kind="exact" if systematic else "first", policy_m=m,
+                      min_answers=min(min_answers, m), t_fanout=encode_ms, deadline_t=float(deadline_ms),
+                      hard_t=math.inf, patience_t=(patience_ms or 0.0) if systematic else patience_ms)
     arrivals = sorted((encode_ms + float(ms), int(w)) for w, ms in record.get("worker_ms", {}).items())
     now = encode_ms
     for t, worker in arrivals + [(math.inf, None)]:
@@ -407,8 +420,8 @@ def reconstruct_first_m(record: dict, m: int, n_workers: int, deadline_ms: float
 def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_workers: int, deadline_ms: float,
              n_stragglers: int, reference: Reference | None, ms: Sequence[int], max_accuracy_batches: int = 400,
              patience_ms: float | None = None, min_answers_is_m: bool = False) -> list:
-    """p50/p99/p99.9 and RelAcc of first:M (first:M@T with ``patience_ms``) for each M, from one trace run of a
-    coded scheme.
+    """p50/p99/p99.9 and RelAcc of first:M (first:M@T with ``patience_ms``; exact:M@T for a systematic scheme)
+    for each M, from one trace run of a coded scheme.
 
     Accuracy: decode, from exactly the workers first:M would have used, the local model's outputs on the coded
     inputs (the same encoding matrix as the master's encoder), for up to ``max_accuracy_batches`` batches.
@@ -434,7 +447,8 @@ def frontier(records: List[dict], scheme: str, model: str, n_inputs: int, n_work
         latencies, per_batch, sq = [], [], []
         for i, record in enumerate(records):
             latency, used = reconstruct_first_m(record, m, n_workers, deadline_ms, patience_ms=patience_ms,
-                                                min_answers=m if min_answers_is_m else 2)
+                                                min_answers=m if min_answers_is_m else 2, scheme=scheme,
+                                                n_inputs=n_inputs)
             latencies.append(math.inf if latency is None else latency)
             if reference is None or latency is None or i >= max_accuracy_batches:
                 continue
@@ -491,10 +505,10 @@ def analyse(summary: dict, out_dir: Path, record_predictions: bool = True) -> No
                                      for scheme, records in loaded.get(headline_engine, {}).items()}
     for profile, block in summary["profiles"].items():
         latencies = latencies_of.get(profile, {})
-        coded_policy = parse_policy(st["coded_policy"], n)
-        coded_m = coded_policy.m
         block["frontier"] = {}
         for run in [r for r in block.get("runs", []) if r["kind"] == "trace"]:
+            coded_policy = parse_policy(policy_of(st, run["scheme"]), n)
+            coded_m = coded_policy.m
             requests, _ = read_log(raw / run["requests_log"])
             ms = list(range(max(2, k), n + 1))
             block["frontier"][run["scheme"]] = frontier(
@@ -543,7 +557,7 @@ def analyse_block(block: dict, raw: Path, st: dict, reference: Reference | None,
         if run["kind"] != "main":
             continue
         requests, events = read_log(raw / run["requests_log"])
-        stats = run_stats(requests, events, run["scheme"], n, k, reference, policy=st.get("coded_policy"))
+        stats = run_stats(requests, events, run["scheme"], n, k, reference, policy=policy_of(st, run["scheme"]))
         block["engines"].setdefault(run["engine"], {})[run["scheme"]] = stats
         loaded.setdefault(run["engine"], {})[run["scheme"]] = requests
         if run["engine"] == headline_engine:
@@ -599,7 +613,7 @@ def pool_blocks(pairs: List[tuple], st: dict, reference: Reference | None, profi
         for scheme in dict.fromkeys(schemes):
             records = [r for _, loaded in pairs for r in loaded.get(engine, {}).get(scheme, [])]
             per = [b["engines"][engine][scheme] for b in blocks if scheme in b.get("engines", {}).get(engine, {})]
-            stats = run_stats(records, [], scheme, n, k, reference, policy=st.get("coded_policy"))
+            stats = run_stats(records, [], scheme, n, k, reference, policy=policy_of(st, scheme))
             for key in PER_RUN_KEYS:
                 stats[key] = _median(p.get(key) for p in per)
             stats["cpu_ms_per_batch_parts"] = {part: _median(p["cpu_ms_per_batch_parts"].get(part) for p in per)
@@ -669,6 +683,12 @@ TARGETS = (
     ("nercc_p99.9_vs_replication", NERCC_NAME, "p99.9", REPLICATION, 1.0, "below"),
     ("nercc_p99.9_vs_hedged", NERCC_NAME, "p99.9", HEDGED, 1.0, "below"),
     ("nercc_rel_acc", NERCC_NAME, "rel_acc", None, 0.97, "above"),
+    # issue 17: systematic NeRCC, exact when on time
+    ("nercc-sys_p99_vs_uncoded", NERCC_SYS_NAME, "p99", UNCODED, 0.5, "below"),
+    ("nercc-sys_p99.9_vs_replication", NERCC_SYS_NAME, "p99.9", REPLICATION, 1.0, "below"),
+    ("nercc-sys_p99.9_vs_hedged", NERCC_SYS_NAME, "p99.9", HEDGED, 1.0, "below"),
+    ("nercc-sys_p50_vs_replication", NERCC_SYS_NAME, "p50", REPLICATION, 1.1, "below"),
+    ("nercc-sys_rel_acc", NERCC_SYS_NAME, "rel_acc", None, 0.995, "above"),
 )
 TARGET_PROFILE = "bimodal"
 
@@ -787,8 +807,8 @@ def _ci_acc(stats: dict, key: str = "rel_acc") -> str:
 def headline_table(summary: dict) -> str:
     lines = [
         "| profile | scheme | batches | failures | p50 ms | p99 ms | p99.9 ms | offered /s | throughput /s | "
-        "CPU ms/batch | RelAcc | MSE | compute/input |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "CPU ms/batch | RelAcc | MSE | exact % | compute/input |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for profile, block in summary["profiles"].items():
         for scheme in [sc for sc in SCHEME_ORDER if sc in block["schemes"]]:
@@ -797,7 +817,9 @@ def headline_table(summary: dict) -> str:
                 f"| {profile} | {label(scheme)} | {s['requests']} | {s['failures']} | {_ci(s, 'p50_ms')} | "
                 f"{_ci(s, 'p99_ms')} | {_ci(s, 'p99.9_ms')} | {_fmt(s['offered_batches_per_s'])} | "
                 f"{_fmt(s['throughput_batches_per_s'])} | {_fmt(s['cpu_ms_per_batch'])} | {_ci_acc(s)} | "
-                f"{_fmt(s.get('mse'), 4)} | {_fmt(s['compute_per_input'], 2) if s['compute_per_input'] else _fmt(s['measured_compute_per_input'], 2)} |")
+                f"{_fmt(s.get('mse'), 4)} | "
+                f"{_fmt(100 * s['exact_share']) if s.get('exact_share') is not None and scheme in CODED_SCHEMES else '–'} | "
+                f"{_fmt(s['compute_per_input'], 2) if s['compute_per_input'] else _fmt(s['measured_compute_per_input'], 2)} |")
     return "\n".join(lines)
 
 
@@ -963,7 +985,12 @@ def write_markdown(path: Path, summary: dict) -> None:
         + f"; engines: {', '.join(st['engines'])} (headline numbers: {st['engines'][0]}); Locust with "
         f"{st['locust_users']} users, each a Poisson stream of rate / users.",
         f"- Deadline **{st['deadline_ms']:g} ms** — {st['deadline_choice']}. Coded policy `{st['coded_policy']}` "
-        f"({_policy_words(st)}); uncoded waits for its K workers, "
+        f"({_policy_words(st)})"
+        + (f"; systematic schemes `{st['sys_policy']}` (exact as soon as every own answer is in, else the late "
+           f"inputs recovered at T from the answers in — {st.get('sys_policy_choice')})"
+           if any(getattr(SCHEMES.get(s), 'systematic', False) for s in st["schemes"]) and st.get("sys_policy")
+           else "")
+        + "; uncoded waits for its K workers, "
         f"replication (r = N // K = {st['replication_copies']}) for the first copy of each input"
         + (f", hedged sends a second copy of an input to another worker once its first is later than the hedge "
            f"delay ({_fmt(st.get('hedge_ms'))} ms — {st.get('hedge_choice')})" if HEDGED in st["schemes"] else "")

@@ -23,7 +23,16 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from nercc.coding.registry import BACC_NAME, CODED_SCHEMES, HEDGED, NERCC_NAME, REPLICATION, UNCODED
+from nercc.coding.registry import (
+    BACC_NAME,
+    CODED_SCHEMES,
+    HEDGED,
+    NERCC_NAME,
+    NERCC_SYS_NAME,
+    REPLICATION,
+    SYSTEMATIC_SCHEMES,
+    UNCODED,
+)
 from nercc.loadtest.workload import user_class_name
 from nercc.paths import REPO_ROOT, display_path
 from nercc.policy import parse_policy
@@ -71,6 +80,10 @@ def _configure_batch_rules(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="auto",
                         help="coded schemes' policy: first:M | first:M@T | deadline | all | auto (first:M@T, M = N // 2 + 1, "
                              "T = 1.3 x the coded path's no-straggler p50 from the calibration)")
+    parser.add_argument("--sys-policy", default="auto",
+                        help="systematic schemes' policy (nercc-sys, bacc-sys): exact:M@T | first:M[@T] | deadline | "
+                             "all | auto (exact:M@T, M = N // 2 + 1, T = 1.3 x the systematic path's no-straggler "
+                             "p50 from the calibration)")
     parser.add_argument("--min-answers", default="policy",
                         help="coded schemes: fewest answers a batch decodes from; 'policy' = the M of first:M (with "
                              "fewer by the deadline the batch waits for the M-th and is late); a number; 0 = the "
@@ -221,6 +234,12 @@ def check_args(args) -> dict:
         raise ValueError("--profile dead-worker kills a worker of a local cluster; it cannot run on given URLs")
     if not 0 <= args.kill_worker < args.workers:
         raise ValueError(f"--kill-worker must be in 0..{args.workers - 1}, got {args.kill_worker}")
+    for flag, policy in (("--policy", args.policy), ("--sys-policy", args.sys_policy)):
+        if policy != "auto":
+            parse_policy(policy, args.workers)  # a clear ValueError for a malformed policy
+    if args.policy != "auto" and parse_policy(args.policy, args.workers).kind == "exact":
+        raise ValueError("--policy is the plain coded schemes' policy; exact:M@T needs a systematic scheme: give it "
+                         "with --sys-policy")
     if args.min_answers != "policy" and not str(args.min_answers).isdigit():
         raise ValueError(f"--min-answers must be 'policy' or a number >= 0, got {args.min_answers!r}")
     if args.locust_workers < 0:
@@ -241,6 +260,8 @@ def check_args(args) -> dict:
         "frontier_batches": args.frontier_batches or (QUICK["frontier_batches"] if args.quick else max(50, batches * 3 // 10)),
         "policy": resolve_policy(args.policy, args.workers),
         "auto_patience": args.policy == "auto",
+        "sys_policy": resolve_policy(args.sys_policy, args.workers, systematic=True),
+        "auto_sys_patience": args.sys_policy == "auto",
         "repeats": int(args.repeat),
     }
 
@@ -249,12 +270,18 @@ def check_args(args) -> dict:
 PATIENCE_FACTOR = 1.3
 
 
-def resolve_policy(policy: str, n_workers: int) -> str:
-    """``auto`` -> ``first:M`` with M = N // 2 + 1 (a majority); the patience T (``first:M@T``) is added once
-    the calibration has measured the coded path (:func:`choose_load_and_deadline`)."""
+def resolve_policy(policy: str, n_workers: int, systematic: bool = False) -> str:
+    """``auto`` -> ``first:M`` (``exact:M`` for the systematic schemes) with M = N // 2 + 1 (a majority); the
+    patience T (``first:M@T``, ``exact:M@T``) is added once the calibration has measured the coded path
+    (:func:`choose_load_and_deadline`)."""
     if policy == "auto":
-        return f"first:{max(2, n_workers // 2 + 1)}"
+        return f"{'exact' if systematic else 'first'}:{max(2, n_workers // 2 + 1)}"
     return policy
+
+
+def scheme_policy(plan: dict, scheme: str) -> str:
+    """The wait policy a scheme's runs use: the systematic schemes' (``--sys-policy``) or the others'."""
+    return plan["sys_policy"] if scheme in SYSTEMATIC_SCHEMES else plan["policy"]
 
 
 # ------------------------------------------------------------------------------------------------ engine runs
@@ -439,7 +466,7 @@ def _ramp_run(args, plan, cluster, scheme: str, ramp: str, raw_dir: Path, tag: s
     from nercc.loadtest import report
 
     log = raw_dir / f"ramp_{scheme}{tag}.jsonl"
-    command = openloop_command(args, cluster, scheme, args.deadline_ms or 1000.0, plan["policy"], log,
+    command = openloop_command(args, cluster, scheme, args.deadline_ms or 1000.0, scheme_policy(plan, scheme), log,
                                ramp=ramp, hard_timeout_ms=max(args.hard_timeout_ms, 2000.0))
     run_engine(command, log, raw_dir / f"ramp_{scheme}{tag}.log", timeout_s=900)
     return dict(report.ramp_summary(log), log=log.name)
@@ -520,10 +547,10 @@ def choose_load_and_deadline(args, plan, calibration: dict | None) -> dict:
         choice["deadline_ms"] = float(args.deadline_ms)
         choice["deadline_why"] = "given by --deadline-ms"
     else:
-        coded = [s for s in (NERCC_NAME, BACC_NAME) if s in (calibration or {}).get("schemes", {})]
+        coded = [s for s in (NERCC_NAME, BACC_NAME, *SYSTEMATIC_SCHEMES) if s in (calibration or {}).get("schemes", {})]
         if not coded:
-            raise RuntimeError("the default deadline comes from a coded scheme's no-straggler p50: include nercc or "
-                               "bacc in --schemes, or give --deadline-ms")
+            raise RuntimeError("the default deadline comes from a coded scheme's no-straggler p50: include nercc, "
+                               f"bacc or {NERCC_SYS_NAME} in --schemes, or give --deadline-ms")
         p50 = calibration["schemes"][coded[0]]["p50_ms_light"]
         deadline = float(math.ceil(args.deadline_factor * p50))
         choice["deadline_ms"] = deadline
@@ -534,6 +561,10 @@ def choose_load_and_deadline(args, plan, calibration: dict | None) -> dict:
         choose_patience(args, plan, calibration, choice)
     else:
         choice["policy_why"] = "given by --policy"
+    if plan["auto_sys_patience"]:
+        choose_sys_patience(args, plan, calibration, choice)
+    else:
+        choice["sys_policy_why"] = "given by --sys-policy"
     if args.hedge_ms is not None:
         choice["hedge_ms"], choice["hedge_why"] = float(args.hedge_ms), "given by --hedge-ms"
     else:
@@ -567,6 +598,24 @@ def choose_patience(args, plan, calibration: dict | None, choice: dict) -> None:
     choice["policy_why"] = (f"auto: M = N // 2 + 1, T = {source} ({p50:.1f} ms) = {patience:g} ms: every answer "
                             "when nobody straggles, the answers in by T when a few do, the M-th only when more "
                             "than N - M straggle")
+
+
+def choose_sys_patience(args, plan, calibration: dict | None, choice: dict) -> None:
+    """``--sys-policy auto``: T of ``exact:M@T`` = PATIENCE_FACTOR x the systematic path's no-straggler p50 (its
+    calibration ramp's lightest step: the time for every own answer), rounded up and below the deadline: a
+    batch whose own workers answer is exact long before T; one with a late own worker recovers it at T from the
+    answers in (M at least). Without a systematic calibration, the plain coded path's T."""
+    cal = (calibration or {}).get("schemes", {})
+    sys_cal = next((s for s in SYSTEMATIC_SCHEMES if s in cal), None)
+    if sys_cal:
+        p50, source = cal[sys_cal]["p50_ms_light"], f"{sys_cal}'s no-straggler p50 at the lightest ramp step"
+    else:
+        p50, source = choice["deadline_ms"] / args.deadline_factor, "deadline / --deadline-factor (no calibration)"
+    patience = float(min(math.ceil(PATIENCE_FACTOR * p50), math.ceil(choice["deadline_ms"]) - 1))
+    plan["sys_policy"] = f"{plan['sys_policy']}@{patience:g}"
+    choice["sys_policy_why"] = (f"auto: M = N // 2 + 1, T = {PATIENCE_FACTOR:g} x {source} ({p50:.1f} ms) = "
+                                f"{patience:g} ms: exact as soon as every own answer is in; a late own answer is "
+                                "recovered at T from the answers in, never past the deadline")
 
 
 def _nice(value: float) -> float:
@@ -622,13 +671,13 @@ def _one_run(args, plan, profile, scheme, engine, n_batches, rate, deadline, str
     root = plan.get("raw_root", raw_dir)  # logs are named relative to raw/ (raw/repeat-R/... with --repeat)
     run = {"scheme": scheme, "engine": engine, "kind": kind, "rate": rate, "batches_planned": n_batches,
            "started": time.time(), "requests_log": str(log.relative_to(root))}
-    policy = plan["policy"]
+    policy = scheme_policy(plan, scheme)
     extra = {}
     if kind == "trace":  # wait for every worker (bounded): the arrival times of all N give every first:M
+        coded_policy = parse_policy(policy, args.workers)
         policy = "all"
         extra = {"hard_timeout_ms": 2 * deadline}
-        coded_policy = parse_policy(plan["policy"], args.workers)
-        if coded_policy.kind == "first":
+        if coded_policy.kind in ("first", "exact"):
             extra["n_stragglers"] = args.workers - coded_policy.m
     if engine == "asyncio":
         command = openloop_command(args, cluster, scheme, deadline, policy, log, rate, duration, **extra)
@@ -702,7 +751,8 @@ def main(args) -> int:
         "settings": {
             "model": args.model, "n_workers": args.workers, "n_inputs": args.inputs, "engines": plan["engines"],
             "schemes": plan["schemes"], "batches_per_run": plan["batches"], "locust_batches": plan["locust_batches"],
-            "frontier_batches": plan["frontier_batches"], "coded_policy": plan["policy"], "encode": args.encode,
+            "frontier_batches": plan["frontier_batches"], "coded_policy": plan["policy"],
+            "sys_policy": plan["sys_policy"], "encode": args.encode,
             "min_answers": args.min_answers, "repeats": repeats,
             "hard_timeout_ms": args.hard_timeout_ms, "replication_copies": args.workers // args.inputs,
             "seed": args.seed, "cpu_count": os.cpu_count(),
@@ -728,12 +778,15 @@ def main(args) -> int:
             progress.write(f"offered load: {choice['rate']:g} batches/s — {choice['rate_why']}")
             progress.write(f"deadline: {choice['deadline_ms']:g} ms — {choice['deadline_why']}")
             progress.write(f"coded policy: {plan['policy']} — {choice['policy_why']}")
+            if any(s in SYSTEMATIC_SCHEMES for s in plan["schemes"]):
+                progress.write(f"systematic policy: {plan['sys_policy']} — {choice['sys_policy_why']}")
             if HEDGED in plan["schemes"]:
                 args.hedge_ms_chosen = choice["hedge_ms"]
                 progress.write(f"hedge delay: {choice['hedge_ms'] or 'client estimate'} — {choice['hedge_why']}")
             summary["settings"].update(offered_batches_per_s=choice["rate"], deadline_ms=choice["deadline_ms"],
                                        load_choice=choice["rate_why"], deadline_choice=choice["deadline_why"],
                                        coded_policy=plan["policy"], policy_choice=choice["policy_why"],
+                                       sys_policy=plan["sys_policy"], sys_policy_choice=choice["sys_policy_why"],
                                        hedge_ms=choice.get("hedge_ms"), hedge_choice=choice.get("hedge_why"),
                                        locust_users=locust_users(args, choice["rate"]))
             if choice.get("no_knee"):

@@ -121,6 +121,8 @@ def request_record(scheme: str, batch_index: int, scheduled: float, started: flo
         record["hedge_ms"] = round(float(result.hedge_ms), 3)
     if result.errors:
         record["worker_errors"] = sorted(int(w) for w in result.errors)
+    if getattr(result, "exact", None) is not None:
+        record["n_exact"] = int(np.count_nonzero(result.exact))  # predictions that are their input's own answer
     if keep_predictions:
         record["predictions"] = np.round(np.asarray(result.predictions, dtype=float), 6).tolist()
     return record

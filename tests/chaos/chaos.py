@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -39,8 +40,19 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-SCHEMES = ("uncoded", "replication", "hedged", "bacc", "nercc")
-CODED = ("bacc", "nercc")
+from nercc.coding.registry import CODED_SCHEMES, SCHEME_ORDER, SYSTEMATIC_SCHEMES
+
+#: Every scheme the client serves, the systematic ones (policy exact:M@T) included
+SCHEMES = SCHEME_ORDER
+CODED = CODED_SCHEMES
+
+
+def scheme_policy(scheme: str, n_workers: int, deadline_ms: float) -> str:
+    """``deadline`` for every scheme but the systematic ones, which run their own policy, ``exact:M@T``
+    (M = ceil(2N/3), T = deadline / 4): exact when every own answer is in, else recovered at T."""
+    if scheme in SYSTEMATIC_SCHEMES:
+        return f"exact:{max(2, math.ceil(2 * n_workers / 3))}@{deadline_ms / 4:g}"
+    return "deadline"
 
 
 @dataclass
@@ -252,7 +264,8 @@ async def _run_load(cluster, scenario: Scenario, schemes: Sequence[str], n_input
 
     raw, top1 = _batches(n_inputs, 64)
     clients = {s: CodedClient(cluster.master_urls, cluster.worker_urls, model="lenet5", scheme=s,
-                              deadline_ms=deadline_ms, policy="deadline", n_inputs=n_inputs,
+                              deadline_ms=deadline_ms,
+                              policy=scheme_policy(s, len(cluster.worker_urls), deadline_ms), n_inputs=n_inputs,
                               hard_timeout_ms=hard_timeout_ms) for s in schemes}
     tallies = {s: Tally() for s in schemes}
     for client in clients.values():
