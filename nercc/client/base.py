@@ -41,7 +41,7 @@ from nercc.client.health import (
     MasterPool,
     WorkerHealth,
 )
-from nercc.coding.registry import DEFAULT_SCHEME, HEDGED, NERCC_NAME, REPLICATION
+from nercc.coding.registry import DEFAULT_SCHEME, HEDGED, REPLICATION
 from nercc.paths import model_dir as default_model_dir
 
 #: Decoding matrices and leave-one-out operators a client keeps per coding scheme (~1 KB each at N = 12).
@@ -414,7 +414,7 @@ class ClientBase:
                 )
             return f"{self.model}_preprocess", "RAW", "INPUT", None
         params = {"scheme": self.scheme, "n_workers": self.n_workers, "n_stragglers": self.n_stragglers}
-        if self.scheme == NERCC_NAME:
+        if self.setting(k).smoothing:  # NeRCC and systematic NeRCC: the encoder uses the decoder's lam_enc
             params["lam_enc"] = self.setting(k).lam_enc
         model, name = (f"{self.model}_encode", "RAW") if is_raw else (f"{self.model}_encoder", "INPUT")
         return model, name, "CODED", params
