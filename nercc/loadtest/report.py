@@ -967,10 +967,10 @@ VERDICT_WORDS = (
     "runs' batches.")
 
 
-def write_markdown(path: Path, summary: dict) -> None:
+def _markdown_setting(summary: dict) -> list:
+    """report.md's title and its Setting section: model, load, deadline, policies, what fails a batch."""
     st = summary["settings"]
-    plots = summary.get("plots", {})
-    lines = [
+    return [
         f"# nercc load test: {st['model']}, " + ", ".join(label(s) for s in st["schemes"]),
         "",
         f"Created {summary['created']} by `{summary['command']}`.",
@@ -998,9 +998,44 @@ def write_markdown(path: Path, summary: dict) -> None:
         "- A batch **fails** when the client raised (too few answers within the hard timeout), when it is late "
         "(an answer it needed came after the deadline) or when its predictions are not finite.",
         "",
-        "## Results",
-        "",
     ]
+
+
+def _markdown_details(summary: dict) -> list:
+    """report.md's calibration, frontier, per-profile plots and load sweep sections."""
+    plots = summary.get("plots", {})
+    lines = []
+    if calibration_table(summary):
+        lines += ["### Calibration: capacity and cost per batch, no stragglers", "",
+                  f"Ramp `{summary['calibration']['ramp']}` (START,FACTOR,MAX,STEP_S), asyncio engine. Knee: the "
+                  "highest step whose throughput stayed >= 0.95 x offered and p50 <= 2 x the lightest step's. CPU "
+                  "from /proc at the lightest step: servers = every tritonserver and its Python stubs; generator "
+                  "+ client = the load-generator process.", "", calibration_table(summary), ""]
+        if "ramp" in plots:
+            lines += [f"![capacity ramp]({plots['ramp']})", ""]
+    if frontier_table(summary):
+        family = _policy_family(summary["settings"])
+        lines += [f"### Accuracy-latency frontier over M in {family}", "",
+                  "From one trace run per coded scheme at the same load with policy `all` (every worker's arrival "
+                  f"time kept): {family}'s decision moment and answer set are replayed per batch, and its accuracy is "
+                  "decoded from exactly those workers (local model on the same coded inputs). The workers' work does "
+                  "not depend on M (stragglers are abandoned, not cancelled).", "", frontier_table(summary), ""]
+    for profile, block in summary["profiles"].items():
+        lines += [f"### Profile `{profile}`: {block['description']}", "", f"Worker straggler string: "
+                  f"`{block['straggler']}`." + (" A fresh cluster for every run; the worker is killed during it, "
+                                                 "the batches before the kill count too."
+                                                 if profile == "dead-worker" else ""), ""]
+        for key in (f"cdf_{profile}", f"frontier_{profile}"):
+            if key in plots:
+                lines += [f"![{key}]({plots[key]})", ""]
+    if "sweep" in plots:
+        lines += ["## Latency vs offered load", "", f"![latency vs load]({plots['sweep']})", ""]
+    return lines
+
+
+def write_markdown(path: Path, summary: dict) -> None:
+    st = summary["settings"]
+    lines = _markdown_setting(summary) + ["## Results", ""]
     failure = summary.get("failure")
     if failure:
         lines += [f"**Incomplete run**: phase `{failure['phase']}` failed ({failure['error']}; exit code "
@@ -1041,31 +1076,7 @@ def write_markdown(path: Path, summary: dict) -> None:
                 lines.append(f"- repeat {i}: " + ("engines agree for every scheme" if not bad else
                                                   "disagree: " + ", ".join(bad)))
         lines.append("")
-    if calibration_table(summary):
-        lines += ["### Calibration: capacity and cost per batch, no stragglers", "",
-                  f"Ramp `{summary['calibration']['ramp']}` (START,FACTOR,MAX,STEP_S), asyncio engine. Knee: the "
-                  "highest step whose throughput stayed >= 0.95 x offered and p50 <= 2 x the lightest step's. CPU "
-                  "from /proc at the lightest step: servers = every tritonserver and its Python stubs; generator "
-                  "+ client = the load-generator process.", "", calibration_table(summary), ""]
-        if "ramp" in plots:
-            lines += [f"![capacity ramp]({plots['ramp']})", ""]
-    if frontier_table(summary):
-        family = _policy_family(summary["settings"])
-        lines += [f"### Accuracy-latency frontier over M in {family}", "",
-                  "From one trace run per coded scheme at the same load with policy `all` (every worker's arrival "
-                  f"time kept): {family}'s decision moment and answer set are replayed per batch, and its accuracy is "
-                  "decoded from exactly those workers (local model on the same coded inputs). The workers' work does "
-                  "not depend on M (stragglers are abandoned, not cancelled).", "", frontier_table(summary), ""]
-    for profile, block in summary["profiles"].items():
-        lines += [f"### Profile `{profile}`: {block['description']}", "", f"Worker straggler string: "
-                  f"`{block['straggler']}`." + (" A fresh cluster for every run; the worker is killed during it, "
-                                                 "the batches before the kill count too."
-                                                 if profile == "dead-worker" else ""), ""]
-        for key in (f"cdf_{profile}", f"frontier_{profile}"):
-            if key in plots:
-                lines += [f"![{key}]({plots[key]})", ""]
-    if "sweep" in plots:
-        lines += ["## Latency vs offered load", "", f"![latency vs load]({plots['sweep']})", ""]
+    lines += _markdown_details(summary)
     path.write_text("\n".join(lines))
 
 

@@ -174,25 +174,8 @@ def _split(text) -> List[str]:
     return [s.strip() for s in str(text or "").split(",") if s.strip()]
 
 
-def check_args(args) -> dict:
-    """Validate; returns the resolved plan (schemes, profiles, engines, batches, rates)."""
-    from nercc.loadtest.workload import available_schemes
-
-    defaults = MODEL_DEFAULTS.get(args.model, FALLBACK_DEFAULTS)
-    if args.workers < 2:
-        raise ValueError(f"--workers must be >= 2, got {args.workers}")
-    if not 2 <= args.inputs <= args.workers:
-        raise ValueError(f"--inputs K must be in 2..workers={args.workers}, got {args.inputs}")
-    known = available_schemes()
-    schemes = _split(args.schemes) if args.schemes else list(known)
-    unknown = [s for s in schemes if s not in known]
-    if unknown or not schemes:
-        raise ValueError(f"--schemes: unknown {unknown or 'empty list'}; choose from {', '.join(known)}")
-    profiles = list(ALL_PROFILES) if args.profile == "all" else _split(args.profile)
-    bad = [p for p in profiles if p not in PROFILES]
-    if bad or not profiles:
-        raise ValueError(f"--profile: unknown {bad or 'empty list'}; choose from {', '.join(PROFILE_NAMES)} or all")
-    batches = args.batches or (QUICK["batches"] if args.quick else defaults["batches"])
+def _check_numbers(args, batches: int) -> None:
+    """The numeric options' ranges (a ValueError naming the flag)."""
     if batches < 10:
         raise ValueError(f"--batches must be >= 10, got {batches}")
     if not 1 <= args.repeat <= 20:
@@ -205,14 +188,11 @@ def check_args(args) -> dict:
         raise ValueError(f"--deadline-ms must be > 0, got {args.deadline_ms}")
     if not args.deadline_factor > 1:
         raise ValueError(f"--deadline-factor must be > 1, got {args.deadline_factor}")
-    rates = []
-    if args.rates:
-        try:
-            rates = [float(r) for r in _split(args.rates)]
-        except ValueError:
-            raise ValueError(f"--rates wants comma-separated numbers, got {args.rates!r}") from None
-        if not rates or min(rates) <= 0:
-            raise ValueError(f"--rates must be positive batches/s, got {args.rates!r}")
+
+
+def _check_cluster_and_policies(args, profiles) -> None:
+    """Where the cluster comes from (URLs, TLS, a killable local worker) and the policies; fills the URLs of
+    --urls-file into ``args``."""
     if args.no_calibrate and (args.rate is None or args.deadline_ms is None):
         raise ValueError("--no-calibrate needs --rate and --deadline-ms (nothing else can choose them)")
     if args.urls_file:
@@ -236,7 +216,10 @@ def check_args(args) -> dict:
         raise ValueError(f"--kill-worker must be in 0..{args.workers - 1}, got {args.kill_worker}")
     for flag, policy in (("--policy", args.policy), ("--sys-policy", args.sys_policy)):
         if policy != "auto":
-            parse_policy(policy, args.workers)  # a clear ValueError for a malformed policy
+            try:
+                parse_policy(policy, args.workers)
+            except ValueError as error:
+                raise ValueError(f"{flag}: {error}") from None
     if args.policy != "auto" and parse_policy(args.policy, args.workers).kind == "exact":
         raise ValueError("--policy is the plain coded schemes' policy; exact:M@T needs a systematic scheme: give it "
                          "with --sys-policy")
@@ -246,6 +229,37 @@ def check_args(args) -> dict:
         raise ValueError(f"--locust-workers must be >= 0, got {args.locust_workers}")
     if args.users is not None and args.users < 1:
         raise ValueError(f"--users must be >= 1, got {args.users}")
+
+
+def check_args(args) -> dict:
+    """Validate; returns the resolved plan (schemes, profiles, engines, batches, rates)."""
+    from nercc.loadtest.workload import available_schemes
+
+    defaults = MODEL_DEFAULTS.get(args.model, FALLBACK_DEFAULTS)
+    if args.workers < 2:
+        raise ValueError(f"--workers must be >= 2, got {args.workers}")
+    if not 2 <= args.inputs <= args.workers:
+        raise ValueError(f"--inputs K must be in 2..workers={args.workers}, got {args.inputs}")
+    known = available_schemes()
+    schemes = _split(args.schemes) if args.schemes else list(known)
+    unknown = [s for s in schemes if s not in known]
+    if unknown or not schemes:
+        raise ValueError(f"--schemes: unknown {unknown or 'empty list'}; choose from {', '.join(known)}")
+    profiles = list(ALL_PROFILES) if args.profile == "all" else _split(args.profile)
+    bad = [p for p in profiles if p not in PROFILES]
+    if bad or not profiles:
+        raise ValueError(f"--profile: unknown {bad or 'empty list'}; choose from {', '.join(PROFILE_NAMES)} or all")
+    batches = args.batches or (QUICK["batches"] if args.quick else defaults["batches"])
+    _check_numbers(args, batches)
+    rates = []
+    if args.rates:
+        try:
+            rates = [float(r) for r in _split(args.rates)]
+        except ValueError:
+            raise ValueError(f"--rates wants comma-separated numbers, got {args.rates!r}") from None
+        if not rates or min(rates) <= 0:
+            raise ValueError(f"--rates must be positive batches/s, got {args.rates!r}")
+    _check_cluster_and_policies(args, profiles)
     from nercc.loadtest.openloop import ramp_rates
 
     ramp = args.ramp or (QUICK["ramp"] if args.quick else defaults["ramp"])
@@ -728,8 +742,95 @@ def _write_summary(out_dir: Path, summary: dict) -> None:
     tmp.replace(out_dir / "summary.json")
 
 
-def main(args) -> int:
+def _new_summary(args, plan: dict) -> dict:
+    """The summary.json skeleton: the command, the settings, no phase done yet."""
+    return {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "nercc loadtest " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["loadtest"] else sys.argv[1:]),
+        "settings": {
+            "model": args.model, "n_workers": args.workers, "n_inputs": args.inputs, "engines": plan["engines"],
+            "schemes": plan["schemes"], "batches_per_run": plan["batches"], "locust_batches": plan["locust_batches"],
+            "frontier_batches": plan["frontier_batches"], "coded_policy": plan["policy"],
+            "sys_policy": plan["sys_policy"], "encode": args.encode,
+            "min_answers": args.min_answers, "repeats": plan["repeats"],
+            "hard_timeout_ms": args.hard_timeout_ms, "replication_copies": args.workers // args.inputs,
+            "seed": args.seed, "cpu_count": os.cpu_count(),
+            "cluster": "given URLs" if args.worker_urls else "LocalCluster on this machine",
+            "arrivals": "open loop, Poisson, the same rate for every scheme and engine",
+        },
+        "phases_done": [],
+        "profiles": {},
+        **({"repeats": []} if plan["repeats"] > 1 else {}),
+    }
+
+
+def _record_choice(args, plan: dict, choice: dict, summary: dict, progress) -> None:
+    """Print the chosen load, deadline, policies and hedge delay with their reasons; keep them in the summary."""
+    progress.write(f"offered load: {choice['rate']:g} batches/s — {choice['rate_why']}")
+    progress.write(f"deadline: {choice['deadline_ms']:g} ms — {choice['deadline_why']}")
+    progress.write(f"coded policy: {plan['policy']} — {choice['policy_why']}")
+    if any(s in SYSTEMATIC_SCHEMES for s in plan["schemes"]):
+        progress.write(f"systematic policy: {plan['sys_policy']} — {choice['sys_policy_why']}")
+    if HEDGED in plan["schemes"]:
+        args.hedge_ms_chosen = choice["hedge_ms"]
+        progress.write(f"hedge delay: {choice['hedge_ms'] or 'client estimate'} — {choice['hedge_why']}")
+    summary["settings"].update(offered_batches_per_s=choice["rate"], deadline_ms=choice["deadline_ms"],
+                               load_choice=choice["rate_why"], deadline_choice=choice["deadline_why"],
+                               coded_policy=plan["policy"], policy_choice=choice["policy_why"],
+                               sys_policy=plan["sys_policy"], sys_policy_choice=choice["sys_policy_why"],
+                               hedge_ms=choice.get("hedge_ms"), hedge_choice=choice.get("hedge_why"),
+                               locust_users=locust_users(args, choice["rate"]))
+    if choice.get("no_knee"):
+        summary["settings"]["no_knee"] = choice["no_knee"]
+
+
+def _measure_repeats(args, plan: dict, clusters, choice: dict, summary: dict, out_dir: Path, raw_dir: Path,
+                     progress) -> None:
+    """Every profile and scheme, ``plan['repeats']`` times (each repeat on fresh clusters); the summary is
+    written after each profile."""
+    repeats = plan["repeats"]
+    for repeat in range(1, repeats + 1):
+        if repeats > 1:  # every repeat on fresh clusters, its logs in raw/repeat-R/
+            clusters.stop()
+            repeat_dir = raw_dir / f"repeat-{repeat}"
+            repeat_dir.mkdir(exist_ok=True)
+            summary["repeats"].append({"repeat": repeat, "profiles": {}})
+            blocks = summary["repeats"][-1]["profiles"]
+            progress.write(f"repeat {repeat} of {repeats}")
+        else:
+            repeat_dir, blocks = raw_dir, summary["profiles"]
+        for profile in plan["profiles"]:
+            blocks[profile] = {"runs": []}
+            measure_profile(args, plan, profile, clusters, choice, repeat_dir, progress,
+                            block=blocks[profile], frontier=repeat == 1)
+            _write_summary(out_dir, summary)
+        summary["phases_done"].append(f"measure {repeat}" if repeats > 1 else "measure")
+
+
+def _write_report(args, summary: dict, out_dir: Path, code: int) -> int:
+    """Analyse the runs, write report.md and the plots; the exit code (the report's own on its failure)."""
     from nercc.loadtest import report
+
+    try:
+        report.analyse(summary, out_dir, record_predictions=bool(args.record_predictions))
+        summary["phases_done"].append("report")
+        _write_summary(out_dir, summary)
+        report.write_markdown(out_dir / "report.md", summary)
+    except Exception as exc:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        summary.setdefault("failure", {"phase": "report", "error": f"{type(exc).__name__}: {exc}",
+                                       "exit_code": EXIT_BY_PHASE["report"]})
+        summary.pop("plots", None)
+        _write_summary(out_dir, summary)
+        return code or EXIT_BY_PHASE["report"]
+    print(report.console_text(summary))
+    print(f"\nreport: {out_dir / 'report.md'}")
+    return code
+
+
+def main(args) -> int:
     from nercc.progress import progress_bar
 
     if args.quick and args.batches is None:
@@ -745,25 +846,7 @@ def main(args) -> int:
     raw_dir.mkdir(parents=True, exist_ok=True)
     plan["raw_root"] = raw_dir
     repeats = plan["repeats"]
-    summary = {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "nercc loadtest " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["loadtest"] else sys.argv[1:]),
-        "settings": {
-            "model": args.model, "n_workers": args.workers, "n_inputs": args.inputs, "engines": plan["engines"],
-            "schemes": plan["schemes"], "batches_per_run": plan["batches"], "locust_batches": plan["locust_batches"],
-            "frontier_batches": plan["frontier_batches"], "coded_policy": plan["policy"],
-            "sys_policy": plan["sys_policy"], "encode": args.encode,
-            "min_answers": args.min_answers, "repeats": repeats,
-            "hard_timeout_ms": args.hard_timeout_ms, "replication_copies": args.workers // args.inputs,
-            "seed": args.seed, "cpu_count": os.cpu_count(),
-            "cluster": "given URLs" if args.worker_urls else "LocalCluster on this machine",
-            "arrivals": "open loop, Poisson, the same rate for every scheme and engine",
-        },
-        "phases_done": [],
-        "profiles": {},
-    }
-    if repeats > 1:
-        summary["repeats"] = []
+    summary = _new_summary(args, plan)
     n_units = (0 if args.no_calibrate else len(plan["schemes"]))
     n_units += repeats * len(plan["profiles"]) * len(plan["schemes"]) * len(plan["engines"])
     n_units += 0 if args.no_frontier else len(plan["profiles"]) * len([s for s in plan["schemes"] if s in CODED_SCHEMES])
@@ -775,41 +858,11 @@ def main(args) -> int:
             calibration = None if args.no_calibrate else calibrate(args, plan, clusters, raw_dir, progress)
             summary["calibration"] = calibration
             choice = choose_load_and_deadline(args, plan, calibration)
-            progress.write(f"offered load: {choice['rate']:g} batches/s — {choice['rate_why']}")
-            progress.write(f"deadline: {choice['deadline_ms']:g} ms — {choice['deadline_why']}")
-            progress.write(f"coded policy: {plan['policy']} — {choice['policy_why']}")
-            if any(s in SYSTEMATIC_SCHEMES for s in plan["schemes"]):
-                progress.write(f"systematic policy: {plan['sys_policy']} — {choice['sys_policy_why']}")
-            if HEDGED in plan["schemes"]:
-                args.hedge_ms_chosen = choice["hedge_ms"]
-                progress.write(f"hedge delay: {choice['hedge_ms'] or 'client estimate'} — {choice['hedge_why']}")
-            summary["settings"].update(offered_batches_per_s=choice["rate"], deadline_ms=choice["deadline_ms"],
-                                       load_choice=choice["rate_why"], deadline_choice=choice["deadline_why"],
-                                       coded_policy=plan["policy"], policy_choice=choice["policy_why"],
-                                       sys_policy=plan["sys_policy"], sys_policy_choice=choice["sys_policy_why"],
-                                       hedge_ms=choice.get("hedge_ms"), hedge_choice=choice.get("hedge_why"),
-                                       locust_users=locust_users(args, choice["rate"]))
-            if choice.get("no_knee"):
-                summary["settings"]["no_knee"] = choice["no_knee"]
+            _record_choice(args, plan, choice, summary, progress)
             summary["phases_done"].append("calibration")
             _write_summary(out_dir, summary)
             phase = "measure"
-            for repeat in range(1, repeats + 1):
-                if repeats > 1:  # every repeat on fresh clusters, its logs in raw/repeat-R/
-                    clusters.stop()
-                    repeat_dir = raw_dir / f"repeat-{repeat}"
-                    repeat_dir.mkdir(exist_ok=True)
-                    summary["repeats"].append({"repeat": repeat, "profiles": {}})
-                    blocks = summary["repeats"][-1]["profiles"]
-                    progress.write(f"repeat {repeat} of {repeats}")
-                else:
-                    repeat_dir, blocks = raw_dir, summary["profiles"]
-                for profile in plan["profiles"]:
-                    blocks[profile] = {"runs": []}
-                    measure_profile(args, plan, profile, clusters, choice, repeat_dir, progress,
-                                    block=blocks[profile], frontier=repeat == 1)
-                    _write_summary(out_dir, summary)
-                summary["phases_done"].append(f"measure {repeat}" if repeats > 1 else "measure")
+            _measure_repeats(args, plan, clusters, choice, summary, out_dir, raw_dir, progress)
             if plan["rates"]:
                 phase = "sweep"
                 summary["sweep"] = {"profile": plan["profiles"][0], "engine": plan["engines"][0], "runs": []}
@@ -833,23 +886,7 @@ def main(args) -> int:
     if "calibration" not in summary["phases_done"]:
         print(f"summary (nothing measured): {out_dir / 'summary.json'}", file=sys.stderr)
         return code
-    try:
-        report.analyse(summary, out_dir, record_predictions=bool(args.record_predictions))
-        summary["phases_done"].append("report")
-        _write_summary(out_dir, summary)
-        report.write_markdown(out_dir / "report.md", summary)
-    except Exception as exc:  # noqa: BLE001
-        import traceback
-
-        traceback.print_exc()
-        summary.setdefault("failure", {"phase": "report", "error": f"{type(exc).__name__}: {exc}",
-                                       "exit_code": EXIT_BY_PHASE["report"]})
-        summary.pop("plots", None)
-        _write_summary(out_dir, summary)
-        return code or EXIT_BY_PHASE["report"]
-    print(report.console_text(summary))
-    print(f"\nreport: {out_dir / 'report.md'}")
-    return code
+    return _write_report(args, summary, out_dir, code)
 
 
 if __name__ == "__main__":
