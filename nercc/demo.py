@@ -250,7 +250,7 @@ def with_interval(values: Sequence[float], q: float) -> str:
     return nstats.format_with_interval(percentile(values, q), nstats.percentile_interval(values, q))
 
 
-def exact_share(st: "SchemeStats", scheme: str) -> str:
+def exact_share(st: SchemeStats, scheme: str) -> str:
     """Coded rows: the share of predictions that are their input's own worker answer (systematic schemes when
     the own answer came; plain coded schemes never); '-' for the baselines (always their own answer)."""
     from nercc.client import CODED_SCHEMES
@@ -270,7 +270,7 @@ def accuracy(pred: np.ndarray, ref: np.ndarray, y: np.ndarray) -> tuple:
     return mean_squared_error(pred, ref), rel_acc
 
 
-def systematic_split(st: "SchemeStats", reference, batch_labels) -> dict:
+def systematic_split(st: SchemeStats, reference, batch_labels) -> dict:
     """A systematic row's batches split by exactness: every own answer in (no straggler among the own workers)
     vs some input recovered, with MSE / RelAcc of each part and of the recovered inputs alone."""
     out = {}

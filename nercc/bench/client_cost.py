@@ -111,7 +111,7 @@ def row_policy(scheme: str, args) -> str:
 
 
 def make_client(row: str, transport: str, cluster, args):
-    from nercc.client import CODED_SCHEMES, CodedClient, GeventCodedClient
+    from nercc.client import CodedClient, GeventCodedClient
     from nercc.demo import client_settings
 
     if row.endswith(SERVER_SUFFIX):  # the endpoint runs the coded client inside the master (gRPC only)

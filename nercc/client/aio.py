@@ -386,7 +386,7 @@ class CodedClient(ClientBase):
             return x
         model, name, out, _ = self._master_request(True, k, preprocess=True)
         failures: list = []
-        for index, url, timeout_s in self._master_attempts(hard_t, failures):
+        for index, _url, timeout_s in self._master_attempts(hard_t, failures):
             try:
                 x = await self._infer_one(self._masters[index], model, name, batch, out, timeout_s)
             except Exception as exc:  # noqa: BLE001 - a failed master: the next one

@@ -246,7 +246,7 @@ class GeventCodedClient(ClientBase):
             return x
         model, name, out, _ = self._master_request(True, k, preprocess=True)
         failures: list = []
-        for index, url, timeout_s in self._master_attempts(hard_t, failures):
+        for index, _url, timeout_s in self._master_attempts(hard_t, failures):
             try:
                 x = self._master_call(index, model, name, batch, out, timeout_s)
             except Exception as exc:  # noqa: BLE001 - a failed master: the next one
