@@ -30,6 +30,7 @@ import numpy as np
 from nercc import stats as nstats
 from nercc.coding.registry import (
     BACC_NAME,
+    BACC_SYS_NAME,
     CODED_SCHEMES,
     HEDGED,
     NERCC_NAME,
@@ -44,7 +45,7 @@ from nercc.policy import parse_policy
 PERCENTILES = (50, 90, 95, 99, 99.9)
 SCHEME_LABELS = {name: info.label for name, info in SCHEMES.items()}
 SCHEME_COLORS = {UNCODED: "#7f7f7f", REPLICATION: "#1f77b4", HEDGED: "#2ca02c", BACC_NAME: "#ff7f0e",
-                 NERCC_NAME: "#d62728"}
+                 NERCC_NAME: "#d62728", BACC_SYS_NAME: "#8c564b", NERCC_SYS_NAME: "#9467bd"}
 #: Engines agree when their p50 and p99 intervals overlap and their p50s (medians) differ by at most this share.
 AGREEMENT = 0.20
 #: Percentiles that carry a 95 % interval (``p50_ms_ci`` ... in summary.json; nercc.stats.percentile_interval).
@@ -1186,10 +1187,11 @@ def _policy_words(settings: dict) -> str:
     return words + (f" — {why}" if why and why != "given by --policy" else "")
 
 
-def _policy_family(settings: dict) -> str:
-    """``first:M`` or ``first:M@T`` (with the run's T): the policies the frontier replays."""
-    patience = parse_policy(settings["coded_policy"], settings["n_workers"]).patience_ms
-    return "first:M" if patience is None else f"first:M@{patience:g}"
+def _policy_family(settings: dict, scheme: str | None = None) -> str:
+    """``first:M`` / ``first:M@T`` (``exact:M@T`` for a systematic scheme, with the run's T): the policies the
+    frontier replays for ``scheme`` (default: the plain coded schemes')."""
+    policy = parse_policy(policy_of(settings, scheme) if scheme else settings["coded_policy"], settings["n_workers"])
+    return f"{policy.kind}:M" if policy.patience_ms is None else f"{policy.kind}:M@{policy.patience_ms:g}"
 
 
 def plot_frontier(path: Path, block: dict, settings: dict, profile: str) -> None:
@@ -1207,7 +1209,7 @@ def plot_frontier(path: Path, block: dict, settings: dict, profile: str) -> None
             ok = [p for p in points if p["rel_acc"] is not None and p[key] is not None]
             ax.errorbar(xs, ys, xerr=_err(xs, [p.get("rel_acc_ci") for p in ok]),
                         yerr=_err(ys, [p.get(key + "_ci") for p in ok]), fmt="-o", color=SCHEME_COLORS.get(scheme),
-                        label=f"{label(scheme)} {_policy_family(settings)} (trace)", ms=4, elinewidth=0.8, capsize=2)
+                        label=f"{label(scheme)} {_policy_family(settings, scheme)} (trace)", ms=4, elinewidth=0.8, capsize=2)
             for x, y, m in pts:
                 ax.annotate(f"M={m}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         for scheme in _ordered(block["schemes"]):
@@ -1220,7 +1222,7 @@ def plot_frontier(path: Path, block: dict, settings: dict, profile: str) -> None
             ax.errorbar([x], [s[key]], xerr=_err([x], [s.get("rel_acc_ci")]), yerr=_err([s[key]], [s.get(key + "_ci")]),
                         fmt=marker, color=SCHEME_COLORS.get(scheme), ms=11 if marker == "*" else 8, mec="k",
                         elinewidth=0.8, capsize=2,
-                        label=f"{label(scheme)}" + (f" {settings['coded_policy']} (live)" if marker == "*" else ""))
+                        label=f"{label(scheme)}" + (f" {policy_of(settings, scheme)} (live)" if marker == "*" else ""))
         ax.axhline(settings["deadline_ms"], color="k", ls=":", lw=1)
         ax.set_xlabel("RelAcc (accuracy of served predictions / accuracy of f)")
         ax.set_title(f"{name} latency vs accuracy")
