@@ -22,6 +22,12 @@ from nercc.simulate.model import (
 PERCENTILES = (("p50_ms", 50), ("p90_ms", 90), ("p95_ms", 95), ("p99_ms", 99), ("p99.9_ms", 99.9))
 
 
+def _source_text(source: str) -> str:
+    """An accuracy table's "<path> (note)" with the path as results name it (no machine-only folder)."""
+    path, sep, note = source.partition(" (")
+    return display_path(path) + sep + note
+
+
 def run_engine(settings: SimSettings, draws: Draws, engine: str = "fast") -> BatchResults:
     if engine == "fast":
         return fast.run(settings, draws)
@@ -77,7 +83,8 @@ def summarize(settings: SimSettings, res: BatchResults, draws: Draws, accuracy: 
             out["accuracy_source"] = f"no accuracy table for this model at N={s.n_workers}, K={s.n_inputs}"
         elif s.scheme not in accuracy.rel:
             out["rel_acc"] = None
-            out["accuracy_source"] = f"{accuracy.source} has no {s.scheme} column (rerun `nercc bench accuracy`)"
+            out["accuracy_source"] = (f"{_source_text(accuracy.source)} has no {s.scheme} column "
+                                      "(rerun `nercc bench accuracy`)")
         else:
             # per-input RelAcc of a regression estimate at S = N - |F| stragglers; exact inputs (systematic
             # answers that came) count 1: batch RelAcc = 1 - (recovered / K) (1 - RelAcc_recovered(S))
@@ -92,8 +99,7 @@ def summarize(settings: SimSettings, res: BatchResults, draws: Draws, accuracy: 
             out["rel_acc_p1"] = round(float(np.percentile(rel, 1)), 5)  # the worst 1% of batches
             out["rel_acc_min"] = round(float(rel.min()), 5)
             out["beyond_accuracy_table"] = round(float(beyond.mean()), 5)
-            path, sep, note = accuracy.source.partition(" (")  # "<table path> (note)"
-            src = display_path(path) + sep + note
+            src = _source_text(accuracy.source)
             if accuracy.scaled_from is not None:
                 src += (f" (no table at N={s.n_workers}, K={s.n_inputs}: N={accuracy.scaled_from[0]}, "
                         f"K={accuracy.scaled_from[1]} at the same straggler fraction S/N)")
