@@ -17,7 +17,7 @@ Per row: p50 / p99 of the batch latency (call → predictions), and CPU ms per b
 process ("client": every thread, gRPC's included), divided by the batches. Between batches the client waits
 (untimed, CPU counted) for requests it left in flight, so a batch's leftover work is charged to it. The
 targets of issue 9 (default server-side encoder): nercc CPU per batch <= 1.15x replication's, p50 <= 1.2x; of
-issue 17: nercc-sys (policy ``--sys-policy``, default the demo's exact:8@8) CPU per batch and p50 <= 1.0x replication's.
+issue 17: nercc-sys (policy ``--sys-policy``, default the demo's exact:M@T) CPU per batch and p50 <= 1.0x replication's.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="first:8", help="plain coded rows' wait policy")
     parser.add_argument("--sys-policy", default="auto",
                         help="systematic rows' (nercc-sys, bacc-sys) wait policy; auto = the demo's, "
-                             "exact:ceil(2N/3)@8 (exact:8@8 at N = 12)")
+                             "exact:ceil(2N/3)@T (T = nercc.demo.DEMO_EXACT_PATIENCE_MS; without stragglers "
+                             "every own answer comes before T)")
     parser.add_argument("--save", default=None, metavar="PATH", help="also write the table and settings as JSON")
     parser.add_argument("--tritonserver", default=None, help="path of a tritonserver binary (default: pytriton's)")
 
