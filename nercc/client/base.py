@@ -379,14 +379,9 @@ class ClientBase:
         return model, "INPUT", out, params
 
     def _check_parity(self, rows: np.ndarray | None, url: str, n_inputs: int) -> np.ndarray:
-        expected = (self.n_workers - n_inputs, *self.spec.input_shape)
-        if rows is None or tuple(rows.shape) != expected:
-            got = None if rows is None else tuple(rows.shape)
-            raise RuntimeError(f"master {url} returned parity rows of shape {got}, expected {expected} "
-                               f"(N - K = {expected[0]}; a master older than systematic schemes returns N rows)")
-        if rows.dtype != np.float32 or not np.isfinite(rows).all():
-            raise RuntimeError(f"master {url} returned non-finite or non-float32 parity rows")
-        return rows
+        return self._check_rows(rows, self.n_workers - n_inputs, url, "parity rows",
+                                f" (N - K = {self.n_workers - n_inputs}; a master older than systematic schemes "
+                                "returns N rows)")
 
     def _parity_after_masters(self, coding, x: np.ndarray, model: str, failures: list):
         """No master made the parity rows: (rows, "local-fallback", why) with ``encode="auto"``, else a
@@ -478,14 +473,18 @@ class ClientBase:
             self.health.released(worker, abandoned=abandoned)
 
     def _check_coded(self, coded: np.ndarray | None, url: str | None = None) -> np.ndarray:
-        expected = (self.n_workers, *self.spec.input_shape)
-        if coded is None or tuple(coded.shape) != expected:
-            got = None if coded is None else tuple(coded.shape)
-            raise RuntimeError(f"master {url or self.master_url} returned coded inputs of shape {got}, "
-                               f"expected {expected}")
-        if coded.dtype != np.float32 or not np.isfinite(coded).all():
-            raise RuntimeError(f"master {url or self.master_url} returned non-finite or non-float32 coded inputs")
-        return coded
+        return self._check_rows(coded, self.n_workers, url or self.master_url, "coded inputs")
+
+    def _check_rows(self, rows: np.ndarray | None, n_rows: int, url: str | None, what: str,
+                    hint: str = "") -> np.ndarray:
+        """A master's output, refused unless it is ``n_rows`` finite float32 inputs of the model's shape."""
+        expected = (n_rows, *self.spec.input_shape)
+        if rows is None or tuple(rows.shape) != expected:
+            got = None if rows is None else tuple(rows.shape)
+            raise RuntimeError(f"master {url} returned {what} of shape {got}, expected {expected}{hint}")
+        if rows.dtype != np.float32 or not np.isfinite(rows).all():
+            raise RuntimeError(f"master {url} returned non-finite or non-float32 {what}")
+        return rows
 
     def _encode_fallback(self, batch: np.ndarray, is_raw: bool) -> np.ndarray | None:
         """Local encoding when no master answered (``encode="auto"``); None when the client cannot (no nercc.json)."""
